@@ -1,0 +1,72 @@
+"""3D Gaussian Splatting renderer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
+from splatkit.renderer.functional import rasterize
+from splatkit.splat.cameras import SplatCameras
+from splatkit.splat.conventions import opacity_activation, scale_activation
+
+
+@dataclass
+class Splat3DGSRenderer(SplatRenderer):
+    """Renders 3D Gaussians with :func:`splatkit.renderer.rasterize`."""
+
+    backend: str = "auto"
+    """Rasterizer: "auto" (fastest for the device), "torch" (reference), ..."""
+    rasterize_mode: str = "classic"
+    """"classic" or "antialiased" (opacity compensation of the screen-space blur)."""
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    eps2d: float = 0.3
+    """Screen-space blur added to every 2D covariance, in pixels^2."""
+    radius_clip: float = 0.0
+    """Skip Gaussians whose screen radius is at most this many pixels."""
+    tile_size: int = 16
+    render_depth: bool = False
+    """Also render expected depth (``SplatRenderOutput.depths``)."""
+
+    def render(
+        self,
+        params: Mapping[str, torch.Tensor],
+        cameras: SplatCameras,
+        sh_degree: int,
+        backgrounds: torch.Tensor | None = None,
+    ) -> SplatRenderOutput:
+        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+        renders, alphas, meta = rasterize(
+            means=params["means"],
+            quats=params["quats"],
+            scales=scale_activation(params["scales"]),
+            opacities=opacity_activation(params["opacities"]),
+            colors=colors,
+            viewmats=cameras.viewmats,
+            Ks=cameras.Ks,
+            width=cameras.width,
+            height=cameras.height,
+            sh_degree=sh_degree,
+            backgrounds=backgrounds,
+            backend=self.backend,
+            near_plane=self.near_plane,
+            far_plane=self.far_plane,
+            eps2d=self.eps2d,
+            radius_clip=self.radius_clip,
+            rasterize_mode=self.rasterize_mode,
+            render_mode="RGB+ED" if self.render_depth else "RGB",
+            tile_size=self.tile_size,
+        )
+        return SplatRenderOutput(
+            images=renders[..., :3],
+            alphas=alphas,
+            means2d=meta["means2d"],
+            radii=meta["radii"],
+            width=cameras.width,
+            height=cameras.height,
+            depths=renders[..., 3:4] if self.render_depth else None,
+            extras={k: v for k, v in meta.items() if k not in ("means2d", "radii")},
+        )
