@@ -1,0 +1,143 @@
+"""INRIA 3DGS PLY layout: the file every splat viewer reads.
+
+One binary little-endian ``vertex`` element with float32 properties, in this order:
+``x y z nx ny nz f_dc_0..2 f_rest_0..M-1 opacity scale_0..2 rot_0..3`` where
+``M = 3 * ((d + 1) ** 2 - 1)`` for SH degree ``d``. ``f_rest`` is channel-major,
+opacity is a logit, scales are logs, rotations are wxyz quaternions; normals are
+written as zeros (viewers ignore them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatkit.splat.sh import f_rest_to_shN, num_sh_bases, sh_degree_from_bases, shN_to_f_rest
+from splatkit.utils.files import atomic_write
+
+
+class SplatFileError(ValueError):
+    """A splat or checkpoint file that cannot be read; the message names the file."""
+
+
+def ply_property_names(sh_degree: int) -> list[str]:
+    n_rest = 3 * (num_sh_bases(sh_degree) - 1)
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(n_rest)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+
+
+def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
+    """Write stored (log/logit) parameters to ``path`` atomically."""
+    from plyfile import PlyData, PlyElement
+
+    means = params["means"].detach().cpu().float()
+    N = means.shape[0]
+    shN = params["shN"].detach().cpu().float()
+    sh_degree = sh_degree_from_bases(shN.shape[1] + 1)
+    columns = torch.cat(
+        [
+            means,
+            torch.zeros(N, 3),
+            params["sh0"].detach().cpu().float().reshape(N, 3),
+            shN_to_f_rest(shN),
+            params["opacities"].detach().cpu().float().reshape(N, 1),
+            params["scales"].detach().cpu().float(),
+            params["quats"].detach().cpu().float(),
+        ],
+        dim=1,
+    ).numpy()
+    names = ply_property_names(sh_degree)
+    data = np.empty(N, dtype=[(n, "<f4") for n in names])
+    for i, n in enumerate(names):
+        data[n] = columns[:, i]
+    element = PlyElement.describe(data, "vertex")
+
+    def write(tmp: Path) -> None:
+        PlyData([element], text=False, byte_order="<").write(str(tmp))
+
+    return atomic_write(path, write)
+
+
+def _check_size(path: Path) -> None:
+    """Compare the header's vertex count with the bytes actually present."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if not head.startswith(b"ply"):
+        raise SplatFileError(f"{path}: not a PLY file (it does not start with 'ply')")
+    end = head.find(b"end_header\n")
+    if end < 0:
+        raise SplatFileError(f"{path}: PLY header has no 'end_header' line (file truncated or not a PLY)")
+    header = head[: end].decode("ascii", errors="replace").splitlines()
+    if not any(line.strip() == "format binary_little_endian 1.0" for line in header):
+        return  # ascii and big-endian files are left to plyfile's own checks
+    sizes = {"float": 4, "float32": 4, "double": 8, "float64": 8, "uchar": 1, "uint8": 1,
+             "char": 1, "int8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+             "int": 4, "int32": 4, "uint": 4, "uint32": 4}
+    total, count, row = 0, 0, 0
+    for line in header + ["element end 0"]:
+        parts = line.split()
+        if parts[:1] == ["element"]:
+            total += count * row
+            count, row = int(parts[2]), 0
+        elif parts[:1] == ["property"]:
+            if parts[1] not in sizes:
+                return  # list or unknown properties: sizes vary, plyfile checks these
+            row += sizes[parts[1]]
+    available = path.stat().st_size - (end + len(b"end_header\n"))
+    if available < total:
+        raise SplatFileError(
+            f"{path}: truncated PLY: the header declares {total} bytes of vertex data "
+            f"but the file holds only {available} after the header"
+        )
+
+
+def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an INRIA-layout PLY into stored (log/logit) parameters."""
+    from plyfile import PlyData
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"PLY file not found: {path}")
+    _check_size(path)
+    try:
+        ply = PlyData.read(str(path))
+    except Exception as e:  # plyfile raises several types for malformed files
+        raise SplatFileError(f"{path}: cannot parse PLY: {e}") from e
+    if "vertex" not in [el.name for el in ply.elements]:
+        raise SplatFileError(f"{path}: PLY has no 'vertex' element")
+    v = ply["vertex"]
+    names = [p.name for p in v.properties]
+    n_rest = len([n for n in names if n.startswith("f_rest_")])
+    try:
+        sh_degree = sh_degree_from_bases(n_rest // 3 + 1)
+        if n_rest % 3:
+            raise ValueError
+    except ValueError:
+        raise SplatFileError(
+            f"{path}: {n_rest} f_rest_* properties is not 3 * ((d+1)^2 - 1) for an SH degree d in 0..3"
+        ) from None
+    required = [n for n in ply_property_names(sh_degree) if n not in ("nx", "ny", "nz")]
+    missing = [n for n in required if n not in names]
+    if missing:
+        raise SplatFileError(f"{path}: PLY vertex element lacks propert{'y' if len(missing) == 1 else 'ies'} "
+                             f"{', '.join(missing)} required by the 3DGS layout")
+
+    def col(*keys: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1))
+
+    N = len(v.data)
+    f_rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(N, 0)
+    return {
+        "means": col("x", "y", "z"),
+        "scales": col("scale_0", "scale_1", "scale_2"),
+        "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
+        "opacities": col("opacity")[:, 0].contiguous(),
+        "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :].contiguous(),
+        "shN": f_rest_to_shN(f_rest),
+    }

@@ -1,0 +1,124 @@
+"""Trainable Gaussian parameters and their per-group Adam optimisers."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from splatkit.splat.conventions import PARAM_NAMES
+
+# Learning rates of the 3DGS paper as gsplat uses them; "means" is multiplied by the
+# scene scale by the trainer.
+DEFAULT_LEARNING_RATES: dict[str, float] = {
+    "means": 1.6e-4,
+    "scales": 5e-3,
+    "quats": 1e-3,
+    "opacities": 5e-2,
+    "sh0": 2.5e-3,
+    "shN": 2.5e-3 / 20,
+}
+
+
+def resolve_learning_rates(learning_rates: Mapping[str, float] | None) -> dict[str, float]:
+    """Defaults overridden by ``learning_rates``; unknown names are an error."""
+    lrs = dict(DEFAULT_LEARNING_RATES)
+    for name, lr in (learning_rates or {}).items():
+        if name not in lrs:
+            raise ValueError(f"learning_rates has unknown parameter {name!r}; expected some of {list(lrs)}")
+        if not isinstance(lr, (int, float)) or lr < 0:
+            raise ValueError(f"learning_rates[{name!r}] must be a non-negative number, got {lr!r}")
+        lrs[name] = float(lr)
+    return lrs
+
+
+class SplatTrainingState:
+    """Gaussian parameters as ``nn.Parameter`` s, one Adam optimiser per parameter.
+
+    One optimiser per parameter (as in gsplat) lets densification replace a parameter
+    and its Adam moments together (:mod:`splatkit.densification.ops`).
+
+    Attributes:
+        params: ``{name: nn.Parameter}`` in the layout of :mod:`splatkit.splat.conventions`.
+        optimizers: ``{name: torch.optim.Adam}``.
+        learning_rates: base learning rate per parameter (before batch scaling).
+        batch_size: images per step; Adam's rate, eps and betas are scaled for it as gsplat does.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, torch.Tensor],
+        learning_rates: Mapping[str, float] | None = None,
+        batch_size: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
+        missing = [n for n in PARAM_NAMES if n not in params]
+        if missing:
+            raise ValueError(f"params lacks {missing}; a splat needs {list(PARAM_NAMES)}")
+        self.learning_rates = resolve_learning_rates(learning_rates)
+        self.batch_size = int(batch_size)
+        self.params: dict[str, torch.nn.Parameter] = {
+            name: torch.nn.Parameter(
+                (params[name].detach().to(device) if device is not None else params[name].detach()).clone()
+            )
+            for name in PARAM_NAMES
+        }
+        bs = self.batch_size
+        self.optimizers: dict[str, torch.optim.Adam] = {
+            name: torch.optim.Adam(
+                [{"params": [p], "lr": self.learning_rates[name] * math.sqrt(bs), "name": name}],
+                eps=1e-15 / math.sqrt(bs),
+                betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)),
+            )
+            for name, p in self.params.items()
+        }
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.params["means"].shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.params["means"].device
+
+    @property
+    def sh_degree(self) -> int:
+        from splatkit.splat.sh import sh_degree_from_bases
+
+        return sh_degree_from_bases(self.params["shN"].shape[1] + 1)
+
+    def set_learning_rate(self, name: str, lr: float) -> None:
+        """Set parameter ``name``'s rate (before batch scaling)."""
+        for group in self.optimizers[name].param_groups:
+            group["lr"] = lr * math.sqrt(self.batch_size)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def to_model(self):
+        """Detached copy as a :class:`~splatkit.splat.model.SplatModel`."""
+        from splatkit.splat.model import SplatModel
+
+        return SplatModel(**{n: p.detach().clone() for n, p in self.params.items()})
+
+    def state_dict(self) -> dict:
+        """Parameters and optimiser states, loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "params": {n: p.detach().clone() for n, p in self.params.items()},
+            "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()},
+            "learning_rates": dict(self.learning_rates),
+            "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping, device: torch.device | str | None = None) -> "SplatTrainingState":
+        ts = cls(state["params"], state["learning_rates"], state["batch_size"], device=device)
+        for name, opt in ts.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        return ts

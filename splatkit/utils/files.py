@@ -1,0 +1,67 @@
+"""File writes that never leave a half-written file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; finished files get the permissions open() would give.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    The temporary file lives in the same folder (so the rename is atomic on POSIX and
+    Windows) and is removed if the body raises. Readers see either the old file or the
+    complete new one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, _FILE_MODE)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and move the result onto ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create folder ``path`` if needed and prove it is writable; raise with a clear message."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{what}: cannot create folder '{path}': {e.strerror or e}") from e
+    if not path.is_dir():
+        raise NotADirectoryError(f"{what}: '{path}' exists and is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".splatkit-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f"{what}: folder '{path}' is not writable: {e.strerror or e}") from e
+    return path
