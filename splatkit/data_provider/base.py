@@ -1,0 +1,109 @@
+"""Data provider interface: cameras, target images and an initial point cloud."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from splatkit.splat.cameras import SplatCameras
+
+
+@dataclass
+class SplatFrames:
+    """Target images for a batch of ``C`` cameras.
+
+    Attributes:
+        cameras: the cameras (:class:`~splatkit.splat.cameras.SplatCameras`).
+        images: ``[C, H, W, 3]`` float RGB in [0, 1].
+        masks: ``[C, H, W, 1]`` bool, True where the loss applies; ``None`` for all pixels.
+        names: image names, for reports.
+    """
+
+    cameras: SplatCameras
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    names: list[str]
+
+    def to(self, device: torch.device | str) -> "SplatFrames":
+        return SplatFrames(
+            self.cameras.to(device),
+            self.images.to(device, non_blocking=True),
+            None if self.masks is None else self.masks.to(device, non_blocking=True),
+            self.names,
+        )
+
+    @staticmethod
+    def cat(items: list["SplatFrames"]) -> "SplatFrames":
+        masks = [f.masks for f in items]
+        if any(m is None for m in masks) and not all(m is None for m in masks):
+            masks = [torch.ones_like(f.images[..., :1], dtype=torch.bool) if f.masks is None else f.masks
+                     for f in items]
+        return SplatFrames(
+            SplatCameras.cat([f.cameras for f in items]),
+            torch.cat([f.images for f in items]),
+            None if masks[0] is None else torch.cat(masks),
+            [n for f in items for n in f.names],
+        )
+
+
+class SplatDataProvider(ABC):
+    """Where training gets its cameras, images and initial Gaussians.
+
+    Subclasses implement the frame accessors; the base class turns them into
+    batches. Which training images a step uses is a pure function of
+    ``(seed, step)``, so a run resumed from a checkpoint sees the same images as an
+    uninterrupted one without saving any sampler state.
+    """
+
+    @property
+    @abstractmethod
+    def scene_scale(self) -> float:
+        """Scene extent (radius around the cameras' centre), scales the means' rate and densification."""
+
+    @abstractmethod
+    def num_train_frames(self) -> int: ...
+
+    @abstractmethod
+    def num_test_frames(self) -> int: ...
+
+    @abstractmethod
+    def train_frame(self, index: int) -> SplatFrames:
+        """Training frame ``index`` as a batch of one, on the CPU."""
+
+    @abstractmethod
+    def test_frame(self, index: int) -> SplatFrames:
+        """Test frame ``index`` as a batch of one, on the CPU."""
+
+    @abstractmethod
+    def initial_points(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial point cloud: ``(points [P, 3], colors [P, 3] in [0, 1])``."""
+
+    def train_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
+        """Training frames of step ``step`` (1-based): epochs of seeded random permutations."""
+        n = self.num_train_frames()
+        if n == 0:
+            raise ValueError(f"{type(self).__name__} has no training frames")
+        out = []
+        for sample in range((step - 1) * batch_size, step * batch_size):
+            epoch, pos = divmod(sample, n)
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            out.append(int(torch.randperm(n, generator=gen)[pos]))
+        return out
+
+    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0) -> SplatFrames:
+        """The frames step ``step`` trains on, on the CPU."""
+        return SplatFrames.cat([self.train_frame(i) for i in self.train_indices(step, batch_size, seed)])
+
+    def test_frames(self) -> Iterator[SplatFrames]:
+        for i in range(self.num_test_frames()):
+            yield self.test_frame(i)
+
+    def state_dict(self) -> dict:
+        """Provider state to checkpoint; empty for providers whose sampling is stateless."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        del state

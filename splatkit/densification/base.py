@@ -1,0 +1,42 @@
+"""Densification interface: grow, prune and reset Gaussians during training."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from splatkit.renderer.base import SplatRenderOutput
+from splatkit.splat.training_state import SplatTrainingState
+
+
+class SplatDensification(ABC):
+    """A strategy whose running statistics live in an explicit ``state`` dict.
+
+    The trainer keeps the dict, hands it to every call and saves it in checkpoints, so
+    a resumed run continues with the same statistics. Tensors in it are per-Gaussian
+    (first dimension N) and are edited together with the parameters by
+    :mod:`splatkit.densification.ops`.
+    """
+
+    @abstractmethod
+    def initialize_state(self, scene_scale: float) -> dict:
+        """Fresh running state for a scene of extent ``scene_scale``."""
+
+    def step_pre_backward(
+        self, training_state: SplatTrainingState, state: dict, step: int, render: SplatRenderOutput
+    ) -> None:
+        """Before ``loss.backward()``: by default keep the screen-space gradients."""
+        if render.means2d.requires_grad:
+            render.means2d.retain_grad()
+
+    @abstractmethod
+    def step_post_backward(
+        self, training_state: SplatTrainingState, state: dict, step: int, render: SplatRenderOutput
+    ) -> None:
+        """After the optimiser step of ``step`` (1-based): update statistics, refine."""
+
+
+def state_to(state: dict, device: torch.device | str) -> dict:
+    """Copy of a densification ``state`` with its tensors on ``device``."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}

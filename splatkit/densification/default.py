@@ -1,0 +1,135 @@
+"""The 3DGS paper's adaptive density control, with gsplat's ``DefaultStrategy`` semantics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splatkit.densification import ops
+from splatkit.densification.base import SplatDensification
+from splatkit.renderer.base import SplatRenderOutput
+from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.splat.training_state import SplatTrainingState
+
+
+@dataclass
+class SplatDefaultDensification(SplatDensification):
+    """Clone small / split large Gaussians with high screen-space gradients, prune
+    transparent and oversized ones, and periodically reset opacities.
+
+    Steps are 1-based (step ``s`` is the ``s``-th optimiser step). Refinement runs at
+    steps ``s > refine_start_iter`` with ``s % refine_every == 0``, and everything
+    (including opacity resets) stops at ``refine_stop_iter``.
+    """
+
+    prune_opa: float = 0.005
+    """Prune Gaussians with opacity below this."""
+    grow_grad2d: float = 0.0002
+    """Average screen-space gradient (in NDC units) above which a Gaussian grows."""
+    grow_scale3d: float = 0.01
+    """Largest scale, relative to the scene scale, up to which growing clones; above it splits."""
+    grow_scale2d: float = 0.05
+    """Screen radius (fraction of the image) above which a Gaussian splits, before ``refine_scale2d_stop_iter``."""
+    prune_scale3d: float = 0.1
+    """Prune Gaussians larger than this fraction of the scene scale (after the first reset)."""
+    prune_scale2d: float = 0.15
+    """Prune Gaussians whose screen radius exceeds this fraction, before ``refine_scale2d_stop_iter``."""
+    refine_scale2d_stop_iter: int = 0
+    """Use the screen-size rules until this step (0: never, as gsplat's default)."""
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 15_000
+    reset_every: int = 3000
+    refine_every: int = 100
+    absgrad: bool = False
+    """Threshold the absolute gradient (AbsGS); needs a backend that computes it and a larger ``grow_grad2d``."""
+    revised_opacity: bool = False
+    """Split children get ``1 - sqrt(1 - o)`` (arXiv:2404.06109)."""
+    verbose: bool = False
+
+    def initialize_state(self, scene_scale: float) -> dict:
+        state = {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}
+        if self.refine_scale2d_stop_iter > 0:
+            state["radii"] = None
+        return state
+
+    def step_post_backward(
+        self, training_state: SplatTrainingState, state: dict, step: int, render: SplatRenderOutput
+    ) -> None:
+        if step >= self.refine_stop_iter:
+            return
+        self._update_state(training_state, state, render)
+        if step > self.refine_start_iter and step % self.refine_every == 0:
+            n_dupli, n_split = self._grow(training_state, state, step)
+            n_prune = self._prune(training_state, state, step)
+            if self.verbose:
+                print(f"step {step}: {n_dupli} cloned, {n_split} split, {n_prune} pruned, "
+                      f"{training_state.num_gaussians} Gaussians")
+            state["grad2d"].zero_()
+            state["count"].zero_()
+            if "radii" in state:
+                state["radii"].zero_()
+        if step % self.reset_every == 0:
+            ops.reset_opacity(training_state, self.prune_opa * 2.0)
+
+    @torch.no_grad()
+    def _update_state(self, training_state: SplatTrainingState, state: dict, render: SplatRenderOutput) -> None:
+        source = render.extras.get("means2d_absgrad") if self.absgrad else render.means2d.grad
+        if source is None:
+            raise RuntimeError(
+                "SplatDefaultDensification needs the screen-space gradient of means2d"
+                + (" (absgrad=True: the renderer must provide 'means2d_absgrad')" if self.absgrad else "")
+            )
+        n = training_state.num_gaussians
+        device = source.device
+        if state["grad2d"] is None:
+            state["grad2d"] = torch.zeros(n, device=device)
+            state["count"] = torch.zeros(n, device=device)
+        if "radii" in state and state["radii"] is None:
+            state["radii"] = torch.zeros(n, device=device)
+        # Gradients in NDC units: pixels scaled by half the image size; a batch of C
+        # cameras divides each camera's share of the mean loss by C, which is undone.
+        scale = torch.tensor([render.width / 2.0, render.height / 2.0], device=device) * render.n_cameras
+        visible = render.visibility
+        cam_ids, gs_ids = torch.nonzero(visible, as_tuple=True)
+        grads = source[cam_ids, gs_ids] * scale
+        state["grad2d"].index_add_(0, gs_ids, grads.norm(dim=-1))
+        state["count"].index_add_(0, gs_ids, torch.ones_like(gs_ids, dtype=state["count"].dtype))
+        if "radii" in state:
+            radii = render.radii[cam_ids, gs_ids].max(dim=-1).values.float()
+            radii = radii / float(max(render.width, render.height))
+            state["radii"][gs_ids] = torch.maximum(state["radii"][gs_ids], radii)
+
+    @torch.no_grad()
+    def _grow(self, training_state: SplatTrainingState, state: dict, step: int) -> tuple[int, int]:
+        params = training_state.params
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        is_grad_high = grads > self.grow_grad2d
+        is_small = scale_activation(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
+        is_dupli = is_grad_high & is_small
+        is_large = ~is_small
+        if step < self.refine_scale2d_stop_iter:
+            is_large |= state["radii"] > self.grow_scale2d
+        is_split = is_grad_high & is_large
+        n_dupli, n_split = int(is_dupli.sum()), int(is_split.sum())
+        if n_dupli:
+            ops.duplicate(training_state, state, is_dupli)
+        # Clones are not split in the same refinement.
+        is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
+        if n_split:
+            ops.split(training_state, state, is_split, revised_opacity=self.revised_opacity)
+        return n_dupli, n_split
+
+    @torch.no_grad()
+    def _prune(self, training_state: SplatTrainingState, state: dict, step: int) -> int:
+        params = training_state.params
+        is_prune = opacity_activation(params["opacities"]) < self.prune_opa
+        if step > self.reset_every:
+            too_big = scale_activation(params["scales"]).max(dim=-1).values > self.prune_scale3d * state["scene_scale"]
+            if step < self.refine_scale2d_stop_iter:
+                too_big |= state["radii"] > self.prune_scale2d
+            is_prune |= too_big
+        n_prune = int(is_prune.sum())
+        if n_prune:
+            ops.remove(training_state, state, is_prune)
+        return n_prune

@@ -1,0 +1,128 @@
+"""Tensor surgery keeps parameters and Adam moments aligned; the default strategy's rules."""
+
+import torch
+
+from splatkit.densification import SplatDefaultDensification, ops
+from splatkit.renderer.base import SplatRenderOutput
+from splatkit.splat import SplatModel
+
+
+def _state(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = SplatModel(
+        means=torch.randn(n, 3, generator=g), scales=torch.log(torch.rand(n, 3, generator=g) * 0.1 + 0.01),
+        quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g), shN=torch.zeros(n, 3, 3),
+    )
+    ts = model.to_training_state()
+    for p in ts.params.values():  # one step with distinct gradients: distinct moments
+        p.grad = torch.randn(p.shape, generator=g)
+    ts.optimizer_step()
+    return ts
+
+
+def _moments(ts, name):
+    st = ts.optimizers[name].state[ts.params[name]]
+    return st["exp_avg"], st["exp_avg_sq"], st["step"]
+
+
+def _check_optimizer_bound(ts):
+    for name, opt in ts.optimizers.items():
+        assert opt.param_groups[0]["params"][0] is ts.params[name]
+        m, v, _ = _moments(ts, name)
+        assert m.shape == ts.params[name].shape == v.shape
+
+
+def test_duplicate_appends_copies_with_zero_moments():
+    ts = _state()
+    before = {n: (p.detach().clone(), *[x.clone() for x in _moments(ts, n)]) for n, p in ts.params.items()}
+    running = {"grad2d": torch.arange(6.0), "scene_scale": 1.0}
+    ops.duplicate(ts, running, torch.tensor([True, False, True, False, False, False]))
+    assert ts.num_gaussians == 8
+    for n, (p, m, v, step) in before.items():
+        assert torch.equal(ts.params[n][:6], p) and torch.equal(ts.params[n][6:], p[[0, 2]])
+        m2, v2, step2 = _moments(ts, n)
+        assert torch.equal(m2[:6], m) and torch.equal(v2[:6], v)
+        assert (m2[6:] == 0).all() and (v2[6:] == 0).all() and torch.equal(step2, step)
+    assert torch.equal(running["grad2d"], torch.tensor([0.0, 1, 2, 3, 4, 5, 0, 2]))
+    _check_optimizer_bound(ts)
+    for p in ts.params.values():
+        p.grad = torch.ones_like(p)
+    ts.optimizer_step()  # shapes stay consistent for Adam
+
+
+def test_split_replaces_by_two_smaller_children():
+    ts = _state()
+    means = ts.params["means"].detach().clone()
+    scales = ts.params["scales"].detach().clone()
+    m_before, _, _ = _moments(ts, "means")
+    mask = torch.tensor([False, True, False, False, False, True])
+    running = {"count": torch.arange(6.0)}
+    torch.manual_seed(0)
+    ops.split(ts, running, mask)
+    assert ts.num_gaussians == 8
+    rest = ~mask
+    assert torch.equal(ts.params["means"][:4], means[rest])
+    torch.testing.assert_close(ts.params["scales"][4:], (scales[mask] - torch.log(torch.tensor(1.6))).repeat(2, 1))
+    # Children are sampled inside their parent (within 6 standard deviations).
+    parents = means[mask].repeat(2, 1)
+    spread = torch.exp(scales[mask]).max(-1).values.repeat(2)
+    assert ((ts.params["means"][4:] - parents).norm(dim=-1) < 6 * spread).all()
+    m, v, _ = _moments(ts, "means")
+    assert torch.equal(m[:4], m_before[rest]) and (m[4:] == 0).all() and (v[4:] == 0).all()
+    assert torch.equal(running["count"], torch.tensor([0.0, 2, 3, 4, 1, 5, 1, 5]))
+    _check_optimizer_bound(ts)
+
+
+def test_remove_and_reset_opacity():
+    ts = _state()
+    ops.remove(ts, {}, torch.tensor([True, False, False, True, False, False]))
+    assert ts.num_gaussians == 4
+    _check_optimizer_bound(ts)
+    ops.reset_opacity(ts, 0.01)
+    assert (torch.sigmoid(ts.params["opacities"]) <= 0.01 + 1e-6).all()
+    m, v, _ = _moments(ts, "opacities")
+    assert (m == 0).all() and (v == 0).all()
+    m, _, _ = _moments(ts, "means")
+    assert (m != 0).any()  # other parameters keep their moments
+
+
+def _render_with_grad(ts, grad_norm_px, W=100, H=50):
+    n = ts.num_gaussians
+    means2d = torch.zeros(1, n, 2, requires_grad=True)
+    means2d.grad = torch.zeros(1, n, 2)
+    means2d.grad[0, :, 0] = grad_norm_px / (W / 2)  # NDC gradient of exactly grad_norm_px
+    radii = torch.full((1, n, 2), 3, dtype=torch.int32)
+    return SplatRenderOutput(images=torch.zeros(1, H, W, 3), alphas=torch.zeros(1, H, W, 1),
+                             means2d=means2d, radii=radii, width=W, height=H)
+
+
+def test_default_strategy_clones_splits_and_prunes():
+    ts = _state(n=4)
+    with torch.no_grad():
+        ts.params["scales"][:] = torch.log(torch.tensor([[0.005] * 3, [0.5] * 3, [0.005] * 3, [0.005] * 3]))
+        ts.params["opacities"][:] = torch.logit(torch.tensor([0.5, 0.5, 0.5, 0.001]))
+    strategy = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=1000)
+    state = strategy.initialize_state(scene_scale=1.0)
+    grads = torch.tensor([1e-3, 1e-3, 1e-5, 1e-5])  # 0 and 1 above the 2e-4 threshold
+    for step in range(1, 11):
+        strategy.step_post_backward(ts, state, step, _render_with_grad(ts, grads))
+    # Gaussian 0 (small) cloned, 1 (large) split in two, 3 (transparent) pruned.
+    assert ts.num_gaussians == 4 + 1 + 1 - 1
+    assert torch.equal(state["count"], torch.zeros(5)) and torch.equal(state["grad2d"], torch.zeros(5))
+    scales = torch.exp(ts.params["scales"]).max(-1).values
+    assert int((scales > 0.2).sum()) == 2 and int((scales > 0.4).sum()) == 0
+    _check_optimizer_bound(ts)
+
+
+def test_opacity_reset_schedule():
+    ts = _state(n=3)
+    with torch.no_grad():
+        ts.params["opacities"][:] = 3.0
+    strategy = SplatDefaultDensification(refine_start_iter=100, reset_every=5)
+    state = strategy.initialize_state(1.0)
+    for step in range(1, 5):
+        strategy.step_post_backward(ts, state, step, _render_with_grad(ts, torch.zeros(3)))
+    assert (ts.params["opacities"] == 3.0).all()
+    strategy.step_post_backward(ts, state, 5, _render_with_grad(ts, torch.zeros(3)))
+    torch.testing.assert_close(torch.sigmoid(ts.params["opacities"]), torch.full((3,), 0.01))
