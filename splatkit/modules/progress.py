@@ -1,0 +1,71 @@
+"""Progress bar: loss, PSNR of the last batch, Gaussian count, steps/s and ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from splatkit.metrics import psnr
+from splatkit.modules.base import SplatBaseModule
+
+
+class SplatProgressTracker(SplatBaseModule):
+    """A tqdm bar on a terminal; plain lines every ``log_every`` steps otherwise.
+
+    Args:
+        update_every: refresh the bar (and read the loss off the device) every this many
+            steps, so the step itself never waits on a host-device sync.
+        log_every: steps between lines when the output is not a terminal; default
+            ``max_steps // 20`` (at least ``update_every``).
+        stream: where to write (default ``sys.stderr``).
+    """
+
+    def __init__(self, update_every: int = 10, log_every: int | None = None, stream: TextIO | None = None) -> None:
+        if update_every < 1:
+            raise ValueError(f"SplatProgressTracker update_every must be >= 1, got {update_every}")
+        self.update_every = update_every
+        self.log_every = log_every
+        self.stream = stream
+        self._bar = None
+        self._last = None
+
+    def on_setup(self, step: int, max_steps: int, world_rank: int = 0, **kwargs) -> None:
+        self._enabled = world_rank == 0
+        if not self._enabled:
+            return
+        out = self.stream or sys.stderr
+        self._out = out
+        self._tty = hasattr(out, "isatty") and out.isatty()
+        self._t0, self._step0 = time.perf_counter(), step
+        if self._tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=max_steps, initial=step, file=out, dynamic_ncols=True, unit="step")
+        self._every_line = self.log_every or max(self.update_every, max_steps // 20)
+
+    def post_compute_loss(self, step: int, max_steps: int, loss, render, frames, **kwargs) -> None:
+        if self._enabled and (step % self.update_every == 0 or step % self._every_line == 0 or step == max_steps):
+            self._last = (loss.loss.detach(), render.images.detach(), frames.images)
+
+    def post_step(self, step: int, max_steps: int, training_state, **kwargs) -> None:
+        if not self._enabled or self._last is None:
+            return
+        if self._tty and step % self.update_every == 0:
+            loss, img, gt = self._last
+            self._bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{float(psnr(img, gt).mean()):.2f}",
+                                  gaussians=training_state.num_gaussians, refresh=False)
+            self._bar.update(step - self._bar.n)
+        elif not self._tty and (step % self._every_line == 0 or step == max_steps):
+            loss, img, gt = self._last
+            elapsed = time.perf_counter() - self._t0
+            rate = (step - self._step0) / max(elapsed, 1e-9)
+            eta = (max_steps - step) / max(rate, 1e-9)
+            print(f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt).mean()):.2f} "
+                  f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
+                  file=self._out, flush=True)
+
+    def on_cleanup(self, **kwargs) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,303 @@
+"""The training loop: data provider -> renderer -> loss -> backward -> optimiser ->
+densification -> modules."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from splatkit.data_provider.base import SplatDataProvider
+from splatkit.densification.base import SplatDensification, state_to
+from splatkit.densification.default import SplatDefaultDensification
+from splatkit.loss_fn.base import SplatLossFn
+from splatkit.loss_fn.loss_3dgs import Splat3DGSLossFn
+from splatkit.metrics import psnr, ssim
+from splatkit.modules.base import SplatBaseModule
+from splatkit.renderer.base import SplatRenderer
+from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
+from splatkit.splat.model import SplatModel
+from splatkit.splat.training_state import SplatTrainingState
+from splatkit.trainer.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from splatkit.trainer.config import SplatTrainerConfig
+from splatkit.utils.files import atomic_write, ensure_writable_dir
+
+logger = logging.getLogger("splatkit")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; other names are checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"SplatTrainerConfig.device {name!r} is not a device name ('auto', 'cpu', 'cuda', 'cuda:1')") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"SplatTrainerConfig.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def _describe(component) -> dict:
+    """JSON-able description of a component: its class and dataclass fields."""
+    out = {"class": f"{type(component).__module__}.{type(component).__qualname__}"}
+    if dataclasses.is_dataclass(component):
+        out.update({k: v for k, v in dataclasses.asdict(component).items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))})
+    return out
+
+
+class SplatTrainer:
+    """Trains a splat from a data provider with swappable components.
+
+    Args:
+        config: :class:`SplatTrainerConfig`.
+        data_provider: cameras, images and initial points.
+        renderer: default :class:`~splatkit.renderer.Splat3DGSRenderer`.
+        loss_fn: default :class:`~splatkit.loss_fn.Splat3DGSLossFn`.
+        densification: default :class:`~splatkit.densification.SplatDefaultDensification`.
+        modules: plug-in modules; their hooks run in list order.
+        ckpt_path: resume from a checkpoint written by :class:`~splatkit.modules.SplatExporter`;
+            training continues at the step after the checkpoint's.
+    """
+
+    def __init__(
+        self,
+        config: SplatTrainerConfig,
+        data_provider: SplatDataProvider,
+        renderer: SplatRenderer | None = None,
+        loss_fn: SplatLossFn | None = None,
+        densification: SplatDensification | None = None,
+        modules: Sequence[SplatBaseModule] | None = None,
+        ckpt_path: str | os.PathLike | None = None,
+    ) -> None:
+        if not isinstance(config, SplatTrainerConfig):
+            raise TypeError(f"config must be a SplatTrainerConfig, got {type(config).__name__}")
+        if not isinstance(data_provider, SplatDataProvider):
+            raise TypeError(f"data_provider must be a SplatDataProvider, got {type(data_provider).__name__}")
+        self.config = config
+        self.data_provider = data_provider
+        self.renderer = renderer if renderer is not None else Splat3DGSRenderer()
+        self.loss_fn = loss_fn if loss_fn is not None else Splat3DGSLossFn()
+        self.densification = densification if densification is not None else SplatDefaultDensification()
+        self.modules = list(modules or [])
+        for m in self.modules:
+            if not isinstance(m, SplatBaseModule):
+                raise TypeError(f"modules must be SplatBaseModule instances, got {type(m).__name__}")
+        self.device = resolve_device(config.device)
+        self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
+        # Read the checkpoint now so a bad path fails before any setup work.
+        self._resume = None if ckpt_path is None else load_checkpoint(ckpt_path)
+        self.world_rank, self.world_size = 0, 1
+        self.step = 0
+        self.training_state: SplatTrainingState | None = None
+        self.densification_state: dict | None = None
+        self.scene_scale = float(data_provider.scene_scale)
+
+    # ----------------------------------------------------------------- setup
+    def _seed(self) -> None:
+        seed = self.config.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _initial_model(self) -> SplatModel:
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        if cfg.init_type == "random":
+            extent = cfg.init_extent * self.scene_scale
+            points = (torch.rand(cfg.init_num_points, 3, generator=gen) * 2 - 1) * extent
+            colors = torch.rand(cfg.init_num_points, 3, generator=gen)
+        else:
+            points, colors = self.data_provider.initial_points()
+            if points.shape[0] < 2:
+                raise ValueError(
+                    f"{type(self.data_provider).__name__} has {points.shape[0]} initial points; "
+                    "use SplatTrainerConfig(init_type='random')"
+                )
+        return SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
+
+    def setup(self) -> None:
+        """Build (or restore) the training state and call ``on_setup``; :meth:`run` calls it."""
+        self._seed()
+        cfg = self.config
+        if self._resume is None:
+            self.training_state = self._initial_model().to_training_state(
+                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size
+            )
+            self.densification_state = self.densification.initialize_state(self.scene_scale)
+            self.step = 0
+        else:
+            self._restore(self._resume)
+            self._resume = None
+        if self.world_rank == 0:
+            ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
+            record = {
+                "trainer": dataclasses.asdict(cfg),
+                "data_provider": _describe(self.data_provider),
+                "renderer": _describe(self.renderer),
+                "loss_fn": _describe(self.loss_fn),
+                "densification": _describe(self.densification),
+                "modules": [_describe(m) for m in self.modules],
+                "resumed_from": None if self.ckpt_path is None else str(self.ckpt_path),
+            }
+            atomic_write(Path(cfg.output_dir) / "trainer_config.json",
+                         lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str)))
+        self._call("on_setup")
+
+    def _restore(self, ckpt: dict) -> None:
+        saved_cfg = ckpt["config"]
+        current = dataclasses.asdict(self.config)
+        differing = sorted(k for k in current if k in saved_cfg and _plain(saved_cfg[k]) != _plain(current[k]))
+        if differing:
+            logger.warning("resuming with settings that differ from the checkpoint's: %s; the run will not "
+                           "match an uninterrupted one", ", ".join(differing))
+        self.training_state = SplatTrainingState.from_state_dict(ckpt["training_state"], self.device)
+        self.densification_state = state_to(ckpt["densification"], self.device)
+        self.scene_scale = float(ckpt["scene_scale"])
+        self.step = int(ckpt["step"])
+        self.data_provider.load_state_dict(ckpt["data_provider"])
+        names = [type(m).__name__ for m in self.modules]
+        for module, (name, state) in zip(self.modules, ckpt["modules"]):
+            if type(module).__name__ == name:
+                module.load_state_dict(state)
+        skipped = [n for n, _ in ckpt["modules"] if n not in names]
+        if skipped:
+            logger.warning("checkpoint holds state of modules not in this run: %s", skipped)
+        restore_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------ checkpoint
+    def checkpoint_state(self) -> dict:
+        """Everything needed to continue training exactly from the current step."""
+        return {
+            "step": self.step,
+            "training_state": self.training_state.state_dict(),
+            "densification": self.densification_state,
+            "modules": [(type(m).__name__, m.state_dict()) for m in self.modules],
+            "data_provider": self.data_provider.state_dict(),
+            "config": dataclasses.asdict(self.config),
+            "scene_scale": self.scene_scale,
+            "rng": capture_rng_state(),
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`checkpoint_state` atomically to ``path``."""
+        return save_checkpoint(path, self.checkpoint_state())
+
+    # ------------------------------------------------------------ the loop
+    def _call(self, hook: str, **kwargs) -> None:
+        common = dict(
+            step=self.step, max_steps=self.config.max_steps, training_state=self.training_state,
+            world_rank=self.world_rank, world_size=self.world_size, logger=logger, trainer=self,
+        )
+        common.update(kwargs)
+        for module in self.modules:
+            getattr(module, hook)(**common)
+
+    def active_sh_degree(self, step: int) -> int:
+        return min((step - 1) // self.config.sh_degree_interval, self.config.sh_degree)
+
+    def means_learning_rate(self, step: int) -> float:
+        cfg = self.config
+        decay = cfg.lr_means_final_ratio ** ((step - 1) / cfg.max_steps)
+        return cfg.lr_means * self.scene_scale * decay
+
+    def backgrounds(self, n: int) -> torch.Tensor:
+        return torch.tensor(self.config.background, dtype=torch.float32, device=self.device).expand(n, 3)
+
+    def train_step(self, step: int) -> None:
+        """One optimisation step (1-based ``step``)."""
+        with _deterministic_on_cpu(self.device):
+            self._train_step(step)
+
+    def _train_step(self, step: int) -> None:
+        cfg = self.config
+        ts = self.training_state
+        self.step = step
+        self._call("pre_step")
+        frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed).to(self.device)
+        render = self.renderer.render(ts.params, frames.cameras, self.active_sh_degree(step),
+                                      self.backgrounds(len(frames.cameras)))
+        self.densification.step_pre_backward(ts, self.densification_state, step, render)
+        self._call("pre_compute_loss", frames=frames, render=render)
+        loss = self.loss_fn(render, frames, step, ts)
+        self._call("post_compute_loss", frames=frames, render=render, loss=loss)
+        loss.loss.backward()
+        self._call("on_optimize", frames=frames, render=render, loss=loss)
+        ts.set_learning_rate("means", self.means_learning_rate(step))
+        ts.optimizer_step()
+        ts.zero_grad()
+        # Like gsplat, densification acts after the optimiser step: the statistics use
+        # this step's gradients and no Gaussian loses its update.
+        self.densification.step_post_backward(ts, self.densification_state, step, render)
+        self._call("post_step", frames=frames, render=render, loss=loss)
+
+    def run(self) -> SplatTrainingState:
+        """Train from the start (or the checkpoint's step) to ``max_steps``."""
+        error = None
+        try:
+            self.setup()
+            for step in range(self.step + 1, self.config.max_steps + 1):
+                self.train_step(step)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self._call("on_cleanup", error=error)
+        return self.training_state
+
+    # ---------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, frames: Iterable | None = None) -> dict:
+        """PSNR and SSIM on the provider's test split (or ``frames``) at full SH degree."""
+        psnrs, ssims = [], []
+        for f in frames if frames is not None else self.data_provider.test_frames():
+            f = f.to(self.device)
+            out = self.renderer.render(self.training_state.params, f.cameras, self.training_state.sh_degree,
+                                       self.backgrounds(len(f.cameras)))
+            img = out.images.clamp(0, 1)
+            psnrs.append(psnr(img, f.images))
+            ssims.append(ssim(img, f.images))
+        if not psnrs:
+            return {"psnr": float("nan"), "ssim": float("nan"), "num_images": 0}
+        return {
+            "psnr": float(torch.cat(psnrs).mean()),
+            "ssim": float(torch.cat(ssims).mean()),
+            "num_images": int(sum(p.numel() for p in psnrs)),
+        }
+
+
+@contextlib.contextmanager
+def _deterministic_on_cpu(device: torch.device):
+    """PyTorch's deterministic algorithms for CPU steps (restored afterwards).
+
+    Multithreaded CPU gradient scatters otherwise sum in a varying order, and a run
+    resumed from a checkpoint would drift from an uninterrupted one by rounding.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+def _plain(v):
+    """Tuples and lists compare equal after a checkpoint round trip."""
+    return list(v) if isinstance(v, (tuple, list)) else v
