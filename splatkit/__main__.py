@@ -1,0 +1,5 @@
+import sys
+
+from splatkit.cli import main
+
+sys.exit(main())
