@@ -13,7 +13,13 @@ from typing import Annotated, Literal
 
 import tyro
 
-from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
+from splatkit.data_provider import (
+    SplatBlenderDataProviderConfig,
+    SplatColmapDataProviderConfig,
+    SplatDemoDataProvider,
+    SplatDemoDataProviderConfig,
+)
+from splatkit.data_provider.detect import provider_from_path
 from splatkit.densification import SplatDefaultDensification
 from splatkit.loss_fn import Splat3DGSLossFn
 from splatkit.modules import SplatExporter, SplatProgressTracker
@@ -29,7 +35,8 @@ class TrainCommand:
     """Train a splat and export it (PLY + checkpoint) into --output-dir."""
 
     data: str = "demo"
-    """Training data: "demo" for the built-in scene."""
+    """Training data: "demo" for the built-in scene, a COLMAP scene folder (sparse/0 + images), or a
+    transforms.json capture (file or folder); the format is detected."""
     model: Literal["3dgs"] = "3dgs"
     """Kind of Gaussians."""
     strategy: Literal["default"] = "default"
@@ -48,6 +55,10 @@ class TrainCommand:
     densification: SplatDefaultDensification = field(default_factory=SplatDefaultDensification)
     demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
     """Settings of the built-in scene (with --data demo)."""
+    colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
+    """Settings for COLMAP data; empty paths are filled from --data."""
+    blender: SplatBlenderDataProviderConfig = field(default_factory=lambda: SplatBlenderDataProviderConfig(""))
+    """Settings for transforms.json data; an empty path is filled from --data."""
 
 
 @dataclass
@@ -82,7 +93,9 @@ def demo_setup(steps: int) -> tuple[SplatTrainerConfig, SplatDefaultDensificatio
 def _data_provider(cmd: TrainCommand):
     if cmd.data == "demo":
         return SplatDemoDataProvider(cmd.demo)
-    raise ValueError(f"--data {cmd.data!r}: this version trains only the built-in scene (--data demo)")
+    provider, found = provider_from_path(cmd.data, cmd.colmap, cmd.blender)
+    print(f"splatkit: found {found}", file=sys.stderr)
+    return provider
 
 
 def _train(cmd: TrainCommand) -> dict:

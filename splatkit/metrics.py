@@ -8,9 +8,17 @@ import torch
 import torch.nn.functional as F
 
 
-def psnr(img: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image ``[B]`` (peak 1.0); inf for identical images."""
-    mse = (img - gt).square().flatten(1).mean(dim=1)
+def psnr(img: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image ``[B]`` (peak 1.0); inf for identical images.
+
+    With ``mask [B, H, W, 1]`` (bool) only pixels inside it count.
+    """
+    err = (img - gt).square()
+    if mask is None:
+        mse = err.flatten(1).mean(dim=1)
+    else:
+        m = mask.to(err.dtype)
+        mse = (err * m).flatten(1).sum(dim=1) / (3 * m.flatten(1).sum(dim=1)).clamp_min(1)
     return -10.0 * torch.log10(mse)
 
 

@@ -60,3 +60,30 @@ def test_demo_schedule_reaches_25_db(tmp_path):
                            densification=densification, modules=[SplatExporter(tmp_path, [300])])
     trainer.run()
     assert trainer.evaluate()["psnr"] >= 25.0
+
+
+def test_train_detects_and_reports_a_colmap_scene(tmp_path, capsys, monkeypatch):
+    from colmap_scenes import write_scene
+
+    monkeypatch.setenv("SPLATKIT_CACHE", str(tmp_path / "cache"))
+    scene = write_scene(tmp_path / "scene", "OPENCV", n_images=8)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(scene), "--max-steps", "3", "--output-dir", str(out), "--no-progress",
+                 "--colmap.factor", "2", "--colmap.test-every", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "found COLMAP model (binary)" in err and "8 images (6 train, 2 test)" in err
+    assert (out / "splats" / "step_000003.ply").is_file()
+
+
+def test_random_init_when_the_capture_has_no_points(tmp_path, caplog):
+    from colmap_scenes import write_scene
+
+    from splatkit.data_provider import SplatColmapDataProvider, SplatColmapDataProviderConfig
+    from splatkit.trainer import SplatTrainerConfig
+
+    scene = write_scene(tmp_path / "scene", "PINHOLE", points=False)
+    provider = SplatColmapDataProvider(SplatColmapDataProviderConfig(str(scene), str(scene / "images")))
+    trainer = SplatTrainer(SplatTrainerConfig(max_steps=1, init_num_points=500, output_dir=str(tmp_path)), provider)
+    trainer.setup()
+    assert trainer.training_state.num_gaussians == 500
+    assert "no initial point cloud; initialising 500 Gaussians at random" in caplog.text

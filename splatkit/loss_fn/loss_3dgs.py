@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from splatkit.data_provider.base import SplatFrames
 from splatkit.loss_fn.base import SplatLoss, SplatLossFn
-from splatkit.metrics import ssim
+from splatkit.metrics import ssim, ssim_map
 from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.training_state import SplatTrainingState
 
@@ -17,6 +19,12 @@ class Splat3DGSLossFn(SplatLossFn):
 
     ssim_lambda: float = 0.2
     """Weight of the D-SSIM term."""
+    mask_mode: str = "ignore"
+    """With training masks: "ignore" masked-out pixels, or treat them as "background" (learn transparency)."""
+
+    def __post_init__(self) -> None:
+        if self.mask_mode not in ("ignore", "background"):
+            raise ValueError(f"mask_mode must be 'ignore' or 'background', got {self.mask_mode!r}")
 
     def __call__(
         self,
@@ -26,7 +34,24 @@ class Splat3DGSLossFn(SplatLossFn):
         training_state: SplatTrainingState,
     ) -> SplatLoss:
         img, gt = render.images, frames.images
-        l1 = (img - gt).abs().mean()
-        dssim = 1.0 - ssim(img, gt).mean()
+        if frames.masks is None:
+            l1 = (img - gt).abs().mean()
+            dssim = 1.0 - ssim(img, gt).mean()
+        elif self.mask_mode == "background":
+            bg = render.backgrounds if render.backgrounds is not None else torch.zeros(len(gt), 3, device=gt.device)
+            gt = torch.where(frames.masks, gt, bg[:, None, None, :])
+            l1 = (img - gt).abs().mean()
+            dssim = 1.0 - ssim(img, gt).mean()
+        else:
+            # Masked-out pixels take the target's value, so they add nothing to either
+            # term and receive no gradient; SSIM is averaged over windows centred in the mask.
+            m = frames.masks
+            img = torch.where(m, img, gt)
+            count = m.sum().clamp_min(1)
+            l1 = (img - gt).abs().sum() / (3 * count)
+            smap = ssim_map(img, gt)  # [B, 3, H-10, W-10]
+            pad = (m.shape[1] - smap.shape[2]) // 2
+            mv = m[:, pad : m.shape[1] - pad, pad : m.shape[2] - pad, 0][:, None].to(smap.dtype)
+            dssim = 1.0 - (smap * mv).sum() / (3 * mv.sum()).clamp_min(1)
         loss = (1.0 - self.ssim_lambda) * l1 + self.ssim_lambda * dssim
         return SplatLoss(loss, {"l1": l1.detach(), "dssim": dssim.detach()})

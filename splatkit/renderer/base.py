@@ -23,6 +23,7 @@ class SplatRenderOutput:
             the screen-space gradient the default densification thresholds.
         radii: ``[C, N, 2]`` int32 bounding-box half-sizes in pixels, 0 where culled.
         width, height: image size.
+        backgrounds: ``[C, 3]`` colour the images were composited over (None: black).
         extras: backend- or model-specific outputs (normals, distortion, ...).
     """
 
@@ -33,6 +34,7 @@ class SplatRenderOutput:
     width: int
     height: int
     depths: torch.Tensor | None = None
+    backgrounds: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property

@@ -68,5 +68,6 @@ class Splat3DGSRenderer(SplatRenderer):
             width=cameras.width,
             height=cameras.height,
             depths=renders[..., 3:4] if self.render_depth else None,
+            backgrounds=backgrounds,
             extras={k: v for k, v in meta.items() if k not in ("means2d", "radii")},
         )

@@ -24,7 +24,7 @@ class SplatTrainerConfig:
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps."""
     init_type: str = "points"
-    """"points": Gaussians on the provider's point cloud; "random": uniform in a cube."""
+    """"points": Gaussians on the provider's point cloud (random if it has none); "random": uniform in a cube."""
     init_num_points: int = 100_000
     """Number of Gaussians for ``init_type="random"``."""
     init_extent: float = 3.0

@@ -116,17 +116,15 @@ class SplatTrainer:
     def _initial_model(self) -> SplatModel:
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.init_type == "random":
+        points, colors = (None, None) if cfg.init_type == "random" else self.data_provider.initial_points()
+        if points is not None and points.shape[0] < 2:
+            logger.warning("%s has no initial point cloud; initialising %d Gaussians at random instead",
+                           type(self.data_provider).__name__, cfg.init_num_points)
+            points = None
+        if points is None:
             extent = cfg.init_extent * self.scene_scale
             points = (torch.rand(cfg.init_num_points, 3, generator=gen) * 2 - 1) * extent
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
-        else:
-            points, colors = self.data_provider.initial_points()
-            if points.shape[0] < 2:
-                raise ValueError(
-                    f"{type(self.data_provider).__name__} has {points.shape[0]} initial points; "
-                    "use SplatTrainerConfig(init_type='random')"
-                )
         return SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
 
     def setup(self) -> None:
@@ -261,14 +259,17 @@ class SplatTrainer:
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, frames: Iterable | None = None) -> dict:
-        """PSNR and SSIM on the provider's test split (or ``frames``) at full SH degree."""
+        """PSNR and SSIM on the provider's test split (or ``frames``) at full SH degree.
+
+        PSNR counts only pixels inside a frame's mask when it has one.
+        """
         psnrs, ssims = [], []
         for f in frames if frames is not None else self.data_provider.test_frames():
             f = f.to(self.device)
             out = self.renderer.render(self.training_state.params, f.cameras, self.training_state.sh_degree,
                                        self.backgrounds(len(f.cameras)))
             img = out.images.clamp(0, 1)
-            psnrs.append(psnr(img, f.images))
+            psnrs.append(psnr(img, f.images, f.masks))
             ssims.append(ssim(img, f.images))
         if not psnrs:
             return {"psnr": float("nan"), "ssim": float("nan"), "num_images": 0}

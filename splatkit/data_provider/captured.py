@@ -1,0 +1,253 @@
+"""Shared machinery of providers backed by photos on disk (COLMAP, transforms.json).
+
+Images stream from disk: each is read (EXIF orientation applied), undistorted, kept as
+``uint8`` in a byte-bounded LRU cache, and converted to float only when a batch is
+built. Worker threads load the frames of the next steps while the current one trains
+(the training order is a function of the step, so it is known ahead). Nothing puts
+all images in memory, let alone on the training device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatkit.data_provider.base import SplatDataProvider, SplatFrames
+from splatkit.data_provider.images import ByteLRUCache, DataError, _preview, read_image, read_mask
+from splatkit.data_provider.undistort import CameraIntrinsics, Undistorter
+from splatkit.splat.cameras import SplatCameras
+from splatkit.splat.conventions import c2w_to_viewmat
+
+logger = logging.getLogger("splatkit")
+
+
+@dataclass
+class SplatLoaderConfig:
+    """How photos are read: caching, prefetching and where resized copies go."""
+
+    cache_mb: int = 1024
+    """Memory for decoded images (uint8); least recently used ones are dropped beyond it."""
+    num_workers: int = 2
+    """Threads that load upcoming frames while training runs (0: load in the training thread)."""
+    prefetch_steps: int = 4
+    """How many steps ahead the workers load."""
+    cache_dir: str | None = None
+    """Folder for resized copies (default: $SPLATKIT_CACHE or ~/.cache/splatkit). The data folder is never written."""
+
+
+@dataclass
+class FrameRecord:
+    """One photo: where it is, how it was taken, and where it sits in the world."""
+
+    name: str
+    image_path: Path
+    c2w: torch.Tensor  # [4, 4] OpenCV camera-to-world, in the provider's (normalised) frame
+    intrinsics: CameraIntrinsics  # of the file at image_path
+    mask_path: Path | None = None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as displayed (EXIF orientation applied), from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read image: {e}") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def resized_size(width: int, height: int, factor: float) -> tuple[int, int]:
+    return max(1, int(round(width / factor))), max(1, int(round(height / factor)))
+
+
+def cache_root(config: SplatLoaderConfig) -> Path:
+    root = config.cache_dir or os.environ.get("SPLATKIT_CACHE") or Path.home() / ".cache" / "splatkit"
+    return Path(root)
+
+
+def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int, config: SplatLoaderConfig,
+                   source_dir: Path) -> list[Path]:
+    """Downscaled PNG copies of ``paths`` (made once, reused afterwards) in the cache folder."""
+    from splatkit.utils.files import atomic_write, ensure_writable_dir
+
+    key = hashlib.sha1(str(source_dir.resolve()).encode()).hexdigest()[:12]
+    folder = ensure_writable_dir(cache_root(config) / f"{source_dir.name}-{key}" / f"images_{factor}",
+                                 "SplatLoaderConfig.cache_dir")
+    targets = [folder / (p.relative_to(source_dir).as_posix().replace("/", "__") + ".png") for p in paths]
+    todo = [(p, s, t) for p, s, t in zip(paths, sizes, targets) if not t.exists()]
+    if todo:
+        logger.info("resizing %d images by 1/%d into %s (once)", len(todo), factor, folder)
+
+        def work(item):
+            import cv2
+            from PIL import Image
+
+            src, (w, h), dst = item
+            img = cv2.resize(read_image(src), resized_size(w, h, factor), interpolation=cv2.INTER_AREA)
+            atomic_write(dst, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+
+        with ThreadPoolExecutor(max(1, config.num_workers)) as pool:
+            list(pool.map(work, todo))
+    return targets
+
+
+class SplatCaptureDataProvider(SplatDataProvider):
+    """Base class of photo-backed providers; subclasses build the :class:`FrameRecord` list."""
+
+    def __init__(
+        self,
+        records: list[FrameRecord],
+        test_every: int,
+        points: torch.Tensor,
+        colors: torch.Tensor,
+        transform: torch.Tensor,
+        loader: SplatLoaderConfig,
+        background: tuple[float, float, float] | None = None,
+        test_names: set[str] | None = None,
+    ) -> None:
+        if not records:
+            raise DataError("no frames to train on")
+        records = sorted(records, key=lambda r: r.name)
+        self.records = records
+        if test_names is not None:
+            test = [i for i, r in enumerate(records) if r.name in test_names]
+        else:
+            test = [i for i in range(len(records)) if test_every > 0 and i % test_every == 0]
+        self._test_ids = test
+        self._train_ids = [i for i in range(len(records)) if i not in set(test)]
+        self._points, self._colors = points.float(), colors.float()
+        self.transform = transform
+        """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""
+        self._background = background
+        self._loader = loader
+        self._check_image_sizes()
+        # One undistortion map per distinct camera, computed once.
+        self._undistorters: dict[CameraIntrinsics, Undistorter] = {}
+        for r in records:
+            if r.intrinsics not in self._undistorters:
+                self._undistorters[r.intrinsics] = Undistorter(r.intrinsics)
+        centers = torch.stack([r.c2w[:3, 3] for r in records]).double()
+        self._scene_scale = float((centers - centers.mean(0)).norm(dim=-1).max()) * 1.1
+        self._cache = ByteLRUCache(loader.cache_mb * 1024 * 1024)
+        self._pool = ThreadPoolExecutor(loader.num_workers) if loader.num_workers > 0 else None
+        self._inflight: dict[int, Future] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ checks
+    def _check_image_sizes(self) -> None:
+        bad = []
+        for r in self.records:
+            w, h = image_size(r.image_path)
+            if (w, h) != (r.intrinsics.width, r.intrinsics.height):
+                bad.append(f"{r.image_path} is {w}x{h}, its camera is {r.intrinsics.width}x{r.intrinsics.height}")
+        if bad:
+            raise DataError(f"{len(bad)} image(s) do not match their camera's size: " + "; ".join(bad[:5])
+                            + ("; ..." if len(bad) > 5 else "")
+                            + ". Images of one camera must all have its size (check EXIF rotation and resizing).")
+
+    # ------------------------------------------------------------ loading
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        r = self.records[index]
+        und = self._undistorters[r.intrinsics]
+        img = read_image(r.image_path, self._background)
+        if img.shape[1] != r.intrinsics.width or img.shape[0] != r.intrinsics.height:
+            raise DataError(f"{r.image_path} is {img.shape[1]}x{img.shape[0]}, its camera is "
+                            f"{r.intrinsics.width}x{r.intrinsics.height}")
+        img = und.image(img)
+        mask = None
+        if r.mask_path is not None:
+            m = read_mask(r.mask_path)
+            if m.shape != (r.intrinsics.height, r.intrinsics.width):
+                import cv2
+
+                # A mask folder may hold masks at the original resolution for images_N.
+                m = cv2.resize(m.astype(np.uint8), (r.intrinsics.width, r.intrinsics.height),
+                               interpolation=cv2.INTER_NEAREST).astype(bool)
+            mask = und.mask(m)
+        return img, mask
+
+    def _cached(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._cache.get_or_load(index, lambda: self._load(index))
+
+    def _get(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            fut = self._inflight.pop(index, None)
+        return fut.result() if fut is not None else self._cached(index)
+
+    def _prefetch(self, indices: list[int]) -> None:
+        if self._pool is None:
+            return
+        with self._lock:
+            for i in indices:
+                if i not in self._inflight:
+                    self._inflight[i] = self._pool.submit(self._cached, i)
+
+    def _frame(self, index: int) -> SplatFrames:
+        img, mask = self._get(index)
+        r = self.records[index]
+        und = self._undistorters[r.intrinsics]
+        cams = SplatCameras(
+            c2w_to_viewmat(r.c2w.double()).float()[None],
+            torch.from_numpy(und.K).float()[None],
+            und.width,
+            und.height,
+        )
+        images = torch.from_numpy(img).float().div_(255.0)[None]
+        masks = None if mask is None else torch.from_numpy(mask)[None, ..., None]
+        return SplatFrames(cams, images, masks, [r.name])
+
+    # ------------------------------------------------------------ provider API
+    @property
+    def scene_scale(self) -> float:
+        return self._scene_scale
+
+    def num_train_frames(self) -> int:
+        return len(self._train_ids)
+
+    def num_test_frames(self) -> int:
+        return len(self._test_ids)
+
+    def train_frame(self, index: int) -> SplatFrames:
+        return self._frame(self._train_ids[index])
+
+    def test_frame(self, index: int) -> SplatFrames:
+        return self._frame(self._test_ids[index])
+
+    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0) -> SplatFrames:
+        ahead = [self._train_ids[i] for s in range(step + 1, step + 1 + self._loader.prefetch_steps)
+                 for i in self.train_indices(s, batch_size, seed)]
+        self._prefetch(ahead)
+        return super().train_batch(step, batch_size, seed)
+
+    def initial_points(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._points.clone(), self._colors.clone()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> str:
+        n_cams = len(self._undistorters)
+        distorted = sum(u.source.is_distorted for u in self._undistorters.values())
+        masks = sum(r.mask_path is not None for r in self.records)
+        return (f"{len(self.records)} images ({self.num_train_frames()} train, {self.num_test_frames()} test), "
+                f"{n_cams} camera(s), {distorted} undistorted, {masks} masks, {self._points.shape[0]} points")
+
+
+def check_files_exist(records: list[FrameRecord], what: str, fix: str) -> None:
+    missing = [str(r.image_path) for r in records if not r.image_path.is_file()]
+    if missing:
+        raise DataError(f"{what}: {len(missing)} image file(s) missing: {_preview(missing)}. {fix}")
