@@ -46,22 +46,22 @@ class SplatProgressTracker(SplatBaseModule):
 
     def post_compute_loss(self, step: int, max_steps: int, loss, render, frames, **kwargs) -> None:
         if self._enabled and (step % self.update_every == 0 or step % self._every_line == 0 or step == max_steps):
-            self._last = (loss.loss.detach(), render.images.detach(), frames.images)
+            self._last = (loss.loss.detach(), render.images.detach(), frames.images, frames.masks)
 
     def post_step(self, step: int, max_steps: int, training_state, **kwargs) -> None:
         if not self._enabled or self._last is None:
             return
         if self._tty and step % self.update_every == 0:
-            loss, img, gt = self._last
-            self._bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{float(psnr(img, gt).mean()):.2f}",
+            loss, img, gt, mask = self._last
+            self._bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{float(psnr(img, gt, mask).mean()):.2f}",
                                   gaussians=training_state.num_gaussians, refresh=False)
             self._bar.update(step - self._bar.n)
         elif not self._tty and (step % self._every_line == 0 or step == max_steps):
-            loss, img, gt = self._last
+            loss, img, gt, mask = self._last
             elapsed = time.perf_counter() - self._t0
             rate = (step - self._step0) / max(elapsed, 1e-9)
             eta = (max_steps - step) / max(rate, 1e-9)
-            print(f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt).mean()):.2f} "
+            print(f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt, mask).mean()):.2f} "
                   f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
                   file=self._out, flush=True)
 
