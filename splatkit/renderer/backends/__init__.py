@@ -10,9 +10,9 @@ from typing import Callable
 
 import torch
 
-from splatkit.renderer.backends import torch_ref
+from splatkit.renderer.backends import cpu, torch_ref
 
-BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize}
+BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.rasterize}
 
 
 def available_backends() -> list[str]:

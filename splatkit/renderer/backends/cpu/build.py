@@ -1,0 +1,119 @@
+"""Compile the C++ kernels once per machine and load them with ctypes.
+
+The library is built with the system C++ compiler (``$CXX``, else ``c++``/``g++``) at
+first use, with ``-O3 -march=native``, into the cache folder (``$SPLATKIT_CACHE`` or
+``~/.cache/splatkit``/kernels/<hash of source, compiler and CPU>/). Later processes
+load the cached file; a different source, compiler or CPU gets its own build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger("splatkit")
+
+SOURCE = Path(__file__).with_name("splatkit_cpu.cpp")
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC", "-pthread"]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+build_seconds: float | None = None
+"""Time the last compile in this process took (None when the cached library was used)."""
+
+
+class KernelBuildError(RuntimeError):
+    """The compiled CPU backend could not be built or loaded; the message says why."""
+
+
+def _compiler() -> str:
+    for cand in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if cand and shutil.which(cand):
+            return cand
+    raise KernelBuildError("no C++ compiler found (set CXX, or install g++: apt install g++)")
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_path() -> Path:
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode() + _cpu_signature().encode()
+        + platform.machine().encode()
+    ).hexdigest()[:16]
+    root = Path(os.environ.get("SPLATKIT_CACHE") or Path.home() / ".cache" / "splatkit")
+    return root / "kernels" / key / "libsplatkit_cpu.so"
+
+
+def _compile(target: Path) -> None:
+    global build_seconds
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    t0 = time.perf_counter()
+    logger.info("compiling the CPU rasterizer (once per machine) into %s", target.parent)
+    proc = subprocess.run([_compiler(), *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tmp)
+        raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, target)
+    build_seconds = time.perf_counter() - t0
+    logger.info("compiled the CPU rasterizer in %.1f s", build_seconds)
+
+
+def load() -> ctypes.CDLL:
+    """The kernel library, building it first if this machine has no cached copy."""
+    global _lib, _error
+    with _lock:
+        if _lib is not None:
+            return _lib
+        if _error is not None:
+            raise KernelBuildError(_error)
+        try:
+            path = library_path()
+            if not path.is_file():
+                _compile(path)
+            lib = ctypes.CDLL(str(path))
+        except (KernelBuildError, OSError) as e:
+            _error = f"the compiled CPU rasterizer is unavailable: {e}"
+            raise KernelBuildError(_error) from e
+        _declare(lib)
+        _lib = lib
+        return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, f, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
+    lib.sk_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, f, i, p, p, p, p, p, p, i]
+    lib.sk_project_fwd.restype = None
+    lib.sk_project_bwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, i, p, p, p, p, p, p, p, p, p,
+                                   p, p, p, i]
+    lib.sk_project_bwd.restype = None
+    lib.sk_isect.argtypes = [i, i, p, p, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
+    lib.sk_isect.restype = i64
+    lib.sk_free.argtypes = [p]
+    lib.sk_free.restype = None
+    lib.sk_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk_raster_fwd.restype = i
+    lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk_raster_bwd.restype = i

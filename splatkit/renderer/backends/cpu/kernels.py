@@ -1,0 +1,142 @@
+"""Autograd wrappers around the compiled CPU kernels (see ``splatkit_cpu.cpp``).
+
+Two differentiable stages, as in gsplat: projection (+ SH colours) produces
+``means2d``, whose gradient densification reads, and rasterisation composites them.
+Gradients flow to means, quaternions, scales, opacities and SH coefficients (or raw
+colour features); cameras and backgrounds are treated as constants.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import torch
+
+from splatkit.renderer.backends.cpu.build import load
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous()
+
+
+class ProjectFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, coeffs, viewmats, Ks, width, height, sh_degree,
+                near_plane, far_plane, eps2d, radius_clip, antialiased, nthreads):
+        lib = load()
+        C, N = viewmats.shape[0], means.shape[0]
+        means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
+        viewmats, Ks = _f32(viewmats), _f32(Ks)
+        use_sh = coeffs is not None
+        coeffs_c = _f32(coeffs) if use_sh else None
+        K = coeffs.shape[1] if use_sh else 0
+        means2d = torch.empty(C, N, 2)
+        conics = torch.empty(C, N, 3)
+        opac = torch.empty(C, N)
+        depths = torch.empty(C, N)
+        radii = torch.empty(C, N, 2, dtype=torch.int32)
+        colors = torch.empty(C, N, 3) if use_sh else torch.zeros(0)
+        lib.sk_project_fwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities), _ptr(coeffs_c), K,
+                           sh_degree if use_sh else -1, _ptr(viewmats), _ptr(Ks), width, height, near_plane,
+                           far_plane, eps2d, radius_clip, int(antialiased), _ptr(means2d), _ptr(conics),
+                           _ptr(opac), _ptr(depths), _ptr(radii), _ptr(colors) if use_sh else None, nthreads)
+        ctx.save_for_backward(means, quats, scales, opacities, coeffs_c if use_sh else torch.zeros(0), viewmats,
+                              Ks, radii)
+        ctx.cfg = (width, height, sh_degree if use_sh else -1, K, near_plane, far_plane, eps2d, antialiased,
+                   nthreads, use_sh)
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, opac, depths, radii, colors
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_conics, g_opac, g_depths, _g_radii, g_colors):
+        lib = load()
+        means, quats, scales, opacities, coeffs, viewmats, Ks, radii = ctx.saved_tensors
+        width, height, sh_degree, K, near_plane, far_plane, eps2d, antialiased, nthreads, use_sh = ctx.cfg
+        C, N = viewmats.shape[0], means.shape[0]
+
+        def grad_or_zeros(g, shape):
+            return torch.zeros(shape) if g is None else g.contiguous()
+
+        g_means2d = grad_or_zeros(g_means2d, (C, N, 2))
+        g_conics = grad_or_zeros(g_conics, (C, N, 3))
+        g_opac = grad_or_zeros(g_opac, (C, N))
+        g_depths = None if g_depths is None else g_depths.contiguous()
+        g_colors = None if (g_colors is None or not use_sh) else g_colors.contiguous()
+        out_means = torch.zeros(N, 3)
+        out_quats = torch.zeros(N, 4)
+        out_scales = torch.zeros(N, 3)
+        out_opac = torch.zeros(N)
+        out_coeffs = torch.zeros(N, K, 3) if use_sh else None
+        lib.sk_project_bwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities),
+                           _ptr(coeffs) if use_sh else None, K, sh_degree, _ptr(viewmats), _ptr(Ks), width, height,
+                           near_plane, far_plane, eps2d, int(antialiased), _ptr(radii), None, _ptr(g_means2d),
+                           _ptr(g_conics), _ptr(g_opac), _ptr(g_colors), _ptr(g_depths), _ptr(out_means),
+                           _ptr(out_quats), _ptr(out_scales), _ptr(out_opac), _ptr(out_coeffs), nthreads)
+        return (out_means, out_quats, out_scales, out_opac, out_coeffs, None, None, None, None, None, None, None,
+                None, None, None, None)
+
+
+def intersect(means2d, conics, opac, radii, depths, width, height, nthreads):
+    """Tile lists: ``(flat_ids [M] int32 sorted by camera, tile, depth; tile_offsets [C*T+1])``."""
+    lib = load()
+    C, N = depths.shape
+    tiles = ((width + 15) // 16) * ((height + 15) // 16)
+    tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
+    out = ctypes.c_void_p()
+    M = lib.sk_isect(C, N, _ptr(means2d), _ptr(conics), _ptr(opac), _ptr(radii), _ptr(depths), width, height,
+                     ctypes.byref(out), _ptr(tile_offsets), nthreads)
+    try:
+        ids = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)),
+                                                     shape=(max(M, 1),))[:M].copy())
+    finally:
+        lib.sk_free(out)
+    return ids, tile_offsets
+
+
+class RasterizeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, colors, opac, backgrounds, radii, depths, width, height, nthreads):
+        lib = load()
+        C, N, D = colors.shape
+        means2d, conics, colors, opac = _f32(means2d), _f32(conics), _f32(colors), _f32(opac)
+        bg = None if backgrounds is None else _f32(backgrounds)
+        ids, tile_offsets = intersect(means2d, conics, opac, radii.contiguous(), depths.detach().contiguous(),
+                                      width, height, nthreads)
+        img = torch.empty(C, height, width, D)
+        alpha = torch.empty(C, height, width, 1)
+        T_final = torch.empty(C, height, width)
+        last = torch.empty(C, height, width, dtype=torch.int32)
+        rowmask = torch.zeros(ids.numel(), dtype=torch.int16)
+        rc = lib.sk_raster_fwd(C, width, height, D, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opac), _ptr(bg),
+                               _ptr(ids), _ptr(tile_offsets), _ptr(img), _ptr(alpha), _ptr(T_final), _ptr(last),
+                               _ptr(rowmask), nthreads)
+        if rc != 0:
+            raise ValueError(f"the cpu backend composites 1 to 4 channels, got {D}")
+        ctx.save_for_backward(means2d, conics, colors, opac, bg if bg is not None else torch.zeros(0), ids,
+                              tile_offsets, T_final, last, rowmask)
+        ctx.cfg = (width, height, nthreads, bg is not None)
+        ctx.n_isects = ids.numel()
+        return img, alpha
+
+    @staticmethod
+    def backward(ctx, g_img, g_alpha):
+        lib = load()
+        means2d, conics, colors, opac, bg, ids, tile_offsets, T_final, last, rowmask = ctx.saved_tensors
+        width, height, nthreads, has_bg = ctx.cfg
+        C, N, D = colors.shape
+        g_img = torch.zeros(C, height, width, D) if g_img is None else g_img.contiguous()
+        g_alpha = None if g_alpha is None else g_alpha.contiguous()
+        out_means2d = torch.empty(C, N, 2)
+        out_conics = torch.empty(C, N, 3)
+        out_colors = torch.empty(C, N, D)
+        out_opac = torch.empty(C, N)
+        lib.sk_raster_bwd(C, N, width, height, D, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opac),
+                          _ptr(bg) if has_bg else None, _ptr(ids), _ptr(tile_offsets), _ptr(T_final), _ptr(last),
+                          _ptr(rowmask), _ptr(g_img), _ptr(g_alpha), _ptr(out_means2d), _ptr(out_conics),
+                          _ptr(out_colors), _ptr(out_opac), nthreads)
+        return out_means2d, out_conics, out_colors, out_opac, None, None, None, None, None, None
