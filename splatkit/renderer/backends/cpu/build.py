@@ -23,7 +23,7 @@ from pathlib import Path
 logger = logging.getLogger("splatkit")
 
 SOURCE = Path(__file__).with_name("splatkit_cpu.cpp")
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -109,11 +109,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_project_bwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, i, p, p, p, p, p, p, p, p, p,
                                    p, p, p, i]
     lib.sk_project_bwd.restype = None
-    lib.sk_isect.argtypes = [i, i, p, p, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
+    lib.sk_pack.argtypes = [i64, i, p, p, p, p, p, i]
+    lib.sk_pack.restype = None
+    lib.sk_isect.argtypes = [i, i, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
     lib.sk_isect.restype = i64
     lib.sk_free.argtypes = [p]
     lib.sk_free.restype = None
-    lib.sk_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_fwd.restype = i
-    lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_bwd.restype = i

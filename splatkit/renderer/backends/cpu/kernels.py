@@ -81,15 +81,24 @@ class ProjectFn(torch.autograd.Function):
                 None, None, None, None)
 
 
-def intersect(means2d, conics, opac, radii, depths, width, height, nthreads):
+def pack(means2d, conics, opac, colors, nthreads):
+    """Per (camera, Gaussian) the 16 floats (one cache line) compositing reads: centre,
+    conic, opacity, alpha threshold on sigma, vertical extent, 1/A and colour ``[C, N, 16]``."""
+    C, N, D = colors.shape
+    packed = torch.empty(C, N, 16)
+    load().sk_pack(C * N, D, _ptr(means2d), _ptr(conics), _ptr(opac), _ptr(colors), _ptr(packed), nthreads)
+    return packed
+
+
+def intersect(packed, radii, depths, width, height, nthreads):
     """Tile lists: ``(flat_ids [M] int32 sorted by camera, tile, depth; tile_offsets [C*T+1])``."""
     lib = load()
     C, N = depths.shape
     tiles = ((width + 15) // 16) * ((height + 15) // 16)
     tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
     out = ctypes.c_void_p()
-    M = lib.sk_isect(C, N, _ptr(means2d), _ptr(conics), _ptr(opac), _ptr(radii), _ptr(depths), width, height,
-                     ctypes.byref(out), _ptr(tile_offsets), nthreads)
+    M = lib.sk_isect(C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out),
+                     _ptr(tile_offsets), nthreads)
     try:
         ids = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)),
                                                      shape=(max(M, 1),))[:M].copy())
@@ -103,40 +112,38 @@ class RasterizeFn(torch.autograd.Function):
     def forward(ctx, means2d, conics, colors, opac, backgrounds, radii, depths, width, height, nthreads):
         lib = load()
         C, N, D = colors.shape
-        means2d, conics, colors, opac = _f32(means2d), _f32(conics), _f32(colors), _f32(opac)
+        if not 1 <= D <= 4:
+            raise ValueError(f"the cpu backend composites 1 to 4 channels, got {D}")
+        packed = pack(_f32(means2d), _f32(conics), _f32(opac), _f32(colors), nthreads)
         bg = None if backgrounds is None else _f32(backgrounds)
-        ids, tile_offsets = intersect(means2d, conics, opac, radii.contiguous(), depths.detach().contiguous(),
-                                      width, height, nthreads)
+        ids, tile_offsets = intersect(packed, radii.contiguous(), depths.detach().contiguous(), width, height,
+                                      nthreads)
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         T_final = torch.empty(C, height, width)
         last = torch.empty(C, height, width, dtype=torch.int32)
-        rowmask = torch.zeros(ids.numel(), dtype=torch.int16)
-        rc = lib.sk_raster_fwd(C, width, height, D, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opac), _ptr(bg),
-                               _ptr(ids), _ptr(tile_offsets), _ptr(img), _ptr(alpha), _ptr(T_final), _ptr(last),
-                               _ptr(rowmask), nthreads)
-        if rc != 0:
-            raise ValueError(f"the cpu backend composites 1 to 4 channels, got {D}")
-        ctx.save_for_backward(means2d, conics, colors, opac, bg if bg is not None else torch.zeros(0), ids,
-                              tile_offsets, T_final, last, rowmask)
-        ctx.cfg = (width, height, nthreads, bg is not None)
-        ctx.n_isects = ids.numel()
+        vecmask = torch.zeros(ids.numel(), dtype=torch.int64)
+        lib.sk_raster_fwd(C, width, height, D, _ptr(packed), _ptr(bg), _ptr(ids), _ptr(tile_offsets), _ptr(img),
+                          _ptr(alpha), _ptr(T_final), _ptr(last), _ptr(vecmask), nthreads)
+        ctx.save_for_backward(packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, last,
+                              vecmask)
+        ctx.cfg = (width, height, nthreads, bg is not None, N, D)
         return img, alpha
 
     @staticmethod
     def backward(ctx, g_img, g_alpha):
         lib = load()
-        means2d, conics, colors, opac, bg, ids, tile_offsets, T_final, last, rowmask = ctx.saved_tensors
-        width, height, nthreads, has_bg = ctx.cfg
-        C, N, D = colors.shape
+        packed, bg, ids, tile_offsets, T_final, last, vecmask = ctx.saved_tensors
+        width, height, nthreads, has_bg, N, D = ctx.cfg
+        C = packed.shape[0]
         g_img = torch.zeros(C, height, width, D) if g_img is None else g_img.contiguous()
         g_alpha = None if g_alpha is None else g_alpha.contiguous()
         out_means2d = torch.empty(C, N, 2)
         out_conics = torch.empty(C, N, 3)
         out_colors = torch.empty(C, N, D)
         out_opac = torch.empty(C, N)
-        lib.sk_raster_bwd(C, N, width, height, D, _ptr(means2d), _ptr(conics), _ptr(colors), _ptr(opac),
-                          _ptr(bg) if has_bg else None, _ptr(ids), _ptr(tile_offsets), _ptr(T_final), _ptr(last),
-                          _ptr(rowmask), _ptr(g_img), _ptr(g_alpha), _ptr(out_means2d), _ptr(out_conics),
-                          _ptr(out_colors), _ptr(out_opac), nthreads)
+        lib.sk_raster_bwd(C, N, width, height, D, _ptr(packed), _ptr(bg) if has_bg else None,
+                          _ptr(ids), _ptr(tile_offsets), _ptr(T_final), _ptr(last), _ptr(vecmask), _ptr(g_img),
+                          _ptr(g_alpha), _ptr(out_means2d), _ptr(out_conics), _ptr(out_colors), _ptr(out_opac),
+                          nthreads)
         return out_means2d, out_conics, out_colors, out_opac, None, None, None, None, None, None

@@ -1,8 +1,8 @@
 // splatkit compiled CPU rasterizer: projection, SH, binning, compositing, and their
-// backward passes. Plain C++17 with std::thread; no PyTorch headers (the Python side
-// passes raw pointers through ctypes), so it compiles in seconds and never meets a
-// second OpenMP runtime. The maths is the reference's (splatkit/renderer/projection.py
-// and backends/torch_ref.py); tests compare the two forward and backward.
+// backward passes. Plain C++17 with OpenMP and GCC/Clang vector extensions; no PyTorch
+// headers (the Python side passes raw pointers through ctypes), so it builds in seconds. The maths is the reference's
+// (splatkit/renderer/projection.py and backends/torch_ref.py); tests compare the two
+// forward and backward.
 //
 // Conventions: float32, row-major, pixel centres at +0.5, conic = (A, B, C) with
 // sigma = 0.5 * (A dx^2 + C dy^2) + B dx dy, alpha = min(0.999, o * exp(-sigma)),
@@ -15,20 +15,22 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <thread>
+#include <omp.h>
 #include <vector>
-#if defined(__SSE__)
+#if defined(__AVX__)
+#include <immintrin.h>
+#elif defined(__SSE__)
 #include <xmmintrin.h>
 #endif
 
 namespace {
 
 constexpr int TILE = 16;
-constexpr int TILE_PIX = TILE * TILE;
 constexpr float ALPHA_THRESHOLD = 1.0f / 255.0f;
 constexpr float ALPHA_MAX = 0.999f;
 constexpr float T_MIN = 1e-4f;
 constexpr float MAX_EXTENT = 3.33f;
+constexpr int MAX_CHANNELS = 4;
 
 // ----------------------------------------------------------------------------- threads
 // Flush denormals to zero while a kernel runs (restored afterwards): values this small
@@ -41,29 +43,26 @@ struct FlushDenormals {
 #endif
 };
 
+// Parallel loops use OpenMP. Inside a PyTorch process the dynamic linker resolves our
+// libgomp.so.1 to the one PyTorch already loaded, so both share one thread pool
+// instead of two pools fighting over the cores (and spawning threads per call, which
+// costs hundreds of microseconds in some VMs).
 template <class F>
 void parallel_for(int64_t n, int nthreads, F&& body) {
     if (n <= 0) return;
     FlushDenormals ftz;
-    if (nthreads <= 1 || n == 1) {
+    nthreads = (int)std::min<int64_t>(std::max(nthreads, 1), n);
+    if (nthreads == 1) {
         for (int64_t i = 0; i < n; ++i) body(i, 0);
         return;
     }
-    std::atomic<int64_t> next(0);
-    auto worker = [&](int tid) {
+#pragma omp parallel num_threads(nthreads)
+    {
         FlushDenormals ftz_worker;
-        for (;;) {
-            int64_t i = next.fetch_add(1, std::memory_order_relaxed);
-            if (i >= n) break;
-            body(i, tid);
-        }
-    };
-    std::vector<std::thread> pool;
-    int extra = (int)std::min<int64_t>(nthreads, n) - 1;
-    pool.reserve(extra);
-    for (int t = 1; t <= extra; ++t) pool.emplace_back(worker, t);
-    worker(0);
-    for (auto& t : pool) t.join();
+        int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n; ++i) body(i, tid);
+    }
 }
 
 // Run body(begin, end, tid) on contiguous chunks of [0, n).
@@ -76,17 +75,91 @@ void parallel_chunks(int64_t n, int nthreads, int64_t chunk, F&& body) {
     });
 }
 
-// ----------------------------------------------------------------------------- exp
-// exp(x) for x <= 0, vectorisable: 2^round(t) * e^(f ln 2), |f| <= 1/2, degree-6
-// Taylor (relative error ~1e-7, the float32 rounding level).
-static inline float exp_neg(float x) {
-    x = x < -80.0f ? -80.0f : x;
-    float t = x * 1.4426950408889634f;
-    float r = (t + 12582912.0f) - 12582912.0f;  // round to nearest (|t| < 2^22)
-    float f = (t - r) * 0.6931471805599453f;
-    float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6.0f + f * (1.0f / 24.0f + f * (1.0f / 120.0f + f * (1.0f / 720.0f))))));
-    int32_t bits = ((int32_t)r + 127) << 23;
-    return p * __builtin_bit_cast(float, bits);
+// Pixels are processed in vectors of the machine's native width (GCC/Clang vector
+// extensions: 16 floats with AVX-512, 8 with AVX, 4 otherwise); a 16-pixel tile row
+// is NV of them. Wider-than-native vector types would be split into scalar code.
+#if defined(__AVX512F__)
+constexpr int L = 16;
+#elif defined(__AVX__)
+constexpr int L = 8;
+#else
+constexpr int L = 4;
+#endif
+constexpr int NV = TILE / L;
+typedef float vf __attribute__((vector_size(4 * L)));
+typedef int32_t vi __attribute__((vector_size(4 * L)));
+
+static inline vf vsplat(float x) { return vf{} + x; }
+static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+static inline vf vsqrt(vf x) {
+    vf r;
+    for (int i = 0; i < L; ++i) r[i] = __builtin_sqrtf(x[i]);
+    return r;
+}
+
+// Natural log for x > 0: exponent from the bits, 2 atanh((m-1)/(m+1)) series for the
+// mantissa in [sqrt(1/2), sqrt(2)) (relative error ~1e-8).
+static inline vf vlog(vf x) {
+    vi bits = (vi)x;
+    vi e = ((bits >> 23) & 255) - 127;
+    vf m = (vf)((bits & 0x007FFFFF) | 0x3F800000);
+    vi big = m > 1.41421356f;
+    m = big ? m * 0.5f : m;
+    e = e - big;
+    vf z = (m - 1.0f) / (m + 1.0f);
+    vf z2 = z * z;
+    vf lnm = 2.0f * z * (1.0f + z2 * (1.0f / 3.0f + z2 * (1.0f / 5.0f + z2 * (1.0f / 7.0f + z2 * (1.0f / 9.0f)))));
+    return lnm + __builtin_convertvector(e, vf) * 0.6931471805599453f;
+}
+
+// ceil for values well inside the int32 range
+static inline vf vceil(vf x) {
+    vf t = __builtin_convertvector(__builtin_convertvector(x, vi), vf);
+    return t < x ? t + 1.0f : t;
+}
+
+static inline vf vexp_neg(vf x) {
+    // Clamped so results (and products with opacities) stay normal floats.
+    x = x < -80.0f ? vsplat(-80.0f) : x;
+    vf t = x * 1.4426950408889634f;
+    vf r = (t + 12582912.0f) - 12582912.0f;
+    vf f = (t - r) * 0.6931471805599453f;
+    vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6.0f + f * (1.0f / 24.0f + f * (1.0f / 120.0f + f * (1.0f / 720.0f))))));
+    vi bits = (__builtin_convertvector(r, vi) + 127) << 23;
+    return p * (vf)bits;
+}
+
+// Lanes of a mask as bits (one instruction with AVX/AVX-512, a loop elsewhere).
+static inline uint32_t vbits(vi m) {
+#if defined(__AVX512F__)
+    return (uint32_t)_mm512_cmplt_epi32_mask((__m512i)m, _mm512_setzero_si512());
+#elif defined(__AVX__)
+    return (uint32_t)_mm256_movemask_ps((__m256)m);
+#else
+    uint32_t b = 0;
+    for (int i = 0; i < L; ++i) b |= (m[i] < 0 ? 1u : 0u) << i;
+    return b;
+#endif
+}
+
+static inline bool vany(vi m) {
+    int32_t acc = 0;
+    for (int i = 0; i < L; ++i) acc |= m[i];
+    return acc != 0;
+}
+
+static inline bool vall(vi m) {
+    int32_t acc = -1;
+    for (int i = 0; i < L; ++i) acc &= m[i];
+    return acc != 0;
+}
+
+static inline float vsum(vf v) {
+    float s = 0;
+    for (int i = 0; i < L; ++i) s += v[i];
+    return s;
 }
 
 // ----------------------------------------------------------------------------- SH
@@ -145,116 +218,113 @@ static inline void sh_basis_grad(int degree, float x, float y, float z, const fl
             SH_C3[5] * (xx - yy) * g[14];
 }
 
-// ----------------------------------------------------------------------------- 3x3 helpers
-struct Mat3 {
-    float m[3][3];
+// ----------------------------------------------------------------------------- cameras
+struct VCam {
+    float R[3][3], t[3], fx, fy, cx, cy, campos[3], limx_pos, limx_neg, limy_pos, limy_neg;
 };
 
-static inline Mat3 quat_to_rot(const float* q, float* qn_out) {
-    float w = q[0], x = q[1], y = q[2], z = q[3];
-    float inv = 1.0f / std::max(std::sqrt(w * w + x * x + y * y + z * z), 1e-12f);
-    w *= inv; x *= inv; y *= inv; z *= inv;
-    if (qn_out) { qn_out[0] = w; qn_out[1] = x; qn_out[2] = y; qn_out[3] = z; }
-    Mat3 R;
-    R.m[0][0] = 1 - 2 * (y * y + z * z); R.m[0][1] = 2 * (x * y - w * z); R.m[0][2] = 2 * (x * z + w * y);
-    R.m[1][0] = 2 * (x * y + w * z); R.m[1][1] = 1 - 2 * (x * x + z * z); R.m[1][2] = 2 * (y * z - w * x);
-    R.m[2][0] = 2 * (x * z - w * y); R.m[2][1] = 2 * (y * z + w * x); R.m[2][2] = 1 - 2 * (x * x + y * y);
-    return R;
-}
-
-static inline Mat3 mul(const Mat3& a, const Mat3& b) {
-    Mat3 c;
-    for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) c.m[i][j] = a.m[i][0] * b.m[0][j] + a.m[i][1] * b.m[1][j] + a.m[i][2] * b.m[2][j];
-    return c;
-}
-
-static inline Mat3 transpose(const Mat3& a) {
-    Mat3 t;
-    for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) t.m[i][j] = a.m[j][i];
-    return t;
-}
-
-struct Camera {
-    Mat3 R;
-    float t[3];
-    float fx, fy, cx, cy;
-    float campos[3];
-};
-
-static inline Camera load_camera(const float* viewmat, const float* K) {
-    Camera c;
+static inline VCam load_cam(const float* viewmat, const float* K, int W, int H) {
+    VCam c;
     for (int i = 0; i < 3; ++i) {
-        for (int j = 0; j < 3; ++j) c.R.m[i][j] = viewmat[i * 4 + j];
+        for (int j = 0; j < 3; ++j) c.R[i][j] = viewmat[i * 4 + j];
         c.t[i] = viewmat[i * 4 + 3];
     }
     c.fx = K[0]; c.fy = K[4]; c.cx = K[2]; c.cy = K[5];
-    for (int i = 0; i < 3; ++i) c.campos[i] = -(c.R.m[0][i] * c.t[0] + c.R.m[1][i] * c.t[1] + c.R.m[2][i] * c.t[2]);
+    for (int i = 0; i < 3; ++i) c.campos[i] = -(c.R[0][i] * c.t[0] + c.R[1][i] * c.t[1] + c.R[2][i] * c.t[2]);
+    // Like 3DGS and gsplat, the Jacobian is taken at a point clamped to 1.3x the view.
+    c.limx_pos = (W - c.cx) / c.fx + 0.3f * (0.5f * W / c.fx);
+    c.limx_neg = c.cx / c.fx + 0.3f * (0.5f * W / c.fx);
+    c.limy_pos = (H - c.cy) / c.fy + 0.3f * (0.5f * H / c.fy);
+    c.limy_neg = c.cy / c.fy + 0.3f * (0.5f * H / c.fy);
     return c;
 }
 
-// Intermediates of one Gaussian's projection into one camera, shared by fwd and bwd.
-struct Proj {
-    float tx, ty, tz;
-    Mat3 Rg;        // rotation of the Gaussian
-    float qn[4];    // normalised quaternion
-    Mat3 cov_c;     // camera-space covariance
-    float J[2][3];
-    bool clamp_x, clamp_y;
-    float ux, uy;   // (clamped) tx/tz and ty/tz used in J
-    float a, b, c;  // 2D covariance before blur
-    float det_orig, det;
-    float comp;     // opacity compensation (1 in classic mode)
+// Lanes past the end repeat the last element (their results are never stored).
+template <int S>
+static inline void gather(const float* base, int64_t i0, int lanes, vf out[S]) {
+    for (int l = 0; l < L; ++l) {
+        int64_t i = i0 + std::min(l, lanes - 1);
+        for (int k = 0; k < S; ++k) out[k][l] = base[i * S + k];
+    }
+}
+
+// ----------------------------------------------------------------------------- projection
+// Intermediates of projecting L Gaussians into one camera, shared by forward and backward.
+struct VProj {
+    vf tx, ty, tz;       // camera-space centre (tz = 1 where culled by depth)
+    vf qn[4], qlen;      // normalised quaternion and the input's length
+    vf Rg[3][3];         // Gaussian rotation
+    vf M[3][3];          // Rg * diag(scale)
+    vf cc[3][3];         // camera-space covariance
+    vf J00, J02, J11, J12, ux, uy;
+    vi clamp_x, clamp_y;
+    vf a, b, c;          // 2D covariance before the blur
+    vf det_orig, det, comp;
+    vi ok;               // inside the depth range with a positive-definite footprint
 };
 
-// Returns false when the Gaussian is culled by depth or a degenerate covariance.
-static inline bool project_one(const float* mean, const float* quat, const float* scale, const Camera& cam,
-                               int W, int H, float near_plane, float far_plane, float eps2d, bool antialiased,
-                               Proj& P) {
-    P.tx = cam.R.m[0][0] * mean[0] + cam.R.m[0][1] * mean[1] + cam.R.m[0][2] * mean[2] + cam.t[0];
-    P.ty = cam.R.m[1][0] * mean[0] + cam.R.m[1][1] * mean[1] + cam.R.m[1][2] * mean[2] + cam.t[1];
-    P.tz = cam.R.m[2][0] * mean[0] + cam.R.m[2][1] * mean[1] + cam.R.m[2][2] * mean[2] + cam.t[2];
-    if (!(P.tz > near_plane && P.tz < far_plane)) return false;
-    P.Rg = quat_to_rot(quat, P.qn);
-    Mat3 M;
+static inline VProj vproject(const VCam& cam, const vf m[3], const vf q[4], const vf s[3], float near_plane,
+                             float far_plane, float eps2d, bool antialiased) {
+    VProj P;
+    P.tx = cam.R[0][0] * m[0] + cam.R[0][1] * m[1] + cam.R[0][2] * m[2] + cam.t[0];
+    P.ty = cam.R[1][0] * m[0] + cam.R[1][1] * m[1] + cam.R[1][2] * m[2] + cam.t[1];
+    vf tz = cam.R[2][0] * m[0] + cam.R[2][1] * m[1] + cam.R[2][2] * m[2] + cam.t[2];
+    vi depth_ok = (tz > near_plane) & (tz < far_plane);
+    P.tz = depth_ok ? tz : vsplat(1.0f);
+    P.qlen = vmax(vsqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]), vsplat(1e-12f));
+    vf inv = 1.0f / P.qlen;
+    for (int i = 0; i < 4; ++i) P.qn[i] = q[i] * inv;
+    vf w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
+    P.Rg[0][0] = 1.0f - 2.0f * (y * y + z * z); P.Rg[0][1] = 2.0f * (x * y - w * z); P.Rg[0][2] = 2.0f * (x * z + w * y);
+    P.Rg[1][0] = 2.0f * (x * y + w * z); P.Rg[1][1] = 1.0f - 2.0f * (x * x + z * z); P.Rg[1][2] = 2.0f * (y * z - w * x);
+    P.Rg[2][0] = 2.0f * (x * z - w * y); P.Rg[2][1] = 2.0f * (y * z + w * x); P.Rg[2][2] = 1.0f - 2.0f * (x * x + y * y);
     for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) M.m[i][j] = P.Rg.m[i][j] * scale[j];
-    Mat3 cov = mul(M, transpose(M));
-    P.cov_c = mul(mul(cam.R, cov), transpose(cam.R));
-    float tz = P.tz;
-    float limx_pos = (W - cam.cx) / cam.fx + 0.3f * (0.5f * W / cam.fx);
-    float limx_neg = cam.cx / cam.fx + 0.3f * (0.5f * W / cam.fx);
-    float limy_pos = (H - cam.cy) / cam.fy + 0.3f * (0.5f * H / cam.fy);
-    float limy_neg = cam.cy / cam.fy + 0.3f * (0.5f * H / cam.fy);
-    float u = P.tx / tz, v = P.ty / tz;
-    P.clamp_x = u < -limx_neg || u > limx_pos;
-    P.clamp_y = v < -limy_neg || v > limy_pos;
-    P.ux = std::min(std::max(u, -limx_neg), limx_pos);
-    P.uy = std::min(std::max(v, -limy_neg), limy_pos);
-    P.J[0][0] = cam.fx / tz; P.J[0][1] = 0; P.J[0][2] = -cam.fx * P.ux / tz;
-    P.J[1][0] = 0; P.J[1][1] = cam.fy / tz; P.J[1][2] = -cam.fy * P.uy / tz;
-    float JS[2][3];
-    for (int i = 0; i < 2; ++i)
-        for (int j = 0; j < 3; ++j)
-            JS[i][j] = P.J[i][0] * P.cov_c.m[0][j] + P.J[i][1] * P.cov_c.m[1][j] + P.J[i][2] * P.cov_c.m[2][j];
-    float c00 = JS[0][0] * P.J[0][0] + JS[0][1] * P.J[0][1] + JS[0][2] * P.J[0][2];
-    float c01 = JS[0][0] * P.J[1][0] + JS[0][1] * P.J[1][1] + JS[0][2] * P.J[1][2];
-    float c10 = JS[1][0] * P.J[0][0] + JS[1][1] * P.J[0][1] + JS[1][2] * P.J[0][2];
-    float c11 = JS[1][0] * P.J[1][0] + JS[1][1] * P.J[1][1] + JS[1][2] * P.J[1][2];
-    P.a = c00; P.b = 0.5f * (c01 + c10); P.c = c11;
+        for (int j = 0; j < 3; ++j) P.M[i][j] = P.Rg[i][j] * s[j];
+    vf cov[3][3];
+    for (int i = 0; i < 3; ++i)
+        for (int j = i; j < 3; ++j) {
+            cov[i][j] = P.M[i][0] * P.M[j][0] + P.M[i][1] * P.M[j][1] + P.M[i][2] * P.M[j][2];
+            cov[j][i] = cov[i][j];
+        }
+    vf tmp[3][3];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) tmp[i][j] = cam.R[i][0] * cov[0][j] + cam.R[i][1] * cov[1][j] + cam.R[i][2] * cov[2][j];
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) P.cc[i][j] = tmp[i][0] * cam.R[j][0] + tmp[i][1] * cam.R[j][1] + tmp[i][2] * cam.R[j][2];
+    vf u = P.tx / P.tz, v = P.ty / P.tz;
+    P.clamp_x = (u < -cam.limx_neg) | (u > cam.limx_pos);
+    P.clamp_y = (v < -cam.limy_neg) | (v > cam.limy_pos);
+    P.ux = vmin(vmax(u, vsplat(-cam.limx_neg)), vsplat(cam.limx_pos));
+    P.uy = vmin(vmax(v, vsplat(-cam.limy_neg)), vsplat(cam.limy_pos));
+    P.J00 = cam.fx / P.tz;
+    P.J02 = -cam.fx * P.ux / P.tz;
+    P.J11 = cam.fy / P.tz;
+    P.J12 = -cam.fy * P.uy / P.tz;
+    // cov2d = J cc J^T with J = [[J00, 0, J02], [0, J11, J12]]
+    vf JS0[3], JS1[3];
+    for (int j = 0; j < 3; ++j) {
+        JS0[j] = P.J00 * P.cc[0][j] + P.J02 * P.cc[2][j];
+        JS1[j] = P.J11 * P.cc[1][j] + P.J12 * P.cc[2][j];
+    }
+    vf c00 = JS0[0] * P.J00 + JS0[2] * P.J02;
+    vf c01 = JS0[1] * P.J11 + JS0[2] * P.J12;
+    vf c10 = JS1[0] * P.J00 + JS1[2] * P.J02;
+    vf c11 = JS1[1] * P.J11 + JS1[2] * P.J12;
+    P.a = c00;
+    P.b = 0.5f * (c01 + c10);
+    P.c = c11;
     P.det_orig = P.a * P.c - P.b * P.b;
-    P.det = (P.a + eps2d) * (P.c + eps2d) - P.b * P.b;
-    if (!(P.det > 0)) return false;
-    P.comp = antialiased ? std::sqrt(std::max(P.det_orig / P.det, 0.0f)) : 1.0f;
-    return true;
+    vf det = (P.a + eps2d) * (P.c + eps2d) - P.b * P.b;
+    P.ok = depth_ok & (det > 0.0f);
+    P.det = P.ok ? det : vsplat(1.0f);
+    P.comp = antialiased ? vsqrt(vmax(P.det_orig / P.det, vf{})) : vsplat(1.0f);
+    return P;
 }
 
 }  // namespace
 
 extern "C" {
 
-// ============================================================================ projection
 // Outputs per (camera, Gaussian), flat index c * N + n:
 //   means2d [2], conics [3], opac [1], depths [1], radii [2] (int32, 0 = culled),
 //   colors [3] (only when sh_degree >= 0; coeffs is [N, K, 3]).
@@ -263,52 +333,54 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
                     const float* viewmats, const float* Ks, int W, int H, float near_plane, float far_plane,
                     float eps2d, float radius_clip, int antialiased, float* means2d, float* conics, float* opac,
                     float* depths, int32_t* radii, float* colors, int nthreads) {
-    parallel_chunks((int64_t)C * N, nthreads, 4096, [&](int64_t begin, int64_t end, int) {
-        for (int64_t idx = begin; idx < end; ++idx) {
-            int c = (int)(idx / N);
-            int64_t n = idx % N;
-            Camera cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
-            Proj P;
-            radii[2 * idx] = radii[2 * idx + 1] = 0;
-            means2d[2 * idx] = means2d[2 * idx + 1] = 0;
-            conics[3 * idx] = conics[3 * idx + 1] = conics[3 * idx + 2] = 0;
-            opac[idx] = 0;
-            depths[idx] = 0;
-            if (colors) colors[3 * idx] = colors[3 * idx + 1] = colors[3 * idx + 2] = 0;
-            if (!project_one(means + 3 * n, quats + 4 * n, scales + 3 * n, cam, W, H, near_plane, far_plane, eps2d,
-                             antialiased != 0, P))
-                continue;
-            float ap = P.a + eps2d, cp = P.c + eps2d;
-            float o = opacities[n] * P.comp;
-            float mx = cam.fx * P.tx / P.tz + cam.cx;
-            float my = cam.fy * P.ty / P.tz + cam.cy;
-            means2d[2 * idx] = mx;
-            means2d[2 * idx + 1] = my;
-            conics[3 * idx] = cp / P.det;
-            conics[3 * idx + 1] = -P.b / P.det;
-            conics[3 * idx + 2] = ap / P.det;
-            opac[idx] = o;
-            depths[idx] = P.tz;
-            if (!(o >= ALPHA_THRESHOLD)) continue;
-            float extent = std::min(MAX_EXTENT, std::sqrt(2.0f * std::log(o / ALPHA_THRESHOLD)));
-            float rx = std::ceil(extent * std::sqrt(std::max(ap, 0.0f)));
-            float ry = std::ceil(extent * std::sqrt(std::max(cp, 0.0f)));
-            if (!(rx > radius_clip || ry > radius_clip)) continue;
-            if (!(mx + rx > 0 && mx - rx < W && my + ry > 0 && my - ry < H)) continue;
-            radii[2 * idx] = (int32_t)rx;
-            radii[2 * idx + 1] = (int32_t)ry;
-            if (colors && sh_degree >= 0) {
-                float d[3] = {means[3 * n] - cam.campos[0], means[3 * n + 1] - cam.campos[1],
-                              means[3 * n + 2] - cam.campos[2]};
+    constexpr int64_t CHUNK = 64 * L;
+    int64_t per_cam = (N + CHUNK - 1) / CHUNK;
+    parallel_for((int64_t)C * per_cam, nthreads, [&](int64_t item, int) {
+        int c = (int)(item / per_cam);
+        int64_t nb = (item % per_cam) * CHUNK, ne = std::min<int64_t>(N, nb + CHUNK);
+        VCam cam = load_cam(viewmats + 16 * c, Ks + 9 * c, W, H);
+        for (int64_t n0 = nb; n0 < ne; n0 += L) {
+            int lanes = (int)std::min<int64_t>(L, ne - n0);
+            vf m[3], q[4], s[3], o[1];
+            gather<3>(means, n0, lanes, m);
+            gather<4>(quats, n0, lanes, q);
+            gather<3>(scales, n0, lanes, s);
+            gather<1>(opacities, n0, lanes, o);
+            VProj P = vproject(cam, m, q, s, near_plane, far_plane, eps2d, antialiased != 0);
+            vf ap = P.a + eps2d, cp = P.c + eps2d;
+            vf op = o[0] * P.comp;
+            vf mx = cam.fx * P.tx / P.tz + cam.cx;
+            vf my = cam.fy * P.ty / P.tz + cam.cy;
+            vf extent = vmin(vsplat(MAX_EXTENT), vsqrt(vmax(2.0f * vlog(vmax(op, vsplat(ALPHA_THRESHOLD)) * 255.0f), vf{})));
+            vf rx = vceil(extent * vsqrt(vmax(ap, vf{})));
+            vf ry = vceil(extent * vsqrt(vmax(cp, vf{})));
+            vi vis = P.ok & (op >= ALPHA_THRESHOLD) & ((rx > radius_clip) | (ry > radius_clip)) & (mx + rx > 0.0f) &
+                     (mx - rx < (float)W) & (my + ry > 0.0f) & (my - ry < (float)H);
+            for (int l = 0; l < lanes; ++l) {
+                int64_t n = n0 + l, idx = (int64_t)c * N + n;
+                bool ok = P.ok[l] != 0;
+                means2d[2 * idx] = ok ? mx[l] : 0.0f;
+                means2d[2 * idx + 1] = ok ? my[l] : 0.0f;
+                conics[3 * idx] = ok ? cp[l] / P.det[l] : 0.0f;
+                conics[3 * idx + 1] = ok ? -P.b[l] / P.det[l] : 0.0f;
+                conics[3 * idx + 2] = ok ? ap[l] / P.det[l] : 0.0f;
+                opac[idx] = ok ? op[l] : 0.0f;
+                depths[idx] = ok ? P.tz[l] : 0.0f;
+                radii[2 * idx] = vis[l] ? (int32_t)rx[l] : 0;
+                radii[2 * idx + 1] = vis[l] ? (int32_t)ry[l] : 0;
+                if (!colors) continue;
+                colors[3 * idx] = colors[3 * idx + 1] = colors[3 * idx + 2] = 0.0f;
+                if (!vis[l] || sh_degree < 0) continue;
+                float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
                 float inv = 1.0f / std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
                 float Y[16];
                 sh_basis(sh_degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
-                int nb = (sh_degree + 1) * (sh_degree + 1);
-                const float* co = coeffs + (int64_t)n * K * 3;
+                int nbases = (sh_degree + 1) * (sh_degree + 1);
+                const float* co = coeffs + n * K * 3;
                 for (int ch = 0; ch < 3; ++ch) {
-                    float s = 0.5f;
-                    for (int k = 0; k < nb; ++k) s += Y[k] * co[3 * k + ch];
-                    colors[3 * idx + ch] = std::max(s, 0.0f);
+                    float acc = 0.5f;
+                    for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+                    colors[3 * idx + ch] = std::max(acc, 0.0f);
                 }
             }
         }
@@ -317,160 +389,165 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
 
 // Gradients of the projection. Inputs are the gradients of means2d [2], conics [3],
 // opac, colors [3] (may be null) and depths (may be null) for every (camera, Gaussian);
-// outputs (accumulated over cameras) are the gradients of means [N,3], quats [N,4],
-// scales [N,3], opacities [N] and SH coefficients [N,K,3]. Culled pairs contribute 0.
+// outputs (accumulated over cameras, zero-initialised by the caller) are the gradients
+// of means [N,3], quats [N,4], scales [N,3], opacities [N] and SH coefficients [N,K,3].
+// Culled pairs contribute nothing.
 void sk_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
                     const float* opacities, const float* coeffs, int K, int sh_degree, const float* viewmats,
                     const float* Ks, int W, int H, float near_plane, float far_plane, float eps2d, int antialiased,
                     const int32_t* radii, const float* colors, const float* g_means2d, const float* g_conics,
                     const float* g_opac, const float* g_colors, const float* g_depths, float* g_means,
                     float* g_quats, float* g_scales, float* g_opacities, float* g_coeffs, int nthreads) {
-    // Gaussians are independent; cameras are looped inside so each output row is
-    // written by one thread only.
-    parallel_chunks(N, nthreads, 2048, [&](int64_t begin, int64_t end, int) {
-        for (int64_t n = begin; n < end; ++n) {
+    (void)colors;
+    // Work items are ranges of Gaussians; cameras are looped inside, so each output
+    // row is written by one thread only.
+    constexpr int64_t CHUNK = 64 * L;
+    std::vector<VCam> cams(C);
+    for (int c = 0; c < C; ++c) cams[c] = load_cam(viewmats + 16 * c, Ks + 9 * c, W, H);
+    parallel_chunks(N, nthreads, CHUNK, [&](int64_t nb, int64_t ne, int) {
+        for (int64_t n0 = nb; n0 < ne; n0 += L) {
+            int lanes = (int)std::min<int64_t>(L, ne - n0);
+            vf m[3], q[4], s[3], o[1];
+            gather<3>(means, n0, lanes, m);
+            gather<4>(quats, n0, lanes, q);
+            gather<3>(scales, n0, lanes, s);
+            gather<1>(opacities, n0, lanes, o);
             for (int c = 0; c < C; ++c) {
-                int64_t idx = (int64_t)c * N + n;
-                if (radii[2 * idx] == 0 && radii[2 * idx + 1] == 0) continue;
-                Camera cam = load_camera(viewmats + 16 * c, Ks + 9 * c);
-                Proj P;
-                if (!project_one(means + 3 * n, quats + 4 * n, scales + 3 * n, cam, W, H, near_plane, far_plane,
-                                 eps2d, antialiased != 0, P))
-                    continue;
-                float g_p[3] = {0, 0, 0};  // d L / d (tx, ty, tz)
-                float* gm = g_means + 3 * n;
-                // --- SH colour -> coefficients and view direction
-                if (g_colors && sh_degree >= 0) {
-                    float d[3] = {means[3 * n] - cam.campos[0], means[3 * n + 1] - cam.campos[1],
-                                  means[3 * n + 2] - cam.campos[2]};
+                const VCam& cam = cams[c];
+                int64_t i0 = (int64_t)c * N + n0;
+                vi vis = vi{};
+                bool any = false;
+                for (int l = 0; l < lanes; ++l) {
+                    vis[l] = (radii[2 * (i0 + l)] != 0 || radii[2 * (i0 + l) + 1] != 0) ? -1 : 0;
+                    any |= vis[l] != 0;
+                }
+                if (!any) continue;
+                VProj P = vproject(cam, m, q, s, near_plane, far_plane, eps2d, antialiased != 0);
+                vis &= P.ok;
+                vf gm2[2], gcon[3], gop[1], gdep[1] = {vf{}};
+                gather<2>(g_means2d, i0, lanes, gm2);
+                gather<3>(g_conics, i0, lanes, gcon);
+                gather<1>(g_opac, i0, lanes, gop);
+                if (g_depths) gather<1>(g_depths, i0, lanes, gdep);
+                vf gp0 = vf{}, gp1 = vf{}, gp2 = vf{};
+                // opacity and the antialiasing compensation
+                vf ga = vf{}, gb = vf{}, gc = vf{};
+                vf g_o = gop[0] * P.comp;
+                if (antialiased) {
+                    vi has = P.comp > 0.0f;
+                    vf comp = has ? P.comp : vsplat(1.0f);
+                    vf gr = has ? gop[0] * o[0] * 0.5f / comp : vf{};  // comp = sqrt(det_orig / det)
+                    vf gdo = gr / P.det, gdet = -gr * P.det_orig / (P.det * P.det);
+                    ga += gdo * P.c + gdet * (P.c + eps2d);
+                    gc += gdo * P.a + gdet * (P.a + eps2d);
+                    gb += -2.0f * P.b * (gdo + gdet);
+                }
+                // conic = inverse of S = [[a', b], [b, c']]: dL/dS = -Q G Q
+                {
+                    vf QA = (P.c + eps2d) / P.det, QB = -P.b / P.det, QC = (P.a + eps2d) / P.det;
+                    vf GA = gcon[0], GB = 0.5f * gcon[1], GC = gcon[2];
+                    vf t00 = QA * GA + QB * GB, t01 = QA * GB + QB * GC;
+                    vf t10 = QB * GA + QC * GB, t11 = QB * GB + QC * GC;
+                    ga -= t00 * QA + t01 * QB;
+                    gc -= t10 * QB + t11 * QC;
+                    gb -= 2.0f * (t00 * QB + t01 * QC);
+                }
+                // cov2d = J cc J^T
+                vf G00 = ga, G01 = 0.5f * gb, G11 = gc;
+                vf JS0[3], JS1[3];
+                for (int j = 0; j < 3; ++j) {
+                    JS0[j] = P.J00 * P.cc[0][j] + P.J02 * P.cc[2][j];
+                    JS1[j] = P.J11 * P.cc[1][j] + P.J12 * P.cc[2][j];
+                }
+                vf gJ00 = 2.0f * (G00 * JS0[0] + G01 * JS1[0]);
+                vf gJ02 = 2.0f * (G00 * JS0[2] + G01 * JS1[2]);
+                vf gJ11 = 2.0f * (G01 * JS0[1] + G11 * JS1[1]);
+                vf gJ12 = 2.0f * (G01 * JS0[2] + G11 * JS1[2]);
+                // gcc = J^T G J, J rows: j0 = (J00, 0, J02), j1 = (0, J11, J12)
+                vf j0[3] = {P.J00, vf{}, P.J02}, j1[3] = {vf{}, P.J11, P.J12};
+                vf gcc[3][3];
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j)
+                        gcc[i][j] = j0[i] * (G00 * j0[j] + G01 * j1[j]) + j1[i] * (G01 * j0[j] + G11 * j1[j]);
+                vf tz = P.tz, tz2 = tz * tz, tz3 = tz2 * tz;
+                gp2 += gJ00 * (-cam.fx / tz2) + gJ11 * (-cam.fy / tz2);
+                gp0 += P.clamp_x ? vf{} : gJ02 * (-cam.fx / tz2);
+                gp2 += P.clamp_x ? gJ02 * cam.fx * P.ux / tz2 : gJ02 * 2.0f * cam.fx * P.tx / tz3;
+                gp1 += P.clamp_y ? vf{} : gJ12 * (-cam.fy / tz2);
+                gp2 += P.clamp_y ? gJ12 * cam.fy * P.uy / tz2 : gJ12 * 2.0f * cam.fy * P.ty / tz3;
+                // means2d and depth
+                gp0 += gm2[0] * cam.fx / tz;
+                gp1 += gm2[1] * cam.fy / tz;
+                gp2 += -gm2[0] * cam.fx * P.tx / tz2 - gm2[1] * cam.fy * P.ty / tz2 + gdep[0];
+                vf gmean[3];
+                for (int i = 0; i < 3; ++i) gmean[i] = cam.R[0][i] * gp0 + cam.R[1][i] * gp1 + cam.R[2][i] * gp2;
+                // world covariance: cc = Rv cov Rv^T  =>  gcov = Rv^T gcc Rv
+                vf tmp[3][3], gcov[3][3];
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j)
+                        tmp[i][j] = cam.R[0][i] * gcc[0][j] + cam.R[1][i] * gcc[1][j] + cam.R[2][i] * gcc[2][j];
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j)
+                        gcov[i][j] = tmp[i][0] * cam.R[0][j] + tmp[i][1] * cam.R[1][j] + tmp[i][2] * cam.R[2][j];
+                // cov = M M^T: dL/dM = (gcov + gcov^T) M
+                vf gR[3][3], gs[3];
+                for (int j = 0; j < 3; ++j) {
+                    gs[j] = vf{};
+                    for (int i = 0; i < 3; ++i) {
+                        vf gM = (gcov[i][0] + gcov[0][i]) * P.M[0][j] + (gcov[i][1] + gcov[1][i]) * P.M[1][j] +
+                                (gcov[i][2] + gcov[2][i]) * P.M[2][j];
+                        gR[i][j] = gM * s[j];
+                        gs[j] += gM * P.Rg[i][j];
+                    }
+                }
+                vf w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
+                vf gqn[4];
+                gqn[0] = 2.0f * (-z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1]);
+                gqn[1] = 2.0f * (y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.0f * x * gR[1][1] - w * gR[1][2] +
+                                 z * gR[2][0] + w * gR[2][1] - 2.0f * x * gR[2][2]);
+                gqn[2] = 2.0f * (-2.0f * y * gR[0][0] + x * gR[0][1] + w * gR[0][2] + x * gR[1][0] + z * gR[1][2] -
+                                 w * gR[2][0] + z * gR[2][1] - 2.0f * y * gR[2][2]);
+                gqn[3] = 2.0f * (-2.0f * z * gR[0][0] - w * gR[0][1] + x * gR[0][2] + w * gR[1][0] -
+                                 2.0f * z * gR[1][1] + y * gR[1][2] + x * gR[2][0] + y * gR[2][1]);
+                vf dot = gqn[0] * w + gqn[1] * x + gqn[2] * y + gqn[3] * z;
+                for (int l = 0; l < lanes; ++l) {
+                    if (!vis[l]) continue;
+                    int64_t n = n0 + l, idx = (int64_t)c * N + n;
+                    for (int i = 0; i < 3; ++i) g_means[3 * n + i] += gmean[i][l];
+                    for (int i = 0; i < 4; ++i) g_quats[4 * n + i] += (gqn[i][l] - P.qn[i][l] * dot[l]) / P.qlen[l];
+                    for (int i = 0; i < 3; ++i) g_scales[3 * n + i] += gs[i][l];
+                    g_opacities[n] += g_o[l];
+                    if (!g_colors || sh_degree < 0) continue;
+                    // SH colour -> coefficients and the view direction
+                    float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
                     float len = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
-                    float x = d[0] / len, y = d[1] / len, z = d[2] / len;
+                    float dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
                     float Y[16];
-                    sh_basis(sh_degree, x, y, z, Y);
-                    int nb = (sh_degree + 1) * (sh_degree + 1);
+                    sh_basis(sh_degree, dx, dy, dz, Y);
+                    int nbases = (sh_degree + 1) * (sh_degree + 1);
                     const float* co = coeffs + n * K * 3;
                     float* gco = g_coeffs + n * K * 3;
-                    float gc[3];
+                    float gcol[3];
                     for (int ch = 0; ch < 3; ++ch) {
-                        float s = 0.5f;
-                        for (int k = 0; k < nb; ++k) s += Y[k] * co[3 * k + ch];
-                        gc[ch] = s >= 0.0f ? g_colors[3 * idx + ch] : 0.0f;
+                        float acc = 0.5f;
+                        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+                        gcol[ch] = acc >= 0.0f ? g_colors[3 * idx + ch] : 0.0f;
                     }
                     float gY[16];
-                    for (int k = 0; k < nb; ++k) {
-                        gY[k] = 0;
+                    for (int k = 0; k < nbases; ++k) {
+                        gY[k] = 0.0f;
                         for (int ch = 0; ch < 3; ++ch) {
-                            gco[3 * k + ch] += Y[k] * gc[ch];
-                            gY[k] += co[3 * k + ch] * gc[ch];
+                            gco[3 * k + ch] += Y[k] * gcol[ch];
+                            gY[k] += co[3 * k + ch] * gcol[ch];
                         }
                     }
                     float gdir[3];
-                    sh_basis_grad(sh_degree, x, y, z, gY, gdir);
-                    float dot = gdir[0] * x + gdir[1] * y + gdir[2] * z;
-                    gm[0] += (gdir[0] - x * dot) / len;
-                    gm[1] += (gdir[1] - y * dot) / len;
-                    gm[2] += (gdir[2] - z * dot) / len;
+                    sh_basis_grad(sh_degree, dx, dy, dz, gY, gdir);
+                    float dd = gdir[0] * dx + gdir[1] * dy + gdir[2] * dz;
+                    g_means[3 * n] += (gdir[0] - dx * dd) / len;
+                    g_means[3 * n + 1] += (gdir[1] - dy * dd) / len;
+                    g_means[3 * n + 2] += (gdir[2] - dz * dd) / len;
                 }
-                // --- opacity (and the antialiasing compensation)
-                float go = g_opac[idx];
-                g_opacities[n] += go * P.comp;
-                float ga = 0, gb = 0, gcc = 0;  // d L / d (a, b, c) of the 2D covariance
-                if (antialiased && P.comp > 0) {
-                    float gcomp = go * opacities[n];
-                    float gr = gcomp * 0.5f / P.comp;  // comp = sqrt(r), r = det_orig / det
-                    float gdo = gr / P.det, gdet = -gr * P.det_orig / (P.det * P.det);
-                    ga += gdo * P.c + gdet * (P.c + eps2d);
-                    gcc += gdo * P.a + gdet * (P.a + eps2d);
-                    gb += -2 * P.b * (gdo + gdet);
-                }
-                // --- conic = inverse of [[a', b], [b, c']]: dL/dS = -Q G Q
-                {
-                    float ap = P.a + eps2d, cp = P.c + eps2d;
-                    float QA = cp / P.det, QB = -P.b / P.det, QC = ap / P.det;
-                    float GA = g_conics[3 * idx], GB = 0.5f * g_conics[3 * idx + 1], GC = g_conics[3 * idx + 2];
-                    // (Q G Q) for symmetric 2x2 Q = [[QA, QB], [QB, QC]], G = [[GA, GB], [GB, GC]]
-                    float t00 = QA * GA + QB * GB, t01 = QA * GB + QB * GC;
-                    float t10 = QB * GA + QC * GB, t11 = QB * GB + QC * GC;
-                    float m00 = t00 * QA + t01 * QB, m01 = t00 * QB + t01 * QC, m11 = t10 * QB + t11 * QC;
-                    ga += -m00;
-                    gcc += -m11;
-                    gb += -2 * m01;
-                }
-                // --- cov2d = J cov_c J^T
-                float G2[2][2] = {{ga, 0.5f * gb}, {0.5f * gb, gcc}};
-                float gJ[2][3];
-                {
-                    // dL/dJ = 2 G2 J cov_c (G2 and cov_c symmetric)
-                    float JS[2][3];
-                    for (int i = 0; i < 2; ++i)
-                        for (int j = 0; j < 3; ++j)
-                            JS[i][j] = P.J[i][0] * P.cov_c.m[0][j] + P.J[i][1] * P.cov_c.m[1][j] +
-                                       P.J[i][2] * P.cov_c.m[2][j];
-                    for (int i = 0; i < 2; ++i)
-                        for (int j = 0; j < 3; ++j) gJ[i][j] = 2 * (G2[i][0] * JS[0][j] + G2[i][1] * JS[1][j]);
-                }
-                Mat3 gcov_c;  // J^T G2 J
-                for (int i = 0; i < 3; ++i)
-                    for (int j = 0; j < 3; ++j)
-                        gcov_c.m[i][j] = P.J[0][i] * (G2[0][0] * P.J[0][j] + G2[0][1] * P.J[1][j]) +
-                                         P.J[1][i] * (G2[1][0] * P.J[0][j] + G2[1][1] * P.J[1][j]);
-                float tz = P.tz, tz2 = tz * tz;
-                // J00 = fx/tz, J11 = fy/tz, J02 = -fx ux / tz, J12 = -fy uy / tz
-                g_p[2] += gJ[0][0] * (-cam.fx / tz2) + gJ[1][1] * (-cam.fy / tz2);
-                if (P.clamp_x) {
-                    g_p[2] += gJ[0][2] * cam.fx * P.ux / tz2;
-                } else {
-                    g_p[0] += gJ[0][2] * (-cam.fx / tz2);
-                    g_p[2] += gJ[0][2] * 2 * cam.fx * P.tx / (tz2 * tz);
-                }
-                if (P.clamp_y) {
-                    g_p[2] += gJ[1][2] * cam.fy * P.uy / tz2;
-                } else {
-                    g_p[1] += gJ[1][2] * (-cam.fy / tz2);
-                    g_p[2] += gJ[1][2] * 2 * cam.fy * P.ty / (tz2 * tz);
-                }
-                // --- means2d and depth
-                float gmx = g_means2d[2 * idx], gmy = g_means2d[2 * idx + 1];
-                g_p[0] += gmx * cam.fx / tz;
-                g_p[1] += gmy * cam.fy / tz;
-                g_p[2] += -gmx * cam.fx * P.tx / tz2 - gmy * cam.fy * P.ty / tz2;
-                if (g_depths) g_p[2] += g_depths[idx];
-                // --- world: p = R_v m + t, cov_c = R_v cov R_v^T
-                for (int i = 0; i < 3; ++i)
-                    gm[i] += cam.R.m[0][i] * g_p[0] + cam.R.m[1][i] * g_p[1] + cam.R.m[2][i] * g_p[2];
-                Mat3 gcov = mul(mul(transpose(cam.R), gcov_c), cam.R);
-                // cov = M M^T, M = Rg diag(s): dL/dM = 2 gcov M (gcov symmetric)
-                Mat3 M;
-                for (int i = 0; i < 3; ++i)
-                    for (int j = 0; j < 3; ++j) M.m[i][j] = P.Rg.m[i][j] * scales[3 * n + j];
-                Mat3 gM;
-                for (int i = 0; i < 3; ++i)
-                    for (int j = 0; j < 3; ++j)
-                        gM.m[i][j] = (gcov.m[i][0] + gcov.m[0][i]) * M.m[0][j] + (gcov.m[i][1] + gcov.m[1][i]) * M.m[1][j] +
-                                     (gcov.m[i][2] + gcov.m[2][i]) * M.m[2][j];
-                Mat3 gR;
-                for (int j = 0; j < 3; ++j) {
-                    float gs = 0;
-                    for (int i = 0; i < 3; ++i) {
-                        gR.m[i][j] = gM.m[i][j] * scales[3 * n + j];
-                        gs += gM.m[i][j] * P.Rg.m[i][j];
-                    }
-                    g_scales[3 * n + j] += gs;
-                }
-                float w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
-                const auto& G = gR.m;
-                float gqn[4];
-                gqn[0] = 2 * (-z * G[0][1] + y * G[0][2] + z * G[1][0] - x * G[1][2] - y * G[2][0] + x * G[2][1]);
-                gqn[1] = 2 * (y * G[0][1] + z * G[0][2] + y * G[1][0] - 2 * x * G[1][1] - w * G[1][2] + z * G[2][0] +
-                              w * G[2][1] - 2 * x * G[2][2]);
-                gqn[2] = 2 * (-2 * y * G[0][0] + x * G[0][1] + w * G[0][2] + x * G[1][0] + z * G[1][2] - w * G[2][0] +
-                              z * G[2][1] - 2 * y * G[2][2]);
-                gqn[3] = 2 * (-2 * z * G[0][0] - w * G[0][1] + x * G[0][2] + w * G[1][0] - 2 * z * G[1][1] +
-                              y * G[1][2] + x * G[2][0] + y * G[2][1]);
-                const float* q = quats + 4 * n;
-                float qlen = std::max(std::sqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]), 1e-12f);
-                float dot = gqn[0] * w + gqn[1] * x + gqn[2] * y + gqn[3] * z;
-                for (int i = 0; i < 4; ++i) g_quats[4 * n + i] += (gqn[i] - P.qn[i] * dot) / qlen;
             }
         }
     });
@@ -478,10 +555,28 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
 
 }  // extern "C"
 
-// ============================================================================ binning
-// For every visible (camera, Gaussian), the 16x16 tiles its alpha >= 1/255 ellipse
-// touches: an exact test of the quadratic form against each tile's rectangle of pixel
-// centres, inside the opacity-aware bounding box.
+// ============================================================================ 2D splats
+namespace {
+
+// Everything compositing needs of one (camera, Gaussian), in one cache line.
+struct alignas(64) Splat2D {
+    float mx, my, A, B, Cc, o, thr, dy_max, inv_A;
+    float color[MAX_CHANNELS];
+    float pad[16 - 9 - MAX_CHANNELS];
+};
+static_assert(sizeof(Splat2D) == 64, "Splat2D is one cache line");
+
+// Horizontal extent [xa, xb] of the alpha >= 1/255 ellipse on the row at height Y;
+// false if the row misses it.
+static inline bool row_span(const Splat2D& s, float Y, float& xa, float& xb) {
+    float dy = Y - s.my;
+    float disc = s.B * s.B * dy * dy - s.A * (s.Cc * dy * dy - 2.0f * s.thr);
+    if (disc < 0) return false;
+    float sq = std::sqrt(disc);
+    xa = s.mx + (-s.B * dy - sq) * s.inv_A;
+    xb = s.mx + (-s.B * dy + sq) * s.inv_A;
+    return true;
+}
 
 static inline bool ellipse_touches_rect(float mx, float my, float A, float B, float Cc, float thr, float x0,
                                         float x1, float y0, float y1) {
@@ -504,9 +599,8 @@ struct TileRange {
     int x0, x1, y0, y1;
 };
 
-static inline TileRange tile_range(const float* means2d, const int32_t* radii, int64_t idx, int tiles_x,
-                                   int tiles_y) {
-    float mx = means2d[2 * idx], my = means2d[2 * idx + 1];
+static inline TileRange tile_range(const Splat2D& s, const int32_t* radii, int64_t idx, int tiles_x, int tiles_y) {
+    float mx = s.mx, my = s.my;
     float rx = (float)radii[2 * idx], ry = (float)radii[2 * idx + 1];
     TileRange r;
     r.x0 = std::min(std::max((int)std::floor((mx - rx) / TILE), 0), tiles_x);
@@ -516,41 +610,123 @@ static inline TileRange tile_range(const float* means2d, const int32_t* radii, i
     return r;
 }
 
-template <class F>
-static inline void for_each_tile(const float* means2d, const float* conics, const float* opac,
-                                 const int32_t* radii, int64_t idx, int W, int H, int tiles_x, int tiles_y, F&& f) {
-    if (radii[2 * idx] == 0 && radii[2 * idx + 1] == 0) return;
-    TileRange r = tile_range(means2d, radii, idx, tiles_x, tiles_y);
-    float mx = means2d[2 * idx], my = means2d[2 * idx + 1];
-    float A = conics[3 * idx], B = conics[3 * idx + 1], Cc = conics[3 * idx + 2];
-    float thr = std::log(opac[idx] / ALPHA_THRESHOLD) + 1e-4f;
-    for (int ty = r.y0; ty < r.y1; ++ty)
+// Tiles of the bounding box whose pixel-centre rectangle the ellipse reaches, as a
+// bitmask over the box (row-major), or ALL_TILES when the box has more than 64 tiles
+// (then every tile is tested again where needed).
+constexpr uint64_t ALL_TILES = ~uint64_t(0);
+
+static inline uint64_t touched_tiles(const Splat2D& s, const TileRange& r, int W, int H) {
+    int w = r.x1 - r.x0, h = r.y1 - r.y0;
+    if (w <= 0 || h <= 0) return 0;
+    if (w * h > 64) return ALL_TILES;
+    if (w * h == 1) return 1;
+    uint64_t mask = 0;
+    for (int ty = r.y0; ty < r.y1; ++ty) {
+        float y0 = ty * TILE + 0.5f, y1 = std::min(ty * TILE + TILE, H) - 0.5f;
         for (int tx = r.x0; tx < r.x1; ++tx) {
             float x0 = tx * TILE + 0.5f, x1 = std::min(tx * TILE + TILE, W) - 0.5f;
-            float y0 = ty * TILE + 0.5f, y1 = std::min(ty * TILE + TILE, H) - 0.5f;
-            if (ellipse_touches_rect(mx, my, A, B, Cc, thr, x0, x1, y0, y1)) f(ty * tiles_x + tx);
+            if (ellipse_touches_rect(s.mx, s.my, s.A, s.B, s.Cc, s.thr, x0, x1, y0, y1))
+                mask |= uint64_t(1) << ((ty - r.y0) * w + (tx - r.x0));
         }
+    }
+    return mask;
 }
+
+// Call f(tile) for every tile of the box the ellipse touches, given its cached mask.
+template <class F>
+static inline void for_each_tile(const Splat2D& s, const TileRange& r, uint64_t mask, int W, int H, int tiles_x,
+                                 F&& f) {
+    int w = r.x1 - r.x0;
+    if (mask == ALL_TILES) {
+        for (int ty = r.y0; ty < r.y1; ++ty) {
+            float y0 = ty * TILE + 0.5f, y1 = std::min(ty * TILE + TILE, H) - 0.5f;
+            for (int tx = r.x0; tx < r.x1; ++tx) {
+                float x0 = tx * TILE + 0.5f, x1 = std::min(tx * TILE + TILE, W) - 0.5f;
+                if (ellipse_touches_rect(s.mx, s.my, s.A, s.B, s.Cc, s.thr, x0, x1, y0, y1)) f(ty * tiles_x + tx);
+            }
+        }
+        return;
+    }
+    while (mask) {
+        int b = __builtin_ctzll(mask);
+        mask &= mask - 1;
+        f((r.y0 + b / w) * tiles_x + r.x0 + b % w);
+    }
+}
+
+}  // namespace
 
 extern "C" {
 
+// splats [C * N] (16 floats each) from means2d, conics, opacities and colours [C*N, D]:
+// adds the alpha >= 1/255 threshold on sigma (log(255 o), with a hair of slack so
+// culling stays conservative), the ellipse's vertical half-extent and 1/A.
+void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const float* opac, const float* colors,
+             float* out, int nthreads) {
+    Splat2D* splats = reinterpret_cast<Splat2D*>(out);
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) {
+            Splat2D s;
+            s.mx = means2d[2 * g];
+            s.my = means2d[2 * g + 1];
+            s.A = conics[3 * g];
+            s.B = conics[3 * g + 1];
+            s.Cc = conics[3 * g + 2];
+            s.o = opac[g];
+            s.thr = std::log(std::max(s.o, ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-4f;
+            float det = s.A * s.Cc - s.B * s.B;
+            s.dy_max = det > 0 ? std::sqrt(2.0f * s.thr * s.A / det) : 0.0f;
+            s.inv_A = s.A > 0 ? 1.0f / s.A : 0.0f;
+            for (int ch = 0; ch < MAX_CHANNELS; ++ch) s.color[ch] = ch < D ? colors[g * D + ch] : 0.0f;
+            for (int i = 0; i < 16 - 9 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
+            splats[g] = s;
+        }
+    });
+}
+
 // Tile lists of all cameras: returns the number of (tile, Gaussian) pairs M and sets
 // *out_ids to a malloc'ed int32 array [M] of flat (camera * N + Gaussian) indices,
-// sorted by (camera, tile, depth); tile_offsets [C * T + 1] delimit the tiles. Each
-// camera's visible Gaussians are radix-sorted by depth, then scattered to tiles in that
-// order (counting sort), so every tile's list is front to back. Free with sk_free.
-int64_t sk_isect(int C, int N, const float* means2d, const float* conics, const float* opac,
-                 const int32_t* radii, const float* depths, int W, int H, int32_t** out_ids,
-                 int64_t* tile_offsets, int nthreads) {
+// sorted by (camera, tile, depth); tile_offsets [C * T + 1] delimit the tiles.
+// 1. every visible Gaussian's touched tiles are found once (exact ellipse test) and
+//    kept as a bitmask over its box; 2. each camera's visible Gaussians are
+//    radix-sorted by depth and their box records laid out in that order; 3. a counting
+//    sort scatters them to tiles, streaming through the records, so every tile's list
+//    is front to back. Free with sk_free.
+struct BoxRecord {
+    uint64_t mask;
+    int32_t idx;
+    int16_t tx0, ty0, tx1, ty1;
+    int32_t pad;
+};
+static_assert(sizeof(BoxRecord) == 24, "BoxRecord layout");
+
+int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
+                 int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
+    const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
     int64_t T = (int64_t)tiles_x * tiles_y;
-    // 1. depth order per camera
-    std::vector<std::vector<uint32_t>> order(C);
+    int64_t CN = (int64_t)C * N;
+    std::vector<BoxRecord> boxes(CN);
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
+        for (int64_t idx = b; idx < e; ++idx) {
+            BoxRecord& rec = boxes[idx];
+            rec.mask = 0;
+            rec.idx = (int32_t)idx;
+            if (radii[2 * idx] == 0 && radii[2 * idx + 1] == 0) continue;
+            TileRange r = tile_range(splats[idx], radii, idx, tiles_x, tiles_y);
+            rec.tx0 = (int16_t)r.x0; rec.ty0 = (int16_t)r.y0; rec.tx1 = (int16_t)r.x1; rec.ty1 = (int16_t)r.y1;
+            rec.mask = touched_tiles(splats[idx], r, W, H);
+        }
+    });
+    // depth order per camera, as a list of box records
+    std::vector<std::vector<BoxRecord>> ordered(C);
     parallel_for(C, nthreads, [&](int64_t c, int) {
         std::vector<uint32_t> keys, ids, keys2, ids2;
+        keys.reserve(N);
+        ids.reserve(N);
         for (int64_t n = 0; n < N; ++n) {
             int64_t idx = c * N + n;
-            if (radii[2 * idx] == 0 && radii[2 * idx + 1] == 0) continue;
+            if (boxes[idx].mask == 0) continue;
             uint32_t k;
             std::memcpy(&k, depths + idx, 4);
             keys.push_back(k);
@@ -571,28 +747,32 @@ int64_t sk_isect(int C, int N, const float* means2d, const float* conics, const 
             keys.swap(keys2);
             ids.swap(ids2);
         }
-        order[c] = std::move(ids);
+        auto& out = ordered[c];
+        out.resize(m);
+        for (size_t i = 0; i < m; ++i) out[i] = boxes[c * N + ids[i]];
     });
-    // 2. work items = (camera, chunk of its depth order); count pairs per tile
+    auto visit = [&](const BoxRecord& rec, auto&& f) {
+        TileRange r{rec.tx0, rec.tx1, rec.ty0, rec.ty1};
+        for_each_tile(splats[rec.idx], r, rec.mask, W, H, tiles_x, f);
+    };
+    // work items = (camera, chunk of its depth order); count pairs per tile
     int nchunks = std::max(1, nthreads * 4);
     int64_t items = (int64_t)C * nchunks;
     std::vector<std::vector<int64_t>> cnt(items, std::vector<int64_t>(T, 0));
     auto bounds = [&](int64_t item, size_t& b, size_t& e) {
         int64_t c = item / nchunks, k = item % nchunks;
-        size_t m = order[c].size();
+        size_t m = ordered[c].size();
         b = m * k / nchunks;
         e = m * (k + 1) / nchunks;
     };
     parallel_for(items, nthreads, [&](int64_t item, int) {
-        int64_t c = item / nchunks;
+        const auto& recs = ordered[item / nchunks];
         size_t b, e;
         bounds(item, b, e);
         auto& cc = cnt[item];
-        for (size_t i = b; i < e; ++i)
-            for_each_tile(means2d, conics, opac, radii, c * N + order[c][i], W, H, tiles_x, tiles_y,
-                          [&](int t) { cc[t]++; });
+        for (size_t i = b; i < e; ++i) visit(recs[i], [&](int t) { cc[t]++; });
     });
-    // 3. offsets of every tile, then of every item inside each tile
+    // offsets of every tile, then of every item inside each tile
     int64_t run = 0;
     for (int64_t c = 0; c < C; ++c)
         for (int64_t t = 0; t < T; ++t) {
@@ -605,16 +785,14 @@ int64_t sk_isect(int C, int N, const float* means2d, const float* conics, const 
         }
     tile_offsets[C * T] = run;
     int32_t* ids = (int32_t*)std::malloc(sizeof(int32_t) * std::max<int64_t>(run, 1));
-    // 4. scatter
     parallel_for(items, nthreads, [&](int64_t item, int) {
-        int64_t c = item / nchunks;
+        const auto& recs = ordered[item / nchunks];
         size_t b, e;
         bounds(item, b, e);
         auto& pos = cnt[item];
         for (size_t i = b; i < e; ++i) {
-            int64_t idx = c * N + order[c][i];
-            for_each_tile(means2d, conics, opac, radii, idx, W, H, tiles_x, tiles_y,
-                          [&](int t) { ids[pos[t]++] = (int32_t)idx; });
+            int32_t idx = recs[i].idx;
+            visit(recs[i], [&](int t) { ids[pos[t]++] = idx; });
         }
     });
     *out_ids = ids;
@@ -627,80 +805,6 @@ void sk_free(void* p) { std::free(p); }
 
 // ============================================================================ compositing
 namespace {
-
-struct Splat2D {
-    float mx, my, A, B, Cc, o, thr, dy_max;
-};
-
-static inline Splat2D load_splat(const float* means2d, const float* conics, const float* opac, int64_t g) {
-    Splat2D s;
-    s.mx = means2d[2 * g];
-    s.my = means2d[2 * g + 1];
-    s.A = conics[3 * g];
-    s.B = conics[3 * g + 1];
-    s.Cc = conics[3 * g + 2];
-    s.o = opac[g];
-    // alpha >= 1/255  <=>  sigma <= log(255 o); dy_max bounds that ellipse vertically
-    s.thr = std::log(std::max(s.o, ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-4f;
-    float det = s.A * s.Cc - s.B * s.B;
-    s.dy_max = det > 0 ? std::sqrt(2.0f * s.thr * s.A / det) : 0.0f;
-    return s;
-}
-
-// Does the alpha >= 1/255 ellipse reach any pixel centre of tile row y (centre Y)?
-static inline bool row_reached(const Splat2D& s, float Y, float x_first, float x_last) {
-    float dy = Y - s.my;
-    float disc = s.B * s.B * dy * dy - s.A * (s.Cc * dy * dy - 2.0f * s.thr);
-    if (disc < 0) return false;
-    float sq = std::sqrt(disc);
-    float xa = s.mx + (-s.B * dy - sq) / s.A, xb = s.mx + (-s.B * dy + sq) / s.A;
-    return xb >= x_first && xa <= x_last;
-}
-
-// Pixels are processed in vectors of the machine's native width (GCC/Clang vector
-// extensions: 16 floats with AVX-512, 8 with AVX, 4 otherwise); a 16-pixel tile row
-// is NV of them. Wider-than-native vector types would be split into scalar code.
-#if defined(__AVX512F__)
-constexpr int L = 16;
-#elif defined(__AVX__)
-constexpr int L = 8;
-#else
-constexpr int L = 4;
-#endif
-constexpr int NV = TILE / L;
-typedef float vf __attribute__((vector_size(4 * L)));
-typedef int32_t vi __attribute__((vector_size(4 * L)));
-
-static inline vf vsplat(float x) { return vf{} + x; }
-
-static inline vf vexp_neg(vf x) {
-    // Clamped so results (and products with opacities) stay normal floats.
-    x = x < -80.0f ? vsplat(-80.0f) : x;
-    vf t = x * 1.4426950408889634f;
-    vf r = (t + 12582912.0f) - 12582912.0f;
-    vf f = (t - r) * 0.6931471805599453f;
-    vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6.0f + f * (1.0f / 24.0f + f * (1.0f / 120.0f + f * (1.0f / 720.0f))))));
-    vi bits = (__builtin_convertvector(r, vi) + 127) << 23;
-    return p * (vf)bits;
-}
-
-static inline bool vany(vi m) {
-    int32_t acc = 0;
-    for (int i = 0; i < L; ++i) acc |= m[i];
-    return acc != 0;
-}
-
-static inline bool vall(vi m) {
-    int32_t acc = -1;
-    for (int i = 0; i < L; ++i) acc &= m[i];
-    return acc != 0;
-}
-
-static inline float vsum(vf v) {
-    float s = 0;
-    for (int i = 0; i < L; ++i) s += v[i];
-    return s;
-}
 
 // alpha of one Gaussian on one vector of pixels, with the skip rule (valid mask).
 struct VAlpha {
@@ -720,9 +824,8 @@ static inline VAlpha valpha(const Splat2D& s, const vf& xs, float dy) {
 }
 
 template <int D>
-void raster_fwd(int C, int W, int H, const float* means2d, const float* conics, const float* colors,
-                const float* opac, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint16_t* rowmask,
+void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
+                float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
                 int nthreads) {
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
     int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
@@ -755,24 +858,25 @@ void raster_fwd(int C, int W, int H, const float* means2d, const float* conics, 
                 lastk[r][j] = vi{} - 1;
                 for (int ch = 0; ch < D; ++ch) acc[ch][r][j] = vf{};
             }
-        float x_first = x0 + 0.5f, x_last = std::min(x0 + TILE, W) - 0.5f;
         bool all_done = false;
         for (int64_t k = tile_offsets[tile]; k < tile_offsets[tile + 1] && !all_done; ++k) {
             int64_t g = ids[k];
-            Splat2D s = load_splat(means2d, conics, opac, g);
-            float col[D];
-            for (int ch = 0; ch < D; ++ch) col[ch] = colors[g * D + ch];
+            const Splat2D s = splats[g];
+            const float* col = s.color;
             int r0 = std::max(0, (int)std::floor(s.my - s.dy_max - y0 - 0.5f));
             int r1 = std::min(rows_in - 1, (int)std::ceil(s.my + s.dy_max - y0 - 0.5f));
-            uint16_t mask = 0;
+            uint64_t mask = 0;
             vi any_stop = vi{};
             vi kv = vi{} + (int32_t)k;
             for (int r = r0; r <= r1; ++r) {
-                float Y = y0 + r + 0.5f;
-                if (!row_reached(s, Y, x_first, x_last)) continue;
+                float Y = y0 + r + 0.5f, xa, xb;
+                if (!row_span(s, Y, xa, xb)) continue;
+                // vectors of this row holding a pixel centre inside [xa, xb] (a superset:
+                // the exact per-pixel rule is applied inside)
+                int j0 = std::max(0, (int)std::ceil((xa - x0 - L + 0.5f) / L - 1e-4f));
+                int j1 = std::min(NV - 1, (int)std::floor((xb - x0 - 0.5f) / L + 1e-4f));
                 float dy = Y - s.my;
-                vi row_contrib = vi{};
-                for (int j = 0; j < NV; ++j) {
+                for (int j = j0; j <= j1; ++j) {
                     VAlpha a = valpha(s, xs[j], dy);
                     vi valid = a.valid & (done[r][j] == 0);
                     vf next_T = T[r][j] * (1.0f - a.alpha);
@@ -783,12 +887,11 @@ void raster_fwd(int C, int W, int H, const float* means2d, const float* conics, 
                     T[r][j] = contrib ? next_T : T[r][j];
                     lastk[r][j] = contrib ? kv : lastk[r][j];
                     done[r][j] |= stop;
-                    row_contrib |= contrib;
                     any_stop |= stop;
+                    if (vbits(contrib)) mask |= uint64_t(1) << (r * NV + j);
                 }
-                if (vany(row_contrib)) mask |= (uint16_t)(1u << r);
             }
-            rowmask[k] = mask;
+            vecmask[k] = mask;
             if (vany(any_stop)) {
                 vi all = vi{} - 1;
                 for (int r = 0; r < TILE; ++r)
@@ -813,9 +916,8 @@ void raster_fwd(int C, int W, int H, const float* means2d, const float* conics, 
 }
 
 template <int D>
-void raster_bwd(int C, int N, int W, int H, const float* means2d, const float* conics, const float* colors,
-                const float* opac, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                const float* T_final, const int32_t* last, const uint16_t* rowmask, const float* g_img,
+void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
+                const float* T_final, const int32_t* last, const uint64_t* vecmask, const float* g_img,
                 const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors, float* g_opac,
                 int nthreads) {
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
@@ -872,19 +974,20 @@ void raster_bwd(int C, int N, int W, int H, const float* means2d, const float* c
                 Kp[r][j] = (dot_bg - ga) * T[r][j];
             }
         for (int64_t k = max_last; k >= tile_offsets[tile]; --k) {
-            uint16_t mask = rowmask[k];
+            uint64_t mask = vecmask[k];
             if (!mask) continue;
             int64_t g = ids[k];
-            Splat2D s = load_splat(means2d, conics, opac, g);
-            float col[D];
-            for (int ch = 0; ch < D; ++ch) col[ch] = colors[g * D + ch];
+            const Splat2D s = splats[g];
+            const float* col = s.color;
             vf v_mx = vf{}, v_my = vf{}, v_A = vf{}, v_B = vf{}, v_C = vf{}, v_o = vf{}, v_col[D];
             for (int ch = 0; ch < D; ++ch) v_col[ch] = vf{};
             vi kv = vi{} + (int32_t)k;
-            for (int r = 0; r < TILE; ++r) {
-                if (!(mask & (1u << r))) continue;
+            while (mask) {
+                int bit = __builtin_ctzll(mask);
+                mask &= mask - 1;
+                int r = bit / NV, j = bit % NV;
                 float dy = y0 + r + 0.5f - s.my;
-                for (int j = 0; j < NV; ++j) {
+                {
                     VAlpha a = valpha(s, xs[j], dy);
                     vi valid = a.valid & (kv <= lastk[r][j]);
                     vf one_m = 1.0f - a.alpha;
@@ -952,22 +1055,22 @@ extern "C" {
         default: return -1;                     \
     }
 
-int sk_raster_fwd(int C, int W, int H, int D, const float* means2d, const float* conics, const float* colors,
-                  const float* opac, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                  float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint16_t* rowmask,
+int sk_raster_fwd(int C, int W, int H, int D, const float* packed, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
+                  float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
                   int nthreads) {
-    SK_DISPATCH(D, raster_fwd<DD>(C, W, H, means2d, conics, colors, opac, backgrounds, ids, tile_offsets,
-                                  out_img, out_alpha, out_T, out_last, rowmask, nthreads));
+    const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
+    SK_DISPATCH(D, raster_fwd<DD>(C, W, H, splats, backgrounds, ids, tile_offsets,
+                                  out_img, out_alpha, out_T, out_last, vecmask, nthreads));
     return 0;
 }
 
-int sk_raster_bwd(int C, int N, int W, int H, int D, const float* means2d, const float* conics,
-                  const float* colors, const float* opac, const float* backgrounds, const int32_t* ids,
-                  const int64_t* tile_offsets, const float* T_final, const int32_t* last, const uint16_t* rowmask,
+int sk_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const float* backgrounds, const int32_t* ids,
+                  const int64_t* tile_offsets, const float* T_final, const int32_t* last, const uint64_t* vecmask,
                   const float* g_img, const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors,
                   float* g_opac, int nthreads) {
-    SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, means2d, conics, colors, opac, backgrounds, ids, tile_offsets,
-                                  T_final, last, rowmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
+    const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
+    SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, splats, backgrounds, ids, tile_offsets,
+                                  T_final, last, vecmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
                                   nthreads));
     return 0;
 }
