@@ -95,7 +95,7 @@ def rasterize(
     """
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
               backgrounds, render_mode)
-    impl = get_backend(backend, means.device)
+    impl = get_backend(backend, means.device, means.dtype)
     return impl(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane,

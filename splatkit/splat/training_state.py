@@ -65,11 +65,15 @@ class SplatTrainingState:
             for name in PARAM_NAMES
         }
         bs = self.batch_size
+        # PyTorch's fused Adam (one multithreaded pass per parameter, on CPU and CUDA) is
+        # ~8x faster than the default loop on CPU; same update rule.
+        fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in self.params.values())
         self.optimizers: dict[str, torch.optim.Adam] = {
             name: torch.optim.Adam(
                 [{"params": [p], "lr": self.learning_rates[name] * math.sqrt(bs), "name": name}],
                 eps=1e-15 / math.sqrt(bs),
                 betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)),
+                fused=fused or None,
             )
             for name, p in self.params.items()
         }

@@ -42,6 +42,9 @@ class SplatTrainerConfig:
     lr_opacities: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
+    profile_steps: bool = False
+    """Record each step's phase times (data, render, loss, backward, optimizer, densification,
+    modules) in ``SplatTrainer.step_timings``; on CUDA this adds a sync per phase."""
 
     def __post_init__(self) -> None:
         checks = [

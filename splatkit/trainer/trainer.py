@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -102,6 +103,8 @@ class SplatTrainer:
         self._resume = None if ckpt_path is None else load_checkpoint(ckpt_path)
         self.world_rank, self.world_size = 0, 1
         self.step = 0
+        self.step_timings: dict[str, float] = {}
+        """Phase times of the last step, when ``config.profile_steps`` is on."""
         self.training_state: SplatTrainingState | None = None
         self.densification_state: dict | None = None
         self.scene_scale = float(data_provider.scene_scale)
@@ -224,23 +227,36 @@ class SplatTrainer:
         cfg = self.config
         ts = self.training_state
         self.step = step
+        clock = _PhaseClock(cfg.profile_steps, self.device)
         self._call("pre_step")
+        clock.lap("modules")
         frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed).to(self.device)
+        clock.lap("data")
         render = self.renderer.render(ts.params, frames.cameras, self.active_sh_degree(step),
                                       self.backgrounds(len(frames.cameras)))
         self.densification.step_pre_backward(ts, self.densification_state, step, render)
+        clock.lap("render")
         self._call("pre_compute_loss", frames=frames, render=render)
+        clock.lap("modules")
         loss = self.loss_fn(render, frames, step, ts)
+        clock.lap("loss")
         self._call("post_compute_loss", frames=frames, render=render, loss=loss)
+        clock.lap("modules")
         loss.loss.backward()
+        clock.lap("backward")
         self._call("on_optimize", frames=frames, render=render, loss=loss)
+        clock.lap("modules")
         ts.set_learning_rate("means", self.means_learning_rate(step))
         ts.optimizer_step()
         ts.zero_grad()
+        clock.lap("optimizer")
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
+        clock.lap("densification")
         self._call("post_step", frames=frames, render=render, loss=loss)
+        clock.lap("modules")
+        self.step_timings = clock.laps
 
     def run(self) -> SplatTrainingState:
         """Train from the start (or the checkpoint's step) to ``max_steps``."""
@@ -278,6 +294,25 @@ class SplatTrainer:
             "ssim": float(torch.cat(ssims).mean()),
             "num_images": int(sum(p.numel() for p in psnrs)),
         }
+
+
+class _PhaseClock:
+    """Wall time per named phase of one step (summed over repeats); off by default."""
+
+    def __init__(self, enabled: bool, device: torch.device) -> None:
+        self.enabled = enabled
+        self.sync = enabled and device.type == "cuda"
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter() if enabled else 0.0
+
+    def lap(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 @contextlib.contextmanager

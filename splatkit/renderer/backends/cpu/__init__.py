@@ -14,16 +14,21 @@ import torch
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
 from splatkit.renderer.backends.cpu.kernels import ProjectFn, RasterizeFn
 
-__all__ = ["KernelBuildError", "is_available", "rasterize"]
+__all__ = ["KernelBuildError", "is_available", "rasterize", "unavailable_reason"]
 
 
 def is_available() -> bool:
     """True when the kernels are (or can be) built and loaded on this machine."""
+    return unavailable_reason() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels cannot be used here, or None when they can."""
     try:
         load()
-        return True
-    except KernelBuildError:
-        return False
+        return None
+    except KernelBuildError as e:
+        return str(e)
 
 
 def rasterize(

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <omp.h>
 #include <vector>
 #if defined(__AVX__)
@@ -925,16 +926,17 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
     int64_t ntiles = C * T_per_cam;
     int64_t CN = (int64_t)C * N;
     constexpr int G = 6 + D;  // per Gaussian: mx, my, A, B, C, o, colour[D]
-    int nbuf = std::max(1, nthreads);
-    std::vector<std::vector<float>> bufs(nbuf);
+    // Each (tile, Gaussian) pair writes its gradient to its own slot; slots are then
+    // summed per Gaussian in pair order, so results do not depend on which thread ran
+    // which tile.
+    int64_t M = tile_offsets[ntiles];
+    std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
     std::vector<int64_t> order(ntiles);
     for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
         return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
     });
-    parallel_for(ntiles, nthreads, [&](int64_t oi, int tid) {
-        auto& buf = bufs[tid];
-        if (buf.empty()) buf.assign(CN * G, 0.0f);
+    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
         int64_t tile = order[oi];
         int c = (int)(tile / T_per_cam);
         int t = (int)(tile % T_per_cam);
@@ -973,9 +975,13 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 // (sum_ch gC bg - g_alpha) * T_final / (1 - alpha_k).
                 Kp[r][j] = (dot_bg - ga) * T[r][j];
             }
-        for (int64_t k = max_last; k >= tile_offsets[tile]; --k) {
-            uint64_t mask = vecmask[k];
-            if (!mask) continue;
+        for (int64_t k = tile_offsets[tile + 1] - 1; k >= tile_offsets[tile]; --k) {
+            uint64_t mask = k <= max_last ? vecmask[k] : 0;
+            float* out = pair_grad.get() + k * G;
+            if (!mask) {
+                for (int i = 0; i < G; ++i) out[i] = 0.0f;
+                continue;
+            }
             int64_t g = ids[k];
             const Splat2D s = splats[g];
             const float* col = s.color;
@@ -1014,23 +1020,34 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                     T[r][j] = valid ? Tk : T[r][j];
                 }
             }
-            float* out = buf.data() + g * G;
-            out[0] += vsum(v_mx);
-            out[1] += vsum(v_my);
-            out[2] += vsum(v_A);
-            out[3] += vsum(v_B);
-            out[4] += vsum(v_C);
-            out[5] += vsum(v_o);
-            for (int ch = 0; ch < D; ++ch) out[6 + ch] += vsum(v_col[ch]);
+            out[0] = vsum(v_mx);
+            out[1] = vsum(v_my);
+            out[2] = vsum(v_A);
+            out[3] = vsum(v_B);
+            out[4] = vsum(v_C);
+            out[5] = vsum(v_o);
+            for (int ch = 0; ch < D; ++ch) out[6 + ch] = vsum(v_col[ch]);
         }
     });
-    // Reduce the per-thread buffers in a fixed order.
+    // Sum the pair slots per Gaussian: fixed chunks of pairs into per-chunk buffers,
+    // then the buffers in chunk order.
+    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
+    std::vector<std::vector<float>> bufs(nchunks);
+    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
+        auto& buf = bufs[ci];
+        buf.assign(CN * G, 0.0f);
+        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
+        for (int64_t k = b; k < e; ++k) {
+            const float* src = pair_grad.get() + k * G;
+            float* dst = buf.data() + (int64_t)ids[k] * G;
+            for (int i = 0; i < G; ++i) dst[i] += src[i];
+        }
+    });
     parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
         for (int64_t g = b; g < e; ++g) {
             float acc[G] = {0};
             for (auto& buf : bufs)
-                if (!buf.empty())
-                    for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
+                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
             g_means2d[2 * g] = acc[0];
             g_means2d[2 * g + 1] = acc[1];
             g_conics[3 * g] = acc[2];

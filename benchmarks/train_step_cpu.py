@@ -1,0 +1,135 @@
+"""Whole CPU training steps, phase by phase, for each rasterizer backend; prints JSON.
+
+Scenes:
+- ``demo``: the built-in scene (96x96, 48 cameras, 4,000 initial points).
+- ``fox``: ../shared/datasets/fox (or $SPLATKIT_DATASETS/fox) at a quarter of its
+  resolution (270x480) with about 200,000 Gaussians. fox has no point cloud, and a
+  uniform random cloud would give every Gaussian a huge screen footprint, unlike a
+  trained model; so the Gaussians are seeded from the photos: random pixels of the
+  training images are lifted to the depth of the scene centre (where the cameras look)
+  with a little jitter, coloured by their pixel, and sized by their nearest neighbours.
+
+    python benchmarks/train_step_cpu.py [--scenes demo fox] [--backends cpu torch] [--steps 20]
+
+Steps use the default densification with refinement every 10 steps (so the phase
+"densification" includes growing and pruning) and record per-phase wall times through
+``SplatTrainerConfig(profile_steps=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DATASETS = Path(os.environ.get("SPLATKIT_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def seeded_from_photos(provider, n: int, seed: int = 0):
+    """``n`` points lifted from random training pixels to the focus depth (see module doc)."""
+    g = torch.Generator().manual_seed(seed)
+    per = -(-n // provider.num_train_frames())
+    pts, rgb = [], []
+    for i in range(provider.num_train_frames()):
+        f = provider.train_frame(i)
+        H, W = f.images.shape[1:3]
+        ys = torch.randint(0, H, (per,), generator=g)
+        xs = torch.randint(0, W, (per,), generator=g)
+        K = f.cameras.Ks[0].double()
+        c2w = torch.linalg.inv(f.cameras.viewmats[0].double())
+        dirs = torch.stack([(xs + 0.5 - K[0, 2]) / K[0, 0], (ys + 0.5 - K[1, 2]) / K[1, 1], torch.ones(per)], -1)
+        depth = (c2w[:3, 3].norm() * (1 + 0.05 * torch.randn(per, generator=g))).double()
+        pts.append((dirs * depth[:, None]) @ c2w[:3, :3].T + c2w[:3, 3])
+        rgb.append(f.images[0, ys, xs])
+    return torch.cat(pts)[:n].float(), torch.cat(rgb)[:n].float()
+
+
+def make_provider(scene: str):
+    from splatkit.data_provider import SplatBlenderDataProvider, SplatBlenderDataProviderConfig, SplatDemoDataProvider
+    from splatkit.data_provider.captured import SplatLoaderConfig
+
+    if scene == "demo":
+        return SplatDemoDataProvider(), None
+    if scene == "fox":
+        if not (DATASETS / "fox").is_dir():
+            raise SystemExit(f"fox not found under {DATASETS}; set SPLATKIT_DATASETS")
+        p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(
+            str(DATASETS / "fox"), factor=4, normalize=True, loader=SplatLoaderConfig(cache_mb=2048)))
+        return p, seeded_from_photos(p, 200_000)
+    raise SystemExit(f"unknown scene {scene!r}")
+
+
+def run(scene: str, backend: str, steps: int) -> dict:
+    from splatkit.densification import SplatDefaultDensification
+    from splatkit.renderer import Splat3DGSRenderer
+    from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+
+    provider, points = make_provider(scene)
+    if points is not None:
+        provider.initial_points = lambda: points
+    cfg = SplatTrainerConfig(max_steps=10_000, output_dir=f"/tmp/splatkit_bench_{scene}", profile_steps=True)
+    dens = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=100_000)
+    trainer = SplatTrainer(cfg, provider, renderer=Splat3DGSRenderer(backend=backend), densification=dens)
+    trainer.setup()
+    warmup = 2
+    laps, totals = [], []
+    for s in range(1, warmup + steps + 1):
+        t0 = time.perf_counter()
+        trainer.train_step(s)
+        if s > warmup:
+            totals.append(time.perf_counter() - t0)
+            laps.append(dict(trainer.step_timings))
+    phases = sorted({k for lap in laps for k in lap})
+    f = trainer.data_provider.train_frame(0)
+    return {
+        "scene": scene,
+        "backend": backend,
+        "image": [f.cameras.width, f.cameras.height],
+        "gaussians_start": int(points[0].shape[0]) if points is not None else None,
+        "gaussians_end": trainer.training_state.num_gaussians,
+        "steps": steps,
+        "step_median_s": statistics.median(totals),
+        "step_mean_s": statistics.mean(totals),
+        "phase_mean_s": {k: statistics.mean(lap.get(k, 0.0) for lap in laps) for k in phases},
+        "phase_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in laps) for k in phases},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenes", nargs="+", default=["demo", "fox"])
+    ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--torch-steps", type=int, default=3, help="steps for the (slow) reference backend")
+    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        scene, backend = args.worker
+        print(json.dumps(run(scene, backend, args.steps)))
+        return
+    out = []
+    for scene in args.scenes:
+        rows = {}
+        for backend in args.backends:
+            steps = args.steps if backend != "torch" else args.torch_steps
+            p = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--worker", scene, backend],
+                               capture_output=True, text=True)
+            rows[backend] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0
+                             else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+        entry = {"scene": scene, "results": rows}
+        if all("step_median_s" in rows.get(b, {}) for b in ("cpu", "torch")):
+            entry["step_speedup_cpu_vs_torch"] = rows["torch"]["step_median_s"] / rows["cpu"]["step_median_s"]
+        out.append(entry)
+    print(json.dumps({"benchmark": "train_step_cpu", "results": out}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
