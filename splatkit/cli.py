@@ -24,10 +24,12 @@ from splatkit.densification import SplatDefaultDensification
 from splatkit.loss_fn import Splat3DGSLossFn
 from splatkit.modules import SplatExporter, SplatProgressTracker
 from splatkit.renderer import Splat3DGSRenderer
+from splatkit.renderer.backends import resolve_backend_name
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
+from splatkit.utils.files import atomic_write
 
 
 @dataclass
@@ -49,6 +51,8 @@ class TrainCommand:
     """Checkpoint (.ckpt) to resume from."""
     progress: bool = True
     """Show a progress bar (plain lines when not on a terminal)."""
+    summary_json: str | None = None
+    """Also write the run's figures (test PSNR/SSIM, Gaussians, seconds, files) as JSON here."""
     trainer: Annotated[SplatTrainerConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SplatTrainerConfig)
     renderer: Splat3DGSRenderer = field(default_factory=Splat3DGSRenderer)
     loss: Splat3DGSLossFn = field(default_factory=Splat3DGSLossFn)
@@ -71,6 +75,8 @@ class DemoCommand:
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
     progress: bool = True
+    summary_json: str | None = None
+    """Also write the run's figures as JSON here."""
 
 
 @dataclass
@@ -111,9 +117,12 @@ def _train(cmd: TrainCommand) -> dict:
     metrics = trainer.evaluate()
     written = [str(p) for s in steps if s <= cmd.trainer.max_steps
                for p, on in ((exporter.splat_path(s), cmd.save_splat), (exporter.ckpt_path(s), cmd.save_ckpt)) if on]
-    return {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
-            "num_gaussians": trainer.training_state.num_gaussians, "train_seconds": round(seconds, 1),
-            "files": written}
+    result = {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
+              "num_gaussians": trainer.training_state.num_gaussians, "train_seconds": round(seconds, 1),
+              "steps": cmd.trainer.max_steps, "device": str(trainer.device),
+              "backend": resolve_backend_name(cmd.renderer.backend, trainer.device), "files": written}
+    _write_summary(cmd.summary_json, result)
+    return result
 
 
 def _demo(cmd: DemoCommand) -> dict:
@@ -123,7 +132,13 @@ def _demo(cmd: DemoCommand) -> dict:
     result = _train(TrainCommand(trainer=config, densification=densification,
                                  renderer=Splat3DGSRenderer(backend=cmd.backend), progress=cmd.progress))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    _write_summary(cmd.summary_json, result)
     return result
+
+
+def _write_summary(path: str | None, result: dict) -> None:
+    if path:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
 
 
 def _info(cmd: InfoCommand) -> dict:

@@ -1,5 +1,6 @@
 """Tensor surgery keeps parameters and Adam moments aligned; the default strategy's rules."""
 
+import pytest
 import torch
 
 from splatkit.densification import SplatDefaultDensification, ops
@@ -126,3 +127,64 @@ def test_opacity_reset_schedule():
     assert (ts.params["opacities"] == 3.0).all()
     strategy.step_post_backward(ts, state, 5, _render_with_grad(ts, torch.zeros(3)))
     torch.testing.assert_close(torch.sigmoid(ts.params["opacities"]), torch.full((3,), 0.01))
+
+
+def test_packed_render_output_feeds_the_same_statistics():
+    """gsplat's packed output ([nnz] pairs with ids) gives the same grad2d as unpacked."""
+    ts = _state(n=5)
+    strategy = SplatDefaultDensification(refine_start_iter=100)
+    W, H, C = 40, 30, 2
+    radii = torch.zeros(C, 5, 2, dtype=torch.int32)
+    radii[0, [0, 2, 4]] = 3
+    radii[1, [2, 3]] = 2
+    g = torch.randn(C, 5, 2) * 1e-3
+    unpacked = SplatRenderOutput(torch.zeros(C, H, W, 3), torch.zeros(C, H, W, 1),
+                                 torch.zeros(C, 5, 2, requires_grad=True), radii, W, H)
+    unpacked.means2d.grad = g.clone()
+    cam, gs = torch.nonzero(radii.gt(0).any(-1), as_tuple=True)
+    packed = SplatRenderOutput(torch.zeros(C, H, W, 3), torch.zeros(C, H, W, 1),
+                               torch.zeros(len(gs), 2, requires_grad=True), radii[cam, gs], W, H,
+                               gaussian_ids=gs, camera_ids=cam)
+    packed.means2d.grad = g[cam, gs].clone()
+    states = []
+    for render in (unpacked, packed):
+        state = strategy.initialize_state(1.0)
+        strategy.step_post_backward(ts, state, 1, render)
+        states.append(state)
+    assert torch.equal(states[0]["count"], torch.tensor([1.0, 0, 2, 1, 1]))
+    assert torch.equal(states[0]["count"], states[1]["count"])
+    torch.testing.assert_close(states[0]["grad2d"], states[1]["grad2d"])
+
+
+def test_absgrad_needs_the_renderer_to_provide_it():
+    ts = _state(n=3)
+    strategy = SplatDefaultDensification(absgrad=True)
+    render = _render_with_grad(ts, torch.zeros(3))
+    with pytest.raises(RuntimeError, match="absgrad=True: render with Splat3DGSRenderer\\(absgrad=True\\)"):
+        strategy.step_post_backward(ts, strategy.initialize_state(1.0), 1, render)
+    render.means2d.absgrad = render.means2d.grad.abs() * 3  # what gsplat attaches after backward
+    state = strategy.initialize_state(1.0)
+    strategy.step_post_backward(ts, state, 1, render)
+    assert state["count"].sum() == 3
+
+
+def test_sparse_adam_moves_only_rendered_gaussians_and_survives_surgery():
+    model = _state(n=6).to_model()
+    ts = model.to_training_state(sparse_grad=True)
+    assert all(isinstance(o, torch.optim.SparseAdam) for o in ts.optimizers.values())
+    before = {n: p.detach().clone() for n, p in ts.params.items()}
+    for p in ts.params.values():
+        p.grad = torch.ones_like(p)
+    ids = torch.tensor([1, 4])
+    ts.optimizer_step(ids)
+    for n, p in ts.params.items():
+        moved = (p.detach() != before[n]).reshape(6, -1).any(1)
+        assert torch.equal(moved, torch.tensor([False, True, False, False, True, False])), n
+    ops.duplicate(ts, {}, torch.tensor([True, False, False, False, True, False]))
+    for p in ts.params.values():
+        p.grad = torch.ones_like(p)
+    ts.optimizer_step(torch.tensor([0, 6, 7, 7]))  # 7 seen by two cameras: counted once
+    m = ts.optimizers["means"].state[ts.params["means"]]["exp_avg"]
+    assert torch.allclose(m[7], m[6]) and torch.allclose(m[0], m[6])
+    with pytest.raises(ValueError, match="needs the rendered gaussian_ids"):
+        ts.optimizer_step(None)

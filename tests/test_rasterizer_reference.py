@@ -156,5 +156,53 @@ def test_invalid_arguments_name_the_problem():
         rasterize(means, quats, scales, opacities, colors[:, None, :].repeat(1, 4, 1), vm, K, W, H, sh_degree=2)
     with pytest.raises(ValueError, match="unknown rasterizer backend 'vulkan'"):
         rasterize(means, quats, scales, opacities, colors, vm, K, W, H, backend="vulkan")
+    with pytest.raises(ValueError, match="backgrounds is torch.float32 on cpu but means is torch.float64"):
+        rasterize(means, quats, scales, opacities, colors, vm, K, W, H, backgrounds=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="render_mode must be one of"):
         rasterize(means, quats, scales, opacities, colors, vm, K, W, H, render_mode="normals")
+
+
+def test_gsplat_switches_are_refused_by_other_backends():
+    W, H = 8, 8
+    means, quats, scales, opacities, colors = random_scene(4)
+    vm, K = cameras(W, H)
+    with pytest.raises(ValueError, match="packed is a gsplat option; backend 'torch' does not support it"):
+        rasterize(means, quats, scales, opacities, colors, vm, K, W, H, backend="torch", packed=True)
+    with pytest.raises(ValueError, match="absgrad, sparse_grad are gsplat options"):
+        rasterize(means.float(), quats.float(), scales.float(), opacities.float(), colors.float(), vm.float(),
+                  K.float(), W, H, backend="auto", absgrad=True, sparse_grad=True)
+    with pytest.raises(RuntimeError, match="backend 'gsplat' is unavailable"):
+        from splatkit.renderer.backends import gsplat_backend
+
+        if gsplat_backend.is_available():
+            pytest.skip("gsplat works here")
+        gsplat_backend.rasterize(means, quats, scales, opacities, colors, vm, K, W, H)
+
+
+def test_cpu_rendering_never_imports_gsplat(tmp_path):
+    """CPU-only installs and CI must not touch gsplat (it may be absent or unbuildable):
+    a booby-trapped ``gsplat`` package on the path fails the run if anything imports it."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "gsplat").mkdir()
+    (tmp_path / "gsplat" / "__init__.py").write_text("raise RuntimeError('gsplat was imported')\n")
+
+    code = (
+        "import sys, torch\n"
+        "from splatkit.renderer import rasterize\n"
+        "n = 16\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "means = torch.rand(n, 3, generator=g) - 0.5\n"
+        "quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)\n"
+        "scales = torch.full((n, 3), 0.05)\n"
+        "op = torch.full((n,), 0.5, requires_grad=True)\n"
+        "vm = torch.eye(4)[None].clone(); vm[0, 2, 3] = 3.0\n"
+        "K = torch.tensor([[[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]])\n"
+        "img, _, _ = rasterize(means, quats, scales, op, torch.rand(n, 3), vm, K, 16, 16)\n"
+        "img.sum().backward()\n"
+        "assert 'gsplat' not in sys.modules, 'gsplat was imported'\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

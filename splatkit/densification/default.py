@@ -74,11 +74,12 @@ class SplatDefaultDensification(SplatDensification):
 
     @torch.no_grad()
     def _update_state(self, training_state: SplatTrainingState, state: dict, render: SplatRenderOutput) -> None:
-        source = render.extras.get("means2d_absgrad") if self.absgrad else render.means2d.grad
+        source = getattr(render.means2d, "absgrad", None) if self.absgrad else render.means2d.grad
         if source is None:
             raise RuntimeError(
                 "SplatDefaultDensification needs the screen-space gradient of means2d"
-                + (" (absgrad=True: the renderer must provide 'means2d_absgrad')" if self.absgrad else "")
+                + (" (absgrad=True: render with Splat3DGSRenderer(absgrad=True) on the gsplat backend)"
+                   if self.absgrad else "")
             )
         n = training_state.num_gaussians
         device = source.device
@@ -90,15 +91,23 @@ class SplatDefaultDensification(SplatDensification):
         # Gradients in NDC units: pixels scaled by half the image size; a batch of C
         # cameras divides each camera's share of the mean loss by C, which is undone.
         scale = torch.tensor([render.width / 2.0, render.height / 2.0], device=device) * render.n_cameras
-        visible = render.visibility
-        cam_ids, gs_ids = torch.nonzero(visible, as_tuple=True)
-        grads = source[cam_ids, gs_ids] * scale
-        state["grad2d"].index_add_(0, gs_ids, grads.norm(dim=-1))
-        state["count"].index_add_(0, gs_ids, torch.ones_like(gs_ids, dtype=state["count"].dtype))
-        if "radii" in state:
-            radii = render.radii[cam_ids, gs_ids].max(dim=-1).values.float()
-            radii = radii / float(max(render.width, render.height))
-            state["radii"][gs_ids] = torch.maximum(state["radii"][gs_ids], radii)
+        if render.packed:
+            gs_ids = render.gaussian_ids
+            norms = (source * scale).norm(dim=-1)
+            state["grad2d"].index_add_(0, gs_ids, norms)
+            state["count"].index_add_(0, gs_ids, torch.ones_like(norms))
+            if "radii" in state:
+                radii = render.radii.max(dim=-1).values.float() / float(max(render.width, render.height))
+                state["radii"].scatter_reduce_(0, gs_ids, radii, reduce="amax")
+        else:
+            # Dense masked sums instead of index lists: no host-device sync per step.
+            visible = (render.radii > 0).any(dim=-1)  # [C, N]
+            norms = (source * scale).norm(dim=-1)
+            state["grad2d"] += torch.where(visible, norms, 0.0).sum(dim=0)
+            state["count"] += visible.sum(dim=0, dtype=state["count"].dtype)
+            if "radii" in state:
+                radii = render.radii.max(dim=-1).values.float() / float(max(render.width, render.height))
+                state["radii"] = torch.maximum(state["radii"], torch.where(visible, radii, 0.0).amax(dim=0))
 
     @torch.no_grad()
     def _grow(self, training_state: SplatTrainingState, state: dict, step: int) -> tuple[int, int]:

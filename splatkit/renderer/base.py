@@ -20,10 +20,13 @@ class SplatRenderOutput:
         alphas: ``[C, H, W, 1]`` accumulated opacity.
         depths: ``[C, H, W, 1]`` expected depth, when the renderer was asked for it.
         means2d: ``[C, N, 2]`` screen-space centres; their ``.grad`` after backward is
-            the screen-space gradient the default densification thresholds.
-        radii: ``[C, N, 2]`` int32 bounding-box half-sizes in pixels, 0 where culled.
+            the screen-space gradient the default densification thresholds. Packed
+            output (gsplat ``packed=True``) is ``[nnz, 2]`` for the visible pairs only.
+        radii: ``[C, N, 2]`` int32 bounding-box half-sizes in pixels, 0 where culled
+            (packed: ``[nnz, 2]``).
         width, height: image size.
         backgrounds: ``[C, 3]`` colour the images were composited over (None: black).
+        gaussian_ids, camera_ids: ``[nnz]`` indices of the packed pairs (None unpacked).
         extras: backend- or model-specific outputs (normals, distortion, ...).
     """
 
@@ -35,6 +38,8 @@ class SplatRenderOutput:
     height: int
     depths: torch.Tensor | None = None
     backgrounds: torch.Tensor | None = None
+    gaussian_ids: torch.Tensor | None = None
+    camera_ids: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property
@@ -42,9 +47,22 @@ class SplatRenderOutput:
         return self.images.shape[0]
 
     @property
-    def visibility(self) -> torch.Tensor:
-        """``[C, N]`` bool: the Gaussian touched the image in that camera."""
-        return (self.radii > 0).any(dim=-1)
+    def packed(self) -> bool:
+        return self.gaussian_ids is not None
+
+    def visible_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(camera_ids [nnz], gaussian_ids [nnz])`` of every (camera, Gaussian) that
+        touched an image, for packed and unpacked outputs alike."""
+        if self.packed:
+            return self.camera_ids, self.gaussian_ids
+        return torch.nonzero((self.radii > 0).any(dim=-1), as_tuple=True)
+
+    def pair_values(self, per_camera: torch.Tensor) -> torch.Tensor:
+        """Rows of a per-(camera, Gaussian) tensor (``means2d``-shaped) for :meth:`visible_pairs`."""
+        if self.packed:
+            return per_camera
+        cam, gs = self.visible_pairs()
+        return per_camera[cam, gs]
 
 
 class SplatRenderer(ABC):

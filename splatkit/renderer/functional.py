@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splatkit.renderer.backends import get_backend
+from splatkit.renderer.backends import BACKENDS, GSPLAT_OPTIONS, resolve_backend_name
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
@@ -37,6 +37,12 @@ def _validate(
         _check((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)),
                f"without sh_degree, colors must be [N, D] or [C, N, D], got {tuple(colors.shape)}")
     _check(render_mode in RENDER_MODES, f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    named = {"quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": viewmats,
+             "Ks": Ks, "backgrounds": backgrounds}
+    for name, t in named.items():
+        if t is not None and (t.dtype != means.dtype or t.device != means.device):
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but means is {means.dtype} on {means.device}; "
+                             "all tensors must share one dtype and device")
     if backgrounds is not None:
         n_color = 3 if sh_degree is not None else colors.shape[-1]
         _check(tuple(backgrounds.shape) == (C, n_color),
@@ -81,7 +87,9 @@ def rasterize(
         width, height: image size in pixels.
         sh_degree: active SH degree (coefficients beyond it are ignored).
         backgrounds: ``[C, D]`` colour behind the Gaussians, default black.
-        backend: ``"auto"``, ``"torch"`` (reference) or another registered backend.
+        backend: ``"auto"``, ``"torch"`` (reference), ``"cpu"`` (compiled) or ``"gsplat"`` (CUDA).
+        backend_options: per-backend switches; gsplat takes ``packed``, ``absgrad`` and
+            ``sparse_grad`` (see :mod:`splatkit.renderer.backends.gsplat_backend`).
         render_mode: ``"RGB"``, ``"D"`` (accumulated depth), ``"ED"`` (expected depth),
             ``"RGB+D"`` or ``"RGB+ED"``; depth is an extra last channel.
         rasterize_mode: ``"classic"`` or ``"antialiased"`` (opacity compensation of the
@@ -95,8 +103,14 @@ def rasterize(
     """
     _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
               backgrounds, render_mode)
-    impl = get_backend(backend, means.device, means.dtype)
-    return impl(
+    name = resolve_backend_name(backend, means.device, means.dtype)
+    if name != "gsplat":
+        asked = [k for k in GSPLAT_OPTIONS if backend_options.get(k)]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} {'is a gsplat option' if len(asked) == 1 else 'are gsplat options'}; "
+                             f"backend {name!r} does not support {'it' if len(asked) == 1 else 'them'}")
+        backend_options = {k: v for k, v in backend_options.items() if k not in GSPLAT_OPTIONS}
+    return BACKENDS[name](
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane,
         eps2d=eps2d, radius_clip=radius_clip, rasterize_mode=rasterize_mode,

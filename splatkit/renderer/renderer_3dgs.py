@@ -30,6 +30,14 @@ class Splat3DGSRenderer(SplatRenderer):
     tile_size: int = 16
     render_depth: bool = False
     """Also render expected depth (``SplatRenderOutput.depths``)."""
+    packed: bool = False
+    """gsplat only: packed per-camera lists (less memory for large scenes)."""
+    absgrad: bool = False
+    """gsplat only: accumulate absolute screen-space gradients (AbsGS); pair with
+    ``SplatDefaultDensification(absgrad=True, grow_grad2d=0.0008)``."""
+    sparse_grad: bool = False
+    """gsplat only, with packed: sparse gradients for means, quats and scales; the trainer
+    then uses sparse Adam."""
 
     def render(
         self,
@@ -59,6 +67,7 @@ class Splat3DGSRenderer(SplatRenderer):
             rasterize_mode=self.rasterize_mode,
             render_mode="RGB+ED" if self.render_depth else "RGB",
             tile_size=self.tile_size,
+            **{k: True for k in ("packed", "absgrad", "sparse_grad") if getattr(self, k)},
         )
         return SplatRenderOutput(
             images=renders[..., :3],
@@ -69,5 +78,7 @@ class Splat3DGSRenderer(SplatRenderer):
             height=cameras.height,
             depths=renders[..., 3:4] if self.render_depth else None,
             backgrounds=backgrounds,
-            extras={k: v for k, v in meta.items() if k not in ("means2d", "radii")},
+            gaussian_ids=meta.get("gaussian_ids"),
+            camera_ids=meta.get("camera_ids"),
+            extras={k: v for k, v in meta.items() if k not in ("means2d", "radii", "gaussian_ids", "camera_ids")},
         )

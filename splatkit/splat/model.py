@@ -142,9 +142,10 @@ class SplatModel:
         learning_rates: Mapping[str, float] | None = None,
         device: torch.device | str = "cpu",
         batch_size: int = 1,
+        sparse_grad: bool = False,
     ) -> SplatTrainingState:
         """Trainable copy with Adam optimisers (default rates for names not given)."""
-        return SplatTrainingState(self.params(), learning_rates, batch_size, device=device)
+        return SplatTrainingState(self.params(), learning_rates, batch_size, device=device, sparse_grad=sparse_grad)
 
 
 def knn_mean_distance(points: torch.Tensor, k: int = 3) -> torch.Tensor:

@@ -44,6 +44,8 @@ class SplatTrainingState:
         optimizers: ``{name: torch.optim.Adam}``.
         learning_rates: base learning rate per parameter (before batch scaling).
         batch_size: images per step; Adam's rate, eps and betas are scaled for it as gsplat does.
+        sparse_grad: use sparse Adam (for gsplat's ``sparse_grad`` renders): every parameter's
+            gradient is made sparse over the Gaussians the step saw, and only those rows move.
     """
 
     def __init__(
@@ -52,12 +54,14 @@ class SplatTrainingState:
         learning_rates: Mapping[str, float] | None = None,
         batch_size: int = 1,
         device: torch.device | str | None = None,
+        sparse_grad: bool = False,
     ) -> None:
         missing = [n for n in PARAM_NAMES if n not in params]
         if missing:
             raise ValueError(f"params lacks {missing}; a splat needs {list(PARAM_NAMES)}")
         self.learning_rates = resolve_learning_rates(learning_rates)
         self.batch_size = int(batch_size)
+        self.sparse_grad = bool(sparse_grad)
         self.params: dict[str, torch.nn.Parameter] = {
             name: torch.nn.Parameter(
                 (params[name].detach().to(device) if device is not None else params[name].detach()).clone()
@@ -68,12 +72,14 @@ class SplatTrainingState:
         # PyTorch's fused Adam (one multithreaded pass per parameter, on CPU and CUDA) is
         # ~8x faster than the default loop on CPU; same update rule.
         fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in self.params.values())
-        self.optimizers: dict[str, torch.optim.Adam] = {
-            name: torch.optim.Adam(
+        extra = {} if self.sparse_grad else {"fused": fused or None}
+        adam = torch.optim.SparseAdam if self.sparse_grad else torch.optim.Adam
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            name: adam(
                 [{"params": [p], "lr": self.learning_rates[name] * math.sqrt(bs), "name": name}],
                 eps=1e-15 / math.sqrt(bs),
                 betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)),
-                fused=fused or None,
+                **extra,
             )
             for name, p in self.params.items()
         }
@@ -101,7 +107,18 @@ class SplatTrainingState:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, gaussian_ids: torch.Tensor | None = None) -> None:
+        """One Adam step. With ``sparse_grad``, ``gaussian_ids [nnz]`` are the Gaussians this
+        step rendered (gsplat's packed ids); dense gradients are made sparse over them."""
+        if self.sparse_grad:
+            if gaussian_ids is None:
+                raise ValueError("sparse_grad training needs the rendered gaussian_ids (packed render output)")
+            # A Gaussian seen by several cameras of the batch appears once per camera;
+            # duplicates would be summed when the sparse gradient is coalesced.
+            ids = torch.unique(gaussian_ids)
+            for p in self.params.values():
+                if p.grad is not None and not p.grad.is_sparse:
+                    p.grad = torch.sparse_coo_tensor(ids[None], p.grad[ids], p.shape, check_invariants=False)
         for opt in self.optimizers.values():
             opt.step()
 
@@ -118,11 +135,13 @@ class SplatTrainingState:
             "optimizers": {n: opt.state_dict() for n, opt in self.optimizers.items()},
             "learning_rates": dict(self.learning_rates),
             "batch_size": self.batch_size,
+            "sparse_grad": self.sparse_grad,
         }
 
     @classmethod
     def from_state_dict(cls, state: Mapping, device: torch.device | str | None = None) -> "SplatTrainingState":
-        ts = cls(state["params"], state["learning_rates"], state["batch_size"], device=device)
+        ts = cls(state["params"], state["learning_rates"], state["batch_size"], device=device,
+                 sparse_grad=state.get("sparse_grad", False))
         for name, opt in ts.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         return ts

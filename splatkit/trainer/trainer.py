@@ -136,7 +136,8 @@ class SplatTrainer:
         cfg = self.config
         if self._resume is None:
             self.training_state = self._initial_model().to_training_state(
-                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size
+                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size,
+                sparse_grad=bool(getattr(self.renderer, "sparse_grad", False)),
             )
             self.densification_state = self.densification.initialize_state(self.scene_scale)
             self.step = 0
@@ -247,7 +248,7 @@ class SplatTrainer:
         self._call("on_optimize", frames=frames, render=render, loss=loss)
         clock.lap("modules")
         ts.set_learning_rate("means", self.means_learning_rate(step))
-        ts.optimizer_step()
+        ts.optimizer_step(render.gaussian_ids)
         ts.zero_grad()
         clock.lap("optimizer")
         # Like gsplat, densification acts after the optimiser step: the statistics use

@@ -1,7 +1,9 @@
 """Rasterizer backends. Each knows only Gaussians and cameras, nothing of training.
 
 A backend is a function with the signature of :func:`splatkit.renderer.rasterize`
-(minus ``backend``). ``"auto"`` picks the fastest one that runs on the tensors' device.
+(minus ``backend``). ``"auto"`` picks the fastest one that runs on the tensors' device:
+gsplat on CUDA (when installed and built), the compiled kernels on the CPU, and the
+PyTorch reference otherwise.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from typing import Callable
 
 import torch
 
-from splatkit.renderer.backends import cpu, torch_ref
+from splatkit.renderer.backends import cpu, gsplat_backend, torch_ref
 
 logger = logging.getLogger("splatkit")
 
-BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.rasterize}
+BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.rasterize, "gsplat": gsplat_backend.rasterize}
+# Switches only gsplat implements; asking another backend for them is an error.
+GSPLAT_OPTIONS = ("packed", "absgrad", "sparse_grad")
 _warned: set[str] = set()
 
 
@@ -30,7 +34,15 @@ def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dty
     reference with one warning if it cannot be built; float64 always uses the reference.
     """
     if name == "auto":
-        if torch.device(device).type == "cpu" and dtype == torch.float32:
+        kind = torch.device(device).type
+        if kind == "cuda":
+            if gsplat_backend.is_available():
+                return "gsplat"
+            if "gsplat" not in _warned:
+                _warned.add("gsplat")
+                logger.warning("rendering on CUDA without gsplat (%s); using the reference PyTorch rasterizer on "
+                               "the GPU, which is much slower", gsplat_backend.unavailable_reason())
+        elif kind == "cpu" and dtype == torch.float32:
             if cpu.is_available():
                 return "cpu"
             if "cpu" not in _warned:
@@ -42,6 +54,3 @@ def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dty
         raise ValueError(f"unknown rasterizer backend {name!r}; available: {', '.join(available_backends())}")
     return name
 
-
-def get_backend(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Callable:
-    return BACKENDS[resolve_backend_name(name, device, dtype)]

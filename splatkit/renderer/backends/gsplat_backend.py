@@ -1,0 +1,97 @@
+"""NVIDIA GPUs through gsplat's CUDA kernels (optional: ``pip install splatkit[cuda]``).
+
+gsplat is imported only when CUDA tensors are rendered, so CPU-only installs never
+touch it. Arguments and outputs are gsplat's own; this module only forwards them and
+names the results the way every splatkit backend does.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def unavailable_reason() -> str | None:
+    """Why gsplat cannot run here, or None when it can (its CUDA extension is built
+    on first use, which this triggers)."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    try:
+        import gsplat  # noqa: F401
+    except ImportError as e:
+        return f"gsplat is not installed ({e}); install it with: pip install 'splatkit[cuda]'"
+    try:
+        from gsplat.cuda._backend import _C
+    except Exception as e:  # a failed JIT build raises many kinds of errors
+        return f"gsplat's CUDA extension failed to load or build: {e}"
+    if _C is None:
+        return "gsplat's CUDA extension is not built (check the CUDA toolkit and TORCH_CUDA_ARCH_LIST)"
+    return None
+
+
+def is_available() -> bool:
+    return unavailable_reason() is None
+
+
+def rasterize(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: torch.Tensor | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
+    render_mode: str = "RGB",
+    tile_size: int = 16,
+    packed: bool = False,
+    absgrad: bool = False,
+    sparse_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """gsplat implementation of :func:`splatkit.renderer.rasterize` (arguments there).
+
+    Extra switches: ``packed`` (sparse per-camera lists: ``meta["means2d"]`` and
+    ``meta["radii"]`` are ``[nnz, ...]`` with ``meta["gaussian_ids"]``/``["camera_ids"]``),
+    ``absgrad`` (``meta["means2d"].absgrad`` after backward, for AbsGS densification) and
+    ``sparse_grad`` (sparse COO gradients for means, quats and scales; needs ``packed``).
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"backend 'gsplat' is unavailable: {reason}")
+    if means.device.type != "cuda":
+        raise ValueError(f"backend 'gsplat' needs CUDA tensors; means is on {means.device}")
+    if sparse_grad and not packed:
+        raise ValueError("sparse_grad=True needs packed=True (gsplat's rule)")
+    import gsplat
+
+    renders, alphas, meta = gsplat.rasterization(
+        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks,
+        width=width, height=height, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+        eps2d=eps2d, sh_degree=sh_degree, packed=packed, tile_size=tile_size, backgrounds=backgrounds,
+        render_mode=render_mode, sparse_grad=sparse_grad, absgrad=absgrad, rasterize_mode=rasterize_mode,
+    )
+    out = {
+        "means2d": meta["means2d"],
+        "radii": meta["radii"],
+        "depths": meta["depths"],
+        "conics": meta["conics"],
+        "opacities": meta["opacities"],
+        "width": width,
+        "height": height,
+        "n_cameras": viewmats.shape[0],
+        "tile_size": tile_size,
+        "packed": packed,
+        "gaussian_ids": meta.get("gaussian_ids"),
+        "camera_ids": meta.get("camera_ids"),
+    }
+    return renders, alphas, out
