@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 import tyro
 
 from splatkit.data_provider import (
@@ -22,14 +23,15 @@ from splatkit.data_provider import (
 from splatkit.data_provider.detect import provider_from_path
 from splatkit.densification import SplatDefaultDensification
 from splatkit.loss_fn import Splat3DGSLossFn
-from splatkit.modules import SplatExporter, SplatProgressTracker
+from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat3DGSRenderer
 from splatkit.renderer.backends import resolve_backend_name
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
-from splatkit.utils.files import atomic_write
+from splatkit.trainer.trainer import resolve_device
+from splatkit.utils.files import atomic_write, ensure_writable_dir
 
 
 @dataclass
@@ -53,6 +55,17 @@ class TrainCommand:
     """Show a progress bar (plain lines when not on a terminal)."""
     summary_json: str | None = None
     """Also write the run's figures (test PSNR/SSIM, Gaussians, seconds, files) as JSON here."""
+    eval_steps: tuple[int, ...] = ()
+    """Steps at which SplatEvaluator writes stats/, renders/ (PSNR, SSIM, LPIPS) into --output-dir."""
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    lpips_weights: str | None = None
+    """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
+    tensorboard: bool = False
+    """Log to TensorBoard in OUTPUT_DIR/tb."""
+    viewer: bool = False
+    """Serve the live web viewer while training."""
+    viewer_port: int = 8080
+    viewer_host: str = "127.0.0.1"
     trainer: Annotated[SplatTrainerConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SplatTrainerConfig)
     renderer: Splat3DGSRenderer = field(default_factory=Splat3DGSRenderer)
     loss: Splat3DGSLossFn = field(default_factory=Splat3DGSLossFn)
@@ -77,6 +90,43 @@ class DemoCommand:
     progress: bool = True
     summary_json: str | None = None
     """Also write the run's figures as JSON here."""
+
+
+@dataclass
+class EvalCommand:
+    """Evaluate a checkpoint or PLY on a scene's test split: what SplatEvaluator writes, without training."""
+
+    path: tyro.conf.Positional[str]
+    """A .ckpt or .ply file."""
+    data: str = "demo"
+    """The scene it was trained on (as for train --data)."""
+    output_dir: str = "results/eval"
+    """Where stats/ and renders/ are written."""
+    step: int | None = None
+    """Step to file the results under (default: the checkpoint's step, 0 for a PLY)."""
+    background: tuple[float, float, float] | None = None
+    """Colour behind the Gaussians (default: the checkpoint's, black for a PLY)."""
+    save_images: bool = True
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    lpips_weights: str | None = None
+    device: str = "auto"
+    backend: str = "auto"
+    demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
+    colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
+    blender: SplatBlenderDataProviderConfig = field(default_factory=lambda: SplatBlenderDataProviderConfig(""))
+
+
+@dataclass
+class ViewCommand:
+    """Open a checkpoint or PLY in the web viewer (rendering mode) until Ctrl-C."""
+
+    path: tyro.conf.Positional[str]
+    port: int = 8080
+    host: str = "127.0.0.1"
+    """Interface to listen on; 0.0.0.0 makes it reachable from other machines."""
+    device: str = "auto"
+    backend: str = "auto"
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -109,6 +159,13 @@ def _train(cmd: TrainCommand) -> dict:
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
     exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt)
     modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
+    if cmd.eval_steps:
+        modules.append(SplatEvaluator(cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net,
+                                      lpips_weights=cmd.lpips_weights))
+    if cmd.tensorboard:
+        modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
+    if cmd.viewer:
+        modules.append(SplatViewer(port=cmd.viewer_port, host=cmd.viewer_host))
     trainer = SplatTrainer(cmd.trainer, data_provider, cmd.renderer, cmd.loss, cmd.densification, modules,
                            ckpt_path=cmd.resume)
     t0 = time.perf_counter()
@@ -141,6 +198,53 @@ def _write_summary(path: str | None, result: dict) -> None:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
 
 
+def _load_model(path: str | Path) -> tuple[SplatModel, dict | None]:
+    """A model from a .ply or .ckpt file (and the checkpoint itself, if it is one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".ply":
+        return SplatModel.load_ply(path), None
+    if path.suffix.lower() == ".ckpt":
+        ckpt = load_checkpoint(path)
+        return SplatModel(**ckpt["training_state"]["params"]), ckpt
+    raise ValueError(f"{path}: unknown file type {path.suffix!r}; expected a .ply or .ckpt file")
+
+
+def _eval(cmd: EvalCommand) -> dict:
+    model, ckpt = _load_model(cmd.path)
+    device = resolve_device(cmd.device)
+    config = (ckpt or {}).get("config", {})
+    step = cmd.step if cmd.step is not None else int((ckpt or {}).get("step", 0))
+    background = cmd.background or tuple(config.get("background", (0.0, 0.0, 0.0)))
+    evaluator = SplatEvaluator(cmd.output_dir, [step], cmd.save_images, cmd.lpips_net, cmd.lpips_weights)
+    for name, state in (ckpt or {}).get("modules", []):
+        if name == "SplatEvaluator":  # training time so far, as the training run counted it
+            evaluator.load_state_dict(state)
+    provider = _data_provider(TrainCommand(data=cmd.data, demo=cmd.demo, colmap=cmd.colmap, blender=cmd.blender))
+    renderer = Splat3DGSRenderer(backend=cmd.backend)
+    params = {k: v.to(device) for k, v in model.params().items()}
+    bg = torch.tensor([background], dtype=torch.float32, device=device)
+
+    def render_fn(f):
+        return renderer.render(params, f.cameras, model.sh_degree, bg.expand(len(f.cameras), 3)).images
+
+    ensure_writable_dir(cmd.output_dir, "--output-dir")
+    stats = evaluator.evaluate(render_fn, provider.test_frames(), step, model.num_gaussians, device)
+    return {k: v for k, v in stats.items() if k != "images"} | {"output_dir": cmd.output_dir}
+
+
+def _view(cmd: ViewCommand) -> dict:
+    model, _ = _load_model(cmd.path)
+    device = resolve_device(cmd.device)
+    params = {k: v.to(device) for k, v in model.params().items()}
+    viewer = SplatViewer(port=cmd.port, mode="rendering", host=cmd.host)
+    print(f"splatkit: serving {cmd.path} ({model.num_gaussians} Gaussians) at http://{cmd.host}:{cmd.port}; "
+          "Ctrl-C to stop", file=sys.stderr)
+    viewer.serve_forever(params, model.sh_degree, Splat3DGSRenderer(backend=cmd.backend), device, cmd.background)
+    return {}
+
+
 def _info(cmd: InfoCommand) -> dict:
     path = Path(cmd.path)
     if path.suffix.lower() == ".ply":
@@ -153,7 +257,8 @@ def _info(cmd: InfoCommand) -> dict:
     raise ValueError(f"{path}: unknown file type {path.suffix!r}; splatkit info reads .ply and .ckpt")
 
 
-COMMANDS = {"train": TrainCommand, "demo": DemoCommand, "info": InfoCommand}
+COMMANDS = {"train": TrainCommand, "demo": DemoCommand, "eval": EvalCommand, "view": ViewCommand,
+            "info": InfoCommand}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             result = _train(cmd)
         elif isinstance(cmd, DemoCommand):
             result = _demo(cmd)
+        elif isinstance(cmd, EvalCommand):
+            result = _eval(cmd)
+        elif isinstance(cmd, ViewCommand):
+            result = _view(cmd)
         else:
             result = _info(cmd)
     except (ValueError, TypeError, OSError, SplatFileError) as e:
@@ -172,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splatkit: interrupted", file=sys.stderr)
         return 130
-    if isinstance(cmd, InfoCommand):
-        print(json.dumps(result, indent=2))
+    if isinstance(cmd, ViewCommand):
+        return 0
+    if isinstance(cmd, (InfoCommand, EvalCommand)):
+        print(json.dumps(result, indent=2, default=str))
     else:
         print(f"test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f} on {result['test_images']} "
               f"test images; {result['num_gaussians']} Gaussians; trained in {result['train_seconds']} s")

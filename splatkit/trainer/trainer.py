@@ -21,7 +21,6 @@ from splatkit.densification.base import SplatDensification, state_to
 from splatkit.densification.default import SplatDefaultDensification
 from splatkit.loss_fn.base import SplatLossFn
 from splatkit.loss_fn.loss_3dgs import Splat3DGSLossFn
-from splatkit.metrics import psnr, ssim
 from splatkit.modules.base import SplatBaseModule
 from splatkit.renderer.base import SplatRenderer
 from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
@@ -278,23 +277,19 @@ class SplatTrainer:
     def evaluate(self, frames: Iterable | None = None) -> dict:
         """PSNR and SSIM on the provider's test split (or ``frames``) at full SH degree.
 
-        PSNR counts only pixels inside a frame's mask when it has one.
+        PSNR counts only pixels inside a frame's mask when it has one. For LPIPS, files
+        and renders use :class:`~splatkit.modules.SplatEvaluator`.
         """
-        psnrs, ssims = [], []
-        for f in frames if frames is not None else self.data_provider.test_frames():
-            f = f.to(self.device)
-            out = self.renderer.render(self.training_state.params, f.cameras, self.training_state.sh_degree,
-                                       self.backgrounds(len(f.cameras)))
-            img = out.images.clamp(0, 1)
-            psnrs.append(psnr(img, f.images, f.masks))
-            ssims.append(ssim(img, f.images))
-        if not psnrs:
-            return {"psnr": float("nan"), "ssim": float("nan"), "num_images": 0}
-        return {
-            "psnr": float(torch.cat(psnrs).mean()),
-            "ssim": float(torch.cat(ssims).mean()),
-            "num_images": int(sum(p.numel() for p in psnrs)),
-        }
+        from splatkit.modules.evaluator import evaluate_frames, summarize
+
+        ts = self.training_state
+
+        def render_fn(f):
+            return self.renderer.render(ts.params, f.cameras, ts.sh_degree, self.backgrounds(len(f.cameras))).images
+
+        summary = summarize(evaluate_frames(render_fn, frames if frames is not None else
+                                            self.data_provider.test_frames(), self.device))
+        return {k: summary[k] for k in ("psnr", "ssim", "num_images")}
 
 
 class _PhaseClock:

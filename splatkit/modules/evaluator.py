@@ -1,0 +1,270 @@
+"""Evaluation on the test split with the published protocol, written to disk.
+
+Layout under ``output_dir``::
+
+    stats/step_XXXXXX.json   per-image and mean PSNR / SSIM / LPIPS, Gaussians, time, memory, fps
+    stats/metrics.csv        one row per evaluated step
+    stats/metrics.png        PSNR and Gaussian count against step
+    renders/step_XXXXXX/<image>.png   ground truth | render | error (x5), side by side
+
+PSNR counts only masked-in pixels when a test frame has a mask; SSIM is the 3DGS
+paper's (11x11 Gaussian window, sigma 1.5, valid region, as torchmetrics computes it);
+LPIPS takes [0, 1] images (see :mod:`splatkit.lpips`). Renders are clamped to [0, 1] and
+use the full SH degree of the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from splatkit.lpips import LPIPSUnavailable, load_lpips
+from splatkit.metrics import psnr, ssim
+from splatkit.modules.base import SplatBaseModule
+from splatkit.utils.files import atomic_write, ensure_writable_dir
+
+logger = logging.getLogger("splatkit")
+
+CSV_FIELDS = ("step", "psnr", "ssim", "lpips", "num_gaussians", "train_seconds", "peak_memory_mb", "render_fps",
+              "num_images")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA allocator memory on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def side_by_side(render: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
+    """``[H, 3W, 3]`` uint8: ground truth | render | absolute error x5 (grey)."""
+    err = ((render - gt).abs().mean(dim=-1, keepdim=True) * 5).expand_as(gt)
+    return _to_uint8(torch.cat([gt, render, err], dim=1))
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+
+@torch.no_grad()
+def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None) -> list[dict]:
+    """Per-image metrics. ``render_fn(frames) -> [B, H, W, 3]`` renders the given frames.
+
+    Returns one dict per image: name, psnr, ssim, lpips (None without a metric), seconds
+    (render time), and the clamped render and ground truth (CPU tensors) under
+    ``"_render"`` / ``"_gt"``.
+    """
+    rows = []
+    for f in frames:
+        f = f.to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        img = render_fn(f).clamp(0, 1)
+        _sync(device)
+        seconds = (time.perf_counter() - t0) / len(f.cameras)
+        p = psnr(img, f.images, f.masks)
+        s = ssim(img, f.images)
+        lp = lpips(img, f.images) if lpips is not None else None
+        for i, name in enumerate(f.names):
+            rows.append({"name": name, "psnr": float(p[i]), "ssim": float(s[i]),
+                         "lpips": None if lp is None else float(lp[i]), "seconds": seconds,
+                         "_render": img[i].cpu(), "_gt": f.images[i].cpu()})
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means over images (PSNR averaged in dB, as papers report it)."""
+    if not rows:
+        return {"psnr": float("nan"), "ssim": float("nan"), "lpips": None, "num_images": 0, "render_fps": None}
+    lp = [r["lpips"] for r in rows]
+    return {
+        "psnr": statistics.fmean(r["psnr"] for r in rows),
+        "ssim": statistics.fmean(r["ssim"] for r in rows),
+        "lpips": None if any(v is None for v in lp) else statistics.fmean(lp),
+        "num_images": len(rows),
+        "render_fps": 1.0 / max(statistics.median(r["seconds"] for r in rows), 1e-9),
+    }
+
+
+class SplatEvaluator(SplatBaseModule):
+    """Evaluates the test split at ``eval_steps`` and writes stats, a CSV, a plot and renders.
+
+    Args:
+        output_dir: folder for ``stats/`` and ``renders/`` (created and checked at setup).
+        eval_steps: steps after which to evaluate.
+        save_images: write side-by-side PNGs per test image.
+        lpips_net: "alex" or "vgg" (None: skip LPIPS).
+        lpips_weights: folder with the LPIPS weight files (see :mod:`splatkit.lpips`);
+            default: torch hub's checkpoint folder.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, eval_steps: Iterable[int], save_images: bool = True,
+                 lpips_net: str | None = "alex", lpips_weights: str | os.PathLike | None = None) -> None:
+        if lpips_net not in ("alex", "vgg", None):
+            raise ValueError(f"lpips_net must be 'alex', 'vgg' or None, got {lpips_net!r}")
+        self.output_dir = Path(output_dir)
+        self.eval_steps = sorted({int(s) for s in eval_steps})
+        self.save_images = save_images
+        self.lpips_net = lpips_net
+        self.lpips_weights = lpips_weights
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+        self._enabled = True
+        self._lpips = None
+        self._lpips_reason: str | None = None
+        self._t_last: float | None = None
+
+    # ---------------------------------------------------------------- hooks
+    def on_setup(self, world_rank: int = 0, trainer=None, **kwargs) -> None:
+        self._enabled = world_rank == 0
+        if not self._enabled:
+            return
+        ensure_writable_dir(self.output_dir, "SplatEvaluator output_dir")
+        self._prepare_lpips(trainer.device if trainer is not None else torch.device("cpu"))
+        self._t_last = time.perf_counter()
+
+    def post_step(self, step: int, trainer=None, **kwargs) -> None:
+        if not self._enabled or step not in self.eval_steps:
+            return
+        now = time.perf_counter()
+        self.train_seconds += now - self._t_last
+        self.evaluate_trainer(trainer, step)
+        self._t_last = time.perf_counter()  # evaluation time is not training time
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    # ---------------------------------------------------------------- work
+    def _prepare_lpips(self, device: torch.device) -> None:
+        if self.lpips_net is None or self._lpips is not None or self._lpips_reason is not None:
+            return
+        try:
+            self._lpips = load_lpips(self.lpips_net, self.lpips_weights, device)
+        except LPIPSUnavailable as e:
+            self._lpips_reason = str(e)
+            logger.warning("lpips: unavailable: %s", e)
+
+    def evaluate_trainer(self, trainer, step: int) -> dict:
+        """Evaluate ``trainer``'s current state on its provider's test split and write the files."""
+        ts = trainer.training_state
+
+        def render_fn(f):
+            return trainer.renderer.render(ts.params, f.cameras, ts.sh_degree, trainer.backgrounds(len(f.cameras))).images
+
+        return self.evaluate(render_fn, trainer.data_provider.test_frames(), step, ts.num_gaussians, trainer.device)
+
+    def evaluate(self, render_fn, frames: Iterable, step: int, num_gaussians: int,
+                 device: torch.device | str = "cpu") -> dict:
+        """Evaluate rendered ``frames`` and write ``stats/step_XXXXXX.json`` (and the rest)."""
+        device = torch.device(device)
+        self._prepare_lpips(device)
+        rows = evaluate_frames(render_fn, frames, device, self._lpips)
+        summary = summarize(rows)
+        stats = {
+            "step": step,
+            **{k: summary[k] for k in ("psnr", "ssim")},
+            "lpips": summary["lpips"] if self._lpips is not None else "unavailable",
+            "num_gaussians": int(num_gaussians),
+            "train_seconds": round(self.train_seconds, 3),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+            "peak_memory_kind": "cuda_allocator" if device.type == "cuda" else "process_rss",
+            "render_fps": summary["render_fps"],
+            "num_images": summary["num_images"],
+            "images": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        }
+        if self.lpips_net is None:
+            stats["lpips"] = "not computed (lpips_net=None)"
+        elif self._lpips is None:
+            stats["lpips_unavailable_reason"] = self._lpips_reason
+        else:
+            stats["lpips_net"] = self.lpips_net
+        stats_dir = self.output_dir / "stats"
+        stats_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(stats_dir / f"step_{step:06d}.json",
+                     lambda tmp: tmp.write_text(json.dumps(_finite(stats), indent=2) + "\n"))
+        if self.save_images:
+            for r in rows:
+                _write_png(self.output_dir / "renders" / f"step_{step:06d}" / f"{Path(r['name']).stem}.png",
+                           side_by_side(r["_render"], r["_gt"]))
+        row = {k: stats[k] for k in CSV_FIELDS}
+        row["lpips"] = stats["lpips"] if isinstance(stats["lpips"], float) else None
+        self.history = [h for h in self.history if h["step"] != step] + [row]
+        self.history.sort(key=lambda h: h["step"])
+        self._write_csv(stats_dir / "metrics.csv")
+        self._write_plot(stats_dir / "metrics.png")
+        lp = f"{row['lpips']:.4f}" if row["lpips"] is not None else "unavailable"
+        logger.info("eval step %d: PSNR %.2f SSIM %.4f LPIPS %s on %d images, %d Gaussians", step, stats["psnr"],
+                    stats["ssim"], lp, stats["num_images"], stats["num_gaussians"])
+        return stats
+
+    def _write_csv(self, path: Path) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for h in self.history:
+            w.writerow({k: ("" if h.get(k) is None else h[k]) for k in CSV_FIELDS})
+        atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+    def _write_plot(self, path: Path) -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError:
+            logger.warning("matplotlib is not installed; %s not written (pip install 'splatkit[eval]')", path)
+            return
+        steps = [h["step"] for h in self.history]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        ax.plot(steps, [h["psnr"] for h in self.history], "o-", color="tab:blue")
+        ax.set_xlabel("step")
+        ax.set_ylabel("test PSNR (dB)", color="tab:blue")
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h["num_gaussians"] for h in self.history], "s--", color="tab:orange")
+        ax2.set_ylabel("Gaussians", color="tab:orange")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
+
+
+def _finite(obj):
+    """JSON has no inf/nan: write them as strings ("inf" for a perfect PSNR)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,96 @@
+"""TensorBoard logging (``pip install 'splatkit[tensorboard]'``).
+
+Every ``log_every`` steps: ``loss/total`` and each loss term (``loss/l1``, ``loss/dssim``,
+...), ``train/psnr`` of the batch, ``gaussians/count``, ``lr/<param>``, ``memory/mb``
+(CUDA allocator or process RSS) and ``time/step_seconds`` (mean since the last log);
+histograms ``gaussians/opacity`` and ``gaussians/scale_max`` (world units, log10).
+Every ``image_every`` steps: ``test/render`` (ground truth | render | error of the
+first test image) and ``test/psnr`` of that image. Rank 0 only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from splatkit.metrics import psnr
+from splatkit.modules.base import SplatBaseModule
+from splatkit.modules.evaluator import peak_memory_mb, side_by_side
+from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.utils.files import ensure_writable_dir
+
+
+class SplatTensorboard(SplatBaseModule):
+    """Writes TensorBoard event files to ``log_dir``."""
+
+    def __init__(self, log_dir: str | os.PathLike, log_every: int = 100, image_every: int = 1000) -> None:
+        if log_every < 1 or image_every < 1:
+            raise ValueError(f"log_every and image_every must be >= 1, got {log_every} and {image_every}")
+        self.log_dir = Path(log_dir)
+        self.log_every = log_every
+        self.image_every = image_every
+        self.writer = None
+        self._enabled = True
+        self._last = None
+        self._t = None
+        self._step_t = None
+
+    def on_setup(self, world_rank: int = 0, step: int = 0, **kwargs) -> None:
+        self._enabled = world_rank == 0
+        if not self._enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("SplatTensorboard needs the tensorboard package: pip install 'splatkit[tensorboard]'"
+                              ) from e
+        ensure_writable_dir(self.log_dir, "SplatTensorboard log_dir")
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step else None)
+        self._t, self._step_t = time.perf_counter(), step
+
+    def post_compute_loss(self, step: int, loss=None, render=None, frames=None, **kwargs) -> None:
+        if self._enabled and step % self.log_every == 0:
+            self._last = (loss, render.images.detach(), frames.images, frames.masks)
+
+    def post_step(self, step: int, training_state=None, trainer=None, **kwargs) -> None:
+        if not self._enabled:
+            return
+        w = self.writer
+        if step % self.log_every == 0 and self._last is not None:
+            loss, img, gt, mask = self._last
+            w.add_scalar("loss/total", float(loss.loss.detach()), step)
+            for name, value in loss.terms.items():
+                w.add_scalar(f"loss/{name}", float(value), step)
+            w.add_scalar("train/psnr", float(psnr(img, gt, mask).mean()), step)
+            w.add_scalar("gaussians/count", training_state.num_gaussians, step)
+            for name, opt in training_state.optimizers.items():
+                w.add_scalar(f"lr/{name}", opt.param_groups[0]["lr"], step)
+            w.add_scalar("memory/mb", peak_memory_mb(training_state.device), step)
+            now = time.perf_counter()
+            w.add_scalar("time/step_seconds", (now - self._t) / max(step - self._step_t, 1), step)
+            self._t, self._step_t = now, step
+            p = training_state.params
+            w.add_histogram("gaussians/opacity", opacity_activation(p["opacities"].detach()).cpu(), step)
+            w.add_histogram("gaussians/scale_max",
+                            scale_activation(p["scales"].detach()).max(dim=-1).values.log10().cpu(), step)
+            self._last = None
+        if step % self.image_every == 0 and trainer is not None:
+            self._log_test_image(trainer, step)
+
+    @torch.no_grad()
+    def _log_test_image(self, trainer, step: int) -> None:
+        if trainer.data_provider.num_test_frames() == 0:
+            return
+        f = trainer.data_provider.test_frame(0).to(trainer.device)
+        ts = trainer.training_state
+        img = trainer.renderer.render(ts.params, f.cameras, ts.sh_degree, trainer.backgrounds(1)).images.clamp(0, 1)
+        self.writer.add_image("test/render", side_by_side(img[0], f.images[0]), step, dataformats="HWC")
+        self.writer.add_scalar("test/psnr", float(psnr(img, f.images, f.masks)[0]), step)
+
+    def on_cleanup(self, **kwargs) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,260 @@
+"""Live web viewer on viser (``pip install 'splatkit[viewer]'``).
+
+Open ``http://HOST:PORT`` in a browser and orbit the scene. In ``mode="training"`` the
+viewer shows the step, Gaussian count and the last batch's PSNR, can pause and resume
+training, and refreshes the view as training goes on; in ``mode="rendering"``
+(``splatkit view FILE``) it shows a fixed model.
+
+Frames are rendered on demand (when a camera moves, and during training at most once
+per ``refresh_seconds``) at a resolution the user picks in the panel, so the viewer stays
+usable on a CPU. Renders happen on the training thread between steps, so they never see
+half-updated parameters and need no locking; while paused, that thread keeps serving
+renders. The server listens on loopback unless ``host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import numpy as np
+import torch
+
+from splatkit.metrics import psnr
+from splatkit.modules.base import SplatBaseModule
+from splatkit.splat.conventions import c2w_to_viewmat, quat_to_rotmat, viewmat_to_c2w
+
+logger = logging.getLogger("splatkit")
+
+
+class SplatViewer(SplatBaseModule):
+    """Browser viewer of the scene being trained (or of a finished model).
+
+    Args:
+        port: TCP port of the web server.
+        mode: "training" (live, with pause) or "rendering" (fixed model).
+        host: interface to listen on; "127.0.0.1" keeps it to this machine.
+        resolution: initial longest image side of rendered frames, in pixels.
+        refresh_seconds: during training, re-render a still camera at most this often.
+    """
+
+    def __init__(self, port: int = 8080, mode: str = "training", host: str = "127.0.0.1",
+                 resolution: int | None = None, refresh_seconds: float = 1.0) -> None:
+        if mode not in ("training", "rendering"):
+            raise ValueError(f"mode must be 'training' or 'rendering', got {mode!r}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port must be in 1..65535, got {port!r}")
+        self.port, self.mode, self.host = int(port), mode, host
+        self.resolution = resolution
+        self.refresh_seconds = refresh_seconds
+        self.server = None
+        self.frames_sent = 0
+        self.paused = threading.Event()
+        self._enabled = True
+        self._clients: dict[int, dict] = {}
+        self._clients_lock = threading.Lock()
+        self._render_fn = None
+        self._status = {"step": 0, "gaussians": 0, "psnr": float("nan")}
+        self._last_batch = None
+        self._last_status_update = 0.0
+
+    # ---------------------------------------------------------------- server
+    def start(self, render_fn, initial_c2w: torch.Tensor | None = None, default_resolution: int = 512) -> None:
+        """Start the server. ``render_fn(viewmats [1,4,4], Ks [1,3,3], width, height) -> [H, W, 3]``."""
+        try:
+            import viser
+        except ImportError as e:
+            raise ImportError("SplatViewer needs viser: pip install 'splatkit[viewer]'") from e
+        self._render_fn = render_fn
+        try:
+            self.server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
+        except OSError as e:
+            raise OSError(f"SplatViewer could not listen on {self.host}:{self.port}: {e}") from e
+        if self.server.get_port() != self.port:
+            logger.warning("port %d is busy; the viewer uses %d", self.port, self.server.get_port())
+        gui = self.server.gui
+        self._gui_res = gui.add_slider("Resolution", min=64, max=2048, step=32,
+                                       initial_value=int(self.resolution or default_resolution),
+                                       hint="Longest side of rendered frames, in pixels")
+        self._gui_res.on_update(lambda _: self._mark_all_dirty())
+        self._gui_step = gui.add_text("Step", initial_value="0", disabled=True)
+        self._gui_gaussians = gui.add_text("Gaussians", initial_value="0", disabled=True)
+        self._gui_psnr = gui.add_text("PSNR (last batch)", initial_value="-", disabled=True)
+        self._gui_fps = gui.add_text("Render", initial_value="-", disabled=True)
+        if self.mode == "training":
+            self._gui_pause = gui.add_button("Pause training")
+            self._gui_resume = gui.add_button("Resume training", visible=False)
+            self._gui_pause.on_click(lambda _: self.set_paused(True))
+            self._gui_resume.on_click(lambda _: self.set_paused(False))
+        if initial_c2w is not None:
+            c2w = initial_c2w.double().cpu().numpy()
+            self.server.initial_camera.position = c2w[:3, 3]
+            self.server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
+            self.server.initial_camera.up = -c2w[:3, 1]
+        self.server.on_client_connect(self._on_connect)
+        self.server.on_client_disconnect(self._on_disconnect)
+        logger.info("viewer at http://%s:%d", self.host, self.server.get_port())
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.server.get_port()}"
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self.paused.set()
+        else:
+            self.paused.clear()
+        if self.mode == "training" and self.server is not None:
+            self._gui_pause.visible = not paused
+            self._gui_resume.visible = paused
+
+    def _on_connect(self, client) -> None:
+        with self._clients_lock:
+            self._clients[client.client_id] = {"client": client, "dirty": True, "last": 0.0}
+        client.camera.on_update(lambda cam: self._mark_dirty(cam.client.client_id))
+
+    def _on_disconnect(self, client) -> None:
+        with self._clients_lock:
+            self._clients.pop(client.client_id, None)
+
+    def _mark_dirty(self, client_id: int) -> None:
+        with self._clients_lock:
+            if client_id in self._clients:
+                self._clients[client_id]["dirty"] = True
+
+    def _mark_all_dirty(self) -> None:
+        with self._clients_lock:
+            for c in self._clients.values():
+                c["dirty"] = True
+
+    def serve_pending(self, training: bool = False) -> int:
+        """Render for every client whose camera moved (or, while training, whose frame is
+        older than ``refresh_seconds``); returns the number of frames sent."""
+        now = time.perf_counter()
+        with self._clients_lock:
+            todo = [c for c in self._clients.values()
+                    if c["dirty"] or (training and now - c["last"] > self.refresh_seconds)]
+        sent = 0
+        for c in todo:
+            cam = c["client"].camera
+            if cam.update_timestamp == 0.0:  # the browser has not reported its camera yet
+                continue
+            c["dirty"], c["last"] = False, time.perf_counter()
+            viewmat, K, w, h = self._camera(cam)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                img = self._render_fn(viewmat, K, w, h)
+            image = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            dt = time.perf_counter() - t0
+            try:
+                c["client"].scene.set_background_image(image, format="jpeg", jpeg_quality=85)
+            except Exception as e:  # a client that went away mid-render
+                logger.debug("viewer: could not send a frame: %s", e)
+                continue
+            self._gui_fps.value = f"{w}x{h}, {1000 * dt:.0f} ms"
+            self.frames_sent += 1
+            sent += 1
+        return sent
+
+    def _camera(self, cam) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """viser camera (OpenCV axes, camera-to-world wxyz + position, vertical fov) ->
+        splatkit camera at the chosen resolution."""
+        res = int(self._gui_res.value)
+        aspect = float(cam.aspect) if cam.aspect and cam.aspect > 0 else 1.0
+        w, h = (res, max(1, round(res / aspect))) if aspect >= 1 else (max(1, round(res * aspect)), res)
+        c2w = torch.eye(4, dtype=torch.float64)
+        c2w[:3, :3] = quat_to_rotmat(torch.tensor(np.asarray(cam.wxyz), dtype=torch.float64))
+        c2w[:3, 3] = torch.tensor(np.asarray(cam.position), dtype=torch.float64)
+        f = 0.5 * h / math.tan(0.5 * float(cam.fov))
+        K = torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        return c2w_to_viewmat(c2w)[None].float(), K[None].float(), w, h
+
+    def update_status(self, force: bool = False, **status) -> None:
+        self._status.update(status)
+        now = time.perf_counter()
+        if self.server is None or (not force and now - self._last_status_update < 0.25):
+            return
+        self._last_status_update = now
+        self._gui_step.value = str(self._status["step"])
+        self._gui_gaussians.value = f"{self._status['gaussians']:,}"
+        p = self._status["psnr"]
+        self._gui_psnr.value = "-" if p is None or math.isnan(p) else f"{p:.2f} dB"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # ---------------------------------------------------------------- rendering mode
+    def serve_forever(self, params: dict, sh_degree: int, renderer, device: torch.device | str = "cpu",
+                      background: tuple[float, float, float] = (0.0, 0.0, 0.0), poll_seconds: float = 0.02,
+                      stop_event: threading.Event | None = None) -> None:
+        """Show a fixed model until interrupted (or ``stop_event`` is set)."""
+        device = torch.device(device)
+        bg = torch.tensor([background], dtype=torch.float32, device=device)
+        means = params["means"].detach()
+        centre = means.median(dim=0).values
+        radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
+        eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
+        from splatkit.splat.conventions import look_at_c2w
+
+        c2w = look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+        def render_fn(viewmat, K, w, h):
+            from splatkit.splat.cameras import SplatCameras
+
+            cams = SplatCameras(viewmat.to(device), K.to(device), w, h)
+            return renderer.render(params, cams, sh_degree, bg).images[0]
+
+        self.start(render_fn, c2w, default_resolution=1024 if device.type == "cuda" else 512)
+        self.update_status(force=True, step="-", gaussians=int(means.shape[0]), psnr=None)
+        try:
+            while stop_event is None or not stop_event.is_set():
+                if not self.serve_pending():
+                    time.sleep(poll_seconds)
+        finally:
+            self.stop()
+
+    # ---------------------------------------------------------------- hooks
+    def on_setup(self, world_rank: int = 0, trainer=None, step: int = 0, training_state=None, **kwargs) -> None:
+        self._enabled = world_rank == 0 and self.mode == "training"
+        if not self._enabled:
+            return
+        from splatkit.splat.cameras import SplatCameras
+
+        def render_fn(viewmat, K, w, h):
+            ts = trainer.training_state
+            cams = SplatCameras(viewmat.to(trainer.device), K.to(trainer.device), w, h)
+            return trainer.renderer.render(ts.params, cams, trainer.active_sh_degree(max(trainer.step, 1)),
+                                           trainer.backgrounds(1)).images[0]
+
+        first = trainer.data_provider.train_frame(0).cameras
+        self.start(render_fn, viewmat_to_c2w(first.viewmats[0].double()),
+                   default_resolution=1024 if trainer.device.type == "cuda" else min(512, max(first.width,
+                                                                                             first.height)))
+        self.update_status(force=True, step=step, gaussians=training_state.num_gaussians)
+
+    def post_compute_loss(self, render=None, frames=None, **kwargs) -> None:
+        if self._enabled:
+            self._last_batch = (render.images.detach(), frames.images, frames.masks)
+
+    def post_step(self, step: int, training_state=None, **kwargs) -> None:
+        if not self._enabled:
+            return
+        value = None
+        if self._last_batch is not None and time.perf_counter() - self._last_status_update >= 0.25:
+            img, gt, mask = self._last_batch
+            value = float(psnr(img, gt, mask).mean())
+        if value is not None:
+            self.update_status(step=step, gaussians=training_state.num_gaussians, psnr=value)
+        self._last_batch = None
+        self.serve_pending(training=True)
+        while self.paused.is_set() and self.server is not None:
+            self.update_status(step=step, gaussians=training_state.num_gaussians)
+            if not self.serve_pending():
+                time.sleep(0.02)
+
+    def on_cleanup(self, **kwargs) -> None:
+        self.stop()
