@@ -26,6 +26,7 @@ from splatkit.loss_fn import Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat3DGSRenderer
 from splatkit.renderer.backends import resolve_backend_name
+from splatkit.splat.formats import convert, describe_file, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
@@ -62,6 +63,10 @@ class TrainCommand:
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
     tensorboard: bool = False
     """Log to TensorBoard in OUTPUT_DIR/tb."""
+    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply"], ...] = ("ply",)
+    """Formats of the exported splats (several allowed)."""
+    export_frame: Literal["training", "input"] = "training"
+    """Write splats in the normalised training frame or back in the capture's own frame."""
     viewer: bool = False
     """Serve the live web viewer while training."""
     viewer_port: int = 8080
@@ -130,8 +135,29 @@ class ViewCommand:
 
 
 @dataclass
+class ExportCommand:
+    """Convert a splat between .ply, .splat, .spz and .compressed.ply, or export a checkpoint."""
+
+    src: tyro.conf.Positional[str]
+    """A splat file (.ply, .splat, .spz, .compressed.ply) or a .ckpt."""
+    dst: tyro.conf.Positional[str]
+    """Output file; its suffix picks the format."""
+    crop_min: tuple[float, float, float] | None = None
+    """Keep only Gaussians whose centre is inside this box (in the output frame)."""
+    crop_max: tuple[float, float, float] | None = None
+    min_opacity: float = 0.0
+    """Drop Gaussians less opaque than this (0..1)."""
+    frame: Literal["training", "input"] = "training"
+    """"input": map a checkpoint back to the capture's frame (COLMAP's), with the normalisation
+    stored in the checkpoint or computed from --data."""
+    data: str | None = None
+    """Capture the model was trained on, for --frame input when the source holds no transform."""
+
+
+@dataclass
 class InfoCommand:
-    """Summarise a splat (.ply) or checkpoint (.ckpt): count, SH degree, bounds, opacity and scale statistics."""
+    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply) or checkpoint: count, SH degree, bounds,
+    opacity and scale statistics."""
 
     path: tyro.conf.Positional[str]
 
@@ -157,7 +183,8 @@ def _data_provider(cmd: TrainCommand):
 def _train(cmd: TrainCommand) -> dict:
     data_provider = _data_provider(cmd)
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
-    exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt)
+    exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt,
+                             splat_format=list(cmd.splat_format), frame=cmd.export_frame)
     modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
     if cmd.eval_steps:
         modules.append(SplatEvaluator(cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net,
@@ -173,7 +200,8 @@ def _train(cmd: TrainCommand) -> dict:
     seconds = time.perf_counter() - t0
     metrics = trainer.evaluate()
     written = [str(p) for s in steps if s <= cmd.trainer.max_steps
-               for p, on in ((exporter.splat_path(s), cmd.save_splat), (exporter.ckpt_path(s), cmd.save_ckpt)) if on]
+               for p in ((exporter.splat_paths(s) if cmd.save_splat else []) +
+                         ([exporter.ckpt_path(s)] if cmd.save_ckpt else []))]
     result = {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
               "num_gaussians": trainer.training_state.num_gaussians, "train_seconds": round(seconds, 1),
               "steps": cmd.trainer.max_steps, "device": str(trainer.device),
@@ -199,16 +227,14 @@ def _write_summary(path: str | None, result: dict) -> None:
 
 
 def _load_model(path: str | Path) -> tuple[SplatModel, dict | None]:
-    """A model from a .ply or .ckpt file (and the checkpoint itself, if it is one)."""
+    """A model from any splat file or a .ckpt (and the checkpoint itself, if it is one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix.lower() == ".ply":
-        return SplatModel.load_ply(path), None
     if path.suffix.lower() == ".ckpt":
         ckpt = load_checkpoint(path)
         return SplatModel(**ckpt["training_state"]["params"]), ckpt
-    raise ValueError(f"{path}: unknown file type {path.suffix!r}; expected a .ply or .ckpt file")
+    return read_splat(path), None
 
 
 def _eval(cmd: EvalCommand) -> dict:
@@ -245,20 +271,35 @@ def _view(cmd: ViewCommand) -> dict:
     return {}
 
 
+def _export(cmd: ExportCommand) -> dict:
+    transform = None
+    if cmd.frame == "input":
+        T = None
+        if Path(cmd.src).suffix.lower() == ".ckpt":
+            T = load_checkpoint(cmd.src).get("input_transform")
+        if T is None and cmd.data is not None:
+            T = getattr(_data_provider(TrainCommand(data=cmd.data)), "transform", None)
+        if T is None:
+            raise ValueError(f"--frame input needs the capture's normalisation: {cmd.src} holds none; pass --data "
+                             "with the capture the model was trained on")
+        transform = torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
+    result = convert(cmd.src, cmd.dst, crop_min=cmd.crop_min, crop_max=cmd.crop_max, min_opacity=cmd.min_opacity,
+                     transform=transform)
+    for w in result.get("warnings", []):
+        print(f"splatkit: warning: {cmd.dst}: {w}", file=sys.stderr)
+    return result
+
+
 def _info(cmd: InfoCommand) -> dict:
-    path = Path(cmd.path)
-    if path.suffix.lower() == ".ply":
-        return {"file": str(path), "kind": "splat (INRIA PLY)", **SplatModel.load_ply(path).describe()}
-    if path.suffix.lower() == ".ckpt":
-        ckpt = load_checkpoint(path)
-        model = SplatModel(**ckpt["training_state"]["params"])
-        return {"file": str(path), "kind": "splatkit checkpoint", "step": ckpt["step"],
-                "max_steps": ckpt["config"].get("max_steps"), **model.describe()}
-    raise ValueError(f"{path}: unknown file type {path.suffix!r}; splatkit info reads .ply and .ckpt")
+    info = describe_file(cmd.path)
+    if Path(cmd.path).suffix.lower() == ".ckpt":
+        ckpt = load_checkpoint(cmd.path)
+        info = {**info, "step": ckpt["step"], "max_steps": ckpt["config"].get("max_steps")}
+    return info
 
 
 COMMANDS = {"train": TrainCommand, "demo": DemoCommand, "eval": EvalCommand, "view": ViewCommand,
-            "info": InfoCommand}
+            "export": ExportCommand, "info": InfoCommand}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             result = _eval(cmd)
         elif isinstance(cmd, ViewCommand):
             result = _view(cmd)
+        elif isinstance(cmd, ExportCommand):
+            result = _export(cmd)
         else:
             result = _info(cmd)
     except (ValueError, TypeError, OSError, SplatFileError) as e:
@@ -283,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if isinstance(cmd, ViewCommand):
         return 0
-    if isinstance(cmd, (InfoCommand, EvalCommand)):
+    if isinstance(cmd, (InfoCommand, EvalCommand, ExportCommand)):
         print(json.dumps(result, indent=2, default=str))
     else:
         print(f"test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f} on {result['test_images']} "

@@ -26,7 +26,7 @@ def test_train_then_info_on_ply_and_ckpt(tmp_path, capsys):
     assert 0 < info["opacity"]["min"] <= info["opacity"]["max"] < 1
     assert main(["info", str(out / "ckpts" / "step_000003.ckpt")]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["step"] == 3 and info["max_steps"] == 6 and info["kind"] == "splatkit checkpoint"
+    assert info["step"] == 3 and info["max_steps"] == 6 and info["format"] == "checkpoint"
     # Resume from the step-3 checkpoint to step 6.
     assert main(["train", "--max-steps", "6", "--output-dir", str(tmp_path / "resumed"), "--resume",
                  str(out / "ckpts" / "step_000003.ckpt"), "--demo.num-cameras", "40", "--demo.image-size", "24",
@@ -36,9 +36,9 @@ def test_train_then_info_on_ply_and_ckpt(tmp_path, capsys):
 def test_errors_are_one_clear_line(tmp_path, capsys):
     (tmp_path / "x.txt").write_text("hi")
     assert main(["info", str(tmp_path / "x.txt")]) == 2
-    assert "unknown file type '.txt'" in capsys.readouterr().err
+    assert "x.txt: cannot tell the splat format from the file name" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.ply")]) == 2
-    assert "PLY file not found" in capsys.readouterr().err
+    assert "ply file not found" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "nope.ckpt"), "--demo.image-size", "16",
                  "--demo.num-cameras", "40", "--demo.supersample", "1"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -87,3 +87,61 @@ def test_random_init_when_the_capture_has_no_points(tmp_path, caplog):
     trainer.setup()
     assert trainer.training_state.num_gaussians == 500
     assert "no initial point cloud; initialising 500 Gaussians at random" in caplog.text
+
+
+def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    demo = ["--demo.num-cameras", "16", "--demo.image-size", "24", "--demo.supersample", "1",
+            "--demo.num-init-points", "300"]
+    assert main(["train", "--data", "demo", "--max-steps", "4", "--output-dir", str(out), "--no-progress",
+                 "--splat-format", "ply", "spz", *demo]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}/splats/step_000004.spz" in printed
+    ckpt = out / "ckpts" / "step_000004.ckpt"
+    for name in ("a.splat", "a.spz", "a.compressed.ply", "a.ply"):
+        assert main(["export", str(ckpt), str(tmp_path / name)]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["num_out"] == summary["num_in"] > 0, summary
+        assert main(["info", str(tmp_path / name)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["num_gaussians"] == summary["num_out"]
+        assert info["sh_degree"] == (0 if name.endswith(".splat") else 3)
+    assert main(["export", str(ckpt), str(tmp_path / "b.splat")]) == 0
+    assert "SH degree 3 -> 0" in capsys.readouterr().err  # .splat drops view-dependent colour, and says so
+
+    from splatkit.splat import SplatModel
+
+    full = SplatModel.load_ply(tmp_path / "a.ply")
+    lo, hi = full.means.quantile(0.2, dim=0), full.means.quantile(0.8, dim=0)
+    cut = float(torch.sigmoid(full.opacities).median())
+    assert main(["export", str(tmp_path / "a.ply"), str(tmp_path / "c.ply"), "--crop-min", *map(str, lo.tolist()),
+                 "--crop-max", *map(str, hi.tolist()), "--min-opacity", str(cut)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    cropped = SplatModel.load_ply(tmp_path / "c.ply")
+    assert 0 < cropped.num_gaussians == summary["num_out"] < summary["num_in"]
+    assert summary["removed_by_crop"] > 0 and summary["removed_by_opacity"] > 0
+    assert bool(((cropped.means >= lo) & (cropped.means <= hi)).all())
+    assert bool((torch.sigmoid(cropped.opacities) >= cut).all())
+
+    # Back to the capture's frame: the demo has no normalisation, so this is refused...
+    assert main(["export", str(ckpt), str(tmp_path / "d.ply"), "--frame", "input"]) == 2
+    assert "--frame input needs the capture's normalisation" in capsys.readouterr().err
+    # ...while a checkpoint that holds one is mapped back with its inverse.
+    state = torch.load(ckpt, weights_only=True)
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3] *= 0.5
+    T[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    state["input_transform"] = T
+    torch.save(state, tmp_path / "with_T.ckpt")
+    assert main(["export", str(tmp_path / "with_T.ckpt"), str(tmp_path / "e.ply"), "--frame", "input"]) == 0
+    capsys.readouterr()
+    back = SplatModel.load_ply(tmp_path / "e.ply")
+    trained = SplatModel(**state["training_state"]["params"])
+    assert torch.allclose(back.means, (trained.means.double() - T[:3, 3]).float() / 0.5, atol=1e-5)
+    assert torch.allclose(back.scales, trained.scales - torch.log(torch.tensor(0.5)), atol=1e-5)
+
+    (tmp_path / "bad.spz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    assert main(["export", str(tmp_path / "bad.spz"), str(tmp_path / "f.ply")]) == 2
+    assert "bad.spz" in capsys.readouterr().err and not (tmp_path / "f.ply").exists()

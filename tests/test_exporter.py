@@ -48,8 +48,8 @@ def test_switches_suppress_their_kind(tmp_path, small_demo, save_splat, save_ckp
 
 
 def test_argument_validation():
-    with pytest.raises(ValueError, match="splat_format 'spz' is not supported; supported: 'ply'"):
-        SplatExporter("out", [1], splat_format="spz")
+    with pytest.raises(ValueError, match="splat_format 'glb' is not supported; supported: 'ply', 'splat', 'spz', 'compressed_ply'"):
+        SplatExporter("out", [1], splat_format="glb")
     with pytest.raises(ValueError, match="export_steps must be positive .* got -5"):
         SplatExporter("out", [10, -5])
     with pytest.raises(ValueError, match="whole step numbers; 2.5 \\(float\\) is not one"):

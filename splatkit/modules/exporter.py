@@ -6,12 +6,18 @@ import logging
 import numbers
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
+
+import torch
 
 from splatkit.modules.base import SplatBaseModule
+from splatkit.splat.formats import FORMATS, dropped_information
+from splatkit.splat.transform import transform_model
 from splatkit.utils.files import ensure_writable_dir
 
-SPLAT_FORMATS = ("ply",)
+SPLAT_FORMATS = tuple(FORMATS)
+FRAMES = ("training", "input")
+_logger = logging.getLogger(__name__)
 
 
 class SplatExporter(SplatBaseModule):
@@ -21,9 +27,17 @@ class SplatExporter(SplatBaseModule):
         output_dir: folder for the exports; ``splats/`` and ``ckpts/`` are created in it
             (and checked writable) when training starts, before step 1.
         export_steps: steps (1-based, after that many optimiser steps) to export at.
-        save_splat: write the splat model (PLY) at each export step.
+        save_splat: write the splat model at each export step.
         save_ckpt: write a checkpoint to resume from at each export step.
-        splat_format: format of the splat model; only ``"ply"`` for now.
+        splat_format: format of the splat model, or a list of formats to write side by
+            side: ``"ply"`` (``step_XXXXXX.ply``), ``"splat"`` (``.splat``), ``"spz"``
+            (``.spz``) and ``"compressed_ply"`` (``.compressed.ply``); see
+            :mod:`splatkit.splat.formats`. A format that cannot keep everything of the
+            model (e.g. SH in ``.splat``) is reported once as a warning.
+        frame: ``"training"`` writes splats in the normalised training frame;
+            ``"input"`` maps them back to the capture's own frame (COLMAP's or
+            transforms.json's) with the inverse of the data provider's ``transform``.
+            Checkpoints always stay in the training frame.
 
     Only rank 0 writes. Every file is written to a temporary name in the same folder
     and renamed when complete, so an interrupted export never leaves a partial
@@ -36,7 +50,8 @@ class SplatExporter(SplatBaseModule):
         export_steps: Iterable[int] = (),
         save_splat: bool = True,
         save_ckpt: bool = True,
-        splat_format: str = "ply",
+        splat_format: str | Sequence[str] = "ply",
+        frame: str = "training",
     ) -> None:
         if not isinstance(output_dir, (str, os.PathLike)) or str(output_dir) == "":
             raise TypeError(f"SplatExporter output_dir must be a path, got {output_dir!r}")
@@ -54,16 +69,28 @@ class SplatExporter(SplatBaseModule):
         for name, flag in (("save_splat", save_splat), ("save_ckpt", save_ckpt)):
             if not isinstance(flag, bool):
                 raise TypeError(f"SplatExporter {name} must be True or False, got {flag!r}")
-        if splat_format not in SPLAT_FORMATS:
-            raise ValueError(
-                f"SplatExporter splat_format {splat_format!r} is not supported; supported: "
-                + ", ".join(repr(f) for f in SPLAT_FORMATS)
-            )
+        names = [splat_format] if isinstance(splat_format, str) else splat_format
+        if not isinstance(names, Sequence) or len(names) == 0:
+            raise TypeError(f"SplatExporter splat_format must be a format name or a non-empty list of them, "
+                            f"got {splat_format!r}")
+        for name in names:
+            if name not in SPLAT_FORMATS:
+                raise ValueError(
+                    f"SplatExporter splat_format {name!r} is not supported; supported: "
+                    + ", ".join(repr(f) for f in SPLAT_FORMATS)
+                )
+        if frame not in FRAMES:
+            raise ValueError(f"SplatExporter frame must be 'training' or 'input', got {frame!r}")
         self.output_dir = Path(output_dir)
         self.export_steps = sorted(set(steps))
         self.save_splat = save_splat
         self.save_ckpt = save_ckpt
         self.splat_format = splat_format
+        self.splat_formats: tuple[str, ...] = tuple(dict.fromkeys(names))
+        """The formats written at each export step, in order, without repeats."""
+        self.frame = frame
+        self._to_input: torch.Tensor | None = None
+        self._warned: set[str] = set()
 
     @property
     def splat_dir(self) -> Path:
@@ -73,14 +100,22 @@ class SplatExporter(SplatBaseModule):
     def ckpt_dir(self) -> Path:
         return self.output_dir / "ckpts"
 
-    def splat_path(self, step: int) -> Path:
-        return self.splat_dir / f"step_{step:06d}.{self.splat_format}"
+    def splat_path(self, step: int, splat_format: str | None = None) -> Path:
+        """Path of the splat written at ``step`` in ``splat_format`` (default: the first format)."""
+        fmt = FORMATS[splat_format if splat_format is not None else self.splat_formats[0]]
+        return self.splat_dir / f"step_{step:06d}{fmt.suffix}"
+
+    def splat_paths(self, step: int) -> list[Path]:
+        """Paths of every splat written at ``step``, one per format."""
+        return [self.splat_path(step, f) for f in self.splat_formats]
 
     def ckpt_path(self, step: int) -> Path:
         return self.ckpt_dir / f"step_{step:06d}.ckpt"
 
     def on_setup(self, world_rank: int = 0, max_steps: int | None = None,
-                 logger: logging.Logger | None = None, **kwargs) -> None:
+                 logger: logging.Logger | None = None, trainer=None, **kwargs) -> None:
+        if self.frame == "input" and self.save_splat:
+            self._to_input = self._input_frame_inverse(trainer)
         if world_rank != 0:
             return
         if self.save_splat:
@@ -92,14 +127,42 @@ class SplatExporter(SplatBaseModule):
             logger.warning("SplatExporter: export steps %s are after max_steps=%s and will not be reached",
                            late, max_steps)
 
+    @staticmethod
+    def _input_frame_inverse(trainer) -> torch.Tensor:
+        provider = getattr(trainer, "data_provider", None)
+        T = getattr(provider, "transform", None)
+        if T is None:
+            raise ValueError(
+                f"SplatExporter frame='input' needs a data provider with a 'transform' (input frame -> training "
+                f"frame); {type(provider).__name__} has none. Use frame='training' for this data."
+            )
+        return torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
+
+    def _warn_dropped(self, model, logger: logging.Logger | None) -> None:
+        """Log, once per format over the run, what the format cannot keep of ``model``."""
+        log = logger if logger is not None else _logger
+        for fmt in self.splat_formats:
+            if fmt in self._warned:
+                continue
+            self._warned.add(fmt)
+            for what in dropped_information(model, fmt):
+                log.warning("SplatExporter: %s export drops information: %s", fmt, what)
+
     def post_step(self, step: int, training_state, trainer, world_rank: int = 0,
                   logger: logging.Logger | None = None, **kwargs) -> None:
         if world_rank != 0 or step not in self.export_steps:
             return
         if self.save_splat:
-            path = training_state.to_model().save_ply(self.splat_path(step))
-            if logger is not None:
-                logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)
+            model = training_state.to_model()
+            self._warn_dropped(model, logger)
+            if self.frame == "input":
+                if self._to_input is None:
+                    self._to_input = self._input_frame_inverse(trainer)
+                model = transform_model(model, self._to_input)
+            for fmt in self.splat_formats:
+                path = FORMATS[fmt].write(self.splat_path(step, fmt), model.params())
+                if logger is not None:
+                    logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)
         if self.save_ckpt:
             path = trainer.save_checkpoint(self.ckpt_path(step))
             if logger is not None:

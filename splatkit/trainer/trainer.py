@@ -190,6 +190,8 @@ class SplatTrainer:
             "data_provider": self.data_provider.state_dict(),
             "config": dataclasses.asdict(self.config),
             "scene_scale": self.scene_scale,
+            # input frame -> training frame, so exports can be mapped back without the data
+            "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
         }
 
@@ -290,6 +292,11 @@ class SplatTrainer:
         summary = summarize(evaluate_frames(render_fn, frames if frames is not None else
                                             self.data_provider.test_frames(), self.device))
         return {k: summary[k] for k in ("psnr", "ssim", "num_images")}
+
+
+def _transform_or_none(provider) -> torch.Tensor | None:
+    T = getattr(provider, "transform", None)
+    return None if T is None else torch.as_tensor(T, dtype=torch.float64).detach().cpu().clone()
 
 
 class _PhaseClock:

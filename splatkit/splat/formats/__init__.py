@@ -1,0 +1,309 @@
+"""Splat file formats: one registry to read, write, describe and convert every one.
+
+=================== ==================== =====================================================
+name                suffix               format
+=================== ==================== =====================================================
+``ply``             ``.ply``             INRIA 3DGS PLY, lossless (:mod:`splatkit.splat.ply`)
+``splat``           ``.splat``           antimatter15, 32 bytes/Gaussian, no SH (:mod:`.splat`)
+``spz``             ``.spz``             Niantic, gzipped and quantised, SH kept (:mod:`.spz`)
+``compressed_ply``  ``.compressed.ply``  PlayCanvas/SuperSplat, 16 bytes/Gaussian + SH bytes
+                                         (:mod:`.compressed_ply`)
+=================== ==================== =====================================================
+
+Every file holds the Gaussians in the frame they were given (the training frame of a
+splatkit run, unless a ``transform`` moved them, see :func:`convert` and
+:mod:`splatkit.splat.transform`); ``.spz`` flips to its own axes on disk and back on
+reading. Each format module documents its quantisation errors; :func:`dropped_information`
+says what a format cannot keep of a given model. Every write is atomic, and every
+malformed file raises :class:`~splatkit.splat.ply.SplatFileError` naming the file and
+what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.splat.formats import compressed_ply as _compressed_ply
+from splatkit.splat.formats import splat as _splat
+from splatkit.splat.formats import spz as _spz
+from splatkit.splat.model import SplatModel
+from splatkit.splat.ply import SplatFileError, read_ply, write_ply
+from splatkit.splat.sh import SH_C0
+from splatkit.splat.transform import transform_model
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+@dataclass(frozen=True)
+class SplatFormat:
+    """A splat file format: its name, file suffix, reader and writer.
+
+    ``read(path)`` returns stored parameters (see :mod:`splatkit.splat.conventions`);
+    ``write(path, params)`` writes them atomically. ``max_sh_degree`` is the highest SH
+    degree the format keeps. ``write_order(params)``, where given, is the permutation
+    ``[N]`` in which the writer stores the Gaussians (``None``: as given), so a file read
+    back can be compared Gaussian by Gaussian.
+    """
+
+    name: str
+    suffix: str
+    description: str
+    read: Callable[[Path], dict[str, torch.Tensor]]
+    write: Callable[[Path, dict[str, torch.Tensor]], Path]
+    max_sh_degree: int
+    write_order: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+
+
+FORMATS: dict[str, SplatFormat] = {
+    f.name: f
+    for f in (
+        SplatFormat("ply", ".ply", "INRIA 3DGS PLY (float32, lossless)", read_ply, write_ply, 3),
+        SplatFormat("splat", ".splat", "antimatter15 .splat (32 bytes per Gaussian, no SH)",
+                    _splat.read_splat_file, _splat.write_splat_file, 0, _splat.write_order),
+        SplatFormat("spz", ".spz", "Niantic .spz (gzipped, quantised, version 3)",
+                    _spz.read_spz_file, _spz.write_spz_file, 3),
+        SplatFormat("compressed_ply", ".compressed.ply", "PlayCanvas/SuperSplat compressed PLY",
+                    _compressed_ply.read_compressed_ply_file, _compressed_ply.write_compressed_ply_file, 3,
+                    _compressed_ply.write_order),
+    )
+}
+
+
+def _supported() -> str:
+    return ", ".join(f"{f.name!r} ({f.suffix})" for f in FORMATS.values())
+
+
+def get_format(name: str) -> SplatFormat:
+    """The format called ``name``; ``ValueError`` listing the supported ones otherwise."""
+    if not isinstance(name, str) or name not in FORMATS:
+        raise ValueError(f"unknown splat format {name!r}; supported: {_supported()}")
+    return FORMATS[name]
+
+
+def format_from_path(path: str | os.PathLike) -> str:
+    """Format name from a file name's suffix (``.compressed.ply`` is checked before ``.ply``)."""
+    name = Path(path).name.lower()
+    for fmt in sorted(FORMATS.values(), key=lambda f: -len(f.suffix)):
+        if name.endswith(fmt.suffix):
+            return fmt.name
+    raise ValueError(f"{path}: cannot tell the splat format from the file name; use one of the suffixes "
+                     f"{', '.join(f.suffix for f in FORMATS.values())} or name the format")
+
+
+def _model_from_checkpoint(path: Path) -> SplatModel:
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    try:
+        return SplatModel(**ckpt["training_state"]["params"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SplatFileError(f"{path}: checkpoint holds no valid Gaussian parameters ({e})") from e
+
+
+def _detect(path: Path) -> str:
+    """The format of an existing file: by suffix, except that a ``.ply`` is checked for the compressed layout."""
+    fmt = format_from_path(path)
+    if fmt == "ply" and path.is_file() and _compressed_ply.is_compressed_ply(path):
+        return "compressed_ply"
+    return fmt
+
+
+def read_splat(path: str | os.PathLike) -> SplatModel:
+    """Read any supported splat file (or a splatkit ``.ckpt``) into a :class:`SplatModel`.
+
+    The format comes from the suffix; a file named ``.ply`` that holds the compressed
+    layout is read as compressed PLY.
+    """
+    path = Path(path)
+    if path.suffix.lower() == CHECKPOINT_SUFFIX:
+        return _model_from_checkpoint(path)
+    fmt = _detect(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{fmt} file not found: {path}")
+    try:
+        params = FORMATS[fmt].read(path)
+        return SplatModel(**params)
+    except SplatFileError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, EOFError, struct.error) as e:
+        # A reader's own checks name what is wrong; anything else a damaged file trips is reported the same way.
+        raise SplatFileError(f"{path}: cannot read as {FORMATS[fmt].description}: {type(e).__name__}: {e}") from e
+
+
+def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically in ``format`` (a name of :data:`FORMATS`; default from the suffix)."""
+    fmt = get_format(format) if format is not None else FORMATS[format_from_path(path)]
+    return fmt.write(Path(path), model.params())
+
+
+def dropped_information(model: SplatModel, format: str) -> list[str]:
+    """What writing ``model`` as ``format`` loses beyond the format's rounding, one sentence each.
+
+    Empty when the format keeps everything up to its documented quantisation (PLY keeps
+    everything). Lists lost SH bands and values outside the range a format can store.
+    """
+    fmt = get_format(format)
+    out: list[str] = []
+    N = model.num_gaussians
+    if N == 0:
+        return out
+    if model.sh_degree > fmt.max_sh_degree:
+        out.append(f"SH degree {model.sh_degree} -> {fmt.max_sh_degree} (view-dependent colour is lost)")
+
+    def outside(values: torch.Tensor, lo: float, hi: float, what: str) -> None:
+        values = values.detach().float().cpu()
+        bad = int(((values < lo) | (values > hi)).sum())
+        if bad:
+            out.append(f"{bad} of {values.numel()} {what} outside [{lo:g}, {hi:g}] are clipped")
+
+    if fmt.name == "splat":
+        outside(0.5 + SH_C0 * model.sh0, 0.0, 1.0, "base colour values (0.5 + SH_C0 * dc)")
+    elif fmt.name == "spz":
+        dc_max = 127.5 / (_spz.COLOR_SCALE * 255)
+        outside(model.sh0, -dc_max, dc_max, "dc coefficients")
+        outside(model.scales, -10.0, 255 / 16 - 10.0, "log scales")
+        outside(model.shN, -1.0, 1.0, "higher SH coefficients")
+        bits = _spz.fractional_bits_for(model.means.detach().double().cpu().numpy())
+        if bits < _spz.FRACTIONAL_BITS:
+            out.append(f"positions reach {float(model.means.abs().max()):.4g}, so .spz stores them with "
+                       f"{bits} instead of {_spz.FRACTIONAL_BITS} fractional bits (resolution {2.0 ** -bits:g})")
+    elif fmt.name == "compressed_ply":
+        outside(model.scales, -20.0, 20.0, "log scales")
+        outside(model.shN, -_compressed_ply.SH_RANGE, _compressed_ply.SH_RANGE, "higher SH coefficients")
+    return out
+
+
+def _percentiles(t: torch.Tensor) -> dict:
+    """1st, 5th, 25th, 50th, 75th, 95th and 99th percentiles (of at most a million values)."""
+    t = t.detach().double().flatten().cpu()
+    if t.numel() == 0:
+        return {}
+    if t.numel() > 1_000_000:  # torch.quantile's input limit: a fixed random subset
+        t = t[torch.randperm(t.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+    qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+    values = torch.quantile(t, torch.tensor(qs, dtype=torch.float64)).tolist()
+    return {f"p{round(q * 100)}": v for q, v in zip(qs, values)}
+
+
+def describe_file(path: str | os.PathLike) -> dict:
+    """Summary of any supported splat file or ``.ckpt`` for ``splatkit info``.
+
+    :meth:`SplatModel.describe`'s figures (``num_gaussians``, ``sh_degree``,
+    ``bounds_min`` / ``bounds_max``, opacity and scale min / median / mean / max) with
+    the file's ``format`` and size, and percentiles ``p1 .. p99`` of opacity and scale.
+    """
+    path = Path(path)
+    model = read_splat(path)
+    info = model.describe()
+    info["opacity"].update(_percentiles(opacity_activation(model.opacities)))
+    info["scale"].update(_percentiles(scale_activation(model.scales)))
+    fmt = "checkpoint" if path.suffix.lower() == CHECKPOINT_SUFFIX else _detect(path)
+    return {"file": str(path), "format": fmt, "file_bytes": path.stat().st_size, **info}
+
+
+def _as_vec3(v, name: str) -> torch.Tensor | None:
+    if v is None:
+        return None
+    t = torch.as_tensor(np.asarray(v, dtype=np.float64))
+    if tuple(t.shape) != (3,):
+        raise ValueError(f"{name} must be three numbers (x, y, z), got {v!r}")
+    return t
+
+
+def filter_model(model: SplatModel, keep: torch.Tensor) -> SplatModel:
+    """The Gaussians where boolean ``keep [N]`` is True."""
+    return SplatModel(**{n: t[keep] for n, t in model.params().items()})
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    crop_min: Sequence[float] | None = None,
+    crop_max: Sequence[float] | None = None,
+    min_opacity: float = 0.0,
+    transform: torch.Tensor | np.ndarray | None = None,
+    format: str | None = None,
+) -> dict:
+    """Read ``src`` (any format or a ``.ckpt``), filter, and write ``dst`` atomically.
+
+    Args:
+        src, dst: files; formats come from the suffixes (``format`` overrides ``dst``'s).
+        crop_min, crop_max: keep only Gaussians whose centre lies in this box (either
+            side may be omitted). The box is in ``dst``'s frame, i.e. after ``transform``.
+        min_opacity: drop Gaussians whose opacity (``sigmoid``) is below this.
+        transform: optional 4x4 similarity applied first (see
+            :func:`~splatkit.splat.transform.transform_model`), e.g. the inverse of a data
+            provider's ``transform`` to write in the capture's own frame.
+
+    Returns:
+        a summary: files and formats, Gaussians read / removed by the crop / removed by
+        opacity / written, SH degrees, ``dst``'s size in bytes and ``warnings`` (what the
+        target format drops, from :func:`dropped_information`).
+    """
+    src, dst = Path(src), Path(dst)
+    if not 0.0 <= float(min_opacity) <= 1.0:
+        raise ValueError(f"min_opacity must be in [0, 1], got {min_opacity!r}")
+    lo, hi = _as_vec3(crop_min, "crop_min"), _as_vec3(crop_max, "crop_max")
+    if lo is not None and hi is not None and bool((lo > hi).any()):
+        raise ValueError(f"crop_min {lo.tolist()} must not exceed crop_max {hi.tolist()} on any axis")
+    fmt = get_format(format) if format is not None else FORMATS[format_from_path(dst)]
+    model = read_splat(src)
+    src_format = "checkpoint" if src.suffix.lower() == CHECKPOINT_SUFFIX else _detect(src)
+    num_in = model.num_gaussians
+    if transform is not None:
+        model = transform_model(model, transform)
+
+    means = model.means.detach().double().cpu()
+    in_box = torch.ones(num_in, dtype=torch.bool)
+    if lo is not None:
+        in_box &= (means >= lo).all(dim=1)
+    if hi is not None:
+        in_box &= (means <= hi).all(dim=1)
+    opaque = opacity_activation(model.opacities.detach().double().cpu()) >= float(min_opacity)
+    keep = in_box & opaque
+    if not bool(keep.any()):
+        raise ValueError(f"{src}: no Gaussians are left after the crop box and min_opacity={min_opacity} "
+                         f"({int((~in_box).sum())} outside the box, {int((in_box & ~opaque).sum())} too "
+                         f"transparent, of {num_in}); nothing written")
+    model = filter_model(model, keep)
+    warnings = dropped_information(model, fmt.name)
+    path = fmt.write(dst, model.params())
+    return {
+        "src": str(src),
+        "dst": str(path),
+        "src_format": src_format,
+        "format": fmt.name,
+        "num_in": num_in,
+        "removed_by_crop": int((~in_box).sum()),
+        "removed_by_opacity": int((in_box & ~opaque).sum()),
+        "num_out": model.num_gaussians,
+        "sh_degree_in": model.sh_degree,
+        "sh_degree_out": min(model.sh_degree, fmt.max_sh_degree),
+        "transformed": transform is not None,
+        "bytes": path.stat().st_size,
+        "warnings": warnings,
+    }
+
+
+__all__ = [
+    "FORMATS",
+    "SplatFormat",
+    "SplatFileError",
+    "convert",
+    "describe_file",
+    "dropped_information",
+    "filter_model",
+    "format_from_path",
+    "get_format",
+    "read_splat",
+    "write_splat",
+]
