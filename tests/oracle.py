@@ -6,6 +6,8 @@ rasterizer. Valid for Gaussians whose centres lie inside the view (the reference
 gsplat, clamps the Jacobian for far off-screen centres).
 """
 
+import math
+
 import torch
 
 from splatkit.splat.sh import eval_sh_bases
@@ -67,3 +69,67 @@ def render_naive(means, quats, scales, opacities, colors, viewmat, K, width, hei
     if background is not None:
         out = out + T[..., None] * background
     return out, 1 - T
+
+
+def render_naive_2dgs(means, quats, scales, opacities, colors, viewmat, K, width, height):
+    """2DGS written out per pixel from the paper: for every surfel, intersect the pixel's
+    ray with its plane by solving a 3x3 linear system (not the cross-product trick),
+    evaluate min(3D, 2D-filter) falloff, composite depth-sorted surfels with no culling.
+
+    Returns per-pixel dict of ``[H, W, k]``: colors, alpha, normals (camera), depth_sum,
+    distort, median.
+    """
+    dtype = means.dtype
+    Rv, t = viewmat[:3, :3], viewmat[:3, 3]
+    n = means.shape[0]
+    surf = []
+    for i in range(n):
+        R = quat_rotation(quats[i])
+        pc = Rv @ means[i] + t
+        if pc[2] <= 0.01:
+            continue
+        a = Rv @ R[:, 0] * scales[i, 0]
+        b = Rv @ R[:, 1] * scales[i, 1]
+        normal = Rv @ R[:, 2]
+        if normal @ pc > 0:
+            normal = -normal
+        Mi = K @ torch.stack([a, b, pc], dim=1)
+        # filter centre: centre of the projected unit circle (pole of the line at infinity)
+        Cs = Mi @ torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=dtype)) @ Mi.T
+        c = Cs[:2, 2] / Cs[2, 2]
+        surf.append((float(pc[2]), a, b, pc, normal, c, opacities[i], colors[i]))
+    surf.sort(key=lambda s: s[0])
+    D = colors.shape[-1]
+    out = {k: torch.zeros(height, width, d, dtype=dtype) for k, d in
+           (("colors", D), ("alpha", 1), ("normals", 3), ("depth_sum", 1), ("distort", 1), ("median", 1))}
+    Kinv = torch.linalg.inv(K)
+    for y in range(height):
+        for x in range(width):
+            ray = Kinv @ torch.tensor([x + 0.5, y + 0.5, 1.0], dtype=dtype)
+            T, wd_acc = 1.0, 0.0
+            for depth, a, b, pc, normal, c, o, col in surf:
+                # pc + u a + v b = s ray  ->  [a b -ray] (u v s)^T = -pc
+                A = torch.stack([a, b, -ray], dim=1)
+                if abs(float(torch.linalg.det(A))) < 1e-300:
+                    rho3 = float("inf")
+                else:
+                    u, v, _ = torch.linalg.solve(A, -pc)
+                    rho3 = float(u * u + v * v)
+                d = torch.tensor([x + 0.5, y + 0.5], dtype=dtype) - c
+                rho2 = 2.0 * float(d @ d)
+                alpha = min(0.999, float(o) * math.exp(-0.5 * min(rho3, rho2)))
+                if alpha < 1.0 / 255.0:
+                    continue
+                if T * (1 - alpha) <= 1e-4:
+                    break
+                w = alpha * T
+                out["colors"][y, x] += w * col
+                out["alpha"][y, x] += w
+                out["normals"][y, x] += w * normal
+                out["depth_sum"][y, x] += w * depth
+                out["distort"][y, x] += 2 * w * (depth * (1 - T) - wd_acc)
+                wd_acc += w * depth
+                if T > 0.5:
+                    out["median"][y, x] = depth
+                T *= 1 - alpha
+    return out

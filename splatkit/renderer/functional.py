@@ -116,3 +116,91 @@ def rasterize(
         eps2d=eps2d, radius_clip=radius_clip, rasterize_mode=rasterize_mode,
         render_mode=render_mode, tile_size=tile_size, **backend_options,
     )
+
+
+RENDER_MODES_2DGS = ("RGB", "RGB+D", "RGB+ED")
+
+
+def depth_to_normals(depths: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
+    """World-space normals ``[C, H, W, 3]`` of a z-depth map ``[C, H, W, 1]`` by central
+    differences of the back-projected pixel centres; they face the camera; 0 on the border."""
+    C, H, W, _ = depths.shape
+    dev, dt = depths.device, depths.dtype
+    ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=dt) + 0.5, torch.arange(W, device=dev, dtype=dt) + 0.5,
+                            indexing="ij")
+    fx, fy = Ks[:, 0, 0, None, None], Ks[:, 1, 1, None, None]
+    cx, cy = Ks[:, 0, 2, None, None], Ks[:, 1, 2, None, None]
+    z = depths[..., 0]
+    pts = torch.stack([(xs - cx) / fx * z, (ys - cy) / fy * z, z], dim=-1)  # camera space
+    dx = pts[:, 1:-1, 2:] - pts[:, 1:-1, :-2]
+    dy = pts[:, 2:, 1:-1] - pts[:, :-2, 1:-1]
+    n = torch.nn.functional.normalize(torch.linalg.cross(dy, dx, dim=-1), dim=-1)
+    n = torch.nn.functional.pad(n, (0, 0, 1, 1, 1, 1))
+    c2w_rot = viewmats[:, :3, :3].transpose(-1, -2)
+    return torch.einsum("cij,chwj->chwi", c2w_rot, n)
+
+
+def rasterize_2dgs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: torch.Tensor | None = None,
+    backend: str = "auto",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    render_mode: str = "RGB+ED",
+    depth_mode: str = "expected",
+    tile_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Render 2D Gaussian surfels (2DGS) into ``C`` pinhole cameras, differentiably.
+
+    Arguments as :func:`rasterize` (gsplat's ``rasterization_2dgs``), except ``scales``
+    ``[N, 2]`` (tangent-axis scales; a third column is ignored), ``render_mode`` one of
+    ``"RGB"``, ``"RGB+D"`` (accumulated depth channel) or ``"RGB+ED"`` (expected depth),
+    and ``depth_mode`` (``"expected"`` or ``"median"``) picking the depth the normals
+    are derived from. See :mod:`splatkit.renderer.projection_2dgs` for the maths.
+
+    Returns:
+        ``(renders [C, H, W, D(+1)], alphas [C, H, W, 1], normals [C, H, W, 3]`` (world
+        space, alpha-weighted), ``normals_from_depth [C, H, W, 3]`` (world space, unit),
+        ``distort [C, H, W, 1], median_depth [C, H, W, 1], meta)``; ``meta`` holds
+        ``means2d`` (``.grad`` for densification), ``radii``, ``depths``, ``width``, ``height``.
+    """
+    from splatkit.renderer.backends import resolve_backend_name_2dgs, BACKENDS_2DGS
+
+    if scales.dim() != 2 or scales.shape[-1] not in (2, 3):
+        raise ValueError(f"scales must be [N, 2] (surfel tangent scales), got {tuple(scales.shape)}")
+    _validate(means, quats, torch.nn.functional.pad(scales, (0, 3 - scales.shape[-1])), opacities, colors, viewmats,
+              Ks, width, height, sh_degree, backgrounds, "RGB")
+    if render_mode not in RENDER_MODES_2DGS:
+        raise ValueError(f"render_mode must be one of {RENDER_MODES_2DGS}, got {render_mode!r}")
+    if depth_mode not in ("expected", "median"):
+        raise ValueError(f"depth_mode must be 'expected' or 'median', got {depth_mode!r}")
+    name = resolve_backend_name_2dgs(backend, means.device, means.dtype)
+    out = BACKENDS_2DGS[name](
+        means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
+    alphas = out["alphas"]
+    renders = out["colors"]
+    if backgrounds is not None:
+        renders = renders + (1 - alphas) * backgrounds[:, None, None, :]
+    expected = out["depth_sum"] / alphas.clamp_min(1e-10)
+    if render_mode == "RGB+ED":
+        renders = torch.cat([renders, expected], dim=-1)
+    elif render_mode == "RGB+D":
+        renders = torch.cat([renders, out["depth_sum"]], dim=-1)
+    c2w_rot = viewmats[:, :3, :3].transpose(-1, -2)
+    normals = torch.einsum("cij,chwj->chwi", c2w_rot, out["normals_camera"])
+    normals_from_depth = depth_to_normals(expected if depth_mode == "expected" else out["median_depth"], viewmats, Ks)
+    meta = {k: v for k, v in out.items() if k not in ("colors", "alphas", "normals_camera", "depth_sum", "distort",
+                                                      "median_depth")}
+    meta.update(width=width, height=height, n_cameras=viewmats.shape[0], tile_size=tile_size, backend=name)
+    return renders, alphas, normals, normals_from_depth, out["distort"], out["median_depth"], meta

@@ -13,13 +13,16 @@ from typing import Callable
 
 import torch
 
-from splatkit.renderer.backends import cpu, gsplat_backend, torch_ref
+from splatkit.renderer.backends import cpu, gsplat_backend, torch_ref, torch_ref_2dgs
 
 logger = logging.getLogger("splatkit")
 
 BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.rasterize, "gsplat": gsplat_backend.rasterize}
 # Switches only gsplat implements; asking another backend for them is an error.
 GSPLAT_OPTIONS = ("packed", "absgrad", "sparse_grad")
+# 2DGS (surfel) rasterizers: same arguments, outputs as torch_ref_2dgs.rasterize_2dgs.
+BACKENDS_2DGS: dict[str, Callable] = {"torch": torch_ref_2dgs.rasterize_2dgs,
+                                      "gsplat": gsplat_backend.rasterize_2dgs}
 _warned: set[str] = set()
 
 
@@ -54,3 +57,17 @@ def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dty
         raise ValueError(f"unknown rasterizer backend {name!r}; available: {', '.join(available_backends())}")
     return name
 
+
+
+def resolve_backend_name_2dgs(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """Like :func:`resolve_backend_name` for the 2DGS rasterizers."""
+    if name == "auto":
+        kind = torch.device(device).type
+        if kind == "cuda" and gsplat_backend.is_available():
+            return "gsplat"
+        if kind == "cpu" and dtype == torch.float32 and "cpu" in BACKENDS_2DGS and cpu.is_available():
+            return "cpu"
+        return "torch"
+    if name not in BACKENDS_2DGS:
+        raise ValueError(f"unknown 2DGS rasterizer backend {name!r}; available: {', '.join(BACKENDS_2DGS)}")
+    return name

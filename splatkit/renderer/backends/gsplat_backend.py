@@ -95,3 +95,42 @@ def rasterize(
         "camera_ids": meta.get("camera_ids"),
     }
     return renders, alphas, out
+
+
+def rasterize_2dgs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    tile_size: int = 16,
+) -> dict:
+    """gsplat's ``rasterization_2dgs`` with the outputs named as the reference's
+    :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"backend 'gsplat' is unavailable: {reason}")
+    if means.device.type != "cuda":
+        raise ValueError(f"backend 'gsplat' needs CUDA tensors; means is on {means.device}")
+    import gsplat
+
+    # gsplat takes [N, 3] scales and uses the first two.
+    scales3 = torch.cat([scales, torch.ones_like(scales[:, :1])], dim=-1)
+    renders, alphas, normals, _, distort, median, meta = gsplat.rasterization_2dgs(
+        means=means, quats=quats, scales=scales3, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks,
+        width=width, height=height, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
+        sh_degree=sh_degree, packed=False, tile_size=tile_size, render_mode="RGB+D", distloss=True,
+    )
+    # gsplat turns the blended normals to world space; the reference returns camera space.
+    normals_camera = torch.einsum("cij,chwj->chwi", viewmats[:, :3, :3], normals)
+    return {"colors": renders[..., :-1], "alphas": alphas, "normals_camera": normals_camera,
+            "depth_sum": renders[..., -1:], "distort": distort, "median_depth": median,
+            "means2d": meta["means2d"], "radii": meta["radii"], "depths": meta["depths"]}

@@ -1,0 +1,161 @@
+"""Reference 2DGS rasterizer in plain PyTorch: the oracle for every 2DGS backend.
+
+Same two stages as the 3DGS reference (:mod:`.torch_ref`): a gradient-free dense test
+per tile lists the (pixel, surfel) pairs whose alpha reaches 1/255, front to back by
+centre depth; then only those pairs are evaluated with autograd and composited with a
+segmented scan of log-transmittance. Per pixel it returns the features (colour, and
+depth for the depth modes), alpha, the blended camera-facing normal, the distortion
+``sum_{i,j<i} 2 w_i w_j (d_i - d_j)`` of the depths along the ray (gsplat's and
+nerfacc's form of the Mip-NeRF 360 loss) and the median depth (the depth of the last
+surfel reached while the transmittance is still above 0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from splatkit.renderer.backends.torch_ref import bin_gaussians
+from splatkit.renderer.projection import TRANSMITTANCE_MIN
+from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, surfel_alpha
+
+
+@torch.no_grad()
+def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_size: int,
+                        max_chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel [M], camera * N + surfel [M])`` with alpha >= 1/255, grouped by pixel, front to back."""
+    C, N = proj.depths.shape
+    device, dtype = proj.means2d.device, proj.means2d.dtype
+    tiles_x = (width + tile_size - 1) // tile_size
+    tiles_y = (height + tile_size - 1) // tile_size
+    P = tile_size * tile_size
+    pair_gauss, tile_counts = bin_gaussians(proj.means2d, proj.radii, proj.depths, tile_size, tiles_x, tiles_y)
+    offsets = torch.cumsum(tile_counts, 0) - tile_counts
+    mean = proj.means2d.reshape(C * N, 2)
+    M = proj.ray_transforms.reshape(C * N, 3, 3)
+    opac = proj.opacities.reshape(C * N)
+    py, px = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device),
+                            indexing="ij")
+    local = torch.stack([px.reshape(-1), py.reshape(-1)], dim=-1)
+
+    busy = torch.nonzero(tile_counts > 0)[:, 0]
+    busy = busy[torch.argsort(tile_counts[busy], descending=True, stable=True)]
+    counts = tile_counts[busy].tolist()
+    budget = max(1, max_chunk_elements // (P * 12))  # ~12 temporaries per candidate
+    out_pix, out_gauss = [], []
+    start = 0
+    while start < len(counts):
+        k_max = counts[start]
+        seg = min(k_max, budget)
+        tiles = busy[start : start + max(1, budget // seg)]
+        start += tiles.numel()
+        cam = tiles // (tiles_x * tiles_y)
+        t_img = tiles % (tiles_x * tiles_y)
+        origin = torch.stack([t_img % tiles_x, t_img // tiles_x], dim=-1) * tile_size
+        pix_xy = origin[:, None, :] + local[None]  # [T, P, 2]
+        pix_id = cam[:, None] * (height * width) + pix_xy[..., 1] * width + pix_xy[..., 0]
+        inside = (pix_xy[..., 0] < width) & (pix_xy[..., 1] < height)
+        centres = pix_xy.to(dtype) + 0.5
+        for k0 in range(0, k_max, seg):
+            k = torch.arange(k0, min(k0 + seg, k_max), device=device)
+            valid = k[None, :] < tile_counts[tiles, None]
+            g = pair_gauss[torch.where(valid, offsets[tiles, None] + k[None, :], torch.zeros_like(k[None, :]))]
+            alpha = surfel_alpha(centres[:, :, None, :], mean[g][:, None], M[g][:, None], opac[g][:, None])
+            hit = (alpha > 0) & valid[:, None, :] & inside[..., None]
+            t_i, p_i, k_i = torch.nonzero(hit, as_tuple=True)
+            out_pix.append(pix_id[t_i, p_i])
+            out_gauss.append(g[t_i, k_i])
+    if not out_pix:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    pix, gauss = torch.cat(out_pix), torch.cat(out_gauss)
+    if counts[0] > budget:
+        order = torch.argsort(pix, stable=True)
+        pix, gauss = pix[order], gauss[order]
+    return pix, gauss
+
+
+def _segment_exclusive_cumsum(x: torch.Tensor, first: torch.Tensor, seg_start: torch.Tensor,
+                              seg_id: torch.Tensor) -> torch.Tensor:
+    """Per-pixel exclusive prefix sums of ``x [M, ...]`` (pairs grouped by pixel)."""
+    incl = torch.cumsum(x, 0)
+    excl = incl - x
+    return excl - excl[seg_start][seg_id]
+
+
+def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, height: int, tile_size: int = 16,
+                      max_chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
+    """Composite projected surfels front to back. Returns per-pixel ``[C, H, W, k]``
+    tensors: ``feats``, ``alphas``, ``normals`` (camera space), ``depth_sum`` (sum of
+    w d), ``distort`` and ``median`` (0 where no surfel reaches T < 0.5 first)."""
+    C, N = proj.depths.shape
+    D = feats.shape[-1]
+    n_pixels = C * height * width
+    detached = ProjectedSurfels(proj.means2d.detach(), proj.ray_transforms.detach(), proj.normals.detach(),
+                                proj.opacities.detach(), proj.depths.detach(), proj.radii, proj.colors)
+    pix, gauss = _contributing_pairs(detached, width, height, tile_size, max_chunk_elements)
+    dtype = feats.dtype
+    local = pix % (width * height)
+    xy = torch.stack([local % width, local // width], dim=-1).to(dtype) + 0.5
+    means2d = proj.means2d.reshape(C * N, 2)
+    M = proj.ray_transforms.reshape(C * N, 3, 3)
+    alpha = surfel_alpha(xy, means2d[gauss], M[gauss], proj.opacities.reshape(C * N)[gauss])
+
+    first = torch.ones_like(pix, dtype=torch.bool)
+    first[1:] = pix[1:] != pix[:-1]
+    seg_start = torch.nonzero(first)[:, 0]
+    seg_id = torch.cumsum(first.long(), 0) - 1
+    log_t = torch.log1p(-alpha.double())
+    excl = _segment_exclusive_cumsum(log_t, first, seg_start, seg_id)
+    T_before = torch.exp(excl).to(dtype)
+    T_after = torch.exp(excl + log_t).to(dtype)
+    alive = T_after > TRANSMITTANCE_MIN  # a pixel stops before the surfel taking T to 1e-4
+    w = torch.where(alive, alpha * T_before, torch.zeros_like(alpha))
+
+    depth = proj.depths.reshape(C * N)[gauss]
+    wd_before = _segment_exclusive_cumsum((w * depth).double(), first, seg_start, seg_id).to(dtype)
+    distort = 2.0 * w * (depth * (1.0 - T_before) - wd_before)
+    contrib = torch.cat([w[:, None] * feats.reshape(C * N, D)[gauss], w[:, None],
+                         w[:, None] * proj.normals.reshape(C * N, 3)[gauss], (w * depth)[:, None], distort[:, None]],
+                        dim=-1)
+    out = torch.zeros(n_pixels, contrib.shape[1], dtype=dtype, device=feats.device).index_add(0, pix, contrib)
+
+    # Median: the last pair per pixel reached with T > 0.5 (before termination).
+    cand = alive & (T_before > 0.5)
+    idx = torch.arange(pix.numel(), device=pix.device)
+    last = torch.full((n_pixels,), -1, dtype=torch.int64, device=pix.device)
+    last.scatter_reduce_(0, pix[cand], idx[cand], reduce="amax")
+    has = last >= 0
+    median = torch.zeros(n_pixels, dtype=dtype, device=feats.device)
+    median = median.index_put((torch.nonzero(has)[:, 0],), depth[last[has]])
+
+    out = out.reshape(C, height, width, -1)
+    return {"feats": out[..., :D], "alphas": out[..., D:D + 1], "normals": out[..., D + 1:D + 4],
+            "depth_sum": out[..., D + 4:D + 5], "distort": out[..., D + 5:D + 6],
+            "median": median.reshape(C, height, width, 1)}
+
+
+def rasterize_2dgs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: torch.Tensor | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    tile_size: int = 16,
+    max_chunk_elements: int = 1 << 22,
+) -> dict:
+    """Reference implementation of :func:`splatkit.renderer.rasterize_2dgs` (arguments there)."""
+    proj = project_surfels(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                           near_plane, far_plane, radius_clip)
+    out = composite_surfels(proj, proj.colors, width, height, tile_size, max_chunk_elements)
+    return {"colors": out["feats"], "alphas": out["alphas"], "normals_camera": out["normals"],
+            "depth_sum": out["depth_sum"], "distort": out["distort"], "median_depth": out["median"],
+            "means2d": proj.means2d, "radii": proj.radii, "depths": proj.depths}
