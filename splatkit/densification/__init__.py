@@ -2,5 +2,6 @@
 
 from splatkit.densification.base import SplatDensification
 from splatkit.densification.default import SplatDefaultDensification
+from splatkit.densification.mcmc import SplatMCMCDensification
 
-__all__ = ["SplatDensification", "SplatDefaultDensification"]
+__all__ = ["SplatDensification", "SplatDefaultDensification", "SplatMCMCDensification"]

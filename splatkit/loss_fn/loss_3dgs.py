@@ -1,4 +1,5 @@
-"""The 3DGS photometric loss: (1 - lambda) L1 + lambda (1 - SSIM)."""
+"""The 3DGS photometric loss: (1 - lambda) L1 + lambda (1 - SSIM), plus optional
+opacity and scale regularisers (3DGS-MCMC)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,34 @@ from splatkit.data_provider.base import SplatFrames
 from splatkit.loss_fn.base import SplatLoss, SplatLossFn
 from splatkit.metrics import ssim, ssim_map
 from splatkit.renderer.base import SplatRenderOutput
+from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.splat.training_state import SplatTrainingState
 
 
 @dataclass
 class Splat3DGSLossFn(SplatLossFn):
-    """L1 + D-SSIM as in the 3DGS paper (``ssim_lambda`` 0.2, 11x11 window, sigma 1.5)."""
+    """L1 + D-SSIM as in the 3DGS paper (``ssim_lambda`` 0.2, 11x11 window, sigma 1.5).
+
+    ``opacity_reg`` and ``scale_reg`` add ``opacity_reg * mean(opacity) + scale_reg *
+    mean(scale)`` over all Gaussians (activated values), the regularisers of 3DGS-MCMC;
+    gsplat's trainer uses 0.01 each with its MCMC strategy. Off by default.
+    """
 
     ssim_lambda: float = 0.2
     """Weight of the D-SSIM term."""
     mask_mode: str = "ignore"
     """With training masks: "ignore" masked-out pixels, or treat them as "background" (learn transparency)."""
+    opacity_reg: float = 0.0
+    """Weight of the mean opacity: drives unneeded Gaussians to transparency, where MCMC relocates them."""
+    scale_reg: float = 0.0
+    """Weight of the mean scale (all three axes): favours small Gaussians."""
 
     def __post_init__(self) -> None:
         if self.mask_mode not in ("ignore", "background"):
             raise ValueError(f"mask_mode must be 'ignore' or 'background', got {self.mask_mode!r}")
+        for name in ("opacity_reg", "scale_reg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Splat3DGSLossFn.{name} must be non-negative, got {getattr(self, name)!r}")
 
     def __call__(
         self,
@@ -54,4 +68,13 @@ class Splat3DGSLossFn(SplatLossFn):
             mv = m[:, pad : m.shape[1] - pad, pad : m.shape[2] - pad, 0][:, None].to(smap.dtype)
             dssim = 1.0 - (smap * mv).sum() / (3 * mv.sum()).clamp_min(1)
         loss = (1.0 - self.ssim_lambda) * l1 + self.ssim_lambda * dssim
-        return SplatLoss(loss, {"l1": l1.detach(), "dssim": dssim.detach()})
+        terms = {"l1": l1.detach(), "dssim": dssim.detach()}
+        if self.opacity_reg > 0:
+            opacity_term = opacity_activation(training_state.params["opacities"]).mean()
+            loss = loss + self.opacity_reg * opacity_term
+            terms["opacity_reg"] = opacity_term.detach()
+        if self.scale_reg > 0:
+            scale_term = scale_activation(training_state.params["scales"]).mean()
+            loss = loss + self.scale_reg * scale_term
+            terms["scale_reg"] = scale_term.detach()
+        return SplatLoss(loss, terms)
