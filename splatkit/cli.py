@@ -21,11 +21,11 @@ from splatkit.data_provider import (
     SplatDemoDataProviderConfig,
 )
 from splatkit.data_provider.detect import provider_from_path
-from splatkit.densification import SplatDefaultDensification
-from splatkit.loss_fn import Splat3DGSLossFn
+from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
+from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
-from splatkit.renderer import Splat3DGSRenderer
-from splatkit.renderer.backends import resolve_backend_name
+from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
+from splatkit.renderer.backends import resolve_backend_name, resolve_backend_name_2dgs
 from splatkit.splat.formats import convert, describe_file, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
@@ -42,10 +42,14 @@ class TrainCommand:
     data: str = "demo"
     """Training data: "demo" for the built-in scene, a COLMAP scene folder (sparse/0 + images), or a
     transforms.json capture (file or folder); the format is detected."""
-    model: Literal["3dgs"] = "3dgs"
-    """Kind of Gaussians."""
-    strategy: Literal["default"] = "default"
-    """Densification strategy."""
+    model: Literal["3dgs", "2dgs"] = "3dgs"
+    """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS; settings under --renderer-2dgs, --loss-2dgs)."""
+    strategy: Literal["default", "mcmc"] = "default"
+    """Densification: gsplat's default (settings under --densification) or MCMC (under --mcmc)."""
+    mcmc_opacity_reg: float = 0.01
+    """With --strategy mcmc: weight of the mean-opacity regulariser added to the loss (gsplat's)."""
+    mcmc_scale_reg: float = 0.01
+    """With --strategy mcmc: weight of the mean-scale regulariser."""
     export_steps: tuple[int, ...] = ()
     """Steps to export at (default: the last step)."""
     save_splat: bool = True
@@ -75,6 +79,9 @@ class TrainCommand:
     renderer: Splat3DGSRenderer = field(default_factory=Splat3DGSRenderer)
     loss: Splat3DGSLossFn = field(default_factory=Splat3DGSLossFn)
     densification: SplatDefaultDensification = field(default_factory=SplatDefaultDensification)
+    renderer_2dgs: Splat2DGSRenderer = field(default_factory=Splat2DGSRenderer)
+    loss_2dgs: Splat2DGSLossFn = field(default_factory=Splat2DGSLossFn)
+    mcmc: SplatMCMCDensification = field(default_factory=SplatMCMCDensification)
     demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
     """Settings of the built-in scene (with --data demo)."""
     colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
@@ -89,6 +96,8 @@ class DemoCommand:
 
     output_dir: str = "results/demo"
     steps: int = 1000
+    model: Literal["3dgs", "2dgs"] = "3dgs"
+    strategy: Literal["default", "mcmc"] = "default"
     device: str = "auto"
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
@@ -172,6 +181,31 @@ def demo_setup(steps: int) -> tuple[SplatTrainerConfig, SplatDefaultDensificatio
     return config, densification
 
 
+def demo_command(steps: int, model: str = "3dgs", strategy: str = "default", backend: str = "auto",
+                 **kwargs) -> TrainCommand:
+    """A TrainCommand for the demo scene with every schedule of the 30k-step defaults
+    (densification, SH degree, 2DGS regularisers) compressed to ``steps`` steps."""
+    config, densification = demo_setup(steps)
+    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device") if k in kwargs})
+    frac = steps / 30_000
+    mcmc = SplatMCMCDensification(refine_start_iter=steps // 5, refine_stop_iter=(4 * steps) // 5,
+                                  refine_every=max(1, steps // 40), cap_max=30_000)
+    loss_2dgs = Splat2DGSLossFn(normal_start_iter=round(7000 * frac), dist_start_iter=round(3000 * frac))
+    return TrainCommand(model=model, strategy=strategy, trainer=config, densification=densification, mcmc=mcmc,
+                        renderer=Splat3DGSRenderer(backend=backend), renderer_2dgs=Splat2DGSRenderer(backend=backend),
+                        loss_2dgs=loss_2dgs, **kwargs)
+
+
+def components(cmd: TrainCommand):
+    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy."""
+    renderer = cmd.renderer_2dgs if cmd.model == "2dgs" else cmd.renderer
+    loss = cmd.loss_2dgs if cmd.model == "2dgs" else cmd.loss
+    densification = cmd.mcmc if cmd.strategy == "mcmc" else cmd.densification
+    if cmd.strategy == "mcmc":
+        loss = dataclasses.replace(loss, opacity_reg=cmd.mcmc_opacity_reg, scale_reg=cmd.mcmc_scale_reg)
+    return renderer, loss, densification
+
+
 def _data_provider(cmd: TrainCommand):
     if cmd.data == "demo":
         return SplatDemoDataProvider(cmd.demo)
@@ -193,8 +227,8 @@ def _train(cmd: TrainCommand) -> dict:
         modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
     if cmd.viewer:
         modules.append(SplatViewer(port=cmd.viewer_port, host=cmd.viewer_host))
-    trainer = SplatTrainer(cmd.trainer, data_provider, cmd.renderer, cmd.loss, cmd.densification, modules,
-                           ckpt_path=cmd.resume)
+    renderer, loss, densification = components(cmd)
+    trainer = SplatTrainer(cmd.trainer, data_provider, renderer, loss, densification, modules, ckpt_path=cmd.resume)
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
@@ -205,17 +239,17 @@ def _train(cmd: TrainCommand) -> dict:
     result = {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
               "num_gaussians": trainer.training_state.num_gaussians, "train_seconds": round(seconds, 1),
               "steps": cmd.trainer.max_steps, "device": str(trainer.device),
-              "backend": resolve_backend_name(cmd.renderer.backend, trainer.device), "files": written}
+              "model": cmd.model, "strategy": cmd.strategy,
+              "backend": (resolve_backend_name_2dgs if cmd.model == "2dgs" else resolve_backend_name)(
+                  renderer.backend, trainer.device), "files": written}
     _write_summary(cmd.summary_json, result)
     return result
 
 
 def _demo(cmd: DemoCommand) -> dict:
-    config, densification = demo_setup(cmd.steps)
-    config = dataclasses.replace(config, output_dir=cmd.output_dir, device=cmd.device)
     t0 = time.perf_counter()
-    result = _train(TrainCommand(trainer=config, densification=densification,
-                                 renderer=Splat3DGSRenderer(backend=cmd.backend), progress=cmd.progress))
+    result = _train(demo_command(cmd.steps, cmd.model, cmd.strategy, cmd.backend, output_dir=cmd.output_dir,
+                                 device=cmd.device, progress=cmd.progress))
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     _write_summary(cmd.summary_json, result)
     return result
@@ -237,6 +271,10 @@ def _load_model(path: str | Path) -> tuple[SplatModel, dict | None]:
     return read_splat(path), None
 
 
+def _renderer_for(model: SplatModel, backend: str):
+    return (Splat2DGSRenderer if model.kind == "2dgs" else Splat3DGSRenderer)(backend=backend)
+
+
 def _eval(cmd: EvalCommand) -> dict:
     model, ckpt = _load_model(cmd.path)
     device = resolve_device(cmd.device)
@@ -248,7 +286,7 @@ def _eval(cmd: EvalCommand) -> dict:
         if name == "SplatEvaluator":  # training time so far, as the training run counted it
             evaluator.load_state_dict(state)
     provider = _data_provider(TrainCommand(data=cmd.data, demo=cmd.demo, colmap=cmd.colmap, blender=cmd.blender))
-    renderer = Splat3DGSRenderer(backend=cmd.backend)
+    renderer = _renderer_for(model, cmd.backend)
     params = {k: v.to(device) for k, v in model.params().items()}
     bg = torch.tensor([background], dtype=torch.float32, device=device)
 
@@ -267,7 +305,7 @@ def _view(cmd: ViewCommand) -> dict:
     viewer = SplatViewer(port=cmd.port, mode="rendering", host=cmd.host)
     print(f"splatkit: serving {cmd.path} ({model.num_gaussians} Gaussians) at http://{cmd.host}:{cmd.port}; "
           "Ctrl-C to stop", file=sys.stderr)
-    viewer.serve_forever(params, model.sh_degree, Splat3DGSRenderer(backend=cmd.backend), device, cmd.background)
+    viewer.serve_forever(params, model.sh_degree, _renderer_for(model, cmd.backend), device, cmd.background)
     return {}
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from splatkit.splat.conventions import (
+    axis_scales,
     covariance_3d,
     normalize_quat,
     opacity_activation,
@@ -87,7 +88,7 @@ def split(training_state: SplatTrainingState, state: dict, mask: torch.Tensor,
     scales = scale_activation(params["scales"][sel])
     rot = quat_to_rotmat(normalize_quat(params["quats"][sel]))
     noise = torch.randn(2, sel.numel(), 3, device=scales.device, dtype=scales.dtype)
-    offsets = torch.einsum("nij,nj,bnj->bni", rot, scales, noise)
+    offsets = torch.einsum("nij,nj,bnj->bni", rot, axis_scales(scales), noise)  # surfels: in their plane
 
     def param_fn(name: str, p: torch.Tensor) -> torch.Tensor:
         if name == "means":

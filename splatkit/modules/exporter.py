@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 import torch
 
 from splatkit.modules.base import SplatBaseModule
-from splatkit.splat.formats import FORMATS, dropped_information
+from splatkit.splat.formats import FORMATS, dropped_information, write_splat
 from splatkit.splat.transform import transform_model
 from splatkit.utils.files import ensure_writable_dir
 
@@ -160,7 +160,7 @@ class SplatExporter(SplatBaseModule):
                     self._to_input = self._input_frame_inverse(trainer)
                 model = transform_model(model, self._to_input)
             for fmt in self.splat_formats:
-                path = FORMATS[fmt].write(self.splat_path(step, fmt), model.params())
+                path = write_splat(model, self.splat_path(step, fmt), fmt)
                 if logger is not None:
                     logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)
         if self.save_ckpt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import torch
 
@@ -66,7 +66,13 @@ class SplatRenderOutput:
 
 
 class SplatRenderer(ABC):
-    """Turns stored parameters (see :mod:`splatkit.splat.conventions`) into images."""
+    """Turns stored parameters (see :mod:`splatkit.splat.conventions`) into images.
+
+    ``gaussian_kind`` says which Gaussians it draws: "3dgs" (three scales) or "2dgs"
+    (surfels, two scales); the trainer initialises the model to match.
+    """
+
+    gaussian_kind: ClassVar[str] = "3dgs"
 
     @abstractmethod
     def render(

@@ -107,9 +107,18 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     return q.reshape(R.shape[:-2] + (4,))
 
 
+def axis_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Activated scales along the three rotation axes ``[..., 3]``: 2DGS surfels have two
+    (``[..., 2]``, tangent axes) and none along their normal (the rotation's third column)."""
+    if scales.shape[-1] == 2:
+        return torch.cat([scales, torch.zeros_like(scales[..., :1])], dim=-1)
+    return scales
+
+
 def covariance_3d(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """World covariances ``[N, 3, 3] = R S S^T R^T`` from wxyz quats and *activated* scales."""
-    M = quat_to_rotmat(quats) * scales[..., None, :]
+    """World covariances ``[N, 3, 3] = R S S^T R^T`` from wxyz quats and *activated* scales
+    (``[N, 3]``, or ``[N, 2]`` for surfels, flat along their normal)."""
+    M = quat_to_rotmat(quats) * axis_scales(scales)[..., None, :]
     return M @ M.transpose(-1, -2)
 
 

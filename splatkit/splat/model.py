@@ -25,7 +25,8 @@ class SplatModel:
     """Gaussian parameters in their stored form (see :mod:`splatkit.splat.conventions`).
 
     Attributes:
-        means ``[N, 3]``; scales ``[N, 3]`` (log); quats ``[N, 4]`` (wxyz);
+        means ``[N, 3]``; scales ``[N, 3]`` (log), or ``[N, 2]`` for 2DGS surfels (tangent
+        axes; the normal is the rotation's third axis); quats ``[N, 4]`` (wxyz);
         opacities ``[N]`` (logit); sh0 ``[N, 1, 3]``; shN ``[N, K-1, 3]``.
     """
 
@@ -38,7 +39,9 @@ class SplatModel:
 
     def __post_init__(self) -> None:
         N = self.means.shape[0]
-        expected = {"means": (N, 3), "scales": (N, 3), "quats": (N, 4), "opacities": (N,), "sh0": (N, 1, 3)}
+        n_scales = self.scales.shape[1] if self.scales.dim() == 2 and self.scales.shape[1] == 2 else 3
+        expected = {"means": (N, 3), "scales": (N, n_scales), "quats": (N, 4), "opacities": (N,),
+                    "sh0": (N, 1, 3)}
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {list(getattr(self, name).shape)}")
@@ -49,6 +52,11 @@ class SplatModel:
     @property
     def num_gaussians(self) -> int:
         return self.means.shape[0]
+
+    @property
+    def kind(self) -> str:
+        """"2dgs" for surfels (two scales), else "3dgs"."""
+        return "2dgs" if self.scales.shape[1] == 2 else "3dgs"
 
     @property
     def sh_degree(self) -> int:
@@ -130,6 +138,7 @@ class SplatModel:
         N = self.num_gaussians
         return {
             "num_gaussians": N,
+            "kind": self.kind,
             "sh_degree": self.sh_degree,
             "bounds_min": self.means.min(dim=0).values.tolist() if N else None,
             "bounds_max": self.means.max(dim=0).values.tolist() if N else None,

@@ -4,7 +4,8 @@ One binary little-endian ``vertex`` element with float32 properties, in this ord
 ``x y z nx ny nz f_dc_0..2 f_rest_0..M-1 opacity scale_0..2 rot_0..3`` where
 ``M = 3 * ((d + 1) ** 2 - 1)`` for SH degree ``d``. ``f_rest`` is channel-major,
 opacity is a logit, scales are logs, rotations are wxyz quaternions; normals are
-written as zeros (viewers ignore them).
+written as zeros (viewers ignore them). 2DGS surfels have ``scale_0 scale_1`` only,
+as the 2DGS reference code writes them.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ class SplatFileError(ValueError):
     """A splat or checkpoint file that cannot be read; the message names the file."""
 
 
-def ply_property_names(sh_degree: int) -> list[str]:
+def ply_property_names(sh_degree: int, n_scales: int = 3) -> list[str]:
     n_rest = 3 * (num_sh_bases(sh_degree) - 1)
     return (
         ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
         + [f"f_rest_{i}" for i in range(n_rest)]
-        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+        + ["opacity"] + [f"scale_{i}" for i in range(n_scales)] + ["rot_0", "rot_1", "rot_2", "rot_3"]
     )
 
 
@@ -52,7 +53,7 @@ def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
         ],
         dim=1,
     ).numpy()
-    names = ply_property_names(sh_degree)
+    names = ply_property_names(sh_degree, params["scales"].shape[1])
     data = np.empty(N, dtype=[(n, "<f4") for n in names])
     for i, n in enumerate(names):
         data[n] = columns[:, i]
@@ -122,7 +123,8 @@ def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise SplatFileError(
             f"{path}: {n_rest} f_rest_* properties is not 3 * ((d+1)^2 - 1) for an SH degree d in 0..3"
         ) from None
-    required = [n for n in ply_property_names(sh_degree) if n not in ("nx", "ny", "nz")]
+    n_scales = 2 if ("scale_2" not in names and "scale_1" in names) else 3  # 2DGS surfels: two scales
+    required = [n for n in ply_property_names(sh_degree, n_scales) if n not in ("nx", "ny", "nz")]
     missing = [n for n in required if n not in names]
     if missing:
         raise SplatFileError(f"{path}: PLY vertex element lacks propert{'y' if len(missing) == 1 else 'ies'} "
@@ -135,7 +137,7 @@ def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     f_rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(N, 0)
     return {
         "means": col("x", "y", "z"),
-        "scales": col("scale_0", "scale_1", "scale_2"),
+        "scales": col(*[f"scale_{i}" for i in range(n_scales)]),
         "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
         "opacities": col("opacity")[:, 0].contiguous(),
         "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :].contiguous(),

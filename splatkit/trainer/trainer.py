@@ -127,7 +127,10 @@ class SplatTrainer:
             extent = cfg.init_extent * self.scene_scale
             points = (torch.rand(cfg.init_num_points, 3, generator=gen) * 2 - 1) * extent
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
-        return SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
+        model = SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
+        if getattr(self.renderer, "gaussian_kind", "3dgs") == "2dgs":  # surfels: the two tangent scales
+            model = SplatModel(**{**model.params(), "scales": model.scales[:, :2].contiguous()})
+        return model
 
     def setup(self) -> None:
         """Build (or restore) the training state and call ``on_setup``; :meth:`run` calls it."""
@@ -143,6 +146,11 @@ class SplatTrainer:
         else:
             self._restore(self._resume)
             self._resume = None
+            kind = "2dgs" if self.training_state.params["scales"].shape[1] == 2 else "3dgs"
+            wanted = getattr(self.renderer, "gaussian_kind", "3dgs")
+            if kind != wanted:
+                raise ValueError(f"the checkpoint holds {kind} Gaussians but the renderer "
+                                 f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind")
         if self.world_rank == 0:
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
             record = {

@@ -141,7 +141,23 @@ def read_splat(path: str | os.PathLike) -> SplatModel:
 def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None = None) -> Path:
     """Write ``model`` to ``path`` atomically in ``format`` (a name of :data:`FORMATS`; default from the suffix)."""
     fmt = get_format(format) if format is not None else FORMATS[format_from_path(path)]
+    if model.kind == "2dgs" and fmt.name != "ply":
+        model = flat_3dgs(model)
     return fmt.write(Path(path), model.params())
+
+
+SURFEL_LOG_THICKNESS = -10.0
+"""Log scale given to a surfel's normal axis when it must be stored as a 3D Gaussian
+(``exp(-10) ~ 4.5e-5``: flat for any viewer, and inside every format's scale range)."""
+
+
+def flat_3dgs(model: SplatModel) -> SplatModel:
+    """A 2DGS surfel model as flat 3D Gaussians (third scale :data:`SURFEL_LOG_THICKNESS`),
+    for files and viewers that only know 3DGS; 3DGS models are returned as they are."""
+    if model.kind != "2dgs":
+        return model
+    thin = torch.full_like(model.scales[:, :1], SURFEL_LOG_THICKNESS)
+    return SplatModel(**{**model.params(), "scales": torch.cat([model.scales, thin], dim=1)})
 
 
 def dropped_information(model: SplatModel, format: str) -> list[str]:
@@ -155,6 +171,8 @@ def dropped_information(model: SplatModel, format: str) -> list[str]:
     N = model.num_gaussians
     if N == 0:
         return out
+    if model.kind == "2dgs" and fmt.name != "ply":
+        out.append(f"2DGS surfels are stored as flat 3D Gaussians (normal-axis scale exp({SURFEL_LOG_THICKNESS:g}))")
     if model.sh_degree > fmt.max_sh_degree:
         out.append(f"SH degree {model.sh_degree} -> {fmt.max_sh_degree} (view-dependent colour is lost)")
 

@@ -1,0 +1,56 @@
+"""2D Gaussian Splatting renderer (surfels; see :mod:`splatkit.renderer.projection_2dgs`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
+from splatkit.renderer.functional import rasterize_2dgs
+from splatkit.splat.cameras import SplatCameras
+from splatkit.splat.conventions import opacity_activation, scale_activation
+
+
+@dataclass
+class Splat2DGSRenderer(SplatRenderer):
+    """Renders 2DGS surfels with :func:`splatkit.renderer.rasterize_2dgs`.
+
+    Besides colour, alpha and expected depth (``depths``) the output's ``extras`` hold
+    ``normals`` (world space, alpha-weighted), ``normals_from_depth`` (world space),
+    ``distortion`` and ``median_depth``, each ``[C, H, W, k]``, which
+    :class:`~splatkit.loss_fn.Splat2DGSLossFn` regularises.
+    """
+
+    backend: str = "auto"
+    """Rasterizer: "auto" (gsplat on CUDA, compiled kernels on CPU), "torch" (reference), "cpu", "gsplat"."""
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+    radius_clip: float = 0.0
+    tile_size: int = 16
+    depth_mode: str = "expected"
+    """Depth the normals-from-depth use: "expected" (unbounded scenes) or "median" (objects), as in 2DGS."""
+
+    gaussian_kind = "2dgs"  # two scales per Gaussian: the trainer initialises surfels
+
+    def render(
+        self,
+        params: Mapping[str, torch.Tensor],
+        cameras: SplatCameras,
+        sh_degree: int,
+        backgrounds: torch.Tensor | None = None,
+    ) -> SplatRenderOutput:
+        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+        renders, alphas, normals, from_depth, distort, median, meta = rasterize_2dgs(
+            params["means"], params["quats"], scale_activation(params["scales"]), opacity_activation(params["opacities"]),
+            colors, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, sh_degree=sh_degree,
+            backgrounds=backgrounds, backend=self.backend, near_plane=self.near_plane, far_plane=self.far_plane,
+            radius_clip=self.radius_clip, render_mode="RGB+ED", depth_mode=self.depth_mode, tile_size=self.tile_size,
+        )
+        return SplatRenderOutput(
+            images=renders[..., :3], alphas=alphas, means2d=meta["means2d"], radii=meta["radii"],
+            width=cameras.width, height=cameras.height, depths=renders[..., 3:4], backgrounds=backgrounds,
+            extras={"normals": normals, "normals_from_depth": from_depth, "distortion": distort,
+                    "median_depth": median},
+        )
