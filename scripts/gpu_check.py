@@ -12,6 +12,8 @@ b. overhead: ``SplatTrainer.train_step`` against a minimal loop that calls the
    rasterizer directly with the same parameters, Adam settings, loss and images.
 c. real run: ``python -m splatkit train`` on fox (downscaled) on the GPU and on the CPU
    at the same settings: test PSNR and wall time.
+d. several GPUs (skipped, with a message, when one is lent): torchrun over all of them
+   against one GPU with the same global batch.
 
 Parity covers 3DGS (``rasterization``, packed and sparse-gradient modes too) and 2DGS
 (``rasterization_2dgs``: colour, alpha, normals, depth, distortion, median depth).
@@ -357,13 +359,46 @@ def part_real_run(args) -> dict:
     return runs
 
 
+# ---------------------------------------------------------------- d. several GPUs
+def part_multi_gpu(args) -> dict:
+    """torchrun over every GPU (NCCL) against one GPU with the same global batch."""
+    n = torch.cuda.device_count() if not args.dry_run else 2
+    if n < 2:
+        return {"skipped": f"{n} GPU lent: the multi-process case needs at least 2"}
+    if args.dry_run:
+        data_args = ["--data", "demo", "--demo.image-size", "32", "--demo.num-cameras", "8",
+                     "--demo.num-init-points", "300"]
+        steps, device = 10, "cpu"
+    else:
+        if args.data is None or not (args.data / "fox").is_dir():
+            return {"skipped": f"fox not found under {args.data}"}
+        data_args = ["--data", str(args.data / "fox"), "--blender.factor", "8", "--init-num-points", "30000"]
+        steps, device = args.real_steps, "cuda"
+    common = [*data_args, "--max-steps", str(steps), "--no-progress", "--no-save-ckpt", "--device", device]
+    runs = {}
+    for label, launcher, batch in (("multi", [sys.executable, "-m", "torch.distributed.run",
+                                              f"--nproc_per_node={n}", "-m", "splatkit"], 1),
+                                   ("single", [sys.executable, "-m", "splatkit"], n)):
+        summary = args.work / f"multi_{label}.json"
+        cmd = [*launcher, "train", *common, "--batch-size", str(batch), "--output-dir",
+               str(args.work / f"multi_{label}"), "--summary-json", str(summary)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        if proc.returncode != 0:
+            runs[label] = {"error": proc.stderr[-3000:], "command": " ".join(cmd)}
+            continue
+        runs[label] = {**json.loads(summary.read_text()), "wall_s": round(time.perf_counter() - t0, 1)}
+    runs["processes"] = n
+    return runs
+
+
 # ---------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--data", type=Path, default=None, help="folder holding fox/ (the shared datasets)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/splatkit_gpu_check"))
-    ap.add_argument("--parts", default="parity,overhead,real", help="comma-separated subset")
+    ap.add_argument("--parts", default="parity,overhead,real,multi_gpu", help="comma-separated subset")
     ap.add_argument("--real-steps", type=int, default=3000)
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU backend (tests the harness)")
     args = ap.parse_args()
@@ -385,7 +420,7 @@ def main() -> None:
 
         result["gsplat"] = gsplat.__version__
     parts = {"parity": lambda: part_parity(args, device), "overhead": lambda: part_overhead(args, device),
-             "real": lambda: part_real_run(args)}
+             "real": lambda: part_real_run(args), "multi_gpu": lambda: part_multi_gpu(args)}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
         try:

@@ -31,6 +31,7 @@ from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
+from splatkit.trainer.distributed import SplatDistributedError
 from splatkit.trainer.trainer import resolve_device
 from splatkit.utils.files import atomic_write, ensure_writable_dir
 
@@ -98,6 +99,8 @@ class DemoCommand:
     steps: int = 1000
     model: Literal["3dgs", "2dgs"] = "3dgs"
     strategy: Literal["default", "mcmc"] = "default"
+    batch_size: int = 1
+    """Images per step (per process, under torchrun)."""
     device: str = "auto"
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
@@ -186,7 +189,8 @@ def demo_command(steps: int, model: str = "3dgs", strategy: str = "default", bac
     """A TrainCommand for the demo scene with every schedule of the 30k-step defaults
     (densification, SH degree, 2DGS regularisers) compressed to ``steps`` steps."""
     config, densification = demo_setup(steps)
-    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device") if k in kwargs})
+    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device", "batch_size")
+                                            if k in kwargs})
     frac = steps / 30_000
     mcmc = SplatMCMCDensification(refine_start_iter=steps // 5, refine_stop_iter=(4 * steps) // 5,
                                   refine_every=max(1, steps // 40), cap_max=30_000)
@@ -232,6 +236,8 @@ def _train(cmd: TrainCommand) -> dict:
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
+    if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
+        return {"rank": trainer.world_rank}
     metrics = trainer.evaluate()
     written = [str(p) for s in steps if s <= cmd.trainer.max_steps
                for p in ((exporter.splat_paths(s) if cmd.save_splat else []) +
@@ -249,7 +255,9 @@ def _train(cmd: TrainCommand) -> dict:
 def _demo(cmd: DemoCommand) -> dict:
     t0 = time.perf_counter()
     result = _train(demo_command(cmd.steps, cmd.model, cmd.strategy, cmd.backend, output_dir=cmd.output_dir,
-                                 device=cmd.device, progress=cmd.progress))
+                                 device=cmd.device, batch_size=cmd.batch_size, progress=cmd.progress))
+    if result.get("rank", 0) != 0:
+        return result
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     _write_summary(cmd.summary_json, result)
     return result
@@ -359,10 +367,16 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, SplatFileError) as e:
         print(f"splatkit: error: {e}", file=sys.stderr)
         return 2
+    except SplatDistributedError as e:
+        print(f"splatkit: error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("splatkit: interrupted", file=sys.stderr)
         return 130
-    if isinstance(cmd, ViewCommand):
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if isinstance(cmd, ViewCommand) or result.get("rank", 0) != 0:
         return 0
     if isinstance(cmd, (InfoCommand, EvalCommand, ExportCommand)):
         print(json.dumps(result, indent=2, default=str))

@@ -25,3 +25,5 @@ def test_gpu_check_dry_run(tmp_path):
     real = result["real"]
     assert "error" not in real.get("gpu", {}) and "error" not in real.get("cpu", {}), real
     assert real["gpu"]["steps"] == 20 and real["psnr_gap_db"] == 0.0  # same device and backend: identical
+    multi = result["multi_gpu"]
+    assert multi["processes"] == 2 and abs(multi["multi"]["test_psnr"] - multi["single"]["test_psnr"]) < 0.3, multi

@@ -93,9 +93,15 @@ class SplatDataProvider(ABC):
             out.append(int(torch.randperm(n, generator=gen)[pos]))
         return out
 
-    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0) -> SplatFrames:
-        """The frames step ``step`` trains on, on the CPU."""
-        return SplatFrames.cat([self.train_frame(i) for i in self.train_indices(step, batch_size, seed)])
+    def rank_indices(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        """Rank ``rank``'s share of step ``step``'s global batch of ``batch_size * world_size`` frames."""
+        return self.train_indices(step, batch_size * world_size, seed)[rank * batch_size:(rank + 1) * batch_size]
+
+    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0,
+                    world_size: int = 1) -> SplatFrames:
+        """The frames step ``step`` trains on (this rank's share of them), on the CPU."""
+        return SplatFrames.cat([self.train_frame(i)
+                                for i in self.rank_indices(step, batch_size, seed, rank, world_size)])
 
     def test_frames(self) -> Iterator[SplatFrames]:
         for i in range(self.num_test_frames()):

@@ -226,11 +226,12 @@ class SplatCaptureDataProvider(SplatDataProvider):
     def test_frame(self, index: int) -> SplatFrames:
         return self._frame(self._test_ids[index])
 
-    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0) -> SplatFrames:
+    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0,
+                    world_size: int = 1) -> SplatFrames:
         ahead = [self._train_ids[i] for s in range(step + 1, step + 1 + self._loader.prefetch_steps)
-                 for i in self.train_indices(s, batch_size, seed)]
+                 for i in self.rank_indices(s, batch_size, seed, rank, world_size)]
         self._prefetch(ahead)
-        return super().train_batch(step, batch_size, seed)
+        return super().train_batch(step, batch_size, seed, rank, world_size)
 
     def initial_points(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._points.clone(), self._colors.clone()

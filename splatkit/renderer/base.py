@@ -44,7 +44,8 @@ class SplatRenderOutput:
 
     @property
     def n_cameras(self) -> int:
-        return self.images.shape[0]
+        # From the per-camera statistics, which distributed training gathers across ranks.
+        return self.images.shape[0] if self.packed else self.radii.shape[0]
 
     @property
     def packed(self) -> bool:

@@ -103,6 +103,17 @@ class SplatTrainingState:
         for group in self.optimizers[name].param_groups:
             group["lr"] = lr * math.sqrt(self.batch_size)
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Rescale every optimiser's rate, eps and betas for a new batch size (e.g. a
+        checkpoint of a K-process run resumed on another number of processes)."""
+        bs = int(batch_size)
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = group["lr"] / math.sqrt(self.batch_size) * math.sqrt(bs)
+                group["eps"] = 1e-15 / math.sqrt(bs)
+                group["betas"] = (1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999))
+        self.batch_size = bs
+
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)

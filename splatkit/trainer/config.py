@@ -42,6 +42,8 @@ class SplatTrainerConfig:
     lr_opacities: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
+    dist_timeout: float = 600.0
+    """Seconds a rank waits for the others in a collective before giving up (multi-process runs)."""
     profile_steps: bool = False
     """Record each step's phase times (data, render, loss, backward, optimizer, densification,
     modules) in ``SplatTrainer.step_timings``; on CUDA this adds a sync per phase."""

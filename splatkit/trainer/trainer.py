@@ -26,6 +26,7 @@ from splatkit.renderer.base import SplatRenderer
 from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
 from splatkit.splat.model import SplatModel
 from splatkit.splat.training_state import SplatTrainingState
+from splatkit.trainer import distributed
 from splatkit.trainer.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -100,7 +101,8 @@ class SplatTrainer:
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
         # Read the checkpoint now so a bad path fails before any setup work.
         self._resume = None if ckpt_path is None else load_checkpoint(ckpt_path)
-        self.world_rank, self.world_size = 0, 1
+        # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training.
+        self.world_rank, self.world_size, self.device = distributed.init_from_env(self.device, config.dist_timeout)
         self.step = 0
         self.step_timings: dict[str, float] = {}
         """Phase times of the last step, when ``config.profile_steps`` is on."""
@@ -138,7 +140,7 @@ class SplatTrainer:
         cfg = self.config
         if self._resume is None:
             self.training_state = self._initial_model().to_training_state(
-                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size,
+                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size * self.world_size,
                 sparse_grad=bool(getattr(self.renderer, "sparse_grad", False)),
             )
             self.densification_state = self.densification.initialize_state(self.scene_scale)
@@ -146,6 +148,11 @@ class SplatTrainer:
         else:
             self._restore(self._resume)
             self._resume = None
+            if self.training_state.batch_size != cfg.batch_size * self.world_size:
+                logger.info("resuming a batch of %d images per step as %d (%d process%s)",
+                            self.training_state.batch_size, cfg.batch_size * self.world_size, self.world_size,
+                            "" if self.world_size == 1 else "es")
+                self.training_state.set_batch_size(cfg.batch_size * self.world_size)
             kind = "2dgs" if self.training_state.params["scales"].shape[1] == 2 else "3dgs"
             wanted = getattr(self.renderer, "gaussian_kind", "3dgs")
             if kind != wanted:
@@ -240,7 +247,8 @@ class SplatTrainer:
         clock = _PhaseClock(cfg.profile_steps, self.device)
         self._call("pre_step")
         clock.lap("modules")
-        frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed).to(self.device)
+        frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed, self.world_rank,
+                                                self.world_size).to(self.device)
         clock.lap("data")
         render = self.renderer.render(ts.params, frames.cameras, self.active_sh_degree(step),
                                       self.backgrounds(len(frames.cameras)))
@@ -253,6 +261,9 @@ class SplatTrainer:
         self._call("post_compute_loss", frames=frames, render=render, loss=loss)
         clock.lap("modules")
         loss.loss.backward()
+        if self.world_size > 1:
+            distributed.average_gradients(ts.params, self.world_rank, step)
+            render = self._global_statistics(render, step)
         clock.lap("backward")
         self._call("on_optimize", frames=frames, render=render, loss=loss)
         clock.lap("modules")
@@ -267,6 +278,24 @@ class SplatTrainer:
         self._call("post_step", frames=frames, render=render, loss=loss)
         clock.lap("modules")
         self.step_timings = clock.laps
+
+    def _global_statistics(self, render, step: int):
+        """The render output as densification must see it in a multi-process run: the
+        screen-space gradients and radii of every rank's cameras, so all ranks decide alike."""
+        if render.packed:
+            raise ValueError("packed rendering is not supported in multi-process training; use packed=False")
+        grad = render.means2d.grad
+        if grad is None:
+            return render
+        # The global loss is the mean of the ranks' losses: each rank's gradients count 1/W.
+        gathered = distributed.gather_cameras(grad, self.world_rank, step) / self.world_size
+        means2d = torch.zeros_like(gathered)
+        means2d.grad = gathered
+        absgrad = getattr(render.means2d, "absgrad", None)
+        if absgrad is not None:
+            means2d.absgrad = distributed.gather_cameras(absgrad, self.world_rank, step) / self.world_size
+        radii = distributed.gather_cameras(render.radii, self.world_rank, step)
+        return dataclasses.replace(render, means2d=means2d, radii=radii)
 
     def run(self) -> SplatTrainingState:
         """Train from the start (or the checkpoint's step) to ``max_steps``."""

@@ -1,0 +1,105 @@
+"""Data-parallel training over ``torch.distributed`` (NCCL on GPUs, gloo on CPUs).
+
+Every rank holds the whole splat and renders its own share of each step's cameras:
+with ``batch_size`` B and world size W, step ``s`` trains on the global batch
+``train_indices(s, B * W)`` and rank ``r`` takes images ``r*B .. r*B+B-1`` of it. After
+backward the parameter gradients are averaged across ranks (one flat all-reduce), and
+the screen-space statistics densification reads are gathered from all ranks, so every
+rank makes the same densification decisions on the same numbers and the Gaussian sets
+stay identical (all randomness comes from the same seeded generator on every rank).
+The learning rates follow the global batch ``B * W`` (gsplat's sqrt scaling).
+
+A failed collective (a peer process died, or stopped answering within
+``SplatTrainerConfig.dist_timeout`` seconds) raises :class:`SplatDistributedError`
+naming the rank and step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger("splatkit")
+
+
+class SplatDistributedError(RuntimeError):
+    """A collective failed: another rank died or hung. Files already written are intact."""
+
+
+def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, torch.device]:
+    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1).
+
+    Returns ``(rank, world_size, device)``; on CUDA each rank takes ``cuda:LOCAL_RANK``.
+    Without those variables (or with a group already initialised by the caller) it
+    only reports what is there.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} unset; launch with torchrun "
+                           "(torchrun --nproc_per_node=K -m splatkit train ...)")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    logger.info("rank %d of %d (%s, %s)", rank, world, backend, device)
+    return rank, world, device
+
+
+def _guard(what: str, rank: int, step: int):
+    class _Ctx:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc is not None and isinstance(exc, (RuntimeError, ConnectionError)) and not isinstance(
+                    exc, SplatDistributedError):
+                raise SplatDistributedError(
+                    f"rank {rank}: {what} failed at step {step}: another rank probably died or stopped "
+                    f"responding ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+                    "Checkpoints already written are complete; resume from the last one.") from exc
+            return False
+
+    return _Ctx()
+
+
+def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: int) -> None:
+    """Average every parameter's gradient across ranks with one flat all-reduce."""
+    grads = [p.grad for p in params.values()]
+    present = [g for g in grads if g is not None]
+    if not present:
+        return
+    flat = torch.cat([g.reshape(-1) for g in present])
+    with _guard("gradient all-reduce", rank, step):
+        dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in present:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+
+
+def gather_cameras(t: torch.Tensor, rank: int, step: int) -> torch.Tensor:
+    """``[B, ...]`` per rank -> ``[B * W, ...]`` in rank order (same shapes on every rank)."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    with _guard("all-gather", rank, step):
+        dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def barrier(rank: int, step: int) -> None:
+    with _guard("barrier", rank, step):
+        dist.barrier()

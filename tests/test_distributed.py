@@ -1,0 +1,96 @@
+"""Multi-process training on CPU with gloo, as a user launches it (torchrun)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this PyTorch has no gloo backend")
+
+TRAIN = ["--data", "demo", "--demo.image-size", "32", "--demo.num-cameras", "24", "--demo.supersample", "1",
+         "--demo.num-init-points", "500", "--sh-degree-interval", "15", "--densification.refine-start-iter", "10",
+         "--densification.refine-every", "10", "--densification.reset-every", "1000", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env():
+    # One thread per process: two ranks share this machine's cores.
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def torchrun(nproc, args, cwd):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
+           "-m", "splatkit", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_match_one_with_the_same_batch_and_resume_on_one(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = torchrun(2, ["train", *TRAIN, "--max-steps", "60", "--export-steps", "30", "60", "--output-dir", str(two),
+                     "--summary-json", str(tmp_path / "two.json")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # One set of files, written once (only rank 0 writes), nothing else left behind.
+    assert sorted(p.name for p in (two / "splats").iterdir()) == ["step_000030.ply", "step_000060.ply"]
+    assert sorted(p.name for p in (two / "ckpts").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
+    assert r.stdout.count("test PSNR") == 1 and r.stdout.count("wrote ") == 4
+    subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "60", "--batch-size", "2",
+                    "--output-dir", str(one), "--summary-json", str(tmp_path / "one.json")], check=True, env=env(),
+                   capture_output=True, timeout=600)
+    a, b = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    # Same global batch, same images, same maths: only the order of float sums differs.
+    assert abs(a["test_psnr"] - b["test_psnr"]) < 0.3, (a, b)
+    assert abs(a["num_gaussians"] - b["num_gaussians"]) <= 0.01 * b["num_gaussians"], (a, b)
+
+    # The 2-process checkpoint resumes on one process and finishes.
+    resumed = tmp_path / "resumed"
+    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "45", "--output-dir",
+                        str(resumed), "--resume", str(two / "ckpts" / "step_000030.ckpt")], env=env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (resumed / "ckpts" / "step_000045.ckpt").is_file() and "test PSNR" in r.stdout
+
+
+def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path):
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        e = dict(env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                 LOCAL_RANK=str(rank))
+        procs.append(subprocess.Popen([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "100000",
+                                       "--export-steps", "2", "--output-dir", str(tmp_path / "run")],
+                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        ckpt = tmp_path / "run" / "ckpts" / "step_000002.ckpt"
+        t0 = time.time()
+        while not ckpt.exists():  # both ranks are training
+            assert time.time() - t0 < 120 and all(p.poll() is None for p in procs), "training did not start"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        procs[1].send_signal(signal.SIGKILL)
+        t_kill = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        elapsed = time.time() - t_kill
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[0].returncode == 3, err[-2000:]
+    assert "rank 0:" in err and "another rank probably died" in err, err[-2000:]
+    assert elapsed < 60
+    # The checkpoint written before the failure is complete and loads.
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ckpt)["step"] == 2
+    assert not list((tmp_path / "run" / "ckpts").glob(".*tmp"))
