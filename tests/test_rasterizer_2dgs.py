@@ -37,7 +37,7 @@ def test_reference_matches_naive_renderer(seed):
     vm, K = camera(W, H)
     scene = surfels(25, seed)
     scene[2][:4] = torch.tensor([[1e-3, 0.2]], dtype=torch.float64)  # needles: only the 2D filter shows them
-    scene[1][4:8] = torch.tensor([[0.7071, 0.7071, 0.0, 0.0]], dtype=torch.float64)  # seen edge-on
+    scene[1][4:8] = torch.tensor([[0.7071, 0.0, 0.7071, 0.0]], dtype=torch.float64)  # normal +x: nearly edge-on
     out = ref_2dgs(*scene, vm, K, W, H)
     naive = render_naive_2dgs(*scene, vm[0], K[0], W, H)
     for key, ref_key in (("colors", "colors"), ("alphas", "alpha"), ("normals_camera", "normals"),

@@ -21,7 +21,7 @@ BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.raster
 # Switches only gsplat implements; asking another backend for them is an error.
 GSPLAT_OPTIONS = ("packed", "absgrad", "sparse_grad")
 # 2DGS (surfel) rasterizers: same arguments, outputs as torch_ref_2dgs.rasterize_2dgs.
-BACKENDS_2DGS: dict[str, Callable] = {"torch": torch_ref_2dgs.rasterize_2dgs,
+BACKENDS_2DGS: dict[str, Callable] = {"torch": torch_ref_2dgs.rasterize_2dgs, "cpu": cpu.rasterize_2dgs,
                                       "gsplat": gsplat_backend.rasterize_2dgs}
 _warned: set[str] = set()
 

@@ -1,10 +1,12 @@
 """Compiled CPU backend: the reference maths in multithreaded C++ (``splatkit_cpu.cpp``).
 
-Differences from the reference that do not change results: 16x16 tiles are tested
-against each Gaussian's exact alpha >= 1/255 ellipse (not its bounding box), rows of
-a tile the ellipse misses are skipped, tiles stop as soon as every pixel is saturated,
-and the backward pass only revisits the rows in which the forward pass found a
-contributing Gaussian. Computation is float32.
+:func:`rasterize` renders 3D Gaussians (3DGS), :func:`rasterize_2dgs` 2D Gaussian
+surfels (2DGS). Differences from the references that do not change results: 16x16
+tiles are tested against each splat's exact alpha >= 1/255 region (not its bounding
+box), rows and pixel vectors of a tile the region misses are skipped, tiles stop as
+soon as every pixel is saturated, and the backward pass only revisits the pixel
+vectors in which the forward pass found a contributing splat. Computation is float32
+(the surfel projection runs in double and rounds its outputs to float32).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
-from splatkit.renderer.backends.cpu.kernels import ProjectFn, RasterizeFn
+from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Rasterize2DGSFn, RasterizeFn
 
-__all__ = ["KernelBuildError", "is_available", "rasterize", "unavailable_reason"]
+__all__ = ["KernelBuildError", "is_available", "rasterize", "rasterize_2dgs", "unavailable_reason"]
 
 
 def is_available() -> bool:
@@ -29,6 +31,13 @@ def unavailable_reason() -> str | None:
         return None
     except KernelBuildError as e:
         return str(e)
+
+
+def _check_tensors(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            raise ValueError(f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
+                             "(use backend='torch' for float64, or a GPU backend on CUDA)")
 
 
 def rasterize(
@@ -57,12 +66,8 @@ def rasterize(
     ``tile_size`` only matters for speed and is ignored (16); ``num_threads`` defaults
     to ``torch.get_num_threads()``.
     """
-    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
-               "viewmats": viewmats, "Ks": Ks}
-    for name, t in tensors.items():
-        if t.device.type != "cpu" or t.dtype != torch.float32:
-            raise ValueError(f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
-                             "(use backend='torch' for float64, or a GPU backend on CUDA)")
+    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
+                   Ks=Ks)
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     nthreads = num_threads or torch.get_num_threads()
@@ -105,3 +110,52 @@ def rasterize(
         "gaussian_ids": None,
     }
     return renders, alphas, meta
+
+
+def rasterize_2dgs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: torch.Tensor | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    tile_size: int = 16,
+    max_chunk_elements: int | None = None,
+    num_threads: int | None = None,
+) -> dict:
+    """Compiled implementation of
+    :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`: same arguments and
+    output dict (``colors``, ``alphas``, ``normals_camera``, ``depth_sum``, ``distort``,
+    ``median_depth``, ``means2d``, ``radii``, ``depths``).
+
+    ``backgrounds`` is ignored, as in the reference (the caller composites it);
+    ``tile_size`` (16) and ``max_chunk_elements`` only matter to other backends;
+    ``num_threads`` defaults to ``torch.get_num_threads()``. Features are 1 to 4 channels.
+    """
+    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
+                   Ks=Ks)
+    nthreads = num_threads or torch.get_num_threads()
+    C, N = viewmats.shape[0], means.shape[0]
+    use_sh = sh_degree is not None
+    means2d, Ms, shift, normals, depths, radii, sh_colors = Project2DGSFn.apply(
+        means, quats, scales[:, :2], opacities.detach(), colors if use_sh else None, viewmats, Ks, width, height,
+        sh_degree if use_sh else -1, near_plane, far_plane, radius_clip, nthreads,
+    )
+    if use_sh:
+        feats = sh_colors
+    else:
+        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+    # opacities are shared by the cameras; autograd sums their per-camera gradients
+    opac = opacities[None].expand(C, N)
+    img, alpha, normal_img, depth_sum, distort, median = Rasterize2DGSFn.apply(
+        means2d, Ms, normals, depths, opac.contiguous(), feats.contiguous(), shift, radii, width, height, nthreads)
+    return {"colors": img, "alphas": alpha, "normals_camera": normal_img, "depth_sum": depth_sum,
+            "distort": distort, "median_depth": median, "means2d": means2d, "radii": radii, "depths": depths}

@@ -119,3 +119,16 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_raster_fwd.restype = i
     lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_bwd.restype = i
+    # 2DGS surfels
+    lib.sk2_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, p, p, p, p, p, p, p, i]
+    lib.sk2_project_fwd.restype = None
+    lib.sk2_project_bwd.argtypes = [i, i, p, p, p, p, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk2_project_bwd.restype = None
+    lib.sk2_pack.argtypes = [i64, i, p, p, p, p, p, p, p, p, i]
+    lib.sk2_pack.restype = None
+    lib.sk2_isect.argtypes = [i, i, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
+    lib.sk2_isect.restype = i64
+    lib.sk2_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk2_raster_fwd.restype = i
+    lib.sk2_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk2_raster_bwd.restype = i

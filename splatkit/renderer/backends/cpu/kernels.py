@@ -3,7 +3,8 @@
 Two differentiable stages, as in gsplat: projection (+ SH colours) produces
 ``means2d``, whose gradient densification reads, and rasterisation composites them.
 Gradients flow to means, quaternions, scales, opacities and SH coefficients (or raw
-colour features); cameras and backgrounds are treated as constants.
+colour features); cameras and backgrounds are treated as constants. The 3D Gaussian
+(3DGS) functions come first, the 2D surfel (2DGS) ones after them.
 """
 
 from __future__ import annotations
@@ -92,19 +93,7 @@ def pack(means2d, conics, opac, colors, nthreads):
 
 def intersect(packed, radii, depths, width, height, nthreads):
     """Tile lists: ``(flat_ids [M] int32 sorted by camera, tile, depth; tile_offsets [C*T+1])``."""
-    lib = load()
-    C, N = depths.shape
-    tiles = ((width + 15) // 16) * ((height + 15) // 16)
-    tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
-    out = ctypes.c_void_p()
-    M = lib.sk_isect(C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out),
-                     _ptr(tile_offsets), nthreads)
-    try:
-        ids = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)),
-                                                     shape=(max(M, 1),))[:M].copy())
-    finally:
-        lib.sk_free(out)
-    return ids, tile_offsets
+    return _intersect(load().sk_isect, packed, radii, depths, width, height, nthreads)
 
 
 class RasterizeFn(torch.autograd.Function):
@@ -147,3 +136,148 @@ class RasterizeFn(torch.autograd.Function):
                           _ptr(g_alpha), _ptr(out_means2d), _ptr(out_conics), _ptr(out_colors), _ptr(out_opac),
                           nthreads)
         return out_means2d, out_conics, out_colors, out_opac, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- 2DGS surfels
+# The same two stages for surfels (maths in splatkit.renderer.projection_2dgs): the
+# projection produces means2d (the filter centre; densification reads its gradient),
+# the ray transforms re-centred on an origin near each surfel (Ms, and that origin as a
+# constant: see splatkit_cpu.cpp), camera-facing normals and depths; compositing blends
+# features, normals and depths and adds alpha, the distortion and the median depth.
+
+
+class Project2DGSFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, coeffs, viewmats, Ks, width, height, sh_degree, near_plane,
+                far_plane, radius_clip, nthreads):
+        lib = load()
+        C, N = viewmats.shape[0], means.shape[0]
+        means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
+        viewmats, Ks = _f32(viewmats), _f32(Ks)
+        use_sh = coeffs is not None
+        coeffs_c = _f32(coeffs) if use_sh else None
+        K = coeffs.shape[1] if use_sh else 0
+        means2d = torch.empty(C, N, 2)
+        Ms = torch.empty(C, N, 3, 3)
+        shift = torch.empty(C, N, 2)
+        normals = torch.empty(C, N, 3)
+        depths = torch.empty(C, N)
+        radii = torch.empty(C, N, 2, dtype=torch.int32)
+        colors = torch.empty(C, N, 3) if use_sh else torch.zeros(0)
+        lib.sk2_project_fwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities), _ptr(coeffs_c), K,
+                            sh_degree if use_sh else -1, _ptr(viewmats), _ptr(Ks), width, height, near_plane,
+                            far_plane, radius_clip, _ptr(means2d), _ptr(Ms), _ptr(shift), _ptr(normals), _ptr(depths),
+                            _ptr(radii), _ptr(colors) if use_sh else None, nthreads)
+        ctx.save_for_backward(means, quats, scales, coeffs_c if use_sh else torch.zeros(0), viewmats, Ks, shift)
+        ctx.cfg = (sh_degree if use_sh else -1, K, nthreads, use_sh)
+        ctx.mark_non_differentiable(radii, shift)
+        ctx.set_materialize_grads(False)
+        return means2d, Ms, shift, normals, depths, radii, colors
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_Ms, _g_shift, g_normals, g_depths, _g_radii, g_colors):
+        lib = load()
+        means, quats, scales, coeffs, viewmats, Ks, shift = ctx.saved_tensors
+        sh_degree, K, nthreads, use_sh = ctx.cfg
+        C, N = viewmats.shape[0], means.shape[0]
+
+        def c(g):
+            return None if g is None else g.contiguous()
+
+        g_means2d, g_Ms, g_normals, g_depths = c(g_means2d), c(g_Ms), c(g_normals), c(g_depths)
+        g_colors = c(g_colors) if use_sh else None
+        out_means = torch.zeros(N, 3)
+        out_quats = torch.zeros(N, 4)
+        out_scales = torch.zeros(N, 2)
+        out_coeffs = torch.zeros(N, K, 3) if use_sh else None
+        lib.sk2_project_bwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(coeffs) if use_sh else None, K,
+                            sh_degree, _ptr(viewmats), _ptr(Ks), _ptr(shift), _ptr(g_means2d), _ptr(g_Ms),
+                            _ptr(g_normals), _ptr(g_depths), _ptr(g_colors), _ptr(out_means), _ptr(out_quats),
+                            _ptr(out_scales), _ptr(out_coeffs), nthreads)
+        return (out_means, out_quats, out_scales, None, out_coeffs, None, None, None, None, None, None, None, None,
+                None)
+
+
+def pack_2dgs(means2d, Ms, shift, opac, normals, depths, feats, nthreads):
+    """Per (camera, surfel) the 32 floats compositing reads (``Surfel2D`` in the C++):
+    ``[C, N, 32]``."""
+    C, N, D = feats.shape
+    packed = torch.empty(C, N, 32)
+    load().sk2_pack(C * N, D, _ptr(means2d), _ptr(Ms), _ptr(shift), _ptr(opac), _ptr(normals), _ptr(depths),
+                    _ptr(feats), _ptr(packed), nthreads)
+    return packed
+
+
+def intersect_2dgs(packed, radii, depths, width, height, nthreads):
+    """Tile lists of surfels, as :func:`intersect`."""
+    return _intersect(load().sk2_isect, packed, radii, depths, width, height, nthreads)
+
+
+def _intersect(fn, packed, radii, depths, width, height, nthreads):
+    C, N = depths.shape
+    tiles = ((width + 15) // 16) * ((height + 15) // 16)
+    tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
+    out = ctypes.c_void_p()
+    M = fn(C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out), _ptr(tile_offsets),
+           nthreads)
+    try:
+        ids = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)),
+                                                     shape=(max(M, 1),))[:M].copy())
+    finally:
+        load().sk_free(out)
+    return ids, tile_offsets
+
+
+class Rasterize2DGSFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, Ms, normals, depths, opac, feats, shift, radii, width, height, nthreads):
+        lib = load()
+        C, N, D = feats.shape
+        if not 1 <= D <= 4:
+            raise ValueError(f"the cpu backend composites 1 to 4 feature channels, got {D}")
+        Ms = _f32(Ms)
+        packed = pack_2dgs(_f32(means2d), Ms, shift.contiguous(), _f32(opac), _f32(normals), _f32(depths),
+                           _f32(feats), nthreads)
+        ids, tile_offsets = intersect_2dgs(packed, radii.contiguous(), depths.detach().contiguous(), width, height,
+                                           nthreads)
+        img = torch.empty(C, height, width, D)
+        alpha = torch.empty(C, height, width, 1)
+        normal_img = torch.empty(C, height, width, 3)
+        depth_sum = torch.empty(C, height, width, 1)
+        distort = torch.empty(C, height, width, 1)
+        median = torch.empty(C, height, width, 1)
+        T_final = torch.empty(C, height, width)
+        last = torch.empty(C, height, width, dtype=torch.int32)
+        med = torch.empty(C, height, width, dtype=torch.int32)
+        vecmask = torch.zeros(ids.numel(), dtype=torch.int64)
+        lib.sk2_raster_fwd(C, width, height, D, _ptr(packed), _ptr(ids), _ptr(tile_offsets), _ptr(img), _ptr(alpha),
+                           _ptr(normal_img), _ptr(depth_sum), _ptr(distort), _ptr(median), _ptr(T_final), _ptr(last),
+                           _ptr(med), _ptr(vecmask), nthreads)
+        # the backward pass needs sum w d per pixel; keep a private copy of that output
+        ctx.save_for_backward(packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum.clone(), vecmask)
+        ctx.cfg = (width, height, nthreads, N, D)
+        ctx.set_materialize_grads(False)
+        return img, alpha, normal_img, depth_sum, distort, median
+
+    @staticmethod
+    def backward(ctx, g_img, g_alpha, g_normals, g_depth, g_distort, g_median):
+        lib = load()
+        packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum, vecmask = ctx.saved_tensors
+        width, height, nthreads, N, D = ctx.cfg
+        C = packed.shape[0]
+
+        def c(g):
+            return None if g is None else g.contiguous()
+
+        out_means2d = torch.empty(C, N, 2)
+        out_Ms = torch.empty(C, N, 3, 3)
+        out_normals = torch.empty(C, N, 3)
+        out_depths = torch.empty(C, N)
+        out_opac = torch.empty(C, N)
+        out_feats = torch.empty(C, N, D)
+        grads = [c(g) for g in (g_img, g_alpha, g_normals, g_depth, g_distort, g_median)]
+        lib.sk2_raster_bwd(C, N, width, height, D, _ptr(packed), _ptr(Ms), _ptr(ids), _ptr(tile_offsets),
+                           _ptr(T_final), _ptr(last), _ptr(med), _ptr(depth_sum), _ptr(vecmask),
+                           *[_ptr(g) for g in grads], _ptr(out_means2d), _ptr(out_Ms), _ptr(out_normals),
+                           _ptr(out_depths), _ptr(out_opac), _ptr(out_feats), nthreads)
+        return out_means2d, out_Ms, out_normals, out_depths, out_opac, out_feats, None, None, None, None, None

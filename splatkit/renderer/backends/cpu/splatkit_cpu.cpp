@@ -1,8 +1,9 @@
 // splatkit compiled CPU rasterizer: projection, SH, binning, compositing, and their
-// backward passes. Plain C++17 with OpenMP and GCC/Clang vector extensions; no PyTorch
+// backward passes, for 3D Gaussians (3DGS) and, in the last section, 2D Gaussian
+// surfels (2DGS). Plain C++17 with OpenMP and GCC/Clang vector extensions; no PyTorch
 // headers (the Python side passes raw pointers through ctypes), so it builds in seconds. The maths is the reference's
-// (splatkit/renderer/projection.py and backends/torch_ref.py); tests compare the two
-// forward and backward.
+// (splatkit/renderer/projection.py and backends/torch_ref.py; projection_2dgs.py and
+// backends/torch_ref_2dgs.py for surfels); tests compare the two forward and backward.
 //
 // Conventions: float32, row-major, pixel centres at +0.5, conic = (A, B, C) with
 // sigma = 0.5 * (A dx^2 + C dy^2) + B dx dy, alpha = min(0.999, o * exp(-sigma)),
@@ -219,6 +220,77 @@ static inline void sh_basis_grad(int degree, float x, float y, float z, const fl
             SH_C3[5] * (xx - yy) * g[14];
 }
 
+// SH colour of one Gaussian seen along d (not normalised): 0.5 + sum_k Y_k c_k, clamped at 0.
+static inline void sh_color(int degree, const float d[3], const float* co, float out[3]) {
+    float inv = 1.0f / std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
+    float Y[16];
+    sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
+    int nbases = (degree + 1) * (degree + 1);
+    for (int ch = 0; ch < 3; ++ch) {
+        float acc = 0.5f;
+        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+        out[ch] = std::max(acc, 0.0f);
+    }
+}
+
+// Backward of sh_color: adds the gradients of the coefficients to gco and of the
+// Gaussian's centre (through the view direction d) to gmean.
+static inline void sh_color_bwd(int degree, const float d[3], const float* co, const float g[3], float* gco,
+                                float gmean[3]) {
+    float len = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
+    float dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
+    float Y[16];
+    sh_basis(degree, dx, dy, dz, Y);
+    int nbases = (degree + 1) * (degree + 1);
+    float gcol[3];
+    for (int ch = 0; ch < 3; ++ch) {
+        float acc = 0.5f;
+        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+        gcol[ch] = acc >= 0.0f ? g[ch] : 0.0f;
+    }
+    float gY[16];
+    for (int k = 0; k < nbases; ++k) {
+        gY[k] = 0.0f;
+        for (int ch = 0; ch < 3; ++ch) {
+            gco[3 * k + ch] += Y[k] * gcol[ch];
+            gY[k] += co[3 * k + ch] * gcol[ch];
+        }
+    }
+    float gdir[3];
+    sh_basis_grad(degree, dx, dy, dz, gY, gdir);
+    float dd = gdir[0] * dx + gdir[1] * dy + gdir[2] * dz;
+    gmean[0] += (gdir[0] - dx * dd) / len;
+    gmean[1] += (gdir[1] - dy * dd) / len;
+    gmean[2] += (gdir[2] - dz * dd) / len;
+}
+
+// ----------------------------------------------------------------------------- rotations
+// Templates over the number type: float vectors for the 3DGS projection, doubles for
+// the surfel projection.
+
+// Rotation matrix of a unit wxyz quaternion.
+template <class T>
+static inline void quat_to_rotmat(const T q[4], T R[3][3]) {
+    T w = q[0], x = q[1], y = q[2], z = q[3];
+    R[0][0] = 1.0f - 2.0f * (y * y + z * z); R[0][1] = 2.0f * (x * y - w * z); R[0][2] = 2.0f * (x * z + w * y);
+    R[1][0] = 2.0f * (x * y + w * z); R[1][1] = 1.0f - 2.0f * (x * x + z * z); R[1][2] = 2.0f * (y * z - w * x);
+    R[2][0] = 2.0f * (x * z - w * y); R[2][1] = 2.0f * (y * z + w * x); R[2][2] = 1.0f - 2.0f * (x * x + y * y);
+}
+
+// Gradient with respect to the unit quaternion q of a loss whose gradient with respect
+// to quat_to_rotmat(q) is gR (the caller projects it through the normalisation).
+template <class T>
+static inline void rotmat_grad_to_quat(const T q[4], const T gR[3][3], T gq[4]) {
+    T w = q[0], x = q[1], y = q[2], z = q[3];
+    gq[0] = 2.0f * (-z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1]);
+    gq[1] = 2.0f * (y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.0f * x * gR[1][1] - w * gR[1][2] +
+                    z * gR[2][0] + w * gR[2][1] - 2.0f * x * gR[2][2]);
+    gq[2] = 2.0f * (-2.0f * y * gR[0][0] + x * gR[0][1] + w * gR[0][2] + x * gR[1][0] + z * gR[1][2] -
+                    w * gR[2][0] + z * gR[2][1] - 2.0f * y * gR[2][2]);
+    gq[3] = 2.0f * (-2.0f * z * gR[0][0] - w * gR[0][1] + x * gR[0][2] + w * gR[1][0] -
+                    2.0f * z * gR[1][1] + y * gR[1][2] + x * gR[2][0] + y * gR[2][1]);
+}
+
 // ----------------------------------------------------------------------------- cameras
 struct VCam {
     float R[3][3], t[3], fx, fy, cx, cy, campos[3], limx_pos, limx_neg, limy_pos, limy_neg;
@@ -275,10 +347,7 @@ static inline VProj vproject(const VCam& cam, const vf m[3], const vf q[4], cons
     P.qlen = vmax(vsqrt(q[0] * q[0] + q[1] * q[1] + q[2] * q[2] + q[3] * q[3]), vsplat(1e-12f));
     vf inv = 1.0f / P.qlen;
     for (int i = 0; i < 4; ++i) P.qn[i] = q[i] * inv;
-    vf w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
-    P.Rg[0][0] = 1.0f - 2.0f * (y * y + z * z); P.Rg[0][1] = 2.0f * (x * y - w * z); P.Rg[0][2] = 2.0f * (x * z + w * y);
-    P.Rg[1][0] = 2.0f * (x * y + w * z); P.Rg[1][1] = 1.0f - 2.0f * (x * x + z * z); P.Rg[1][2] = 2.0f * (y * z - w * x);
-    P.Rg[2][0] = 2.0f * (x * z - w * y); P.Rg[2][1] = 2.0f * (y * z + w * x); P.Rg[2][2] = 1.0f - 2.0f * (x * x + y * y);
+    quat_to_rotmat(P.qn, P.Rg);
     for (int i = 0; i < 3; ++i)
         for (int j = 0; j < 3; ++j) P.M[i][j] = P.Rg[i][j] * s[j];
     vf cov[3][3];
@@ -373,16 +442,7 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
                 colors[3 * idx] = colors[3 * idx + 1] = colors[3 * idx + 2] = 0.0f;
                 if (!vis[l] || sh_degree < 0) continue;
                 float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
-                float inv = 1.0f / std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
-                float Y[16];
-                sh_basis(sh_degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
-                int nbases = (sh_degree + 1) * (sh_degree + 1);
-                const float* co = coeffs + n * K * 3;
-                for (int ch = 0; ch < 3; ++ch) {
-                    float acc = 0.5f;
-                    for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
-                    colors[3 * idx + ch] = std::max(acc, 0.0f);
-                }
+                sh_color(sh_degree, d, coeffs + n * K * 3, colors + 3 * idx);
             }
         }
     });
@@ -501,16 +561,9 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                         gs[j] += gM * P.Rg[i][j];
                     }
                 }
-                vf w = P.qn[0], x = P.qn[1], y = P.qn[2], z = P.qn[3];
                 vf gqn[4];
-                gqn[0] = 2.0f * (-z * gR[0][1] + y * gR[0][2] + z * gR[1][0] - x * gR[1][2] - y * gR[2][0] + x * gR[2][1]);
-                gqn[1] = 2.0f * (y * gR[0][1] + z * gR[0][2] + y * gR[1][0] - 2.0f * x * gR[1][1] - w * gR[1][2] +
-                                 z * gR[2][0] + w * gR[2][1] - 2.0f * x * gR[2][2]);
-                gqn[2] = 2.0f * (-2.0f * y * gR[0][0] + x * gR[0][1] + w * gR[0][2] + x * gR[1][0] + z * gR[1][2] -
-                                 w * gR[2][0] + z * gR[2][1] - 2.0f * y * gR[2][2]);
-                gqn[3] = 2.0f * (-2.0f * z * gR[0][0] - w * gR[0][1] + x * gR[0][2] + w * gR[1][0] -
-                                 2.0f * z * gR[1][1] + y * gR[1][2] + x * gR[2][0] + y * gR[2][1]);
-                vf dot = gqn[0] * w + gqn[1] * x + gqn[2] * y + gqn[3] * z;
+                rotmat_grad_to_quat(P.qn, gR, gqn);
+                vf dot = gqn[0] * P.qn[0] + gqn[1] * P.qn[1] + gqn[2] * P.qn[2] + gqn[3] * P.qn[3];
                 for (int l = 0; l < lanes; ++l) {
                     if (!vis[l]) continue;
                     int64_t n = n0 + l, idx = (int64_t)c * N + n;
@@ -521,33 +574,8 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                     if (!g_colors || sh_degree < 0) continue;
                     // SH colour -> coefficients and the view direction
                     float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
-                    float len = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
-                    float dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
-                    float Y[16];
-                    sh_basis(sh_degree, dx, dy, dz, Y);
-                    int nbases = (sh_degree + 1) * (sh_degree + 1);
-                    const float* co = coeffs + n * K * 3;
-                    float* gco = g_coeffs + n * K * 3;
-                    float gcol[3];
-                    for (int ch = 0; ch < 3; ++ch) {
-                        float acc = 0.5f;
-                        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
-                        gcol[ch] = acc >= 0.0f ? g_colors[3 * idx + ch] : 0.0f;
-                    }
-                    float gY[16];
-                    for (int k = 0; k < nbases; ++k) {
-                        gY[k] = 0.0f;
-                        for (int ch = 0; ch < 3; ++ch) {
-                            gco[3 * k + ch] += Y[k] * gcol[ch];
-                            gY[k] += co[3 * k + ch] * gcol[ch];
-                        }
-                    }
-                    float gdir[3];
-                    sh_basis_grad(sh_degree, dx, dy, dz, gY, gdir);
-                    float dd = gdir[0] * dx + gdir[1] * dy + gdir[2] * dz;
-                    g_means[3 * n] += (gdir[0] - dx * dd) / len;
-                    g_means[3 * n + 1] += (gdir[1] - dy * dd) / len;
-                    g_means[3 * n + 2] += (gdir[2] - dz * dd) / len;
+                    sh_color_bwd(sh_degree, d, coeffs + n * K * 3, g_colors + 3 * idx, g_coeffs + n * K * 3,
+                                 g_means + 3 * n);
                 }
             }
         }
@@ -596,11 +624,21 @@ static inline bool ellipse_touches_rect(float mx, float my, float A, float B, fl
     return best <= thr;
 }
 
+static inline bool touches_rect(const Splat2D& s, float x0, float x1, float y0, float y1) {
+    return ellipse_touches_rect(s.mx, s.my, s.A, s.B, s.Cc, s.thr, x0, x1, y0, y1);
+}
+
+// ----------------------------------------------------------------------------- binning
+// Shared by Gaussians (Splat2D) and surfels (Surfel2D): a splat type S has the box
+// centre mx, my, and touches_rect(s, x0, x1, y0, y1) says whether its alpha >= 1/255
+// region may reach the rectangle of pixel centres (conservatively).
+
 struct TileRange {
     int x0, x1, y0, y1;
 };
 
-static inline TileRange tile_range(const Splat2D& s, const int32_t* radii, int64_t idx, int tiles_x, int tiles_y) {
+template <class S>
+static inline TileRange tile_range(const S& s, const int32_t* radii, int64_t idx, int tiles_x, int tiles_y) {
     float mx = s.mx, my = s.my;
     float rx = (float)radii[2 * idx], ry = (float)radii[2 * idx + 1];
     TileRange r;
@@ -616,7 +654,8 @@ static inline TileRange tile_range(const Splat2D& s, const int32_t* radii, int64
 // (then every tile is tested again where needed).
 constexpr uint64_t ALL_TILES = ~uint64_t(0);
 
-static inline uint64_t touched_tiles(const Splat2D& s, const TileRange& r, int W, int H) {
+template <class S>
+static inline uint64_t touched_tiles(const S& s, const TileRange& r, int W, int H) {
     int w = r.x1 - r.x0, h = r.y1 - r.y0;
     if (w <= 0 || h <= 0) return 0;
     if (w * h > 64) return ALL_TILES;
@@ -626,7 +665,7 @@ static inline uint64_t touched_tiles(const Splat2D& s, const TileRange& r, int W
         float y0 = ty * TILE + 0.5f, y1 = std::min(ty * TILE + TILE, H) - 0.5f;
         for (int tx = r.x0; tx < r.x1; ++tx) {
             float x0 = tx * TILE + 0.5f, x1 = std::min(tx * TILE + TILE, W) - 0.5f;
-            if (ellipse_touches_rect(s.mx, s.my, s.A, s.B, s.Cc, s.thr, x0, x1, y0, y1))
+            if (touches_rect(s, x0, x1, y0, y1))
                 mask |= uint64_t(1) << ((ty - r.y0) * w + (tx - r.x0));
         }
     }
@@ -634,8 +673,8 @@ static inline uint64_t touched_tiles(const Splat2D& s, const TileRange& r, int W
 }
 
 // Call f(tile) for every tile of the box the ellipse touches, given its cached mask.
-template <class F>
-static inline void for_each_tile(const Splat2D& s, const TileRange& r, uint64_t mask, int W, int H, int tiles_x,
+template <class S, class F>
+static inline void for_each_tile(const S& s, const TileRange& r, uint64_t mask, int W, int H, int tiles_x,
                                  F&& f) {
     int w = r.x1 - r.x0;
     if (mask == ALL_TILES) {
@@ -643,7 +682,7 @@ static inline void for_each_tile(const Splat2D& s, const TileRange& r, uint64_t 
             float y0 = ty * TILE + 0.5f, y1 = std::min(ty * TILE + TILE, H) - 0.5f;
             for (int tx = r.x0; tx < r.x1; ++tx) {
                 float x0 = tx * TILE + 0.5f, x1 = std::min(tx * TILE + TILE, W) - 0.5f;
-                if (ellipse_touches_rect(s.mx, s.my, s.A, s.B, s.Cc, s.thr, x0, x1, y0, y1)) f(ty * tiles_x + tx);
+                if (touches_rect(s, x0, x1, y0, y1)) f(ty * tiles_x + tx);
             }
         }
         return;
@@ -655,44 +694,14 @@ static inline void for_each_tile(const Splat2D& s, const TileRange& r, uint64_t 
     }
 }
 
-}  // namespace
-
-extern "C" {
-
-// splats [C * N] (16 floats each) from means2d, conics, opacities and colours [C*N, D]:
-// adds the alpha >= 1/255 threshold on sigma (log(255 o), with a hair of slack so
-// culling stays conservative), the ellipse's vertical half-extent and 1/A.
-void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const float* opac, const float* colors,
-             float* out, int nthreads) {
-    Splat2D* splats = reinterpret_cast<Splat2D*>(out);
-    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
-        for (int64_t g = b; g < e; ++g) {
-            Splat2D s;
-            s.mx = means2d[2 * g];
-            s.my = means2d[2 * g + 1];
-            s.A = conics[3 * g];
-            s.B = conics[3 * g + 1];
-            s.Cc = conics[3 * g + 2];
-            s.o = opac[g];
-            s.thr = std::log(std::max(s.o, ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-4f;
-            float det = s.A * s.Cc - s.B * s.B;
-            s.dy_max = det > 0 ? std::sqrt(2.0f * s.thr * s.A / det) : 0.0f;
-            s.inv_A = s.A > 0 ? 1.0f / s.A : 0.0f;
-            for (int ch = 0; ch < MAX_CHANNELS; ++ch) s.color[ch] = ch < D ? colors[g * D + ch] : 0.0f;
-            for (int i = 0; i < 16 - 9 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
-            splats[g] = s;
-        }
-    });
-}
-
-// Tile lists of all cameras: returns the number of (tile, Gaussian) pairs M and sets
-// *out_ids to a malloc'ed int32 array [M] of flat (camera * N + Gaussian) indices,
+// Tile lists of all cameras: returns the number of (tile, splat) pairs M and sets
+// *out_ids to a malloc'ed int32 array [M] of flat (camera * N + splat) indices,
 // sorted by (camera, tile, depth); tile_offsets [C * T + 1] delimit the tiles.
-// 1. every visible Gaussian's touched tiles are found once (exact ellipse test) and
-//    kept as a bitmask over its box; 2. each camera's visible Gaussians are
-//    radix-sorted by depth and their box records laid out in that order; 3. a counting
-//    sort scatters them to tiles, streaming through the records, so every tile's list
-//    is front to back. Free with sk_free.
+// 1. every visible splat's touched tiles are found once (exact touches_rect test) and
+//    kept as a bitmask over its box; 2. each camera's visible splats are radix-sorted
+//    by depth and their box records laid out in that order; 3. a counting sort
+//    scatters them to tiles, streaming through the records, so every tile's list is
+//    front to back. Free with sk_free.
 struct BoxRecord {
     uint64_t mask;
     int32_t idx;
@@ -701,9 +710,9 @@ struct BoxRecord {
 };
 static_assert(sizeof(BoxRecord) == 24, "BoxRecord layout");
 
-int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
-                 int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
-    const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
+template <class S>
+int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* depths, int W, int H,
+              int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
     int64_t T = (int64_t)tiles_x * tiles_y;
     int64_t CN = (int64_t)C * N;
@@ -798,6 +807,44 @@ int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const 
     });
     *out_ids = ids;
     return run;
+}
+
+}  // namespace
+
+extern "C" {
+
+// splats [C * N] (16 floats each) from means2d, conics, opacities and colours [C*N, D]:
+// adds the alpha >= 1/255 threshold on sigma (log(255 o), with a hair of slack so
+// culling stays conservative), the ellipse's vertical half-extent and 1/A.
+void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const float* opac, const float* colors,
+             float* out, int nthreads) {
+    Splat2D* splats = reinterpret_cast<Splat2D*>(out);
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) {
+            Splat2D s;
+            s.mx = means2d[2 * g];
+            s.my = means2d[2 * g + 1];
+            s.A = conics[3 * g];
+            s.B = conics[3 * g + 1];
+            s.Cc = conics[3 * g + 2];
+            s.o = opac[g];
+            s.thr = std::log(std::max(s.o, ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-4f;
+            float det = s.A * s.Cc - s.B * s.B;
+            s.dy_max = det > 0 ? std::sqrt(2.0f * s.thr * s.A / det) : 0.0f;
+            s.inv_A = s.A > 0 ? 1.0f / s.A : 0.0f;
+            for (int ch = 0; ch < MAX_CHANNELS; ++ch) s.color[ch] = ch < D ? colors[g * D + ch] : 0.0f;
+            for (int i = 0; i < 16 - 9 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
+            splats[g] = s;
+        }
+    });
+}
+
+// Tile lists of all cameras (see isect): returns the number of pairs M and sets *out_ids
+// to a malloc'ed int32 array [M]. Free with sk_free.
+int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
+                 int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
+    return isect(C, N, reinterpret_cast<const Splat2D*>(packed), radii, depths, W, H, out_ids, tile_offsets,
+                 nthreads);
 }
 
 void sk_free(void* p) { std::free(p); }
@@ -1089,6 +1136,792 @@ int sk_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const 
     SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, splats, backgrounds, ids, tile_offsets,
                                   T_final, last, vecmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
                                   nthreads));
+    return 0;
+}
+
+}  // extern "C"
+
+// ============================================================================ 2DGS surfels
+// 2D Gaussian surfels: the maths of splatkit/renderer/projection_2dgs.py and
+// backends/torch_ref_2dgs.py, which the tests compare with forward and backward.
+//
+// A surfel's ray transform M = K [a | b | p_c] (scaled tangent axes and centre, camera
+// space) maps (u, v, 1) on the surfel to homogeneous pixels. The reference intersects
+// pixel (x, y)'s planes x M2 - M0 and y M2 - M1 (rows of M); their cross product
+// expands to
+//     p = x (M1 x M2) + y (M2 x M0) + M0 x M1,
+// linear in the pixel, so compositing spends three FMAs per pixel on it, and
+// rho3d = (p_x^2 + p_y^2) / p_z^2 (inf where p_z = 0: the ray misses the surfel).
+// sigma = min(rho3d, 2 |pix - means2d|^2) / 2, the second term being the screen-space
+// filter; alpha, the skip and stop rules and the depth order are the 3DGS
+// compositing's. Per pixel the outputs are the features, alpha, the camera-space
+// normal, sum w d, the distortion sum_i 2 w_i (d_i (1 - T_i) - sum_{j<i} w_j d_j) and
+// the median depth (that of the last pair reached with T > 0.5).
+//
+// Precision: rows M0, M1 hold cx M2, cy M2 (the principal point), much larger than
+// what locates the surfel, so M rounded to float32 would cost ~1e-5 of relative
+// gradient accuracy. The projection therefore hands compositing the transform
+// re-centred, in double, on an origin s near the surfel (means2d clamped to the image):
+// Ms = [M0 - sx M2; M1 - sy M2; M2], and p = (x - sx) c0 + (y - sy) c1 + c2 with the
+// c's from Ms, divided by their largest magnitude (p is homogeneous). s and that scale
+// are constants of the parametrisation (p's direction does not depend on them), so
+// gradients flow through Ms alone.
+namespace {
+
+// ----------------------------------------------------------------------------- projection
+// One surfel per iteration in double: the exact radii then match the reference's, and
+// Ms is rounded to float once.
+struct SCam {
+    double R[3][3], t[3], K[3][3];
+    float campos[3];
+};
+
+static inline SCam load_scam(const float* viewmat, const float* K) {
+    SCam c;
+    for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 3; ++j) {
+            c.R[i][j] = viewmat[i * 4 + j];
+            c.K[i][j] = K[i * 3 + j];
+        }
+        c.t[i] = viewmat[i * 4 + 3];
+    }
+    for (int i = 0; i < 3; ++i)
+        c.campos[i] = (float)-(c.R[0][i] * c.t[0] + c.R[1][i] * c.t[1] + c.R[2][i] * c.t[2]);
+    return c;
+}
+
+// Intermediates of projecting one surfel into one camera, shared by forward and backward.
+struct SurfelProj {
+    double qn[4], qlen;  // normalised quaternion and the input's length
+    double Rg[3][3];     // surfel rotation: columns t_u, t_v, normal
+    double pc[3];        // camera-space centre
+    double M[3][3];      // ray transform K [a | b | p_c]
+    double normal[3];    // camera-space normal, turned to face the camera
+    double flip;         // +1 if the normal faced the camera already, else -1
+    double dist;         // M20^2 + M21^2 - M22^2; 0 leaves the filter centre undefined
+    double mx, my;       // means2d: centre of the projected unit ellipse (dual conic)
+};
+
+static inline SurfelProj project_surfel(const SCam& cam, const float* m, const float* q, const float* sc) {
+    SurfelProj P;
+    double qd[4] = {q[0], q[1], q[2], q[3]};
+    P.qlen = std::max(std::sqrt(qd[0] * qd[0] + qd[1] * qd[1] + qd[2] * qd[2] + qd[3] * qd[3]), 1e-12);
+    for (int i = 0; i < 4; ++i) P.qn[i] = qd[i] / P.qlen;
+    quat_to_rotmat(P.qn, P.Rg);
+    double WH[3][3], nrm[3];  // columns a, b, p_c
+    for (int i = 0; i < 3; ++i) {
+        double ca = 0, cb = 0, cn = 0;
+        for (int k = 0; k < 3; ++k) {
+            ca += cam.R[i][k] * P.Rg[k][0];
+            cb += cam.R[i][k] * P.Rg[k][1];
+            cn += cam.R[i][k] * P.Rg[k][2];
+        }
+        P.pc[i] = cam.R[i][0] * m[0] + cam.R[i][1] * m[1] + cam.R[i][2] * m[2] + cam.t[i];
+        WH[i][0] = ca * sc[0];
+        WH[i][1] = cb * sc[1];
+        WH[i][2] = P.pc[i];
+        nrm[i] = cn;
+    }
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j)
+            P.M[i][j] = cam.K[i][0] * WH[0][j] + cam.K[i][1] * WH[1][j] + cam.K[i][2] * WH[2][j];
+    P.flip = (nrm[0] * P.pc[0] + nrm[1] * P.pc[1] + nrm[2] * P.pc[2] < 0) ? 1.0 : -1.0;
+    for (int i = 0; i < 3; ++i) P.normal[i] = P.flip * nrm[i];
+    const double(*M)[3] = P.M;
+    P.dist = M[2][0] * M[2][0] + M[2][1] * M[2][1] - M[2][2] * M[2][2];
+    double ds = P.dist != 0 ? P.dist : 1.0;
+    P.mx = (M[0][0] * M[2][0] + M[0][1] * M[2][1] - M[0][2] * M[2][2]) / ds;
+    P.my = (M[1][0] * M[2][0] + M[1][1] * M[2][1] - M[1][2] * M[2][2]) / ds;
+    return P;
+}
+
+// The reference's _exact_radii: half-extents around means2d of a box holding every
+// pixel whose alpha can reach 1/255, i.e. the ellipse u^2 + v^2 <= 2 ln(255 o) (from
+// its dual conic; the whole image when that conic is not an ellipse) and the filter's
+// disc of radius sqrt(ln(255 o)). NaN and overflow are handled as torch does there.
+static inline void surfel_radii(const SurfelProj& P, double o, int W, int H, double& rx, double& ry) {
+    double log_ratio = std::log(std::max(o, 1.0 / 255.0) / (1.0 / 255.0));
+    double r2 = 2.0 * log_ratio;
+    const double(*M)[3] = P.M;
+    auto dual = [&](int i, int j) { return r2 * (M[i][0] * M[j][0] + M[i][1] * M[j][1]) - M[i][2] * M[j][2]; };
+    double c22 = dual(2, 2);
+    bool ellipse = c22 < 0;
+    double c22s = ellipse ? c22 : -1.0;
+    double cx = dual(0, 2) / c22s, cy = dual(1, 2) / c22s;
+    double hx = std::sqrt(std::max(cx * cx - dual(0, 0) / c22s, 0.0));
+    double hy = std::sqrt(std::max(cy * cy - dual(1, 1) / c22s, 0.0));
+    rx = std::max(std::fabs(cx + hx - P.mx), std::fabs(cx - hx - P.mx));
+    ry = std::max(std::fabs(cy + hy - P.my), std::fabs(cy - hy - P.my));
+    double big = 2.0 * (W + H);
+    if (!ellipse) {
+        rx = big + std::fabs(P.mx - W / 2.0);
+        ry = big + std::fabs(P.my - H / 2.0);
+    }
+    double disc = std::sqrt(log_ratio);
+    auto finish = [&](double r) {
+        r = std::isnan(r) ? r : std::max(r, disc);
+        r = std::ceil(r + 1e-3);
+        return std::isnan(r) ? big : std::min(r, 1e8);
+    };
+    rx = finish(rx);
+    ry = finish(ry);
+}
+
+// ----------------------------------------------------------------------------- splats
+// Everything compositing needs of one (camera, surfel), in two cache lines; the first
+// holds what the per-pixel test reads.
+struct alignas(64) Surfel2D {
+    float c0[3], c1[3], c2[3];  // p = (x - sx) c0 + (y - sy) c1 + c2 (ray x surfel, ~ (u, v, 1))
+    float sx, sy;               // origin s of that expansion: means2d clamped to the image
+    float mx, my;               // filter centre (means2d)
+    float o;                    // opacity
+    float thr;                  // ln(255 o) + slack: alpha >= 1/255 needs sigma <= ln(255 o)
+    float y_lo;                 // box of the alpha >= 1/255 region (ellipse and disc), with slack
+    float y_hi, x_lo, x_hi;
+    float payload[2 * MAX_CHANNELS];  // what is composited: features [D], normal [3], depth
+    float c_scale;              // the c's are divided by this (their largest magnitude)
+    float pad[16 - 4 - 2 * MAX_CHANNELS];
+};
+static_assert(sizeof(Surfel2D) == 128, "Surfel2D is two cache lines");
+
+static inline void cross3(const double a[3], const double b[3], double out[3]) {
+    out[0] = a[1] * b[2] - a[2] * b[1];
+    out[1] = a[2] * b[0] - a[0] * b[2];
+    out[2] = a[0] * b[1] - a[1] * b[0];
+}
+
+// <u, v>_R = u_x v_x + u_y v_y - R u_z v_z: a pixel is inside the surfel's
+// rho3d <= R ellipse when <p, p>_R <= 0.
+static inline double rdot(const float u[3], const float v[3], double R) {
+    return (double)u[0] * v[0] + (double)u[1] * v[1] - R * u[2] * v[2];
+}
+
+// Binning test (see isect): may the alpha >= 1/255 region reach the rectangle of pixel
+// centres? The filter disc by its distance to the rectangle; the ellipse by the minimum
+// over the rectangle of <p, p>_R, a convex quadratic in the pixel when the ellipse is
+// bounded (at the centre if inside, else on an edge). Unbounded conics keep the box.
+static inline bool touches_rect(const Surfel2D& s, float x0, float x1, float y0, float y1) {
+    if (x1 < s.x_lo || x0 > s.x_hi || y1 < s.y_lo || y0 > s.y_hi) return false;
+    double ex = std::max({(double)x0 - s.mx, (double)s.mx - x1, 0.0});
+    double ey = std::max({(double)y0 - s.my, (double)s.my - y1, 0.0});
+    if (ex * ex + ey * ey <= s.thr) return true;
+    double R = 2.0 * s.thr;
+    double G00 = rdot(s.c0, s.c0, R), G01 = rdot(s.c0, s.c1, R), G11 = rdot(s.c1, s.c1, R);
+    double G02 = rdot(s.c0, s.c2, R), G12 = rdot(s.c1, s.c2, R), G22 = rdot(s.c2, s.c2, R);
+    double det = G00 * G11 - G01 * G01;
+    if (!(G00 > 0 && det > 0)) return true;
+    double X0 = (double)x0 - s.sx, X1 = (double)x1 - s.sx, Y0 = (double)y0 - s.sy, Y1 = (double)y1 - s.sy;
+    double cx = (G01 * G12 - G11 * G02) / det, cy = (G01 * G02 - G00 * G12) / det;
+    if (cx >= X0 && cx <= X1 && cy >= Y0 && cy <= Y1) return true;
+    auto F = [&](double X, double Y) {
+        return G00 * X * X + 2.0 * G01 * X * Y + G11 * Y * Y + 2.0 * (G02 * X + G12 * Y) + G22;
+    };
+    double best = INFINITY;
+    for (double X : {X0, X1}) best = std::min(best, F(X, std::min(std::max(-(G01 * X + G12) / G11, Y0), Y1)));
+    for (double Y : {Y0, Y1}) best = std::min(best, F(std::min(std::max(-(G01 * Y + G02) / G00, X0), X1), Y));
+    return best <= 0.0;
+}
+
+// ----------------------------------------------------------------------------- per pixel
+// Per-row constants of one surfel: p = dx c0 + q with q = (Y - sy) c1 + c2, and the
+// filter's vertical offset.
+struct SurfelRow {
+    float qx, qy, qz, dys, fy, fy2;
+};
+
+static inline SurfelRow surfel_row(const Surfel2D& s, float Y) {
+    SurfelRow r;
+    r.dys = Y - s.sy;
+    r.qx = r.dys * s.c1[0] + s.c2[0];
+    r.qy = r.dys * s.c1[1] + s.c2[1];
+    r.qz = r.dys * s.c1[2] + s.c2[2];
+    r.fy = Y - s.my;
+    r.fy2 = r.fy * r.fy;
+    return r;
+}
+
+// alpha of one surfel on one vector of pixels, with the skip rule (valid mask), in two
+// steps so the forward pass can drop a vector before the exponential. The forward and
+// backward passes both use these, so they agree on every mask.
+struct SAlpha {
+    vf dx, fx, px, py, pz, rho3, sigma, alpha, raw, e;
+    vi valid, use3;  // use3: the surfel's own falloff, not the filter, sets sigma
+};
+
+static inline void surfel_sigma(const Surfel2D& s, const SurfelRow& row, const vf& xs, SAlpha& a) {
+    a.dx = xs - s.sx;
+    a.px = a.dx * s.c0[0] + row.qx;
+    a.py = a.dx * s.c0[1] + row.qy;
+    a.pz = a.dx * s.c0[2] + row.qz;
+    vf den = a.pz * a.pz;
+    a.rho3 = den > 0.0f ? (a.px * a.px + a.py * a.py) / den : vsplat(INFINITY);
+    a.fx = xs - s.mx;
+    vf rho2 = 2.0f * (a.fx * a.fx + row.fy2);
+    a.use3 = a.rho3 < rho2;  // on a tie torch.minimum would split the gradient; measure zero
+    a.sigma = 0.5f * (a.use3 ? a.rho3 : rho2);
+}
+
+static inline void surfel_alpha(const Surfel2D& s, SAlpha& a) {
+    a.e = vexp_neg(-a.sigma);
+    a.raw = s.o * a.e;
+    a.alpha = a.raw < ALPHA_MAX ? a.raw : vsplat(ALPHA_MAX);
+    a.valid = a.alpha >= ALPHA_THRESHOLD;
+}
+
+static inline SAlpha salpha(const Surfel2D& s, const SurfelRow& row, const vf& xs) {
+    SAlpha a;
+    surfel_sigma(s, row, xs, a);
+    surfel_alpha(s, a);
+    return a;
+}
+
+// Rows [r0, r1] and pixel vectors [j0, j1] of the tile at (x0, y0) that the surfel's
+// box reaches (empty ranges when it misses).
+static inline void surfel_tile_span(const Surfel2D& s, int x0, int y0, int rows_in, int& r0, int& r1, int& j0,
+                                    int& j1) {
+    auto clampi = [](float v, int lo, int hi) { return (int)std::min(std::max(v, (float)lo), (float)hi); };
+    r0 = clampi(std::ceil(s.y_lo - y0 - 0.5f), 0, TILE);
+    r1 = clampi(std::floor(s.y_hi - y0 - 0.5f), -1, rows_in - 1);
+    j0 = clampi(std::ceil((s.x_lo - x0 - L + 0.5f) / L - 1e-4f), 0, NV);
+    j1 = clampi(std::floor((s.x_hi - x0 - 0.5f) / L + 1e-4f), -1, NV - 1);
+}
+
+template <int D>
+void raster2_fwd(int C, int W, int H, const Surfel2D* splats, const int32_t* ids, const int64_t* tile_offsets,
+                 float* out_feat, float* out_alpha, float* out_normal, float* out_depth, float* out_distort,
+                 float* out_median, float* out_T, int32_t* out_last, int32_t* out_med, uint64_t* vecmask,
+                 int nthreads) {
+    constexpr int P = D + 4;  // composited channels: features, normal, depth (last)
+    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
+    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
+    int64_t ntiles = C * T_per_cam;
+    std::vector<int64_t> order(ntiles);
+    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
+    });
+    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
+        int64_t tile = order[oi];
+        int c = (int)(tile / T_per_cam);
+        int t = (int)(tile % T_per_cam);
+        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
+        int rows_in = std::min(TILE, H - y0);
+        vf xs[NV];
+        vi outside_x[NV];
+        for (int j = 0; j < NV; ++j)
+            for (int l = 0; l < L; ++l) {
+                int x = j * L + l;
+                xs[j][l] = x0 + x + 0.5f;
+                outside_x[j][l] = (x0 + x >= W) ? -1 : 0;
+            }
+        vf T[TILE][NV], acc[P][TILE][NV], dist[TILE][NV], med[TILE][NV];
+        vi done[TILE][NV], lastk[TILE][NV], medk[TILE][NV];
+        for (int r = 0; r < TILE; ++r)
+            for (int j = 0; j < NV; ++j) {
+                T[r][j] = vsplat(1.0f);
+                dist[r][j] = med[r][j] = vf{};
+                done[r][j] = r < rows_in ? outside_x[j] : vi{} - 1;
+                lastk[r][j] = medk[r][j] = vi{} - 1;
+                for (int ch = 0; ch < P; ++ch) acc[ch][r][j] = vf{};
+            }
+        bool all_done = false;
+        for (int64_t k = tile_offsets[tile]; k < tile_offsets[tile + 1] && !all_done; ++k) {
+            const Surfel2D& s = splats[ids[k]];
+            const float d = s.payload[P - 1];
+            int r0, r1, j0, j1;
+            surfel_tile_span(s, x0, y0, rows_in, r0, r1, j0, j1);
+            uint64_t mask = 0;
+            vi any_stop = vi{};
+            vi kv = vi{} + (int32_t)k;
+            for (int r = r0; r <= r1; ++r) {
+                SurfelRow row = surfel_row(s, y0 + r + 0.5f);
+                for (int j = j0; j <= j1; ++j) {
+                    if (vall(done[r][j])) continue;
+                    SAlpha a;
+                    surfel_sigma(s, row, xs[j], a);
+                    // alpha >= 1/255 needs sigma <= ln(255 o) (thr has slack): most vectors
+                    // of a small surfel's box miss, so test before the exponential
+                    if (!vany((a.sigma <= s.thr) & (done[r][j] == 0))) continue;
+                    surfel_alpha(s, a);
+                    vi valid = a.valid & (done[r][j] == 0);
+                    if (!vany(valid)) continue;
+                    vf Tc = T[r][j];
+                    vf next_T = Tc * (1.0f - a.alpha);
+                    vi stop = valid & (next_T <= T_MIN);
+                    vi contrib = valid & (next_T > T_MIN);
+                    vf w = contrib ? a.alpha * Tc : vf{};
+                    // the depth channel so far is sum_{j<i} w_j d_j
+                    dist[r][j] += 2.0f * w * (d * (1.0f - Tc) - acc[P - 1][r][j]);
+                    for (int ch = 0; ch < P; ++ch) acc[ch][r][j] += w * s.payload[ch];
+                    vi at_median = contrib & (Tc > 0.5f);
+                    medk[r][j] = at_median ? kv : medk[r][j];
+                    med[r][j] = at_median ? vsplat(d) : med[r][j];
+                    T[r][j] = contrib ? next_T : Tc;
+                    lastk[r][j] = contrib ? kv : lastk[r][j];
+                    done[r][j] |= stop;
+                    any_stop |= stop;
+                    if (vbits(contrib)) mask |= uint64_t(1) << (r * NV + j);
+                }
+            }
+            vecmask[k] = mask;
+            if (vany(any_stop)) {
+                vi all = vi{} - 1;
+                for (int r = 0; r < TILE; ++r)
+                    for (int j = 0; j < NV; ++j) all &= done[r][j];
+                all_done = vall(all);
+            }
+        }
+        for (int r = 0; r < rows_in; ++r) {
+            int py = y0 + r;
+            for (int x = 0; x < TILE && x0 + x < W; ++x) {
+                int64_t pix = ((int64_t)c * H + py) * W + x0 + x;
+                int j = x / L, l = x % L;
+                for (int ch = 0; ch < D; ++ch) out_feat[pix * D + ch] = acc[ch][r][j][l];
+                for (int i = 0; i < 3; ++i) out_normal[pix * 3 + i] = acc[D + i][r][j][l];
+                out_depth[pix] = acc[P - 1][r][j][l];
+                out_alpha[pix] = 1.0f - T[r][j][l];
+                out_distort[pix] = dist[r][j][l];
+                out_median[pix] = med[r][j][l];
+                out_T[pix] = T[r][j][l];
+                out_last[pix] = lastk[r][j][l];
+                out_med[pix] = medk[r][j][l];
+            }
+        }
+    });
+}
+
+// Backward of raster2_fwd, back to front per pixel. With w_i = alpha_i T_i, a loss
+// L(w, d) has dL/dalpha_k = T_k G_k - (sum_{m>k} w_m G_m) / (1 - alpha_k), where
+// G_m = dL/dw_m holding the other weights fixed. For the linear outputs G_m is the
+// output gradients dotted with pair m's values (alpha's is 1); the distortion
+// 2 sum_{j<i} w_i w_j (d_i - d_j) adds 2 g (d_m S_m - P_m + Dsa_m - d_m A_m) with the
+// prefix sums S_m = 1 - T_m, P_m = sum_{j<m} w_j d_j and the suffix sums
+// A_m = sum_{i>m} w_i, Dsa_m = sum_{i>m} w_i d_i, which the walk keeps (P from the
+// forward's total sum w d). Depth gets w_m (g_depth + 2 g (S_m - A_m)), and the median
+// pair g_median.
+template <int D>
+void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float* Ms, const int32_t* ids,
+                 const int64_t* tile_offsets, const float* T_final, const int32_t* last, const int32_t* med_in,
+                 const float* depth_sum, const uint64_t* vecmask, const float* g_feat, const float* g_alpha,
+                 const float* g_normal, const float* g_depth, const float* g_distort, const float* g_median,
+                 float* out_means2d, float* out_Ms, float* out_normals, float* out_depths, float* out_opac,
+                 float* out_feat, int nthreads) {
+    constexpr int P = D + 4;
+    constexpr int G = 16 + D;  // per pair: c0, c1, c2 [9], mx, my, o, features [D], normal [3], depth
+    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
+    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
+    int64_t ntiles = C * T_per_cam;
+    int64_t CN = (int64_t)C * N;
+    // Each (tile, surfel) pair writes its gradient to its own slot; slots are then summed
+    // per surfel in pair order, so results do not depend on which thread ran which tile.
+    int64_t M = tile_offsets[ntiles];
+    std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
+    std::vector<int64_t> order(ntiles);
+    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
+    });
+    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
+        int64_t tile = order[oi];
+        int c = (int)(tile / T_per_cam);
+        int t = (int)(tile % T_per_cam);
+        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
+        int rows_in = std::min(TILE, H - y0);
+        vf xs[NV];
+        for (int j = 0; j < NV; ++j)
+            for (int l = 0; l < L; ++l) xs[j][l] = x0 + j * L + l + 0.5f;
+        // per pixel: transmittance and running sums of the walk, then output gradients
+        vf T[TILE][NV], Rs[TILE][NV], Aa[TILE][NV], Da[TILE][NV], Dtot[TILE][NV];
+        vf gA[TILE][NV], gDs[TILE][NV], gDi[TILE][NV], gMe[TILE][NV], gF[D][TILE][NV], gN[3][TILE][NV];
+        vi lastk[TILE][NV], medk[TILE][NV];
+        int32_t max_last = -1;
+        for (int r = 0; r < TILE; ++r)
+            for (int j = 0; j < NV; ++j) {
+                T[r][j] = vsplat(1.0f);
+                Rs[r][j] = Aa[r][j] = Da[r][j] = Dtot[r][j] = vf{};
+                gA[r][j] = gDs[r][j] = gDi[r][j] = gMe[r][j] = vf{};
+                for (int ch = 0; ch < D; ++ch) gF[ch][r][j] = vf{};
+                for (int i = 0; i < 3; ++i) gN[i][r][j] = vf{};
+                lastk[r][j] = medk[r][j] = vi{} - 1;
+                for (int l = 0; l < L; ++l) {
+                    int x = j * L + l;
+                    if (r >= rows_in || x0 + x >= W) continue;
+                    int64_t pix = ((int64_t)c * H + y0 + r) * W + x0 + x;
+                    T[r][j][l] = T_final[pix];
+                    Dtot[r][j][l] = depth_sum[pix];
+                    lastk[r][j][l] = last[pix];
+                    medk[r][j][l] = med_in[pix];
+                    max_last = std::max(max_last, last[pix]);
+                    if (g_feat)
+                        for (int ch = 0; ch < D; ++ch) gF[ch][r][j][l] = g_feat[pix * D + ch];
+                    if (g_normal)
+                        for (int i = 0; i < 3; ++i) gN[i][r][j][l] = g_normal[pix * 3 + i];
+                    if (g_alpha) gA[r][j][l] = g_alpha[pix];
+                    if (g_depth) gDs[r][j][l] = g_depth[pix];
+                    if (g_distort) gDi[r][j][l] = g_distort[pix];
+                    if (g_median) gMe[r][j][l] = g_median[pix];
+                }
+            }
+        for (int64_t k = tile_offsets[tile + 1] - 1; k >= tile_offsets[tile]; --k) {
+            uint64_t mask = k <= max_last ? vecmask[k] : 0;
+            float* out = pair_grad.get() + k * G;
+            if (!mask) {
+                for (int i = 0; i < G; ++i) out[i] = 0.0f;
+                continue;
+            }
+            const Surfel2D& s = splats[ids[k]];
+            const float d = s.payload[P - 1];
+            vf v_c[9], v_mx = vf{}, v_my = vf{}, v_o = vf{}, v_f[D], v_n[3], v_d = vf{};
+            for (int i = 0; i < 9; ++i) v_c[i] = vf{};
+            for (int ch = 0; ch < D; ++ch) v_f[ch] = vf{};
+            for (int i = 0; i < 3; ++i) v_n[i] = vf{};
+            vi kv = vi{} + (int32_t)k;
+            while (mask) {
+                int bit = __builtin_ctzll(mask);
+                mask &= mask - 1;
+                int r = bit / NV, j = bit % NV;
+                SurfelRow row = surfel_row(s, y0 + r + 0.5f);
+                SAlpha a = salpha(s, row, xs[j]);
+                vi valid = a.valid & (kv <= lastk[r][j]);
+                vf one_m = 1.0f - a.alpha;
+                vf Tk = T[r][j] / one_m;
+                vf w = a.alpha * Tk;
+                vf S = 1.0f - Tk;
+                vf Pk = Dtot[r][j] - Da[r][j] - w * d;
+                vf Gk = gA[r][j] + gDs[r][j] * d;
+                for (int ch = 0; ch < D; ++ch) Gk += gF[ch][r][j] * s.payload[ch];
+                for (int i = 0; i < 3; ++i) Gk += gN[i][r][j] * s.payload[D + i];
+                Gk += 2.0f * gDi[r][j] * (d * (S - Aa[r][j]) - Pk + Da[r][j]);
+                vf dalpha = Tk * Gk - Rs[r][j] / one_m;
+                vi free_alpha = valid & (a.raw < ALPHA_MAX);
+                v_o += free_alpha ? dalpha * a.e : vf{};
+                vf gsig = free_alpha ? -dalpha * a.alpha : vf{};
+                // sigma = min(rho3d, rho2d) / 2, rho3d = (px^2 + py^2) / pz^2, rho2d = 2 |f|^2
+                vf iz = 1.0f / a.pz;
+                vf t3 = a.use3 ? gsig * iz * iz : vf{};
+                vf gpx = t3 * a.px, gpy = t3 * a.py;
+                vf gpz = a.use3 ? -gsig * a.rho3 * iz : vf{};
+                v_c[0] += a.dx * gpx; v_c[1] += a.dx * gpy; v_c[2] += a.dx * gpz;
+                v_c[3] += row.dys * gpx; v_c[4] += row.dys * gpy; v_c[5] += row.dys * gpz;
+                v_c[6] += gpx; v_c[7] += gpy; v_c[8] += gpz;
+                vf g2 = a.use3 ? vf{} : gsig;
+                v_mx -= 2.0f * g2 * a.fx;
+                v_my -= 2.0f * g2 * row.fy;
+                vf wv = valid ? w : vf{};
+                for (int ch = 0; ch < D; ++ch) v_f[ch] += wv * gF[ch][r][j];
+                for (int i = 0; i < 3; ++i) v_n[i] += wv * gN[i][r][j];
+                v_d += wv * (gDs[r][j] + 2.0f * gDi[r][j] * (S - Aa[r][j]));
+                v_d += kv == medk[r][j] ? gMe[r][j] : vf{};
+                Rs[r][j] += wv * Gk;
+                Aa[r][j] += wv;
+                Da[r][j] += wv * d;
+                T[r][j] = valid ? Tk : T[r][j];
+            }
+            for (int i = 0; i < 9; ++i) out[i] = vsum(v_c[i]);
+            out[9] = vsum(v_mx);
+            out[10] = vsum(v_my);
+            out[11] = vsum(v_o);
+            for (int ch = 0; ch < D; ++ch) out[12 + ch] = vsum(v_f[ch]);
+            for (int i = 0; i < 3; ++i) out[12 + D + i] = vsum(v_n[i]);
+            out[15 + D] = vsum(v_d);
+        }
+    });
+    // Sum the pair slots per surfel: fixed chunks of pairs into per-chunk buffers, then
+    // the buffers in chunk order.
+    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
+    std::vector<std::vector<float>> bufs(nchunks);
+    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
+        auto& buf = bufs[ci];
+        buf.assign(CN * G, 0.0f);
+        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
+        for (int64_t k = b; k < e; ++k) {
+            const float* src = pair_grad.get() + k * G;
+            float* dst = buf.data() + (int64_t)ids[k] * G;
+            for (int i = 0; i < G; ++i) dst[i] += src[i];
+        }
+    });
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) {
+            float acc[G] = {0};
+            for (auto& buf : bufs)
+                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
+            out_means2d[2 * g] = acc[9];
+            out_means2d[2 * g + 1] = acc[10];
+            out_opac[g] = acc[11];
+            for (int ch = 0; ch < D; ++ch) out_feat[g * D + ch] = acc[12 + ch];
+            for (int i = 0; i < 3; ++i) out_normals[3 * g + i] = acc[12 + D + i];
+            out_depths[g] = acc[15 + D];
+            // c0 = r1 x m2, c1 = m2 x r0, c2 = r0 x r1 with r0, r1, m2 the rows of Ms; the
+            // packed c's were divided by c_scale, a constant of the parametrisation like s
+            const float* Mg = Ms + 9 * g;
+            double inv_k = 1.0 / splats[g].c_scale;
+            double m2[3], r0[3], r1[3], gc0[3], gc1[3], gc2[3];
+            for (int i = 0; i < 3; ++i) {
+                r0[i] = Mg[i];
+                r1[i] = Mg[3 + i];
+                m2[i] = Mg[6 + i];
+                gc0[i] = acc[i] * inv_k;
+                gc1[i] = acc[3 + i] * inv_k;
+                gc2[i] = acc[6 + i] * inv_k;
+            }
+            double t1[3], t2[3], gr0[3], gr1[3], gm2[3];
+            cross3(gc1, m2, t1);  // d(a x b)/da = b x g, d(a x b)/db = g x a
+            cross3(r1, gc2, t2);
+            for (int i = 0; i < 3; ++i) gr0[i] = t1[i] + t2[i];
+            cross3(gc2, r0, t1);
+            cross3(m2, gc0, t2);
+            for (int i = 0; i < 3; ++i) gr1[i] = t1[i] + t2[i];
+            cross3(gc0, r1, t1);
+            cross3(r0, gc1, t2);
+            for (int i = 0; i < 3; ++i) gm2[i] = t1[i] + t2[i];
+            float* gM = out_Ms + 9 * g;
+            for (int i = 0; i < 3; ++i) {
+                gM[i] = (float)gr0[i];
+                gM[3 + i] = (float)gr1[i];
+                gM[6 + i] = (float)gm2[i];
+            }
+        }
+    });
+}
+
+}  // namespace
+
+extern "C" {
+
+// Outputs per (camera, surfel), flat index c * N + n: means2d [2], the ray transform
+// re-centred on the origin s (Ms [9], row-major) and s [2], the camera-space normal
+// facing the camera [3], depth, radii [2] (int32, 0 = culled) and colours [3] (only
+// when sh_degree >= 0; coeffs is [N, K, 3]). scales is [N, 2].
+void sk2_project_fwd(int C, int N, const float* means, const float* quats, const float* scales,
+                     const float* opacities, const float* coeffs, int K, int sh_degree, const float* viewmats,
+                     const float* Ks, int W, int H, float near_plane, float far_plane, float radius_clip,
+                     float* means2d, float* Ms, float* shift, float* normals, float* depths, int32_t* radii,
+                     float* colors, int nthreads) {
+    std::vector<SCam> cams(C);
+    for (int c = 0; c < C; ++c) cams[c] = load_scam(viewmats + 16 * c, Ks + 9 * c);
+    parallel_chunks((int64_t)C * N, nthreads, 2048, [&](int64_t b, int64_t e, int) {
+        for (int64_t idx = b; idx < e; ++idx) {
+            int c = (int)(idx / N);
+            int64_t n = idx % N;
+            const SCam& cam = cams[c];
+            SurfelProj P = project_surfel(cam, means + 3 * n, quats + 4 * n, scales + 2 * n);
+            means2d[2 * idx] = (float)P.mx;
+            means2d[2 * idx + 1] = (float)P.my;
+            float sx = P.mx >= 0.0 ? (float)std::min(P.mx, (double)W) : 0.0f;  // NaN -> 0
+            float sy = P.my >= 0.0 ? (float)std::min(P.my, (double)H) : 0.0f;
+            shift[2 * idx] = sx;
+            shift[2 * idx + 1] = sy;
+            for (int j = 0; j < 3; ++j) {
+                Ms[9 * idx + j] = (float)(P.M[0][j] - sx * P.M[2][j]);
+                Ms[9 * idx + 3 + j] = (float)(P.M[1][j] - sy * P.M[2][j]);
+                Ms[9 * idx + 6 + j] = (float)P.M[2][j];
+            }
+            for (int i = 0; i < 3; ++i) normals[3 * idx + i] = (float)P.normal[i];
+            depths[idx] = (float)P.pc[2];
+            double o = opacities[n], rx, ry;
+            surfel_radii(P, o, W, H, rx, ry);
+            bool vis = P.pc[2] > near_plane && P.pc[2] < far_plane && P.dist != 0 && o >= 1.0 / 255.0 &&
+                       (rx > radius_clip || ry > radius_clip) && P.mx + rx > 0 && P.mx - rx < W &&
+                       P.my + ry > 0 && P.my - ry < H;
+            radii[2 * idx] = vis ? (int32_t)rx : 0;
+            radii[2 * idx + 1] = vis ? (int32_t)ry : 0;
+            if (!colors) continue;
+            colors[3 * idx] = colors[3 * idx + 1] = colors[3 * idx + 2] = 0.0f;
+            if (!vis || sh_degree < 0) continue;
+            const float* m = means + 3 * n;
+            float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
+            sh_color(sh_degree, dir, coeffs + n * K * 3, colors + 3 * idx);
+        }
+    });
+}
+
+// Gradients of the surfel projection from those of means2d [2], Ms [9], normals [3],
+// depths and colours [3] of every (camera, surfel), each of which may be null (shift
+// is the forward's s);
+// accumulated over cameras into means [N,3], quats [N,4], scales [N,2] and SH
+// coefficients [N,K,3] (zero-initialised by the caller). Unlike the 3DGS projection,
+// culled pairs are differentiated too, as in the reference, whose means2d, normals and
+// depths are defined for every surfel; pairs without incoming gradient are skipped.
+void sk2_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
+                     const float* coeffs, int K, int sh_degree, const float* viewmats, const float* Ks,
+                     const float* shift, const float* g_means2d, const float* g_Ms, const float* g_normals,
+                     const float* g_depths, const float* g_colors, float* g_means, float* g_quats, float* g_scales,
+                     float* g_coeffs, int nthreads) {
+    // Work items are ranges of surfels; cameras are looped inside, so each output row is
+    // written by one thread only.
+    std::vector<SCam> cams(C);
+    for (int c = 0; c < C; ++c) cams[c] = load_scam(viewmats + 16 * c, Ks + 9 * c);
+    parallel_chunks(N, nthreads, 1024, [&](int64_t nb, int64_t ne, int) {
+        for (int64_t n = nb; n < ne; ++n) {
+            const float* m = means + 3 * n;
+            double gmean[3] = {0, 0, 0}, gquat[4] = {0, 0, 0, 0}, gscale[2] = {0, 0};
+            for (int c = 0; c < C; ++c) {
+                const SCam& cam = cams[c];
+                int64_t idx = (int64_t)c * N + n;
+                if (g_colors && sh_degree >= 0) {
+                    const float* gc = g_colors + 3 * idx;
+                    if (gc[0] != 0.0f || gc[1] != 0.0f || gc[2] != 0.0f) {
+                        float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
+                        sh_color_bwd(sh_degree, dir, coeffs + n * K * 3, gc, g_coeffs + n * K * 3, g_means + 3 * n);
+                    }
+                }
+                double gM[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}, gm2[2] = {0, 0}, gn[3] = {0, 0, 0}, gd = 0;
+                bool any = false;
+                if (g_Ms)
+                    for (int i = 0; i < 9; ++i) any |= (gM[i / 3][i % 3] = g_Ms[9 * idx + i]) != 0.0;
+                if (g_means2d)
+                    for (int i = 0; i < 2; ++i) any |= (gm2[i] = g_means2d[2 * idx + i]) != 0.0;
+                if (g_normals)
+                    for (int i = 0; i < 3; ++i) any |= (gn[i] = g_normals[3 * idx + i]) != 0.0;
+                if (g_depths) any |= (gd = g_depths[idx]) != 0.0;
+                if (!any) continue;
+                SurfelProj P = project_surfel(cam, m, quats + 4 * n, scales + 2 * n);
+                const double(*M)[3] = P.M;
+                // Ms = [M0 - sx M2; M1 - sy M2; M2] with s constant
+                for (int j = 0; j < 3; ++j) gM[2][j] -= shift[2 * idx] * gM[0][j] + shift[2 * idx + 1] * gM[1][j];
+                // means2d = (M0 . sg M2, M1 . sg M2) / dist with sg = (1, 1, -1) and
+                // dist = M2 . sg M2 (replaced by 1 where it is 0, as in the reference)
+                if (gm2[0] != 0.0 || gm2[1] != 0.0) {
+                    const double sg[3] = {1.0, 1.0, -1.0};
+                    double ds = P.dist != 0 ? P.dist : 1.0;
+                    double gx = gm2[0] / ds, gy = gm2[1] / ds;
+                    double gdist = P.dist != 0 ? 2.0 * (gx * P.mx + gy * P.my) : 0.0;
+                    for (int j = 0; j < 3; ++j) {
+                        gM[0][j] += gx * sg[j] * M[2][j];
+                        gM[1][j] += gy * sg[j] * M[2][j];
+                        gM[2][j] += sg[j] * (gx * M[0][j] + gy * M[1][j] - gdist * M[2][j]);
+                    }
+                }
+                // M = K [a | b | p_c]
+                double gWH[3][3];
+                for (int i = 0; i < 3; ++i)
+                    for (int j = 0; j < 3; ++j)
+                        gWH[i][j] = cam.K[0][i] * gM[0][j] + cam.K[1][i] * gM[1][j] + cam.K[2][i] * gM[2][j];
+                gWH[2][2] += gd;  // depth = p_c.z
+                // a = Rv Rg[:, 0] s_u, b = Rv Rg[:, 1] s_v, p_c = Rv m + t, normal = flip Rv Rg[:, 2]
+                double gRg[3][3];
+                for (int i = 0; i < 3; ++i) {
+                    double wa = 0, wb = 0, wp = 0, wn = 0;
+                    for (int k = 0; k < 3; ++k) {
+                        wa += cam.R[k][i] * gWH[k][0];
+                        wb += cam.R[k][i] * gWH[k][1];
+                        wp += cam.R[k][i] * gWH[k][2];
+                        wn += cam.R[k][i] * gn[k];
+                    }
+                    gmean[i] += wp;
+                    gRg[i][0] = wa * scales[2 * n];
+                    gRg[i][1] = wb * scales[2 * n + 1];
+                    gRg[i][2] = P.flip * wn;
+                    gscale[0] += P.Rg[i][0] * wa;
+                    gscale[1] += P.Rg[i][1] * wb;
+                }
+                double gq[4];
+                rotmat_grad_to_quat(P.qn, gRg, gq);
+                double dot = gq[0] * P.qn[0] + gq[1] * P.qn[1] + gq[2] * P.qn[2] + gq[3] * P.qn[3];
+                for (int i = 0; i < 4; ++i) gquat[i] += (gq[i] - P.qn[i] * dot) / P.qlen;
+            }
+            for (int i = 0; i < 3; ++i) g_means[3 * n + i] += (float)gmean[i];
+            for (int i = 0; i < 4; ++i) g_quats[4 * n + i] += (float)gquat[i];
+            for (int i = 0; i < 2; ++i) g_scales[2 * n + i] += (float)gscale[i];
+        }
+    });
+}
+
+// Surfel splats [C * N] (32 floats each) from means2d [2], Ms [9] and its origin s
+// [2], opacities, normals [3], depths and features [D] of every (camera, surfel): the
+// expansion of the ray-surfel intersection around s (in double), the culling
+// threshold and the box of the alpha >= 1/255 region (ellipse from its dual conic,
+// unbounded when that is not an ellipse, and the filter disc), widened a little so
+// culling stays conservative.
+void sk2_pack(int64_t CN, int D, const float* means2d, const float* Ms, const float* shift, const float* opac,
+              const float* normals, const float* depths, const float* feats, float* out, int nthreads) {
+    Surfel2D* splats = reinterpret_cast<Surfel2D*>(out);
+    parallel_chunks(CN, nthreads, 4096, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) {
+            Surfel2D s;
+            std::memset(&s, 0, sizeof(s));
+            s.mx = means2d[2 * g];
+            s.my = means2d[2 * g + 1];
+            s.sx = shift[2 * g];
+            s.sy = shift[2 * g + 1];
+            double m[3][3];  // rows of Ms: M0 - sx M2, M1 - sy M2, M2
+            for (int i = 0; i < 9; ++i) m[i / 3][i % 3] = Ms[9 * g + i];
+            double c0[3], c1[3], c2[3];
+            cross3(m[1], m[2], c0);
+            cross3(m[2], m[0], c1);
+            cross3(m[0], m[1], c2);
+            // p is homogeneous and grows as |M|^2 (the squared scales): normalised, p_z^2
+            // neither underflows nor overflows in float32 for tiny or huge surfels
+            double k = 0.0;
+            for (int i = 0; i < 3; ++i) k = std::max({k, std::fabs(c0[i]), std::fabs(c1[i]), std::fabs(c2[i])});
+            k = k > 0.0 && std::isfinite(k) ? (double)(float)std::min(std::max(k, 1e-30), 1e30) : 1.0;
+            s.c_scale = (float)k;
+            for (int i = 0; i < 3; ++i) {
+                s.c0[i] = (float)(c0[i] / k);
+                s.c1[i] = (float)(c1[i] / k);
+                s.c2[i] = (float)(c2[i] / k);
+            }
+            s.o = opac[g];
+            s.thr = (float)(std::log(std::max((double)s.o, 1.0 / 255.0) * 255.0) + 1e-4);
+            double R = 2.0 * s.thr;
+            auto dual = [&](int i, int j) { return R * (m[i][0] * m[j][0] + m[i][1] * m[j][1]) - m[i][2] * m[j][2]; };
+            double c22 = dual(2, 2);
+            double xlo = -1e30, xhi = 1e30, ylo = -1e30, yhi = 1e30;
+            if (c22 < 0) {
+                double cx = dual(0, 2) / c22, cy = dual(1, 2) / c22;
+                double hx = std::sqrt(std::max(cx * cx - dual(0, 0) / c22, 0.0));
+                double hy = std::sqrt(std::max(cy * cy - dual(1, 1) / c22, 0.0));
+                double sl_x = 1e-2 + 1e-4 * hx, sl_y = 1e-2 + 1e-4 * hy;
+                double rd = std::sqrt((double)s.thr) + 1e-2;
+                xlo = std::min(s.sx + cx - hx - sl_x, s.mx - rd);
+                xhi = std::max(s.sx + cx + hx + sl_x, s.mx + rd);
+                ylo = std::min(s.sy + cy - hy - sl_y, s.my - rd);
+                yhi = std::max(s.sy + cy + hy + sl_y, s.my + rd);
+            }
+            s.x_lo = (float)xlo;
+            s.x_hi = (float)xhi;
+            s.y_lo = (float)ylo;
+            s.y_hi = (float)yhi;
+            for (int ch = 0; ch < D; ++ch) s.payload[ch] = feats[g * D + ch];
+            for (int i = 0; i < 3; ++i) s.payload[D + i] = normals[3 * g + i];
+            s.payload[D + 3] = depths[g];
+            splats[g] = s;
+        }
+    });
+}
+
+// Tile lists of all cameras for packed surfels (see isect). Free with sk_free.
+int64_t sk2_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
+                  int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
+    return isect(C, N, reinterpret_cast<const Surfel2D*>(packed), radii, depths, W, H, out_ids, tile_offsets,
+                 nthreads);
+}
+
+// Per pixel: features [D], alpha, normal [3], sum w d, distortion, median depth, and
+// for the backward pass the final transmittance, the last contributing pair and the
+// median pair (-1 if none); per pair the vectors where it contributed (vecmask).
+int sk2_raster_fwd(int C, int W, int H, int D, const float* packed, const int32_t* ids, const int64_t* tile_offsets,
+                   float* out_feat, float* out_alpha, float* out_normal, float* out_depth, float* out_distort,
+                   float* out_median, float* out_T, int32_t* out_last, int32_t* out_med, uint64_t* vecmask,
+                   int nthreads) {
+    const Surfel2D* splats = reinterpret_cast<const Surfel2D*>(packed);
+    SK_DISPATCH(D, raster2_fwd<DD>(C, W, H, splats, ids, tile_offsets, out_feat, out_alpha, out_normal, out_depth,
+                                   out_distort, out_median, out_T, out_last, out_med, vecmask, nthreads));
+    return 0;
+}
+
+// Gradients of means2d [2], Ms [9], normals [3], depths, opacities and features [D] of
+// every (camera, surfel) from those of the six per-pixel outputs (each may be null).
+int sk2_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const float* Ms, const int32_t* ids,
+                   const int64_t* tile_offsets, const float* T_final, const int32_t* last, const int32_t* med,
+                   const float* depth_sum, const uint64_t* vecmask, const float* g_feat, const float* g_alpha,
+                   const float* g_normal, const float* g_depth, const float* g_distort, const float* g_median,
+                   float* out_means2d, float* out_Ms, float* out_normals, float* out_depths, float* out_opac,
+                   float* out_feat, int nthreads) {
+    const Surfel2D* splats = reinterpret_cast<const Surfel2D*>(packed);
+    SK_DISPATCH(D, raster2_bwd<DD>(C, N, W, H, splats, Ms, ids, tile_offsets, T_final, last, med, depth_sum,
+                                   vecmask, g_feat, g_alpha, g_normal, g_depth, g_distort, g_median, out_means2d,
+                                   out_Ms, out_normals, out_depths, out_opac, out_feat, nthreads));
     return 0;
 }
 
