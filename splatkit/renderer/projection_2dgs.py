@@ -160,3 +160,21 @@ def _exact_radii(M: torch.Tensor, means2d: torch.Tensor, opac: torch.Tensor, wid
     rx = torch.ceil(torch.maximum(rx, disc) + 1e-3)
     ry = torch.ceil(torch.maximum(ry, disc) + 1e-3)
     return torch.stack([rx, ry], dim=-1).nan_to_num(big).clamp(max=1e8)
+
+
+def screen_translation(M: torch.Tensor, means2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Insert a zero screen-space translation of every surfel's image, for densification.
+
+    In 2DGS the projected centre ``means2d`` only enters through the low-pass filter, so
+    its gradient is not the screen-space gradient 3DGS densification thresholds. Moving
+    a surfel's image by ``d`` pixels maps ``M`` to ``[[1, 0, dx], [0, 1, dy], [0, 0, 1]] M``
+    (and the filter centre by ``d``); with ``d = 0`` nothing changes, and ``d.grad`` after
+    backward is the gradient of the loss with respect to where the surfel appears on
+    screen, the quantity 2DGS and gsplat densify on.
+
+    Returns ``(offset [C, N, 2] leaf requiring grad, M', means2d')``.
+    """
+    offset = torch.zeros_like(means2d.detach()).requires_grad_(torch.is_grad_enabled())
+    rows = M.unbind(-2)
+    M = torch.stack([rows[0] + offset[..., 0:1] * rows[2], rows[1] + offset[..., 1:2] * rows[2], rows[2]], dim=-2)
+    return offset, M, means2d + offset

@@ -133,4 +133,5 @@ def rasterize_2dgs(
     normals_camera = torch.einsum("cij,chwj->chwi", viewmats[:, :3, :3], normals)
     return {"colors": renders[..., :-1], "alphas": alphas, "normals_camera": normals_camera,
             "depth_sum": renders[..., -1:], "distort": distort, "median_depth": median,
-            "means2d": meta["means2d"], "radii": meta["radii"], "depths": meta["depths"]}
+            # gsplat's screen-space gradient for 2DGS densification (see screen_translation)
+            "means2d": meta["gradient_2dgs"], "radii": meta["radii"], "depths": meta["depths"]}

@@ -12,11 +12,13 @@ surfel reached while the transmittance is still above 0.5).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from splatkit.renderer.backends.torch_ref import bin_gaussians
 from splatkit.renderer.projection import TRANSMITTANCE_MIN
-from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, surfel_alpha
+from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, screen_translation, surfel_alpha
 
 
 @torch.no_grad()
@@ -155,7 +157,9 @@ def rasterize_2dgs(
     """Reference implementation of :func:`splatkit.renderer.rasterize_2dgs` (arguments there)."""
     proj = project_surfels(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                            near_plane, far_plane, radius_clip)
+    offset, M, means2d = screen_translation(proj.ray_transforms, proj.means2d)
+    proj = dataclasses.replace(proj, ray_transforms=M, means2d=means2d)
     out = composite_surfels(proj, proj.colors, width, height, tile_size, max_chunk_elements)
     return {"colors": out["feats"], "alphas": out["alphas"], "normals_camera": out["normals"],
             "depth_sum": out["depth_sum"], "distort": out["distort"], "median_depth": out["median"],
-            "means2d": proj.means2d, "radii": proj.radii, "depths": proj.depths}
+            "means2d": offset, "radii": proj.radii, "depths": proj.depths}

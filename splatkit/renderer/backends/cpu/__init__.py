@@ -15,6 +15,7 @@ import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
 from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Rasterize2DGSFn, RasterizeFn
+from splatkit.renderer.projection_2dgs import screen_translation
 
 __all__ = ["KernelBuildError", "is_available", "rasterize", "rasterize_2dgs", "unavailable_reason"]
 
@@ -155,7 +156,9 @@ def rasterize_2dgs(
         feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
     # opacities are shared by the cameras; autograd sums their per-camera gradients
     opac = opacities[None].expand(C, N)
+    # The recentred transform composes with a screen translation like the full one.
+    offset, Ms, means2d = screen_translation(Ms, means2d)
     img, alpha, normal_img, depth_sum, distort, median = Rasterize2DGSFn.apply(
         means2d, Ms, normals, depths, opac.contiguous(), feats.contiguous(), shift, radii, width, height, nthreads)
     return {"colors": img, "alphas": alpha, "normals_camera": normal_img, "depth_sum": depth_sum,
-            "distort": distort, "median_depth": median, "means2d": means2d, "radii": radii, "depths": depths}
+            "distort": distort, "median_depth": median, "means2d": offset, "radii": radii, "depths": depths}
