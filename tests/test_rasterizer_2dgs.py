@@ -89,7 +89,7 @@ def test_normals_of_a_known_plane():
     interior[[0, -1], :] = False
     interior[:, [0, -1]] = False
     interior &= torch.nn.functional.max_pool2d((~covered)[None, None].double(), 3, 1, 1)[0, 0] == 0
-    fd = from_depth[0][interior]
+    fd = from_depth[0][interior].detach()
     # Depth is the centres' depth blended per pixel, so the derived normal is close to the
     # plane's, not exact (a surface of discs is piecewise constant in depth).
     cos = fd @ torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
