@@ -174,7 +174,7 @@ def screen_translation(M: torch.Tensor, means2d: torch.Tensor) -> tuple[torch.Te
 
     Returns ``(offset [C, N, 2] leaf requiring grad, M', means2d')``.
     """
-    offset = torch.zeros_like(means2d.detach()).requires_grad_(torch.is_grad_enabled())
+    offset = torch.zeros_like(means2d.detach()).requires_grad_(torch.is_grad_enabled() and M.requires_grad)
     rows = M.unbind(-2)
     M = torch.stack([rows[0] + offset[..., 0:1] * rows[2], rows[1] + offset[..., 1:2] * rows[2], rows[2]], dim=-2)
     return offset, M, means2d + offset
