@@ -130,8 +130,8 @@ def test_screen_space_gradient_is_the_gradient_of_moving_the_image():
     w = torch.randn(1, H, W, 3, generator=g, dtype=torch.float64)
 
     def loss(K, backend="torch", dtype=torch.float64):
-        out = rasterize_2dgs(*[t.to(dtype) for t in scene], vm.to(dtype), K.to(dtype), W, H, backend=backend,
-                             render_mode="RGB")
+        params = [t.to(dtype).requires_grad_(torch.is_grad_enabled()) for t in scene]  # as in training
+        out = rasterize_2dgs(*params, vm.to(dtype), K.to(dtype), W, H, backend=backend, render_mode="RGB")
         return (out[0] * w.to(dtype)).sum(), out[6]["means2d"]
 
     value, offset = loss(K)
