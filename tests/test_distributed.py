@@ -94,3 +94,32 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path):
 
     assert load_checkpoint(ckpt)["step"] == 2
     assert not list((tmp_path / "run" / "ckpts").glob(".*tmp"))
+
+
+def _diverge_worker(rank, port, out):
+    import torch.distributed as dist
+
+    from splatkit.trainer.distributed import SplatDistributedError, check_in_sync
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    params = {"means": torch.zeros(5, 3)}
+    check_in_sync(params, rank, 1)  # identical: passes
+    params["means"][0, 0] = float(rank)  # rank 1 drifts
+    try:
+        check_in_sync(params, rank, 2)
+        result = "no error"
+    except SplatDistributedError as e:
+        result = str(e)
+    dist.destroy_process_group()
+    with open(f"{out}/{rank}.txt", "w") as f:
+        f.write(result)
+
+
+def test_replicas_that_drift_apart_are_reported(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_diverge_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        text = (tmp_path / f"{rank}.txt").read_text()
+        assert f"rank {rank}: the ranks' Gaussians diverged by step 2" in text, text

@@ -103,3 +103,16 @@ def gather_cameras(t: torch.Tensor, rank: int, step: int) -> torch.Tensor:
 def barrier(rank: int, step: int) -> None:
     with _guard("barrier", rank, step):
         dist.barrier()
+
+
+def check_in_sync(params: dict[str, torch.Tensor], rank: int, step: int) -> None:
+    """Raise if the ranks' splats differ (same count and a float64 checksum of the means);
+    a cheap guard against anything that would let replicas drift apart."""
+    means = params["means"].detach()
+    mine = torch.tensor([float(means.shape[0]), float(means.double().sum())], dtype=torch.float64,
+                        device=means.device)
+    allv = gather_cameras(mine[None], rank, step)
+    if not bool((allv == allv[0]).all()):
+        raise SplatDistributedError(
+            f"rank {rank}: the ranks' Gaussians diverged by step {step} (count, checksum per rank: "
+            f"{allv.tolist()}); a component made rank-dependent random draws or decisions")

@@ -274,6 +274,8 @@ class SplatTrainer:
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
+        if self.world_size > 1 and step % 100 == 0:
+            distributed.check_in_sync(ts.params, self.world_rank, step)
         clock.lap("densification")
         self._call("post_step", frames=frames, render=render, loss=loss)
         clock.lap("modules")
