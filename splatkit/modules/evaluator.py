@@ -176,12 +176,8 @@ class SplatEvaluator(SplatBaseModule):
 
     def evaluate_trainer(self, trainer, step: int) -> dict:
         """Evaluate ``trainer``'s current state on its provider's test split and write the files."""
-        ts = trainer.training_state
-
-        def render_fn(f):
-            return trainer.renderer.render(ts.params, f.cameras, ts.sh_degree, trainer.backgrounds(len(f.cameras))).images
-
-        return self.evaluate(render_fn, trainer.data_provider.test_frames(), step, ts.num_gaussians, trainer.device)
+        return self.evaluate(lambda f: trainer.render_view(f.cameras).images, trainer.data_provider.test_frames(),
+                             step, trainer.training_state.num_gaussians, trainer.device)
 
     def evaluate(self, render_fn, frames: Iterable, step: int, num_gaussians: int,
                  device: torch.device | str = "cpu") -> dict:

@@ -85,8 +85,7 @@ class SplatTensorboard(SplatBaseModule):
         if trainer.data_provider.num_test_frames() == 0:
             return
         f = trainer.data_provider.test_frame(0).to(trainer.device)
-        ts = trainer.training_state
-        img = trainer.renderer.render(ts.params, f.cameras, ts.sh_degree, trainer.backgrounds(1)).images.clamp(0, 1)
+        img = trainer.render_view(f.cameras).images.clamp(0, 1)
         self.writer.add_image("test/render", side_by_side(img[0], f.images[0]), step, dataformats="HWC")
         self.writer.add_scalar("test/psnr", float(psnr(img, f.images, f.masks)[0]), step)
 

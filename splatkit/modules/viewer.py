@@ -24,6 +24,7 @@ import torch
 
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
+from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import c2w_to_viewmat, quat_to_rotmat, viewmat_to_c2w
 
 logger = logging.getLogger("splatkit")
@@ -62,7 +63,7 @@ class SplatViewer(SplatBaseModule):
 
     # ---------------------------------------------------------------- server
     def start(self, render_fn, initial_c2w: torch.Tensor | None = None, default_resolution: int = 512) -> None:
-        """Start the server. ``render_fn(viewmats [1,4,4], Ks [1,3,3], width, height) -> [H, W, 3]``."""
+        """Start the server. ``render_fn(cameras: SplatCameras) -> [H, W, 3]`` renders one camera."""
         try:
             import viser
         except ImportError as e:
@@ -142,10 +143,11 @@ class SplatViewer(SplatBaseModule):
             if cam.update_timestamp == 0.0:  # the browser has not reported its camera yet
                 continue
             c["dirty"], c["last"] = False, time.perf_counter()
-            viewmat, K, w, h = self._camera(cam)
+            cams = self._camera(cam)
+            w, h = cams.width, cams.height
             t0 = time.perf_counter()
             with torch.no_grad():
-                img = self._render_fn(viewmat, K, w, h)
+                img = self._render_fn(cams)
             image = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
             dt = time.perf_counter() - t0
             try:
@@ -158,7 +160,7 @@ class SplatViewer(SplatBaseModule):
             sent += 1
         return sent
 
-    def _camera(self, cam) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def _camera(self, cam) -> SplatCameras:
         """viser camera (OpenCV axes, camera-to-world wxyz + position, vertical fov) ->
         splatkit camera at the chosen resolution."""
         res = int(self._gui_res.value)
@@ -169,7 +171,7 @@ class SplatViewer(SplatBaseModule):
         c2w[:3, 3] = torch.tensor(np.asarray(cam.position), dtype=torch.float64)
         f = 0.5 * h / math.tan(0.5 * float(cam.fov))
         K = torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
-        return c2w_to_viewmat(c2w)[None].float(), K[None].float(), w, h
+        return SplatCameras(c2w_to_viewmat(c2w)[None].float(), K[None].float(), w, h)
 
     def update_status(self, force: bool = False, **status) -> None:
         self._status.update(status)
@@ -202,11 +204,8 @@ class SplatViewer(SplatBaseModule):
 
         c2w = look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
-        def render_fn(viewmat, K, w, h):
-            from splatkit.splat.cameras import SplatCameras
-
-            cams = SplatCameras(viewmat.to(device), K.to(device), w, h)
-            return renderer.render(params, cams, sh_degree, bg).images[0]
+        def render_fn(cams):
+            return renderer.render(params, cams.to(device), sh_degree, bg).images[0]
 
         self.start(render_fn, c2w, default_resolution=1024 if device.type == "cuda" else 512)
         self.update_status(force=True, step="-", gaussians=int(means.shape[0]), psnr=None)
@@ -222,13 +221,8 @@ class SplatViewer(SplatBaseModule):
         self._enabled = world_rank == 0 and self.mode == "training"
         if not self._enabled:
             return
-        from splatkit.splat.cameras import SplatCameras
-
-        def render_fn(viewmat, K, w, h):
-            ts = trainer.training_state
-            cams = SplatCameras(viewmat.to(trainer.device), K.to(trainer.device), w, h)
-            return trainer.renderer.render(ts.params, cams, trainer.active_sh_degree(max(trainer.step, 1)),
-                                           trainer.backgrounds(1)).images[0]
+        def render_fn(cams):
+            return trainer.render_view(cams, trainer.active_sh_degree(max(trainer.step, 1))).images[0]
 
         first = trainer.data_provider.train_frame(0).cameras
         self.start(render_fn, viewmat_to_c2w(first.viewmats[0].double()),

@@ -51,20 +51,6 @@ class SplatRenderOutput:
     def packed(self) -> bool:
         return self.gaussian_ids is not None
 
-    def visible_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(camera_ids [nnz], gaussian_ids [nnz])`` of every (camera, Gaussian) that
-        touched an image, for packed and unpacked outputs alike."""
-        if self.packed:
-            return self.camera_ids, self.gaussian_ids
-        return torch.nonzero((self.radii > 0).any(dim=-1), as_tuple=True)
-
-    def pair_values(self, per_camera: torch.Tensor) -> torch.Tensor:
-        """Rows of a per-(camera, Gaussian) tensor (``means2d``-shaped) for :meth:`visible_pairs`."""
-        if self.packed:
-            return per_camera
-        cam, gs = self.visible_pairs()
-        return per_camera[cam, gs]
-
 
 class SplatRenderer(ABC):
     """Turns stored parameters (see :mod:`splatkit.splat.conventions`) into images.

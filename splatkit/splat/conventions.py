@@ -107,6 +107,11 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     return q.reshape(R.shape[:-2] + (4,))
 
 
+def gaussian_kind(scales: torch.Tensor) -> str:
+    """"2dgs" for surfel scales ``[N, 2]``, "3dgs" for ``[N, 3]``."""
+    return "2dgs" if scales.shape[-1] == 2 else "3dgs"
+
+
 def axis_scales(scales: torch.Tensor) -> torch.Tensor:
     """Activated scales along the three rotation axes ``[..., 3]``: 2DGS surfels have two
     (``[..., 2]``, tangent axes) and none along their normal (the rotation's third column)."""

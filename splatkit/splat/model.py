@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 
 from splatkit.splat.conventions import (
+    gaussian_kind,
     opacity_activation,
     opacity_inverse_activation,
     scale_activation,
@@ -56,7 +57,7 @@ class SplatModel:
     @property
     def kind(self) -> str:
         """"2dgs" for surfels (two scales), else "3dgs"."""
-        return "2dgs" if self.scales.shape[1] == 2 else "3dgs"
+        return gaussian_kind(self.scales)
 
     @property
     def sh_degree(self) -> int:

@@ -68,21 +68,21 @@ class SplatTrainingState:
             )
             for name in PARAM_NAMES
         }
-        bs = self.batch_size
         # PyTorch's fused Adam (one multithreaded pass per parameter, on CPU and CUDA) is
         # ~8x faster than the default loop on CPU; same update rule.
         fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in self.params.values())
         extra = {} if self.sparse_grad else {"fused": fused or None}
         adam = torch.optim.SparseAdam if self.sparse_grad else torch.optim.Adam
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            name: adam(
-                [{"params": [p], "lr": self.learning_rates[name] * math.sqrt(bs), "name": name}],
-                eps=1e-15 / math.sqrt(bs),
-                betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)),
-                **extra,
-            )
+            name: adam([{"params": [p], "name": name, **self._batch_scaled(self.learning_rates[name])}], **extra)
             for name, p in self.params.items()
         }
+
+    def _batch_scaled(self, lr: float) -> dict:
+        """Adam's rate, eps and betas for ``batch_size`` images per step, as gsplat scales them."""
+        bs = self.batch_size
+        return {"lr": lr * math.sqrt(bs), "eps": 1e-15 / math.sqrt(bs),
+                "betas": (1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999))}
 
     @property
     def num_gaussians(self) -> int:
@@ -101,18 +101,16 @@ class SplatTrainingState:
     def set_learning_rate(self, name: str, lr: float) -> None:
         """Set parameter ``name``'s rate (before batch scaling)."""
         for group in self.optimizers[name].param_groups:
-            group["lr"] = lr * math.sqrt(self.batch_size)
+            group["lr"] = self._batch_scaled(lr)["lr"]
 
     def set_batch_size(self, batch_size: int) -> None:
         """Rescale every optimiser's rate, eps and betas for a new batch size (e.g. a
         checkpoint of a K-process run resumed on another number of processes)."""
-        bs = int(batch_size)
+        unscaled = {n: opt.param_groups[0]["lr"] / math.sqrt(self.batch_size) for n, opt in self.optimizers.items()}
+        self.batch_size = int(batch_size)
         for name, opt in self.optimizers.items():
             for group in opt.param_groups:
-                group["lr"] = group["lr"] / math.sqrt(self.batch_size) * math.sqrt(bs)
-                group["eps"] = 1e-15 / math.sqrt(bs)
-                group["betas"] = (1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999))
-        self.batch_size = bs
+                group.update(self._batch_scaled(unscaled[name]))
 
     def zero_grad(self) -> None:
         for opt in self.optimizers.values():

@@ -16,6 +16,7 @@ naming the rank and step.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -58,27 +59,22 @@ def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, tor
     return rank, world, device
 
 
+@contextlib.contextmanager
 def _guard(what: str, rank: int, step: int):
-    class _Ctx:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc is not None and isinstance(exc, (RuntimeError, ConnectionError)) and not isinstance(
-                    exc, SplatDistributedError):
-                raise SplatDistributedError(
-                    f"rank {rank}: {what} failed at step {step}: another rank probably died or stopped "
-                    f"responding ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
-                    "Checkpoints already written are complete; resume from the last one.") from exc
-            return False
-
-    return _Ctx()
+    """Turn a failed collective into a :class:`SplatDistributedError` that says what happened."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SplatDistributedError(
+            f"rank {rank}: {what} failed at step {step}: another rank probably died or stopped responding "
+            f"({type(e).__name__}: {first}). Checkpoints already written are complete; resume from the last one."
+        ) from e
 
 
 def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: int) -> None:
     """Average every parameter's gradient across ranks with one flat all-reduce."""
-    grads = [p.grad for p in params.values()]
-    present = [g for g in grads if g is not None]
+    present = [p.grad for p in params.values() if p.grad is not None]
     if not present:
         return
     flat = torch.cat([g.reshape(-1) for g in present])
@@ -92,17 +88,12 @@ def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: in
         offset += n
 
 
-def gather_cameras(t: torch.Tensor, rank: int, step: int) -> torch.Tensor:
+def gather_ranks(t: torch.Tensor, rank: int, step: int) -> torch.Tensor:
     """``[B, ...]`` per rank -> ``[B * W, ...]`` in rank order (same shapes on every rank)."""
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     with _guard("all-gather", rank, step):
         dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
-
-
-def barrier(rank: int, step: int) -> None:
-    with _guard("barrier", rank, step):
-        dist.barrier()
 
 
 def check_in_sync(params: dict[str, torch.Tensor], rank: int, step: int) -> None:
@@ -111,7 +102,7 @@ def check_in_sync(params: dict[str, torch.Tensor], rank: int, step: int) -> None
     means = params["means"].detach()
     mine = torch.tensor([float(means.shape[0]), float(means.double().sum())], dtype=torch.float64,
                         device=means.device)
-    allv = gather_cameras(mine[None], rank, step)
+    allv = gather_ranks(mine[None], rank, step)
     if not bool((allv == allv[0]).all()):
         raise SplatDistributedError(
             f"rank {rank}: the ranks' Gaussians diverged by step {step} (count, checksum per rank: "

@@ -24,6 +24,7 @@ from splatkit.loss_fn.loss_3dgs import Splat3DGSLossFn
 from splatkit.modules.base import SplatBaseModule
 from splatkit.renderer.base import SplatRenderer
 from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
+from splatkit.splat.conventions import gaussian_kind
 from splatkit.splat.model import SplatModel
 from splatkit.splat.training_state import SplatTrainingState
 from splatkit.trainer import distributed
@@ -130,7 +131,7 @@ class SplatTrainer:
             points = (torch.rand(cfg.init_num_points, 3, generator=gen) * 2 - 1) * extent
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
         model = SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
-        if getattr(self.renderer, "gaussian_kind", "3dgs") == "2dgs":  # surfels: the two tangent scales
+        if self.renderer.gaussian_kind == "2dgs":  # surfels: the two tangent scales
             model = SplatModel(**{**model.params(), "scales": model.scales[:, :2].contiguous()})
         return model
 
@@ -153,8 +154,8 @@ class SplatTrainer:
                             self.training_state.batch_size, cfg.batch_size * self.world_size, self.world_size,
                             "" if self.world_size == 1 else "es")
                 self.training_state.set_batch_size(cfg.batch_size * self.world_size)
-            kind = "2dgs" if self.training_state.params["scales"].shape[1] == 2 else "3dgs"
-            wanted = getattr(self.renderer, "gaussian_kind", "3dgs")
+            kind = gaussian_kind(self.training_state.params["scales"])
+            wanted = self.renderer.gaussian_kind
             if kind != wanted:
                 raise ValueError(f"the checkpoint holds {kind} Gaussians but the renderer "
                                  f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind")
@@ -290,13 +291,13 @@ class SplatTrainer:
         if grad is None:
             return render
         # The global loss is the mean of the ranks' losses: each rank's gradients count 1/W.
-        gathered = distributed.gather_cameras(grad, self.world_rank, step) / self.world_size
+        gathered = distributed.gather_ranks(grad, self.world_rank, step) / self.world_size
         means2d = torch.zeros_like(gathered)
         means2d.grad = gathered
         absgrad = getattr(render.means2d, "absgrad", None)
         if absgrad is not None:
-            means2d.absgrad = distributed.gather_cameras(absgrad, self.world_rank, step) / self.world_size
-        radii = distributed.gather_cameras(render.radii, self.world_rank, step)
+            means2d.absgrad = distributed.gather_ranks(absgrad, self.world_rank, step) / self.world_size
+        radii = distributed.gather_ranks(render.radii, self.world_rank, step)
         return dataclasses.replace(render, means2d=means2d, radii=radii)
 
     def run(self) -> SplatTrainingState:
@@ -315,6 +316,14 @@ class SplatTrainer:
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
+    def render_view(self, cameras, sh_degree: int | None = None):
+        """Render the current Gaussians (no gradients) into ``cameras`` (on this device)
+        over the configured background, at ``sh_degree`` (default: all of the model's)."""
+        ts = self.training_state
+        degree = ts.sh_degree if sh_degree is None else sh_degree
+        return self.renderer.render(ts.params, cameras.to(self.device), degree, self.backgrounds(len(cameras)))
+
+    @torch.no_grad()
     def evaluate(self, frames: Iterable | None = None) -> dict:
         """PSNR and SSIM on the provider's test split (or ``frames``) at full SH degree.
 
@@ -323,13 +332,9 @@ class SplatTrainer:
         """
         from splatkit.modules.evaluator import evaluate_frames, summarize
 
-        ts = self.training_state
-
-        def render_fn(f):
-            return self.renderer.render(ts.params, f.cameras, ts.sh_degree, self.backgrounds(len(f.cameras))).images
-
-        summary = summarize(evaluate_frames(render_fn, frames if frames is not None else
-                                            self.data_provider.test_frames(), self.device))
+        summary = summarize(evaluate_frames(lambda f: self.render_view(f.cameras).images,
+                                            frames if frames is not None else self.data_provider.test_frames(),
+                                            self.device))
         return {k: summary[k] for k in ("psnr", "ssim", "num_images")}
 
 
