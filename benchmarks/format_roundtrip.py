@@ -19,12 +19,13 @@ import argparse
 import dataclasses
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from splatkit.utils.files import json_safe
 
 
 def _train_demo(steps: int, out_dir: Path):
@@ -76,9 +77,10 @@ def _render(model, cams) -> list[torch.Tensor]:
     return out
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return math.inf if mse == 0 else -10 * math.log10(mse)
+def _psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
+    from splatkit.metrics import psnr
+
+    return float(psnr(a.float(), b.float()).mean())
 
 
 def _max_errors(original, loaded) -> dict:
@@ -102,17 +104,6 @@ def _max_errors(original, loaded) -> dict:
     }
 
 
-def _jsonable(x):
-    """Non-finite floats as strings ("inf"), so the output is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_jsonable(v) for v in x]
-    return x
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ply", help="an existing splat (any supported format) instead of training the demo")
@@ -120,12 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--views", type=int, default=8, help="orbit cameras for --ply")
     args = parser.parse_args(argv)
 
-    from splatkit.splat.formats import FORMATS, dropped_information, read_splat, write_splat
+    from splatkit.splat.formats import FORMATS, dropped_information, filter_model, read_splat, write_splat
 
     with tempfile.TemporaryDirectory(prefix="splatkit_formats_") as tmp:
         tmp = Path(tmp)
         if args.ply:
-            model, cams, targets, train_seconds = read_splat(args.ply), None, None, None
+            model, targets = read_splat(args.ply), None
             cams = _orbit_cameras(model, args.views)
             scene = {"source": str(args.ply), "cameras": f"{len(cams)} orbit views, 128x128"}
         else:
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         reference = _render(model, cams)
         result = {**scene, "num_gaussians": model.num_gaussians, "sh_degree": model.sh_degree}
         if targets is not None:
-            result["psnr_vs_ground_truth"] = {"original": sum(map(_psnr, reference, targets)) / len(targets)}
+            result["psnr_vs_ground_truth"] = {"original": sum(map(_psnr_of, reference, targets)) / len(targets)}
         result["formats"] = {}
         ply_bytes = None
         for name, fmt in FORMATS.items():
@@ -146,10 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
             t1 = time.perf_counter()
             loaded = read_splat(path)
             t2 = time.perf_counter()
-            order = fmt.write_order(model.params()) if fmt.write_order is not None else slice(None)
-            original = type(model)(**{k: v[order] for k, v in model.params().items()})
+            original = (filter_model(model, fmt.write_order(model.params())) if fmt.write_order is not None
+                        else model)
             renders = _render(loaded, cams)
-            psnrs = [_psnr(a, b) for a, b in zip(renders, reference)]
+            psnrs = [_psnr_of(a, b) for a, b in zip(renders, reference)]
             size = path.stat().st_size
             ply_bytes = ply_bytes or size
             entry = {
@@ -163,12 +154,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "dropped": dropped_information(model, name),
             }
             if targets is not None:
-                result["psnr_vs_ground_truth"][name] = sum(map(_psnr, renders, targets)) / len(targets)
+                result["psnr_vs_ground_truth"][name] = sum(map(_psnr_of, renders, targets)) / len(targets)
             result["formats"][name] = entry
-    result = _jsonable(result)
+    result = json_safe(result)
     print(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

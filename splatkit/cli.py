@@ -26,14 +26,14 @@ from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve_backend_name, resolve_backend_name_2dgs
-from splatkit.splat.formats import convert, describe_file, read_splat
+from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
 from splatkit.trainer.distributed import SplatDistributedError
 from splatkit.trainer.trainer import resolve_device
-from splatkit.utils.files import atomic_write, ensure_writable_dir
+from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 
 
 @dataclass
@@ -265,17 +265,15 @@ def _demo(cmd: DemoCommand) -> dict:
 
 def _write_summary(path: str | None, result: dict) -> None:
     if path:
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        write_json(path, result)
 
 
 def _load_model(path: str | Path) -> tuple[SplatModel, dict | None]:
     """A model from any splat file or a .ckpt (and the checkpoint itself, if it is one)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".ckpt":
         ckpt = load_checkpoint(path)
-        return SplatModel(**ckpt["training_state"]["params"]), ckpt
+        return model_from_checkpoint(ckpt, path), ckpt
     return read_splat(path), None
 
 
@@ -307,7 +305,7 @@ def _eval(cmd: EvalCommand) -> dict:
 
 
 def _view(cmd: ViewCommand) -> dict:
-    model, _ = _load_model(cmd.path)
+    model = read_splat(cmd.path)
     device = resolve_device(cmd.device)
     params = {k: v.to(device) for k, v in model.params().items()}
     viewer = SplatViewer(port=cmd.port, mode="rendering", host=cmd.host)
@@ -337,11 +335,7 @@ def _export(cmd: ExportCommand) -> dict:
 
 
 def _info(cmd: InfoCommand) -> dict:
-    info = describe_file(cmd.path)
-    if Path(cmd.path).suffix.lower() == ".ckpt":
-        ckpt = load_checkpoint(cmd.path)
-        info = {**info, "step": ckpt["step"], "max_steps": ckpt["config"].get("max_steps")}
-    return info
+    return describe_file(cmd.path)
 
 
 COMMANDS = {"train": TrainCommand, "demo": DemoCommand, "eval": EvalCommand, "view": ViewCommand,
@@ -379,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cmd, ViewCommand) or result.get("rank", 0) != 0:
         return 0
     if isinstance(cmd, (InfoCommand, EvalCommand, ExportCommand)):
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(json_safe(result), indent=2, default=str))
     else:
         print(f"test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f} on {result['test_images']} "
               f"test images; {result['num_gaussians']} Gaussians; trained in {result['train_seconds']} s")

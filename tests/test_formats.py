@@ -630,3 +630,20 @@ def test_exporter_validation(tmp_path):
     with pytest.raises(ValueError, match="frame='input' needs a data provider with a 'transform'.*_TinyCapture"):
         _run(tmp_path, SplatExporter(tmp_path / "out", [1], frame="input"), _TinyCapture(transform=False))
     assert not (tmp_path / "out" / "splats").exists()
+
+
+def test_convert_stores_surfels_as_flat_gaussians_in_every_3dgs_format(tmp_path):
+    """2DGS (two-scale) models go through the same flattening in convert as in the exporter."""
+    from splatkit.splat.formats import SURFEL_LOG_THICKNESS, convert
+
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    SplatModel(means=torch.randn(n, 3, generator=g), scales=torch.randn(n, 2, generator=g) - 3,
+               quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
+               sh0=torch.randn(n, 1, 3, generator=g) * 0.3, shN=torch.zeros(n, 15, 3)).save_ply(tmp_path / "s.ply")
+    for suffix in (".splat", ".spz", ".compressed.ply"):
+        summary = convert(tmp_path / "s.ply", tmp_path / f"out{suffix}")
+        assert any("flat 3D Gaussians" in w for w in summary["warnings"]), suffix
+        back = read_splat(tmp_path / f"out{suffix}")
+        assert back.num_gaussians == n and back.scales.shape == (n, 3), suffix
+        assert float(back.scales[:, 2].max()) < SURFEL_LOG_THICKNESS + 0.5, suffix

@@ -33,7 +33,7 @@ import torch
 from splatkit.lpips import LPIPSUnavailable, load_lpips
 from splatkit.metrics import psnr, ssim
 from splatkit.modules.base import SplatBaseModule
-from splatkit.utils.files import atomic_write, ensure_writable_dir
+from splatkit.utils.files import atomic_write, ensure_writable_dir, write_json
 
 logger = logging.getLogger("splatkit")
 
@@ -206,8 +206,7 @@ class SplatEvaluator(SplatBaseModule):
             stats["lpips_net"] = self.lpips_net
         stats_dir = self.output_dir / "stats"
         stats_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(stats_dir / f"step_{step:06d}.json",
-                     lambda tmp: tmp.write_text(json.dumps(_finite(stats), indent=2) + "\n"))
+        write_json(stats_dir / f"step_{step:06d}.json", stats)
         if self.save_images:
             for r in rows:
                 _write_png(self.output_dir / "renders" / f"step_{step:06d}" / f"{Path(r['name']).stem}.png",
@@ -253,14 +252,3 @@ class SplatEvaluator(SplatBaseModule):
         fig.savefig(buf, format="png")
         plt.close(fig)
         atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
-
-
-def _finite(obj):
-    """JSON has no inf/nan: write them as strings ("inf" for a perfect PSNR)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

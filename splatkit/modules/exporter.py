@@ -85,7 +85,6 @@ class SplatExporter(SplatBaseModule):
         self.export_steps = sorted(set(steps))
         self.save_splat = save_splat
         self.save_ckpt = save_ckpt
-        self.splat_format = splat_format
         self.splat_formats: tuple[str, ...] = tuple(dict.fromkeys(names))
         """The formats written at each export step, in order, without repeats."""
         self.frame = frame
@@ -114,10 +113,10 @@ class SplatExporter(SplatBaseModule):
 
     def on_setup(self, world_rank: int = 0, max_steps: int | None = None,
                  logger: logging.Logger | None = None, trainer=None, **kwargs) -> None:
-        if self.frame == "input" and self.save_splat:
-            self._to_input = self._input_frame_inverse(trainer)
         if world_rank != 0:
             return
+        if self.frame == "input" and self.save_splat:  # fails here, before step 1, without a transform
+            self._to_input = self._input_frame_inverse(trainer)
         if self.save_splat:
             ensure_writable_dir(self.splat_dir, "SplatExporter output_dir")
         if self.save_ckpt:
@@ -154,11 +153,9 @@ class SplatExporter(SplatBaseModule):
             return
         if self.save_splat:
             model = training_state.to_model()
-            self._warn_dropped(model, logger)
-            if self.frame == "input":
-                if self._to_input is None:
-                    self._to_input = self._input_frame_inverse(trainer)
+            if self._to_input is not None:
                 model = transform_model(model, self._to_input)
+            self._warn_dropped(model, logger)  # of the model as written, in its frame
             for fmt in self.splat_formats:
                 path = write_splat(model, self.splat_path(step, fmt), fmt)
                 if logger is not None:

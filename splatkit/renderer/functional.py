@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from splatkit.renderer.backends import BACKENDS, GSPLAT_OPTIONS, resolve_backend_name
+from splatkit.renderer.backends import (
+    BACKENDS,
+    BACKENDS_2DGS,
+    GSPLAT_OPTIONS,
+    resolve_backend_name,
+    resolve_backend_name_2dgs,
+)
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
@@ -16,12 +22,15 @@ def _check(cond: bool, message: str) -> None:
 
 def _validate(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-    backgrounds, render_mode,
+    backgrounds, render_mode, render_modes=RENDER_MODES, scale_dims=(3,),
 ) -> None:
     _check(means.dim() == 2 and means.shape[-1] == 3, f"means must be [N, 3], got {tuple(means.shape)}")
     N = means.shape[0]
     _check(tuple(quats.shape) == (N, 4), f"quats must be [N, 4] = [{N}, 4] (wxyz), got {tuple(quats.shape)}")
-    _check(tuple(scales.shape) == (N, 3), f"scales must be [N, 3] = [{N}, 3], got {tuple(scales.shape)}")
+    _check(scales.dim() == 2 and tuple(scales.shape) in [(N, d) for d in scale_dims],
+           f"scales must be [N, {scale_dims[0]}] = [{N}, {scale_dims[0]}]"
+           + (" (surfel tangent scales; a third column is ignored)" if len(scale_dims) > 1 else "")
+           + f", got {tuple(scales.shape)}")
     _check(tuple(opacities.shape) == (N,), f"opacities must be [N] = [{N}], got {tuple(opacities.shape)}")
     _check(viewmats.dim() == 3 and viewmats.shape[1:] == (4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}")
     C = viewmats.shape[0]
@@ -36,7 +45,7 @@ def _validate(
     else:
         _check((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)),
                f"without sh_degree, colors must be [N, D] or [C, N, D], got {tuple(colors.shape)}")
-    _check(render_mode in RENDER_MODES, f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    _check(render_mode in render_modes, f"render_mode must be one of {render_modes}, got {render_mode!r}")
     named = {"quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": viewmats,
              "Ks": Ks, "backgrounds": backgrounds}
     for name, t in named.items():
@@ -174,14 +183,8 @@ def rasterize_2dgs(
         ``distort [C, H, W, 1], median_depth [C, H, W, 1], meta)``; ``meta`` holds
         ``means2d`` (``.grad`` for densification), ``radii``, ``depths``, ``width``, ``height``.
     """
-    from splatkit.renderer.backends import resolve_backend_name_2dgs, BACKENDS_2DGS
-
-    if scales.dim() != 2 or scales.shape[-1] not in (2, 3):
-        raise ValueError(f"scales must be [N, 2] (surfel tangent scales), got {tuple(scales.shape)}")
-    _validate(means, quats, torch.nn.functional.pad(scales, (0, 3 - scales.shape[-1])), opacities, colors, viewmats,
-              Ks, width, height, sh_degree, backgrounds, "RGB")
-    if render_mode not in RENDER_MODES_2DGS:
-        raise ValueError(f"render_mode must be one of {RENDER_MODES_2DGS}, got {render_mode!r}")
+    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
+              render_mode, render_modes=RENDER_MODES_2DGS, scale_dims=(2, 3))
     if depth_mode not in ("expected", "median"):
         raise ValueError(f"depth_mode must be 'expected' or 'median', got {depth_mode!r}")
     name = resolve_backend_name_2dgs(backend, means.device, means.dtype)

@@ -7,6 +7,7 @@ from typing import Mapping
 
 import torch
 
+from splatkit.renderer.backends import GSPLAT_OPTIONS
 from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize
 from splatkit.splat.cameras import SplatCameras
@@ -67,7 +68,7 @@ class Splat3DGSRenderer(SplatRenderer):
             rasterize_mode=self.rasterize_mode,
             render_mode="RGB+ED" if self.render_depth else "RGB",
             tile_size=self.tile_size,
-            **{k: True for k in ("packed", "absgrad", "sparse_grad") if getattr(self, k)},
+            **{k: True for k in GSPLAT_OPTIONS if getattr(self, k)},
         )
         return SplatRenderOutput(
             images=renders[..., :3],

@@ -35,7 +35,7 @@ from splatkit.trainer.checkpoint import (
     save_checkpoint,
 )
 from splatkit.trainer.config import SplatTrainerConfig
-from splatkit.utils.files import atomic_write, ensure_writable_dir
+from splatkit.utils.files import ensure_writable_dir, write_json
 
 logger = logging.getLogger("splatkit")
 
@@ -170,8 +170,7 @@ class SplatTrainer:
                 "modules": [_describe(m) for m in self.modules],
                 "resumed_from": None if self.ckpt_path is None else str(self.ckpt_path),
             }
-            atomic_write(Path(cfg.output_dir) / "trainer_config.json",
-                         lambda tmp: tmp.write_text(json.dumps(record, indent=2, default=str)))
+            write_json(Path(cfg.output_dir) / "trainer_config.json", record)
         self._call("on_setup")
 
     def _restore(self, ckpt: dict) -> None:

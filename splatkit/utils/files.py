@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -65,3 +67,20 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     except OSError as e:
         raise PermissionError(f"{what}: folder '{path}' is not writable: {e.strerror or e}") from e
     return path
+
+
+def json_safe(obj):
+    """``obj`` with non-finite floats as strings ("inf", "nan"): strict JSON has neither."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented strict JSON, atomically."""
+    text = json.dumps(json_safe(obj), indent=2, default=str) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

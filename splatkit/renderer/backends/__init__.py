@@ -30,6 +30,28 @@ def available_backends() -> list[str]:
     return sorted(BACKENDS)
 
 
+def _auto(device: torch.device | str, dtype: torch.dtype) -> str:
+    """What ``"auto"`` means for tensors on ``device`` of ``dtype``, for 3DGS and 2DGS alike:
+    gsplat on CUDA, the compiled kernels for float32 on the CPU, else the reference, with
+    one warning naming why a faster backend is unavailable."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        if gsplat_backend.is_available():
+            return "gsplat"
+        if "gsplat" not in _warned:
+            _warned.add("gsplat")
+            logger.warning("rendering on CUDA without gsplat (%s); using the reference PyTorch rasterizer on "
+                           "the GPU, which is much slower", gsplat_backend.unavailable_reason())
+    elif kind == "cpu" and dtype == torch.float32:
+        if cpu.is_available():
+            return "cpu"
+        if "cpu" not in _warned:
+            _warned.add("cpu")
+            logger.warning("the compiled CPU rasterizer is unavailable (%s); using the reference PyTorch "
+                           "rasterizer, which is much slower", cpu.unavailable_reason())
+    return "torch"
+
+
 def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
     """The concrete backend ``name`` stands for with tensors on ``device`` of ``dtype``.
 
@@ -37,37 +59,16 @@ def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dty
     reference with one warning if it cannot be built; float64 always uses the reference.
     """
     if name == "auto":
-        kind = torch.device(device).type
-        if kind == "cuda":
-            if gsplat_backend.is_available():
-                return "gsplat"
-            if "gsplat" not in _warned:
-                _warned.add("gsplat")
-                logger.warning("rendering on CUDA without gsplat (%s); using the reference PyTorch rasterizer on "
-                               "the GPU, which is much slower", gsplat_backend.unavailable_reason())
-        elif kind == "cpu" and dtype == torch.float32:
-            if cpu.is_available():
-                return "cpu"
-            if "cpu" not in _warned:
-                _warned.add("cpu")
-                logger.warning("the compiled CPU rasterizer is unavailable (%s); using the reference PyTorch "
-                               "rasterizer, which is much slower", cpu.unavailable_reason())
-        return "torch"
+        return _auto(device, dtype)
     if name not in BACKENDS:
         raise ValueError(f"unknown rasterizer backend {name!r}; available: {', '.join(available_backends())}")
     return name
 
 
-
 def resolve_backend_name_2dgs(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
     """Like :func:`resolve_backend_name` for the 2DGS rasterizers."""
     if name == "auto":
-        kind = torch.device(device).type
-        if kind == "cuda" and gsplat_backend.is_available():
-            return "gsplat"
-        if kind == "cpu" and dtype == torch.float32 and "cpu" in BACKENDS_2DGS and cpu.is_available():
-            return "cpu"
-        return "torch"
+        return _auto(device, dtype)
     if name not in BACKENDS_2DGS:
         raise ValueError(f"unknown 2DGS rasterizer backend {name!r}; available: {', '.join(BACKENDS_2DGS)}")
     return name

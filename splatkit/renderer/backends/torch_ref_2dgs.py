@@ -76,8 +76,7 @@ def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_si
     return pix, gauss
 
 
-def _segment_exclusive_cumsum(x: torch.Tensor, first: torch.Tensor, seg_start: torch.Tensor,
-                              seg_id: torch.Tensor) -> torch.Tensor:
+def _segment_exclusive_cumsum(x: torch.Tensor, seg_start: torch.Tensor, seg_id: torch.Tensor) -> torch.Tensor:
     """Per-pixel exclusive prefix sums of ``x [M, ...]`` (pairs grouped by pixel)."""
     incl = torch.cumsum(x, 0)
     excl = incl - x
@@ -107,14 +106,14 @@ def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, h
     seg_start = torch.nonzero(first)[:, 0]
     seg_id = torch.cumsum(first.long(), 0) - 1
     log_t = torch.log1p(-alpha.double())
-    excl = _segment_exclusive_cumsum(log_t, first, seg_start, seg_id)
+    excl = _segment_exclusive_cumsum(log_t, seg_start, seg_id)
     T_before = torch.exp(excl).to(dtype)
     T_after = torch.exp(excl + log_t).to(dtype)
     alive = T_after > TRANSMITTANCE_MIN  # a pixel stops before the surfel taking T to 1e-4
     w = torch.where(alive, alpha * T_before, torch.zeros_like(alpha))
 
     depth = proj.depths.reshape(C * N)[gauss]
-    wd_before = _segment_exclusive_cumsum((w * depth).double(), first, seg_start, seg_id).to(dtype)
+    wd_before = _segment_exclusive_cumsum((w * depth).double(), seg_start, seg_id).to(dtype)
     distort = 2.0 * w * (depth * (1.0 - T_before) - wd_before)
     contrib = torch.cat([w[:, None] * feats.reshape(C * N, D)[gauss], w[:, None],
                          w[:, None] * proj.normals.reshape(C * N, 3)[gauss], (w * depth)[:, None], distort[:, None]],

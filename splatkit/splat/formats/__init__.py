@@ -98,14 +98,18 @@ def format_from_path(path: str | os.PathLike) -> str:
                      f"{', '.join(f.suffix for f in FORMATS.values())} or name the format")
 
 
-def _model_from_checkpoint(path: Path) -> SplatModel:
-    from splatkit.trainer.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
+def model_from_checkpoint(ckpt: dict, path: Path) -> SplatModel:
+    """The Gaussians of a loaded checkpoint (``path`` names it in errors)."""
     try:
         return SplatModel(**ckpt["training_state"]["params"])
     except (KeyError, TypeError, ValueError) as e:
         raise SplatFileError(f"{path}: checkpoint holds no valid Gaussian parameters ({e})") from e
+
+
+def _model_from_checkpoint(path: Path) -> SplatModel:
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(path), path)
 
 
 def _detect(path: Path) -> str:
@@ -219,12 +223,20 @@ def describe_file(path: str | os.PathLike) -> dict:
     the file's ``format`` and size, and percentiles ``p1 .. p99`` of opacity and scale.
     """
     path = Path(path)
-    model = read_splat(path)
+    extra = {}
+    if path.suffix.lower() == CHECKPOINT_SUFFIX:
+        from splatkit.trainer.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt, path)
+        extra = {"step": ckpt["step"], "max_steps": ckpt["config"].get("max_steps")}
+    else:
+        model = read_splat(path)
     info = model.describe()
     info["opacity"].update(_percentiles(opacity_activation(model.opacities)))
     info["scale"].update(_percentiles(scale_activation(model.scales)))
     fmt = "checkpoint" if path.suffix.lower() == CHECKPOINT_SUFFIX else _detect(path)
-    return {"file": str(path), "format": fmt, "file_bytes": path.stat().st_size, **info}
+    return {"file": str(path), "format": fmt, "file_bytes": path.stat().st_size, **info, **extra}
 
 
 def _as_vec3(v, name: str) -> torch.Tensor | None:
@@ -237,7 +249,7 @@ def _as_vec3(v, name: str) -> torch.Tensor | None:
 
 
 def filter_model(model: SplatModel, keep: torch.Tensor) -> SplatModel:
-    """The Gaussians where boolean ``keep [N]`` is True."""
+    """The Gaussians selected by ``keep``: a boolean mask ``[N]`` or indices (in that order)."""
     return SplatModel(**{n: t[keep] for n, t in model.params().items()})
 
 
@@ -294,7 +306,7 @@ def convert(
                          f"transparent, of {num_in}); nothing written")
     model = filter_model(model, keep)
     warnings = dropped_information(model, fmt.name)
-    path = fmt.write(dst, model.params())
+    path = write_splat(model, dst, fmt.name)
     return {
         "src": str(src),
         "dst": str(path),

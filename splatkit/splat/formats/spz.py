@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 from splatkit.splat.ply import SplatFileError
-from splatkit.splat.sh import num_sh_bases
+from splatkit.splat.sh import num_sh_bases, sh_degree_from_bases
 from splatkit.utils.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def encode(params: dict[str, torch.Tensor], version: int = DEFAULT_VERSION) -> b
     means = params["means"].detach().cpu().double().numpy() * _FLIP_P
     N = means.shape[0]
     shN = params["shN"].detach().cpu().double().numpy()
-    sh_degree = {0: 0, 3: 1, 8: 2, 15: 3}[shN.shape[1]]
+    sh_degree = sh_degree_from_bases(shN.shape[1] + 1)
     bits = fractional_bits_for(means)
 
     fixed = _round_half_away(means * (1 << bits)).astype(np.int64).reshape(-1)
