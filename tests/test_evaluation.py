@@ -100,7 +100,7 @@ def test_lpips_matches_independent_network_and_reports_missing_weights(tmp_path,
         load_lpips("alex", tmp_path / "bad")
 
 
-def test_evaluator_numbers_files_and_eval_command(tmp_path, monkeypatch):
+def test_evaluator_numbers_files_and_eval_command(tmp_path):
     """Train with the evaluator and exporter, check its figures against torchmetrics and
     a direct PSNR, then `splatkit eval` on the checkpoint reproduces them."""
     tm = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics gives the independent SSIM")
@@ -115,13 +115,15 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path, monkeypatch):
 
     ts = trainer.training_state
     lp = load_lpips("alex", tmp_path / "w")
+    direct_psnrs = []
     for row, frame in zip(stats["images"], trainer.data_provider.test_frames()):
         with torch.no_grad():
             img = trainer.renderer.render(ts.params, frame.cameras, ts.sh_degree, trainer.backgrounds(1)).images
         img = img.clamp(0, 1).double()
         gt = frame.images.double()
         mse = float(((img - gt) ** 2).mean())
-        assert row["psnr"] == pytest.approx(-10 * math.log10(mse), abs=1e-4)
+        direct_psnrs.append(-10 * math.log10(mse))
+        assert row["psnr"] == pytest.approx(direct_psnrs[-1], abs=1e-4)
         # torchmetrics reflect-pads; where the 11x11 window lies inside the image (the
         # region we average, as scikit-image and Wang et al.'s reference do) its map is exact.
         _, ref_map = tm.structural_similarity_index_measure(
@@ -129,7 +131,7 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path, monkeypatch):
             data_range=1.0, return_full_image=True)
         assert row["ssim"] == pytest.approx(float(ref_map[..., 5:-5, 5:-5].mean()), abs=1e-6)
         assert row["lpips"] == pytest.approx(float(lp(img.float(), gt.float())[0]), rel=1e-5)
-    assert stats["psnr"] == pytest.approx(np.mean([r["psnr"] for r in stats["images"]]))
+    assert stats["psnr"] == pytest.approx(np.mean(direct_psnrs), abs=1e-4)  # the mean of per-image dB
 
     rows = list(csv.DictReader((out / "stats" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [20, 40]
@@ -142,14 +144,12 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path, monkeypatch):
     assert Image.open(pngs[0]).size == (3 * 32, 32)  # ground truth | render | error
 
     # The same numbers from the command line, on the checkpoint of that step.
-    summary = tmp_path / "eval.json"
     rc = main(["eval", str(out / "ckpts" / "step_000040.ckpt"), "--data", "demo", *DEMO_ARGS,
                "--output-dir", str(tmp_path / "eval"), "--lpips-weights", str(tmp_path / "w")])
     assert rc == 0
     again = json.loads((tmp_path / "eval" / "stats" / "step_000040.json").read_text())
     for key in ("psnr", "ssim", "lpips", "num_gaussians", "num_images", "train_seconds"):
         assert again[key] == pytest.approx(stats[key], rel=1e-6), key
-    del summary
 
 
 def test_lpips_unavailable_is_reported_not_invented(tmp_path, monkeypatch):
@@ -201,3 +201,13 @@ def test_progress_tracker_writes_plain_lines_when_not_a_terminal(tmp_path):
     pattern = r"step (10|20)/20 loss \d+\.\d{4} psnr \d+\.\d\d gaussians \d+ \d+\.\d steps/s eta \d+s"
     assert all(re.fullmatch(pattern, line) for line in lines), lines
     assert "\r" not in out.getvalue()
+
+
+def test_masked_psnr_counts_only_masked_in_pixels():
+    g = torch.Generator().manual_seed(2)
+    img, gt = torch.rand(1, 8, 8, 3, generator=g), torch.rand(1, 8, 8, 3, generator=g)
+    mask = torch.zeros(1, 8, 8, 1, dtype=torch.bool)
+    mask[:, 2:5, 1:7] = True
+    inside = ((img - gt) ** 2)[mask.expand_as(img)].mean()
+    assert float(psnr(img, gt, mask)[0]) == pytest.approx(-10 * math.log10(float(inside)), rel=1e-5)
+    assert float(psnr(img, gt, mask)[0]) != pytest.approx(float(psnr(img, gt)[0]), rel=1e-3)

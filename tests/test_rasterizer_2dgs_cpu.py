@@ -10,8 +10,6 @@ normal's orientation is decided by the sign of n . p = 0), change measurably whe
 their float64 parameters are rounded to float32.
 """
 
-import math
-
 import pytest
 import torch
 
@@ -205,4 +203,3 @@ def test_densification_statistics_match_the_reference():
     norms = {b: r[2].norm(dim=-1)[vis] for b, r in results.items()}
     assert float(norms["torch"].max()) > 0
     assert torch.allclose(norms["torch"], norms["cpu"], rtol=1e-3, atol=1e-9)
-    assert math.isfinite(float(norms["cpu"].sum()))

@@ -5,7 +5,6 @@ parameter gradient within 1e-4 relative L2 error. The reference runs in float64,
 the comparison measures the compiled backend's float32 error, not the reference's.
 """
 
-import math
 
 import pytest
 import torch
@@ -128,5 +127,5 @@ def test_densification_statistics_match_the_reference():
     grads = {b: r[4] for b, r in res.items()}
     vis = res["torch"][2]["radii"].gt(0).any(-1)
     norms = {b: g.norm(dim=-1)[vis] for b, g in grads.items()}
+    assert float(norms["torch"].max()) > 0  # there are statistics to compare
     assert torch.allclose(norms["torch"], norms["cpu"], rtol=1e-3, atol=1e-9)
-    assert math.isfinite(float(norms["cpu"].sum()))

@@ -171,11 +171,11 @@ def test_gsplat_switches_are_refused_by_other_backends():
     with pytest.raises(ValueError, match="absgrad, sparse_grad are gsplat options"):
         rasterize(means.float(), quats.float(), scales.float(), opacities.float(), colors.float(), vm.float(),
                   K.float(), W, H, backend="auto", absgrad=True, sparse_grad=True)
-    with pytest.raises(RuntimeError, match="backend 'gsplat' is unavailable"):
-        from splatkit.renderer.backends import gsplat_backend
+    from splatkit.renderer.backends import gsplat_backend
 
-        if gsplat_backend.is_available():
-            pytest.skip("gsplat works here")
+    if gsplat_backend.is_available():
+        pytest.skip("gsplat works here")
+    with pytest.raises(RuntimeError, match="backend 'gsplat' is unavailable"):
         gsplat_backend.rasterize(means, quats, scales, opacities, colors, vm, K, W, H)
 
 
@@ -190,7 +190,7 @@ def test_cpu_rendering_never_imports_gsplat(tmp_path):
     (tmp_path / "gsplat" / "__init__.py").write_text("raise RuntimeError('gsplat was imported')\n")
 
     code = (
-        "import sys, torch\n"
+        "import torch\n"
         "from splatkit.renderer import rasterize\n"
         "n = 16\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -202,7 +202,6 @@ def test_cpu_rendering_never_imports_gsplat(tmp_path):
         "K = torch.tensor([[[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]])\n"
         "img, _, _ = rasterize(means, quats, scales, op, torch.rand(n, 3), vm, K, 16, 16)\n"
         "img.sum().backward()\n"
-        "assert 'gsplat' not in sys.modules, 'gsplat was imported'\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
