@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator
@@ -49,6 +50,14 @@ class SplatFrames:
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_order(seed: int, epoch: int, n: int) -> tuple[int, ...]:
+    """The seeded permutation of ``n`` training frames for one epoch (computed once, not
+    once per sample: every step and every prefetch look-ahead reads it)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=gen).tolist())
+
+
 class SplatDataProvider(ABC):
     """Where training gets its cameras, images and initial Gaussians.
 
@@ -89,8 +98,7 @@ class SplatDataProvider(ABC):
         out = []
         for sample in range((step - 1) * batch_size, step * batch_size):
             epoch, pos = divmod(sample, n)
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            out.append(int(torch.randperm(n, generator=gen)[pos]))
+            out.append(_epoch_order(seed, epoch, n)[pos])
         return out
 
     def rank_indices(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:

@@ -127,7 +127,8 @@ class SplatCaptureDataProvider(SplatDataProvider):
         else:
             test = [i for i in range(len(records)) if test_every > 0 and i % test_every == 0]
         self._test_ids = test
-        self._train_ids = [i for i in range(len(records)) if i not in set(test)]
+        test_set = set(test)
+        self._train_ids = [i for i in range(len(records)) if i not in test_set]
         self._points, self._colors = points.float(), colors.float()
         self.transform = transform
         """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""

@@ -21,6 +21,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _contiguous(g: torch.Tensor | None) -> torch.Tensor | None:
+    return None if g is None else g.contiguous()
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous()
 
@@ -181,11 +185,8 @@ class Project2DGSFn(torch.autograd.Function):
         sh_degree, K, nthreads, use_sh = ctx.cfg
         C, N = viewmats.shape[0], means.shape[0]
 
-        def c(g):
-            return None if g is None else g.contiguous()
-
-        g_means2d, g_Ms, g_normals, g_depths = c(g_means2d), c(g_Ms), c(g_normals), c(g_depths)
-        g_colors = c(g_colors) if use_sh else None
+        g_means2d, g_Ms, g_normals, g_depths = map(_contiguous, (g_means2d, g_Ms, g_normals, g_depths))
+        g_colors = _contiguous(g_colors) if use_sh else None
         out_means = torch.zeros(N, 3)
         out_quats = torch.zeros(N, 4)
         out_scales = torch.zeros(N, 2)
@@ -253,8 +254,9 @@ class Rasterize2DGSFn(torch.autograd.Function):
         lib.sk2_raster_fwd(C, width, height, D, _ptr(packed), _ptr(ids), _ptr(tile_offsets), _ptr(img), _ptr(alpha),
                            _ptr(normal_img), _ptr(depth_sum), _ptr(distort), _ptr(median), _ptr(T_final), _ptr(last),
                            _ptr(med), _ptr(vecmask), nthreads)
-        # the backward pass needs sum w d per pixel; keep a private copy of that output
-        ctx.save_for_backward(packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum.clone(), vecmask)
+        # The backward pass needs sum w d per pixel: the output itself (autograd's version
+        # counter reports any in-place edit of it before backward).
+        ctx.save_for_backward(packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum, vecmask)
         ctx.cfg = (width, height, nthreads, N, D)
         ctx.set_materialize_grads(False)
         return img, alpha, normal_img, depth_sum, distort, median
@@ -266,16 +268,13 @@ class Rasterize2DGSFn(torch.autograd.Function):
         width, height, nthreads, N, D = ctx.cfg
         C = packed.shape[0]
 
-        def c(g):
-            return None if g is None else g.contiguous()
-
         out_means2d = torch.empty(C, N, 2)
         out_Ms = torch.empty(C, N, 3, 3)
         out_normals = torch.empty(C, N, 3)
         out_depths = torch.empty(C, N)
         out_opac = torch.empty(C, N)
         out_feats = torch.empty(C, N, D)
-        grads = [c(g) for g in (g_img, g_alpha, g_normals, g_depth, g_distort, g_median)]
+        grads = [_contiguous(g) for g in (g_img, g_alpha, g_normals, g_depth, g_distort, g_median)]
         lib.sk2_raster_bwd(C, N, width, height, D, _ptr(packed), _ptr(Ms), _ptr(ids), _ptr(tile_offsets),
                            _ptr(T_final), _ptr(last), _ptr(med), _ptr(depth_sum), _ptr(vecmask),
                            *[_ptr(g) for g in grads], _ptr(out_means2d), _ptr(out_Ms), _ptr(out_normals),
