@@ -210,16 +210,19 @@ def components(cmd: TrainCommand):
     return renderer, loss, densification
 
 
-def _data_provider(cmd: TrainCommand):
-    if cmd.data == "demo":
-        return SplatDemoDataProvider(cmd.demo)
-    provider, found = provider_from_path(cmd.data, cmd.colmap, cmd.blender)
+def _data_provider(data: str, demo: SplatDemoDataProviderConfig | None = None,
+                   colmap: SplatColmapDataProviderConfig | None = None,
+                   blender: SplatBlenderDataProviderConfig | None = None):
+    """The provider for ``--data`` (the built-in scene, or a detected capture), reporting what it found."""
+    if data == "demo":
+        return SplatDemoDataProvider(demo or SplatDemoDataProviderConfig())
+    provider, found = provider_from_path(data, colmap, blender)
     print(f"splatkit: found {found}", file=sys.stderr)
     return provider
 
 
 def _train(cmd: TrainCommand) -> dict:
-    data_provider = _data_provider(cmd)
+    data_provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
     exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt,
                              splat_format=list(cmd.splat_format), frame=cmd.export_frame)
@@ -291,7 +294,7 @@ def _eval(cmd: EvalCommand) -> dict:
     for name, state in (ckpt or {}).get("modules", []):
         if name == "SplatEvaluator":  # training time so far, as the training run counted it
             evaluator.load_state_dict(state)
-    provider = _data_provider(TrainCommand(data=cmd.data, demo=cmd.demo, colmap=cmd.colmap, blender=cmd.blender))
+    provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
     renderer = _renderer_for(model, cmd.backend)
     params = {k: v.to(device) for k, v in model.params().items()}
     bg = torch.tensor([background], dtype=torch.float32, device=device)
@@ -322,7 +325,7 @@ def _export(cmd: ExportCommand) -> dict:
         if Path(cmd.src).suffix.lower() == ".ckpt":
             T = load_checkpoint(cmd.src).get("input_transform")
         if T is None and cmd.data is not None:
-            T = getattr(_data_provider(TrainCommand(data=cmd.data)), "transform", None)
+            T = getattr(_data_provider(cmd.data), "transform", None)
         if T is None:
             raise ValueError(f"--frame input needs the capture's normalisation: {cmd.src} holds none; pass --data "
                              "with the capture the model was trained on")
