@@ -53,14 +53,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``[..., 3]`` floats in [0, 1] (clamped) as a uint8 NumPy image."""
     return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
 def side_by_side(render: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
     """``[H, 3W, 3]`` uint8: ground truth | render | absolute error x5 (grey)."""
     err = ((render - gt).abs().mean(dim=-1, keepdim=True) * 5).expand_as(gt)
-    return _to_uint8(torch.cat([gt, render, err], dim=1))
+    return to_uint8(torch.cat([gt, render, err], dim=1))
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -73,12 +74,13 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None) -> list[dict]:
+def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None,
+                    on_image=None) -> list[dict]:
     """Per-image metrics. ``render_fn(frames) -> [B, H, W, 3]`` renders the given frames.
 
-    Returns one dict per image: name, psnr, ssim, lpips (None without a metric), seconds
-    (render time), and the clamped render and ground truth (CPU tensors) under
-    ``"_render"`` / ``"_gt"``.
+    Returns one dict per image: name, psnr, ssim, lpips (None without a metric) and
+    seconds (render time). ``on_image(name, render, gt)``, if given, receives each
+    clamped render and its ground truth (``[H, W, 3]``, on the device) as they are made.
     """
     rows = []
     for f in frames:
@@ -93,8 +95,9 @@ def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=Non
         lp = lpips(img, f.images) if lpips is not None else None
         for i, name in enumerate(f.names):
             rows.append({"name": name, "psnr": float(p[i]), "ssim": float(s[i]),
-                         "lpips": None if lp is None else float(lp[i]), "seconds": seconds,
-                         "_render": img[i].cpu(), "_gt": f.images[i].cpu()})
+                         "lpips": None if lp is None else float(lp[i]), "seconds": seconds})
+            if on_image is not None:
+                on_image(name, img[i], f.images[i])
     return rows
 
 
@@ -184,35 +187,38 @@ class SplatEvaluator(SplatBaseModule):
         """Evaluate rendered ``frames`` and write ``stats/step_XXXXXX.json`` (and the rest)."""
         device = torch.device(device)
         self._prepare_lpips(device)
-        rows = evaluate_frames(render_fn, frames, device, self._lpips)
+        renders_dir = self.output_dir / "renders" / f"step_{step:06d}"
+
+        def save(name, render, gt):
+            _write_png(renders_dir / f"{Path(name).stem}.png", side_by_side(render, gt))
+
+        rows = evaluate_frames(render_fn, frames, device, self._lpips, save if self.save_images else None)
         summary = summarize(rows)
+        if self.lpips_net is None:
+            lpips_status = "not computed (lpips_net=None)"
+        else:
+            lpips_status = summary["lpips"] if self._lpips is not None else "unavailable"
         stats = {
             "step": step,
             **{k: summary[k] for k in ("psnr", "ssim")},
-            "lpips": summary["lpips"] if self._lpips is not None else "unavailable",
+            "lpips": lpips_status,
             "num_gaussians": int(num_gaussians),
             "train_seconds": round(self.train_seconds, 3),
             "peak_memory_mb": round(peak_memory_mb(device), 1),
             "peak_memory_kind": "cuda_allocator" if device.type == "cuda" else "process_rss",
             "render_fps": summary["render_fps"],
             "num_images": summary["num_images"],
-            "images": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+            "images": rows,
         }
-        if self.lpips_net is None:
-            stats["lpips"] = "not computed (lpips_net=None)"
-        elif self._lpips is None:
-            stats["lpips_unavailable_reason"] = self._lpips_reason
-        else:
+        if self._lpips is not None:
             stats["lpips_net"] = self.lpips_net
+        elif self.lpips_net is not None:
+            stats["lpips_unavailable_reason"] = self._lpips_reason
         stats_dir = self.output_dir / "stats"
         stats_dir.mkdir(parents=True, exist_ok=True)
         write_json(stats_dir / f"step_{step:06d}.json", stats)
-        if self.save_images:
-            for r in rows:
-                _write_png(self.output_dir / "renders" / f"step_{step:06d}" / f"{Path(r['name']).stem}.png",
-                           side_by_side(r["_render"], r["_gt"]))
         row = {k: stats[k] for k in CSV_FIELDS}
-        row["lpips"] = stats["lpips"] if isinstance(stats["lpips"], float) else None
+        row["lpips"] = summary["lpips"]  # None when not computed
         self.history = [h for h in self.history if h["step"] != step] + [row]
         self.history.sort(key=lambda h: h["step"])
         self._write_csv(stats_dir / "metrics.csv")

@@ -25,7 +25,8 @@ import torch
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
 from splatkit.splat.cameras import SplatCameras
-from splatkit.splat.conventions import c2w_to_viewmat, quat_to_rotmat, viewmat_to_c2w
+from splatkit.modules.evaluator import to_uint8
+from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w, quat_to_rotmat, viewmat_to_c2w
 
 logger = logging.getLogger("splatkit")
 
@@ -148,7 +149,7 @@ class SplatViewer(SplatBaseModule):
             t0 = time.perf_counter()
             with torch.no_grad():
                 img = self._render_fn(cams)
-            image = (img.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            image = to_uint8(img)
             dt = time.perf_counter() - t0
             try:
                 c["client"].scene.set_background_image(image, format="jpeg", jpeg_quality=85)
@@ -173,12 +174,15 @@ class SplatViewer(SplatBaseModule):
         K = torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
         return SplatCameras(c2w_to_viewmat(c2w)[None].float(), K[None].float(), w, h)
 
+    def _status_due(self) -> bool:
+        """The panel refreshes at most 4 times a second."""
+        return time.perf_counter() - self._last_status_update >= 0.25
+
     def update_status(self, force: bool = False, **status) -> None:
         self._status.update(status)
-        now = time.perf_counter()
-        if self.server is None or (not force and now - self._last_status_update < 0.25):
+        if self.server is None or not (force or self._status_due()):
             return
-        self._last_status_update = now
+        self._last_status_update = time.perf_counter()
         self._gui_step.value = str(self._status["step"])
         self._gui_gaussians.value = f"{self._status['gaussians']:,}"
         p = self._status["psnr"]
@@ -200,8 +204,6 @@ class SplatViewer(SplatBaseModule):
         centre = means.median(dim=0).values
         radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
         eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
-        from splatkit.splat.conventions import look_at_c2w
-
         c2w = look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
 
         def render_fn(cams):
@@ -237,12 +239,10 @@ class SplatViewer(SplatBaseModule):
     def post_step(self, step: int, training_state=None, **kwargs) -> None:
         if not self._enabled:
             return
-        value = None
-        if self._last_batch is not None and time.perf_counter() - self._last_status_update >= 0.25:
+        if self._last_batch is not None and self._status_due():  # the PSNR costs a sync: only when shown
             img, gt, mask = self._last_batch
-            value = float(psnr(img, gt, mask).mean())
-        if value is not None:
-            self.update_status(step=step, gaussians=training_state.num_gaussians, psnr=value)
+            self.update_status(step=step, gaussians=training_state.num_gaussians,
+                               psnr=float(psnr(img, gt, mask).mean()))
         self._last_batch = None
         self.serve_pending(training=True)
         while self.paused.is_set() and self.server is not None:
