@@ -15,9 +15,9 @@ from splatkit.data_provider.captured import (
     FrameRecord,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
+    downscaled_records,
     image_size,
     resized_copies,
-    resized_size,
 )
 from splatkit.data_provider.images import IMAGE_EXTENSIONS, DataError, _preview, find_masks
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
@@ -212,12 +212,4 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
                                   f, config.loader, root.resolve())
             for i, p in zip(todo, made):
                 out_paths[i] = p
-        out = []
-        for r, p in zip(records, out_paths):
-            w, h = image_size(p)
-            ew, eh = resized_size(r.intrinsics.width, r.intrinsics.height, f)
-            if abs(w - ew) > 1 or abs(h - eh) > 1:
-                raise DataError(f"{p} is {w}x{h}; at factor {f} its camera ({r.intrinsics.width}x"
-                                f"{r.intrinsics.height}) expects about {ew}x{eh}")
-            out.append(FrameRecord(r.name, p, r.c2w, r.intrinsics.scaled(w, h), r.mask_path))
-        return out
+        return downscaled_records(records, out_paths, f)

@@ -78,6 +78,20 @@ def cache_root(config: SplatLoaderConfig) -> Path:
     return Path(root)
 
 
+def downscaled_records(records: list["FrameRecord"], paths: list[Path], factor: int) -> list["FrameRecord"]:
+    """``records`` pointing at their ``factor``-times smaller images ``paths``, with the
+    intrinsics following each image's actual size (checked to be about 1/factor)."""
+    out = []
+    for r, p in zip(records, paths):
+        w, h = image_size(p)
+        ew, eh = resized_size(r.intrinsics.width, r.intrinsics.height, factor)
+        if abs(w - ew) > 1 or abs(h - eh) > 1:
+            raise DataError(f"{p} is {w}x{h}; at factor {factor} its camera ({r.intrinsics.width}x"
+                            f"{r.intrinsics.height}) expects about {ew}x{eh}")
+        out.append(FrameRecord(r.name, p, r.c2w, r.intrinsics.scaled(w, h), r.mask_path))
+    return out
+
+
 def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int, config: SplatLoaderConfig,
                    source_dir: Path) -> list[Path]:
     """Downscaled PNG copies of ``paths`` (made once, reused afterwards) in the cache folder."""

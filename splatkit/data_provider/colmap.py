@@ -15,9 +15,8 @@ from splatkit.data_provider.captured import (
     SplatCaptureDataProvider,
     SplatLoaderConfig,
     check_files_exist,
-    image_size,
+    downscaled_records,
     resized_copies,
-    resized_size,
 )
 from splatkit.data_provider.images import DataError, find_masks
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
@@ -211,12 +210,4 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
             paths = resized_copies([r.image_path for r in records],
                                    [(r.intrinsics.width, r.intrinsics.height) for r in records], f, config.loader,
                                    images_dir)
-        out = []
-        for r, p in zip(records, paths):
-            w, h = image_size(p)
-            ew, eh = resized_size(r.intrinsics.width, r.intrinsics.height, f)
-            if abs(w - ew) > 1 or abs(h - eh) > 1:
-                raise DataError(f"{p} is {w}x{h}; at factor {f} its camera ({r.intrinsics.width}x"
-                                f"{r.intrinsics.height}) expects about {ew}x{eh}")
-            out.append(FrameRecord(r.name, p, r.c2w, r.intrinsics.scaled(w, h), r.mask_path))
-        return out
+        return downscaled_records(records, paths, f)
