@@ -131,8 +131,11 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
             files = [(path, None)]
 
         entries = []  # (name, image path, c2w, meta, json file, split, mask path)
+        ply_file = None  # nerfstudio's optional point cloud, named by the first file
         for jpath, split in files:
             data = _load_json(jpath)
+            if jpath == files[0][0] and "ply_file_path" in data:
+                ply_file = (jpath, data["ply_file_path"])
             top = {k: data[k] for k in INTRINSIC_KEYS if k in data}
             for i, frame in enumerate(data["frames"]):
                 where = f"{jpath} frame {i}"
@@ -147,7 +150,8 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
                 name = f"{split}/{frame['file_path']}" if split else str(frame["file_path"])
                 entries.append((name, image, matrix, meta, where, split, mask))
 
-        missing = [e for e in entries if not e[1].is_file()]
+        present = [e[1].is_file() for e in entries]
+        missing = [e for e, ok in zip(entries, present) if not ok]
         if missing:
             names = [str(e[1]) for e in missing]
             if not config.skip_missing_images:
@@ -155,7 +159,7 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
                                 "Restore them, or set skip_missing_images=True to train without those frames.")
             logger.warning("skipping %d of %d frames whose images are missing: %s", len(missing), len(entries),
                            _preview(names))
-            entries = [e for e in entries if e[1].is_file()]
+            entries = [e for e, ok in zip(entries, present) if ok]
         self.missing_images = [str(e[1]) for e in missing]
         if not entries:
             raise DataError(f"'{path}': no frames with images")
@@ -171,21 +175,21 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
             for r in records:
                 r.mask_path = masks[r.image_path.name]
 
-        points, colors = self._points(files[0][0], transform)
+        points, colors = self._points(ply_file, transform)
         test_names = {e[0] for e in entries if e[5] == "test"} if files[0][1] == "train" else None
         super().__init__(records, config.test_every, points, colors, transform, config.loader,
                          background=config.background, test_names=test_names)
         logger.info("transforms.json capture %s: %s", path, self.describe())
 
     @staticmethod
-    def _points(jpath: Path, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """nerfstudio's optional ``ply_file_path`` point cloud; none otherwise."""
-        data = json.loads(jpath.read_text())
-        if "ply_file_path" not in data:
+    def _points(ply_file: tuple[Path, str] | None, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """nerfstudio's optional ``ply_file_path`` point cloud (``(json file, ply_file_path)``); none otherwise."""
+        if ply_file is None:
             return torch.zeros(0, 3), torch.zeros(0, 3)
         from plyfile import PlyData
 
-        ply_path = jpath.parent / data["ply_file_path"]
+        jpath, relative = ply_file
+        ply_path = jpath.parent / relative
         try:
             v = PlyData.read(str(ply_path))["vertex"]
             xyz = np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float64)
