@@ -132,3 +132,21 @@ def test_format_detection(tmp_path):
         detect_data(tmp_path / "ngp" / "images")
     with pytest.raises(DataError, match="does not exist"):
         detect_data(tmp_path / "nowhere")
+
+
+def test_nerfstudio_point_cloud_is_read_and_normalised_with_the_cameras(tmp_path):
+    from plyfile import PlyData, PlyElement
+
+    root = _ngp(tmp_path / "cap")
+    meta = json.loads((root / "transforms.json").read_text())
+    meta["ply_file_path"] = "sparse_pc.ply"
+    (root / "transforms.json").write_text(json.dumps(meta))
+    pts = np.array([(0.1, 0.2, 0.3, 255, 0, 0), (-0.5, 0.0, 0.25, 0, 255, 0)],
+                   dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    PlyData([PlyElement.describe(pts, "vertex")]).write(str(root / "sparse_pc.ply"))
+    p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root), loader=_loader(tmp_path)))
+    xyz, rgb = p.initial_points()
+    raw = torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.25]], dtype=torch.float64)
+    T = p.transform
+    torch.testing.assert_close(xyz.double(), raw @ T[:3, :3].T + T[:3, 3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rgb, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
