@@ -152,6 +152,42 @@ def _contributing_pairs(
     return pix, gauss
 
 
+class PixelSegments:
+    """Pairs grouped by pixel (``pix [M]`` sorted): where each pixel's run starts and
+    which run each pair is in, for segmented prefix sums."""
+
+    def __init__(self, pix: torch.Tensor) -> None:
+        first = torch.ones_like(pix, dtype=torch.bool)
+        first[1:] = pix[1:] != pix[:-1]
+        self.start = torch.nonzero(first)[:, 0]
+        self.id = torch.cumsum(first.long(), 0) - 1
+
+    def exclusive_cumsum(self, x: torch.Tensor) -> torch.Tensor:
+        """Per pixel, the sum of ``x [M, ...]`` over the earlier pairs of that pixel."""
+        excl = torch.cumsum(x, 0) - x
+        return excl - excl[self.start][self.id]
+
+
+def pair_weights(pix: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, PixelSegments]:
+    """Front-to-back blending weights of pairs grouped by pixel, in depth order.
+
+    Returns ``(w [M], T_before [M], segments)``: ``w = alpha T_before`` where the pair
+    contributes, 0 after the pixel stopped. Transmittance before a pair is ``exp`` of the
+    sum of ``log(1 - alpha)`` over the earlier pairs of its pixel, a segmented scan in
+    float64 so the running sum over all pairs keeps full precision. A pixel stops at the
+    first Gaussian that would take its transmittance to 1e-4 or below, and that Gaussian
+    does not contribute (gsplat's rule); the transmittance after each pair is
+    non-increasing along a pixel, so the mask is exactly the prefix before it.
+    """
+    segments = PixelSegments(pix)
+    log_t = torch.log1p(-alpha.double())
+    excl = segments.exclusive_cumsum(log_t)
+    T_before = torch.exp(excl).to(alpha.dtype)
+    T_after = torch.exp(excl + log_t).to(alpha.dtype)
+    w = torch.where(T_after > TRANSMITTANCE_MIN, alpha * T_before, torch.zeros_like(alpha))
+    return w, T_before, segments
+
+
 def _composite_pairs(
     pix: torch.Tensor, gauss: torch.Tensor, means2d: torch.Tensor, conics: torch.Tensor,
     opacities: torch.Tensor, feats: torch.Tensor, width: int, height: int, n_pixels: int,
@@ -165,22 +201,7 @@ def _composite_pairs(
     local = pix % (width * height)
     xy = torch.stack([local % width, local // width], dim=-1).to(means2d.dtype) + 0.5
     alpha = _alpha(xy, means2d[gauss], conics[gauss], opacities[gauss])
-    # Transmittance before each pair = exp(sum of log(1 - alpha) over the earlier pairs
-    # of its pixel): a segmented exclusive scan, done in float64 so the running sum
-    # over all pairs keeps full precision.
-    log_t = torch.log1p(-alpha.double())
-    incl = torch.cumsum(log_t, 0)
-    first = torch.ones_like(pix, dtype=torch.bool)
-    first[1:] = pix[1:] != pix[:-1]
-    seg_start = torch.nonzero(first)[:, 0]
-    seg_id = torch.cumsum(first.long(), 0) - 1
-    base = (incl - log_t)[seg_start][seg_id]
-    T_before = torch.exp(incl - log_t - base).to(alpha.dtype)
-    T_after = torch.exp(incl - base).to(alpha.dtype)
-    # A pixel stops at the first Gaussian that would take its transmittance to 1e-4
-    # or below, and that Gaussian does not contribute (gsplat's rule); T_after is
-    # non-increasing along a pixel, so this mask is exactly the prefix before it.
-    w = torch.where(T_after > TRANSMITTANCE_MIN, alpha * T_before, torch.zeros_like(alpha))
+    w, _, _ = pair_weights(pix, alpha)
     contrib = torch.cat([w[:, None] * feats[gauss], w[:, None]], dim=-1)
     out = torch.zeros(n_pixels, contrib.shape[1], dtype=contrib.dtype, device=contrib.device)
     return out.index_add(0, pix, contrib)

@@ -16,8 +16,7 @@ import dataclasses
 
 import torch
 
-from splatkit.renderer.backends.torch_ref import bin_gaussians
-from splatkit.renderer.projection import TRANSMITTANCE_MIN
+from splatkit.renderer.backends.torch_ref import bin_gaussians, pair_weights
 from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, screen_translation, surfel_alpha
 
 
@@ -76,13 +75,6 @@ def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_si
     return pix, gauss
 
 
-def _segment_exclusive_cumsum(x: torch.Tensor, seg_start: torch.Tensor, seg_id: torch.Tensor) -> torch.Tensor:
-    """Per-pixel exclusive prefix sums of ``x [M, ...]`` (pairs grouped by pixel)."""
-    incl = torch.cumsum(x, 0)
-    excl = incl - x
-    return excl - excl[seg_start][seg_id]
-
-
 def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, height: int, tile_size: int = 16,
                       max_chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
     """Composite projected surfels front to back. Returns per-pixel ``[C, H, W, k]``
@@ -101,19 +93,11 @@ def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, h
     M = proj.ray_transforms.reshape(C * N, 3, 3)
     alpha = surfel_alpha(xy, means2d[gauss], M[gauss], proj.opacities.reshape(C * N)[gauss])
 
-    first = torch.ones_like(pix, dtype=torch.bool)
-    first[1:] = pix[1:] != pix[:-1]
-    seg_start = torch.nonzero(first)[:, 0]
-    seg_id = torch.cumsum(first.long(), 0) - 1
-    log_t = torch.log1p(-alpha.double())
-    excl = _segment_exclusive_cumsum(log_t, seg_start, seg_id)
-    T_before = torch.exp(excl).to(dtype)
-    T_after = torch.exp(excl + log_t).to(dtype)
-    alive = T_after > TRANSMITTANCE_MIN  # a pixel stops before the surfel taking T to 1e-4
-    w = torch.where(alive, alpha * T_before, torch.zeros_like(alpha))
+    w, T_before, segments = pair_weights(pix, alpha)
+    alive = w > 0  # before the pixel stopped (alpha >= 1/255 for every listed pair)
 
     depth = proj.depths.reshape(C * N)[gauss]
-    wd_before = _segment_exclusive_cumsum((w * depth).double(), seg_start, seg_id).to(dtype)
+    wd_before = segments.exclusive_cumsum((w * depth).double()).to(dtype)
     distort = 2.0 * w * (depth * (1.0 - T_before) - wd_before)
     contrib = torch.cat([w[:, None] * feats.reshape(C * N, D)[gauss], w[:, None],
                          w[:, None] * proj.normals.reshape(C * N, 3)[gauss], (w * depth)[:, None], distort[:, None]],
