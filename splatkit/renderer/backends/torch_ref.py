@@ -73,41 +73,32 @@ def _alpha(pix: torch.Tensor, mean: torch.Tensor, conic: torch.Tensor, opac: tor
 
 
 @torch.no_grad()
-def _contributing_pairs(
-    proj: Projected, width: int, height: int, tile_size: int, max_chunk_elements: int
+def tile_pairs(
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int, tile_size: int,
+    max_chunk_elements: int, hit_fn, temporaries: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every (pixel, Gaussian) pair with alpha >= 1/255, grouped by pixel, front to back.
+    """Every (pixel, Gaussian) pair ``hit_fn`` accepts, grouped by pixel, front to back.
 
-    Returns flat pixel indices ``[M]`` (``camera * H * W + y * W + x``) and flat
-    Gaussian indices ``[M]`` (``camera * N + gaussian``). Tiles are tested densely in
-    chunks of at most ``max_chunk_elements`` pixel-Gaussian candidates.
+    Tiles are tested densely, in chunks of tiles x candidates of at most
+    ``max_chunk_elements / temporaries`` pixel-Gaussian pairs:
+    ``hit_fn(origin [T, 2], g [T, K]) -> [T, P, K]`` says which of the tile pixels
+    (row-major, ``P = tile_size^2``, tile origins in pixels) each candidate ``g`` (flat
+    ``camera * N + gaussian``) reaches. Returns flat pixel indices ``[M]``
+    (``camera * H * W + y * W + x``) and flat Gaussian indices ``[M]``.
     """
-    C, N = proj.depths.shape
-    device, dtype = proj.means2d.device, proj.means2d.dtype
+    C, N = depths.shape
+    device = means2d.device
     tiles_x = (width + tile_size - 1) // tile_size
     tiles_y = (height + tile_size - 1) // tile_size
     P = tile_size * tile_size
-    pair_gauss, tile_counts = bin_gaussians(proj.means2d, proj.radii, proj.depths, tile_size, tiles_x, tiles_y)
+    pair_gauss, tile_counts = bin_gaussians(means2d, radii, depths, tile_size, tiles_x, tiles_y)
     offsets = torch.cumsum(tile_counts, 0) - tile_counts
-    mean = proj.means2d.reshape(C * N, 2)
-    conic = proj.conics.reshape(C * N, 3)
-    opac = proj.opacities.reshape(C * N)
-
-    py, px = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device), indexing="ij")
-    local = torch.stack([px.reshape(-1), py.reshape(-1)], dim=-1)
-    # sigma is a quadratic form in the pixel position; with pixel features
-    # (x^2, xy, y^2, x, y, 1) in tile-local coordinates the whole candidate test of a
-    # chunk is one batched matmul. The test keeps a small margin, so it finds a
-    # superset of the contributing pairs; the exact rule is applied when compositing.
-    lx = local[:, 0].to(dtype) + 0.5
-    ly = local[:, 1].to(dtype) + 0.5
-    feats = torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=-1)  # [P, 6]
-    log_thresh = torch.log(torch.clamp(opac, min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-2
+    local = tile_pixels(tile_size, device)
 
     busy = torch.nonzero(tile_counts > 0)[:, 0]
     busy = busy[torch.argsort(tile_counts[busy], descending=True, stable=True)]
     counts = tile_counts[busy].tolist()
-    budget = max(1, max_chunk_elements // P)
+    budget = max(1, max_chunk_elements // (P * temporaries))
     out_pix, out_gauss = [], []
     start = 0
     while start < len(counts):
@@ -125,16 +116,7 @@ def _contributing_pairs(
             k = torch.arange(k0, min(k0 + seg, k_max), device=device)
             valid = k[None, :] < tile_counts[tiles, None]
             g = pair_gauss[torch.where(valid, offsets[tiles, None] + k[None, :], torch.zeros_like(k[None, :]))]
-            m = mean[g] - origin[:, None, :].to(dtype)  # [T, K, 2]
-            a, b, c = conic[g].unbind(-1)
-            mx, my = m.unbind(-1)
-            coef = torch.stack(
-                [0.5 * a, b, 0.5 * c, -a * mx - b * my, -c * my - b * mx,
-                 0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-1,
-            )  # [T, K, 6]
-            sigma = torch.matmul(feats, coef.transpose(1, 2))  # [T, P, K]
-            hit = (sigma <= log_thresh[g][:, None, :]) & (valid & (opac[g] >= ALPHA_THRESHOLD))[:, None, :]
-            hit &= inside[..., None]
+            hit = hit_fn(origin, g) & valid[:, None, :] & inside[..., None]
             t_i, p_i, k_i = torch.nonzero(hit, as_tuple=True)
             out_pix.append(pix_id[t_i, p_i])
             out_gauss.append(g[t_i, k_i])
@@ -150,6 +132,48 @@ def _contributing_pairs(
         order = torch.argsort(pix, stable=True)
         pix, gauss = pix[order], gauss[order]
     return pix, gauss
+
+
+def tile_pixels(tile_size: int, device: torch.device) -> torch.Tensor:
+    """``[P, 2]`` integer (x, y) offsets of a tile's pixels, row-major."""
+    py, px = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device),
+                            indexing="ij")
+    return torch.stack([px.reshape(-1), py.reshape(-1)], dim=-1)
+
+
+@torch.no_grad()
+def _contributing_pairs(
+    proj: Projected, width: int, height: int, tile_size: int, max_chunk_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (pixel, Gaussian) pair with alpha >= 1/255, grouped by pixel, front to back
+    (see :func:`tile_pairs`)."""
+    C, N = proj.depths.shape
+    dtype = proj.means2d.dtype
+    mean = proj.means2d.reshape(C * N, 2)
+    conic = proj.conics.reshape(C * N, 3)
+    opac = proj.opacities.reshape(C * N)
+    local = tile_pixels(tile_size, proj.means2d.device)
+    # sigma is a quadratic form in the pixel position; with pixel features
+    # (x^2, xy, y^2, x, y, 1) in tile-local coordinates the whole candidate test of a
+    # chunk is one batched matmul. The test keeps a small margin, so it finds a
+    # superset of the contributing pairs; the exact rule is applied when compositing.
+    lx = local[:, 0].to(dtype) + 0.5
+    ly = local[:, 1].to(dtype) + 0.5
+    feats = torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=-1)  # [P, 6]
+    log_thresh = torch.log(torch.clamp(opac, min=ALPHA_THRESHOLD) / ALPHA_THRESHOLD) + 1e-2
+
+    def hit(origin: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        m = mean[g] - origin[:, None, :].to(dtype)  # [T, K, 2]
+        a, b, c = conic[g].unbind(-1)
+        mx, my = m.unbind(-1)
+        coef = torch.stack(
+            [0.5 * a, b, 0.5 * c, -a * mx - b * my, -c * my - b * mx,
+             0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-1,
+        )  # [T, K, 6]
+        sigma = torch.matmul(feats, coef.transpose(1, 2))  # [T, P, K]
+        return (sigma <= log_thresh[g][:, None, :]) & (opac[g] >= ALPHA_THRESHOLD)[:, None, :]
+
+    return tile_pairs(proj.means2d, proj.radii, proj.depths, width, height, tile_size, max_chunk_elements, hit)
 
 
 class PixelSegments:

@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from splatkit.renderer.backends.torch_ref import bin_gaussians, pair_weights
+from splatkit.renderer.backends.torch_ref import pair_weights, tile_pairs, tile_pixels
 from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, screen_translation, surfel_alpha
 
 
@@ -25,54 +25,18 @@ def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_si
                         max_chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pixel [M], camera * N + surfel [M])`` with alpha >= 1/255, grouped by pixel, front to back."""
     C, N = proj.depths.shape
-    device, dtype = proj.means2d.device, proj.means2d.dtype
-    tiles_x = (width + tile_size - 1) // tile_size
-    tiles_y = (height + tile_size - 1) // tile_size
-    P = tile_size * tile_size
-    pair_gauss, tile_counts = bin_gaussians(proj.means2d, proj.radii, proj.depths, tile_size, tiles_x, tiles_y)
-    offsets = torch.cumsum(tile_counts, 0) - tile_counts
     mean = proj.means2d.reshape(C * N, 2)
     M = proj.ray_transforms.reshape(C * N, 3, 3)
     opac = proj.opacities.reshape(C * N)
-    py, px = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device),
-                            indexing="ij")
-    local = torch.stack([px.reshape(-1), py.reshape(-1)], dim=-1)
+    centres = tile_pixels(tile_size, mean.device).to(mean.dtype) + 0.5  # [P, 2]
 
-    busy = torch.nonzero(tile_counts > 0)[:, 0]
-    busy = busy[torch.argsort(tile_counts[busy], descending=True, stable=True)]
-    counts = tile_counts[busy].tolist()
-    budget = max(1, max_chunk_elements // (P * 12))  # ~12 temporaries per candidate
-    out_pix, out_gauss = [], []
-    start = 0
-    while start < len(counts):
-        k_max = counts[start]
-        seg = min(k_max, budget)
-        tiles = busy[start : start + max(1, budget // seg)]
-        start += tiles.numel()
-        cam = tiles // (tiles_x * tiles_y)
-        t_img = tiles % (tiles_x * tiles_y)
-        origin = torch.stack([t_img % tiles_x, t_img // tiles_x], dim=-1) * tile_size
-        pix_xy = origin[:, None, :] + local[None]  # [T, P, 2]
-        pix_id = cam[:, None] * (height * width) + pix_xy[..., 1] * width + pix_xy[..., 0]
-        inside = (pix_xy[..., 0] < width) & (pix_xy[..., 1] < height)
-        centres = pix_xy.to(dtype) + 0.5
-        for k0 in range(0, k_max, seg):
-            k = torch.arange(k0, min(k0 + seg, k_max), device=device)
-            valid = k[None, :] < tile_counts[tiles, None]
-            g = pair_gauss[torch.where(valid, offsets[tiles, None] + k[None, :], torch.zeros_like(k[None, :]))]
-            alpha = surfel_alpha(centres[:, :, None, :], mean[g][:, None], M[g][:, None], opac[g][:, None])
-            hit = (alpha > 0) & valid[:, None, :] & inside[..., None]
-            t_i, p_i, k_i = torch.nonzero(hit, as_tuple=True)
-            out_pix.append(pix_id[t_i, p_i])
-            out_gauss.append(g[t_i, k_i])
-    if not out_pix:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return empty, empty
-    pix, gauss = torch.cat(out_pix), torch.cat(out_gauss)
-    if counts[0] > budget:
-        order = torch.argsort(pix, stable=True)
-        pix, gauss = pix[order], gauss[order]
-    return pix, gauss
+    def hit(origin: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        pix = origin[:, None, None, :].to(mean.dtype) + centres[None, :, None, :]  # [T, P, 1, 2]
+        return surfel_alpha(pix, mean[g][:, None], M[g][:, None], opac[g][:, None]) > 0
+
+    # ~12 temporaries per candidate in the intersection test
+    return tile_pairs(proj.means2d, proj.radii, proj.depths, width, height, tile_size, max_chunk_elements, hit,
+                      temporaries=12)
 
 
 def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, height: int, tile_size: int = 16,
