@@ -11,6 +11,7 @@ from splatkit.renderer.backends import (
     resolve_backend_name,
     resolve_backend_name_2dgs,
 )
+from splatkit.renderer.projection import expected_depth
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
@@ -195,7 +196,7 @@ def rasterize_2dgs(
     renders = out["colors"]
     if backgrounds is not None:
         renders = renders + (1 - alphas) * backgrounds[:, None, None, :]
-    expected = out["depth_sum"] / alphas.clamp_min(1e-10)
+    expected = expected_depth(out["depth_sum"], alphas)
     if render_mode == "RGB+ED":
         renders = torch.cat([renders, expected], dim=-1)
     elif render_mode == "RGB+D":

@@ -151,3 +151,24 @@ def tile_bounds(
     hi = torch.where((radii > 0).any(-1, keepdim=True), hi, lo)
     return lo, hi
 
+
+
+def features_for_mode(colors: torch.Tensor, depths: torch.Tensor, render_mode: str) -> torch.Tensor:
+    """What is composited for ``render_mode``: colours ``[C, N, D]``, depth alone, or both."""
+    if render_mode in ("D", "ED"):
+        return depths[..., None]
+    if render_mode in ("RGB+D", "RGB+ED"):
+        return torch.cat([colors, depths[..., None]], dim=-1)
+    return colors
+
+
+def expected_depth(depth_sum: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Accumulated ``sum w d`` divided by the accumulated alpha."""
+    return depth_sum / alphas.clamp_min(1e-10)
+
+
+def finish_depth(renders: torch.Tensor, alphas: torch.Tensor, render_mode: str) -> torch.Tensor:
+    """For the "ED" modes, turn the composited depth channel into the expected depth."""
+    if render_mode.endswith("ED"):
+        return torch.cat([renders[..., :-1], expected_depth(renders[..., -1:], alphas)], dim=-1)
+    return renders

@@ -21,6 +21,8 @@ from splatkit.renderer.projection import (
     ALPHA_THRESHOLD,
     TRANSMITTANCE_MIN,
     Projected,
+    features_for_mode,
+    finish_depth,
     project_gaussians,
     tile_bounds,
 )
@@ -304,18 +306,13 @@ def rasterize(
         rasterize_mode=rasterize_mode,
     )
     feats = proj.colors
-    if render_mode in ("D", "ED"):
-        feats = proj.depths[..., None]
-    elif render_mode in ("RGB+D", "RGB+ED"):
-        feats = torch.cat([feats, proj.depths[..., None]], dim=-1)
+    feats = features_for_mode(feats, proj.depths, render_mode)
     renders, alphas = composite(proj, feats, width, height, tile_size, max_chunk_elements)
     if backgrounds is not None and render_mode not in ("D", "ED"):
         n = backgrounds.shape[-1]
         lit = renders[..., :n] + (1 - alphas) * backgrounds[:, None, None, :]
         renders = torch.cat([lit, renders[..., n:]], dim=-1)
-    if render_mode.endswith("ED"):
-        depth = renders[..., -1:] / alphas.clamp_min(1e-10)
-        renders = torch.cat([renders[..., :-1], depth], dim=-1)
+    renders = finish_depth(renders, alphas, render_mode)
     meta = {
         "means2d": proj.means2d,
         "radii": proj.radii,

@@ -15,6 +15,7 @@ import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
 from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Rasterize2DGSFn, RasterizeFn
+from splatkit.renderer.projection import features_for_mode, finish_depth
 from splatkit.renderer.projection_2dgs import screen_translation
 
 __all__ = ["KernelBuildError", "is_available", "rasterize", "rasterize_2dgs", "unavailable_reason"]
@@ -83,10 +84,7 @@ def rasterize(
         feats = sh_colors
     else:
         feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
-    if render_mode in ("D", "ED"):
-        feats = depths[..., None]
-    elif render_mode in ("RGB+D", "RGB+ED"):
-        feats = torch.cat([feats, depths[..., None]], dim=-1)
+    feats = features_for_mode(feats, depths, render_mode)
     bg = None
     if backgrounds is not None and render_mode not in ("D", "ED"):
         bg = backgrounds
@@ -94,9 +92,7 @@ def rasterize(
             bg = torch.cat([bg, bg.new_zeros(C, feats.shape[-1] - bg.shape[-1])], dim=-1)
     renders, alphas = RasterizeFn.apply(means2d, conics, feats.contiguous(), opac, bg, radii, depths, width,
                                         height, nthreads)
-    if render_mode.endswith("ED"):
-        depth = renders[..., -1:] / alphas.clamp_min(1e-10)
-        renders = torch.cat([renders[..., :-1], depth], dim=-1)
+    renders = finish_depth(renders, alphas, render_mode)
     meta = {
         "means2d": means2d,
         "radii": radii,
