@@ -79,6 +79,7 @@ def rasterize(
     rasterize_mode: str = "classic",
     render_mode: str = "RGB",
     tile_size: int = 16,
+    distributed: bool = False,
     **backend_options,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render 3D Gaussians into ``C`` pinhole cameras, differentiably.
@@ -100,6 +101,9 @@ def rasterize(
         backend: ``"auto"``, ``"torch"`` (reference), ``"cpu"`` (compiled) or ``"gsplat"`` (CUDA).
         backend_options: per-backend switches; gsplat takes ``packed``, ``absgrad`` and
             ``sparse_grad`` (see :mod:`splatkit.renderer.backends.gsplat_backend`).
+        distributed: the Gaussians are this rank's shard of the scene and the cameras this
+            rank's; all ranks of the process group call together and each gets its own
+            cameras rendered from every shard (see :mod:`splatkit.renderer.sharded`).
         render_mode: ``"RGB"``, ``"D"`` (accumulated depth), ``"ED"`` (expected depth),
             ``"RGB+D"`` or ``"RGB+ED"``; depth is an extra last channel.
         rasterize_mode: ``"classic"`` or ``"antialiased"`` (opacity compensation of the
@@ -120,6 +124,16 @@ def rasterize(
             raise ValueError(f"{', '.join(asked)} {'is a gsplat option' if len(asked) == 1 else 'are gsplat options'}; "
                              f"backend {name!r} does not support {'it' if len(asked) == 1 else 'them'}")
         backend_options = {k: v for k, v in backend_options.items() if k not in GSPLAT_OPTIONS}
+    if distributed:
+        asked = [k for k in GSPLAT_OPTIONS if backend_options.get(k)]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} cannot be used with distributed (sharded) rendering")
+        from splatkit.renderer.sharded import rasterize_sharded
+
+        return rasterize_sharded(
+            means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+            backgrounds=backgrounds, backend=name, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+            radius_clip=radius_clip, rasterize_mode=rasterize_mode, render_mode=render_mode, tile_size=tile_size)
     return BACKENDS[name](
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane,

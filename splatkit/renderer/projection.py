@@ -162,6 +162,33 @@ def features_for_mode(colors: torch.Tensor, depths: torch.Tensor, render_mode: s
     return colors
 
 
+def background_for_mode(backgrounds: torch.Tensor | None, feats: torch.Tensor,
+                        render_mode: str) -> torch.Tensor | None:
+    """The ``[C, D]`` colour to composite ``feats [C, N, D]`` over: ``backgrounds`` for the
+    colour channels, 0 for a depth channel, None (black) for depth alone or no background."""
+    if backgrounds is None or render_mode in ("D", "ED"):
+        return None
+    extra = feats.shape[-1] - backgrounds.shape[-1]
+    return torch.cat([backgrounds, backgrounds.new_zeros(backgrounds.shape[0], extra)], dim=-1) if extra else backgrounds
+
+
+def projection_meta(proj: Projected, width: int, height: int, tile_size: int) -> dict:
+    """The ``meta`` dict :func:`splatkit.renderer.rasterize` returns for an unpacked render."""
+    return {
+        "means2d": proj.means2d,
+        "radii": proj.radii,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": proj.opacities,
+        "width": width,
+        "height": height,
+        "n_cameras": proj.radii.shape[0],
+        "tile_size": tile_size,
+        "packed": False,
+        "gaussian_ids": None,
+    }
+
+
 def expected_depth(depth_sum: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """Accumulated ``sum w d`` divided by the accumulated alpha."""
     return depth_sum / alphas.clamp_min(1e-10)

@@ -16,7 +16,6 @@ naming the rank and step.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -24,11 +23,12 @@ import os
 import torch
 import torch.distributed as dist
 
+from splatkit.utils.distributed import SplatDistributedError
+from splatkit.utils.distributed import guard as _guard
+
+__all__ = ["SplatDistributedError", "average_gradients", "check_in_sync", "gather_ranks", "init_from_env"]
+
 logger = logging.getLogger("splatkit")
-
-
-class SplatDistributedError(RuntimeError):
-    """A collective failed: another rank died or hung. Files already written are intact."""
 
 
 def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, torch.device]:
@@ -57,19 +57,6 @@ def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, tor
     rank, world = dist.get_rank(), dist.get_world_size()
     logger.info("rank %d of %d (%s, %s)", rank, world, backend, device)
     return rank, world, device
-
-
-@contextlib.contextmanager
-def _guard(what: str, rank: int, step: int):
-    """Turn a failed collective into a :class:`SplatDistributedError` that says what happened."""
-    try:
-        yield
-    except (RuntimeError, ConnectionError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise SplatDistributedError(
-            f"rank {rank}: {what} failed at step {step}: another rank probably died or stopped responding "
-            f"({type(e).__name__}: {first}). Checkpoints already written are complete; resume from the last one."
-        ) from e
 
 
 def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: int) -> None:

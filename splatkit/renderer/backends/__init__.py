@@ -9,11 +9,12 @@ PyTorch reference otherwise.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from splatkit.renderer.backends import cpu, gsplat_backend, torch_ref, torch_ref_2dgs
+from splatkit.renderer.projection import project_gaussians
 
 logger = logging.getLogger("splatkit")
 
@@ -23,6 +24,24 @@ GSPLAT_OPTIONS = ("packed", "absgrad", "sparse_grad")
 # 2DGS (surfel) rasterizers: same arguments, outputs as torch_ref_2dgs.rasterize_2dgs.
 BACKENDS_2DGS: dict[str, Callable] = {"torch": torch_ref_2dgs.rasterize_2dgs, "cpu": cpu.rasterize_2dgs,
                                       "gsplat": gsplat_backend.rasterize_2dgs}
+
+
+class Stages(NamedTuple):
+    """A 3DGS backend split in two, for sharded (multi-process) rendering.
+
+    ``project(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+    sh_degree, near_plane, far_plane, eps2d, radius_clip, rasterize_mode)`` returns a
+    :class:`~splatkit.renderer.projection.Projected`; ``composite(proj, feats, width,
+    height, backgrounds, tile_size)`` returns ``(renders, alphas)``.
+    """
+
+    project: Callable
+    composite: Callable
+
+
+STAGES: dict[str, Stages] = {"torch": Stages(project_gaussians, torch_ref.composite_over),
+                             "cpu": Stages(cpu.project, cpu.composite),
+                             "gsplat": Stages(gsplat_backend.project, gsplat_backend.composite)}
 _warned: set[str] = set()
 
 

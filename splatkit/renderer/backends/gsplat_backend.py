@@ -65,11 +65,7 @@ def rasterize(
     ``absgrad`` (``meta["means2d"].absgrad`` after backward, for AbsGS densification) and
     ``sparse_grad`` (sparse COO gradients for means, quats and scales; needs ``packed``).
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"backend 'gsplat' is unavailable: {reason}")
-    if means.device.type != "cuda":
-        raise ValueError(f"backend 'gsplat' needs CUDA tensors; means is on {means.device}")
+    _require_cuda(means)
     if sparse_grad and not packed:
         raise ValueError("sparse_grad=True needs packed=True (gsplat's rule)")
     import gsplat
@@ -97,6 +93,75 @@ def rasterize(
     return renders, alphas, out
 
 
+def _require_cuda(means: torch.Tensor) -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"backend 'gsplat' is unavailable: {reason}")
+    if means.device.type != "cuda":
+        raise ValueError(f"backend 'gsplat' needs CUDA tensors; means is on {means.device}")
+
+
+def project(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
+):
+    """The projection half of gsplat's ``rasterization`` (unpacked), as a
+    :class:`~splatkit.renderer.projection.Projected`: the stage sharded rendering
+    exchanges between ranks."""
+    _require_cuda(means)
+    import gsplat
+
+    from splatkit.renderer.projection import Projected
+    from splatkit.splat.conventions import camera_centers
+
+    C, N = viewmats.shape[0], means.shape[0]
+    radii, means2d, depths, conics, comp = gsplat.fully_fused_projection(
+        means, None, quats, scales, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane,
+        far_plane=far_plane, radius_clip=radius_clip, calc_compensations=rasterize_mode == "antialiased",
+        opacities=opacities)
+    opac = opacities[None].expand(C, N)
+    if comp is not None:
+        opac = opac * comp
+    if sh_degree is None:
+        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+    else:
+        dirs = means[None] - camera_centers(viewmats)[:, None]
+        feats = gsplat.spherical_harmonics(sh_degree, dirs, colors[None].expand(C, -1, -1, -1),
+                                           masks=(radii > 0).all(dim=-1))
+        feats = torch.clamp_min(feats + 0.5, 0.0)  # gsplat's (and the reference's) colour offset
+    return Projected(means2d=means2d, conics=conics, opacities=opac, depths=depths, radii=radii, colors=feats)
+
+
+def composite(proj, feats: torch.Tensor, width: int, height: int, backgrounds: torch.Tensor | None = None,
+              tile_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compositing half of gsplat's ``rasterization``: tile intersection and
+    ``rasterize_to_pixels`` over ``backgrounds [C, D]`` (None: black)."""
+    _require_cuda(proj.means2d)
+    import math
+
+    import gsplat
+
+    C = proj.means2d.shape[0]
+    tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    _, isect_ids, flatten_ids = gsplat.isect_tiles(proj.means2d, proj.radii, proj.depths, tile_size, tw, th)
+    offsets = gsplat.isect_offset_encode(isect_ids, C, tw, th).reshape(C, th, tw)
+    return gsplat.rasterize_to_pixels(proj.means2d, proj.conics, feats.contiguous(), proj.opacities, width, height,
+                                      tile_size, offsets, flatten_ids, backgrounds=backgrounds)
+
+
 def rasterize_2dgs(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -115,11 +180,7 @@ def rasterize_2dgs(
 ) -> dict:
     """gsplat's ``rasterization_2dgs`` with the outputs named as the reference's
     :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`."""
-    reason = unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"backend 'gsplat' is unavailable: {reason}")
-    if means.device.type != "cuda":
-        raise ValueError(f"backend 'gsplat' needs CUDA tensors; means is on {means.device}")
+    _require_cuda(means)
     import gsplat
 
     # gsplat takes [N, 3] scales and uses the first two.

@@ -21,9 +21,11 @@ from splatkit.renderer.projection import (
     ALPHA_THRESHOLD,
     TRANSMITTANCE_MIN,
     Projected,
+    background_for_mode,
     features_for_mode,
     finish_depth,
     project_gaussians,
+    projection_meta,
     tile_bounds,
 )
 
@@ -278,6 +280,22 @@ def composite(
     return acc[..., :D], acc[..., D:]
 
 
+def composite_over(
+    proj: Projected,
+    feats: torch.Tensor,
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor | None = None,
+    tile_size: int = 16,
+    max_chunk_elements: int = 1 << 22,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`composite` over ``backgrounds [C, D]`` (None: black)."""
+    renders, alphas = composite(proj, feats, width, height, tile_size, max_chunk_elements)
+    if backgrounds is not None:
+        renders = renders + (1 - alphas) * backgrounds[:, None, None, :]
+    return renders, alphas
+
+
 def rasterize(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -305,25 +323,7 @@ def rasterize(
         near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip,
         rasterize_mode=rasterize_mode,
     )
-    feats = proj.colors
-    feats = features_for_mode(feats, proj.depths, render_mode)
-    renders, alphas = composite(proj, feats, width, height, tile_size, max_chunk_elements)
-    if backgrounds is not None and render_mode not in ("D", "ED"):
-        n = backgrounds.shape[-1]
-        lit = renders[..., :n] + (1 - alphas) * backgrounds[:, None, None, :]
-        renders = torch.cat([lit, renders[..., n:]], dim=-1)
-    renders = finish_depth(renders, alphas, render_mode)
-    meta = {
-        "means2d": proj.means2d,
-        "radii": proj.radii,
-        "depths": proj.depths,
-        "conics": proj.conics,
-        "opacities": proj.opacities,
-        "width": width,
-        "height": height,
-        "n_cameras": viewmats.shape[0],
-        "tile_size": tile_size,
-        "packed": False,
-        "gaussian_ids": None,
-    }
-    return renders, alphas, meta
+    feats = features_for_mode(proj.colors, proj.depths, render_mode)
+    renders, alphas = composite_over(proj, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
+                                     tile_size, max_chunk_elements)
+    return finish_depth(renders, alphas, render_mode), alphas, projection_meta(proj, width, height, tile_size)

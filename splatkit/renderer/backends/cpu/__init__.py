@@ -15,10 +15,17 @@ import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
 from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Rasterize2DGSFn, RasterizeFn
-from splatkit.renderer.projection import features_for_mode, finish_depth
+from splatkit.renderer.projection import (
+    Projected,
+    background_for_mode,
+    features_for_mode,
+    finish_depth,
+    projection_meta,
+)
 from splatkit.renderer.projection_2dgs import screen_translation
 
-__all__ = ["KernelBuildError", "is_available", "rasterize", "rasterize_2dgs", "unavailable_reason"]
+__all__ = ["KernelBuildError", "composite", "is_available", "project", "rasterize", "rasterize_2dgs",
+           "unavailable_reason"]
 
 
 def is_available() -> bool:
@@ -40,6 +47,59 @@ def _check_tensors(**tensors: torch.Tensor) -> None:
         if t.device.type != "cpu" or t.dtype != torch.float32:
             raise ValueError(f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
                              "(use backend='torch' for float64, or a GPU backend on CUDA)")
+
+
+def project(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
+    num_threads: int | None = None,
+) -> Projected:
+    """Compiled :func:`splatkit.renderer.projection.project_gaussians` (same arguments and result)."""
+    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
+                   Ks=Ks)
+    if rasterize_mode not in ("classic", "antialiased"):
+        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
+    C, N = viewmats.shape[0], means.shape[0]
+    use_sh = sh_degree is not None
+    means2d, conics, opac, depths, radii, sh_colors = ProjectFn.apply(
+        means, quats, scales, opacities, colors if use_sh else None, viewmats, Ks, width, height,
+        sh_degree if use_sh else -1, near_plane, far_plane, eps2d, radius_clip, rasterize_mode == "antialiased",
+        num_threads or torch.get_num_threads(),
+    )
+    if use_sh:
+        feats = sh_colors
+    else:
+        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+    return Projected(means2d=means2d, conics=conics, opacities=opac, depths=depths, radii=radii, colors=feats)
+
+
+def composite(
+    proj: Projected,
+    feats: torch.Tensor,
+    width: int,
+    height: int,
+    backgrounds: torch.Tensor | None = None,
+    tile_size: int = 16,
+    num_threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled compositing of projected Gaussians over ``backgrounds [C, D]`` (None: black):
+    ``(renders [C, H, W, D], alphas [C, H, W, 1])``. ``tile_size`` is ignored (16)."""
+    bg = None if backgrounds is None else backgrounds.contiguous()
+    return RasterizeFn.apply(proj.means2d, proj.conics, feats.contiguous(), proj.opacities, bg, proj.radii,
+                             proj.depths, width, height, num_threads or torch.get_num_threads())
 
 
 def rasterize(
@@ -68,45 +128,13 @@ def rasterize(
     ``tile_size`` only matters for speed and is ignored (16); ``num_threads`` defaults
     to ``torch.get_num_threads()``.
     """
-    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-                   Ks=Ks)
-    if rasterize_mode not in ("classic", "antialiased"):
-        raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
-    nthreads = num_threads or torch.get_num_threads()
-    C, N = viewmats.shape[0], means.shape[0]
-    use_sh = sh_degree is not None
-    means2d, conics, opac, depths, radii, sh_colors = ProjectFn.apply(
-        means, quats, scales, opacities, colors if use_sh else None, viewmats, Ks, width, height,
-        sh_degree if use_sh else -1, near_plane, far_plane, eps2d, radius_clip, rasterize_mode == "antialiased",
-        nthreads,
-    )
-    if use_sh:
-        feats = sh_colors
-    else:
-        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
-    feats = features_for_mode(feats, depths, render_mode)
-    bg = None
-    if backgrounds is not None and render_mode not in ("D", "ED"):
-        bg = backgrounds
-        if bg.shape[-1] < feats.shape[-1]:  # depth composites over 0
-            bg = torch.cat([bg, bg.new_zeros(C, feats.shape[-1] - bg.shape[-1])], dim=-1)
-    renders, alphas = RasterizeFn.apply(means2d, conics, feats.contiguous(), opac, bg, radii, depths, width,
-                                        height, nthreads)
+    proj = project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, near_plane,
+                   far_plane, eps2d, radius_clip, rasterize_mode, num_threads)
+    feats = features_for_mode(proj.colors, proj.depths, render_mode)
+    renders, alphas = composite(proj, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
+                                num_threads=num_threads)
     renders = finish_depth(renders, alphas, render_mode)
-    meta = {
-        "means2d": means2d,
-        "radii": radii,
-        "depths": depths,
-        "conics": conics,
-        "opacities": opac,
-        "width": width,
-        "height": height,
-        "n_cameras": C,
-        "tile_size": 16,
-        "packed": False,
-        "gaussian_ids": None,
-    }
-    return renders, alphas, meta
+    return renders, alphas, projection_meta(proj, width, height, 16)
 
 
 def rasterize_2dgs(

@@ -1,0 +1,182 @@
+"""Sharded rasterization: the Gaussians are split across ranks, each rank renders its own
+cameras from every rank's Gaussians (Grendel, "On Scaling Up 3D Gaussian Splatting
+Training", and gsplat's ``distributed=True``).
+
+Every rank passes its shard (``means`` etc. hold only its Gaussians) and its own
+cameras (any number, zero included; ranks may differ in count and image size):
+
+1. the ranks' cameras are gathered (all-gather);
+2. each rank projects its shard into every rank's cameras (the backend's projection
+   stage, :data:`~splatkit.renderer.backends.STAGES`);
+3. the projections go to the ranks that own the cameras with one all-to-all, whose
+   backward pass sends the gradients back the same way;
+4. each rank composites its cameras over the projections of all shards (the backend's
+   compositing stage), in depth order as if the scene were on one rank.
+
+So no rank ever holds another rank's Gaussians, only their screen-space footprints in
+its own cameras. ``meta["means2d"]`` and ``meta["radii"]`` are this rank's Gaussians
+projected into *all* cameras of the call (``[C_all, N_local, 2]``, ranks in order), so
+densification statistics need no further communication: after backward,
+``means2d.grad`` holds the screen-space gradient of every camera's loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from splatkit.renderer.backends import STAGES
+from splatkit.renderer.projection import (
+    Projected,
+    background_for_mode,
+    features_for_mode,
+    finish_depth,
+    projection_meta,
+)
+from splatkit.utils.distributed import guard
+
+SHARDED_BACKENDS = tuple(STAGES)
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _AllToAll(torch.autograd.Function):
+    """All-to-all of a flat tensor: ``send[r]`` elements go to rank ``r``, ``recv[r]`` come
+    from it. Its gradient is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx, x, send, recv):
+        ctx.splits = (send, recv)
+        out = x.new_empty(sum(recv))
+        with guard("sharded render (all-to-all)", dist.get_rank()):
+            dist.all_to_all_single(out, x.contiguous(), recv, send)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        send, recv = ctx.splits
+        out = g.new_empty(sum(send))
+        with guard("sharded render backward (all-to-all)", dist.get_rank()):
+            dist.all_to_all_single(out, g.contiguous(), send, recv)
+        return out, None, None
+
+
+def _gather_cameras(viewmats, Ks, width, height, rank, world_size):
+    """Every rank's ``(viewmats, Ks, width, height)``, in rank order."""
+    dev = viewmats.device
+    info = torch.tensor([[viewmats.shape[0], width, height]], dtype=torch.int64, device=dev)
+    infos = [torch.empty_like(info) for _ in range(world_size)]
+    with guard("sharded render (camera all-gather)", rank):
+        dist.all_gather(infos, info)
+    infos = [tuple(int(v) for v in i[0]) for i in infos]
+    c_max = max(c for c, _, _ in infos)
+    flat = torch.zeros(c_max, 25, dtype=viewmats.dtype, device=dev)
+    flat[: viewmats.shape[0]] = torch.cat([viewmats.reshape(-1, 16), Ks.reshape(-1, 9)], dim=1)
+    flats = [torch.empty_like(flat) for _ in range(world_size)]
+    with guard("sharded render (camera all-gather)", rank):
+        dist.all_gather(flats, flat.contiguous())
+    return [(f[:c, :16].reshape(c, 4, 4), f[:c, 16:].reshape(c, 3, 3), w, h) for f, (c, w, h) in zip(flats, infos)]
+
+
+def _pack(p: Projected) -> torch.Tensor:
+    """``[C, N, F]``: centre 2, conic 3, opacity 1, depth 1, radii 2, features D."""
+    return torch.cat([p.means2d, p.conics, p.opacities[..., None], p.depths[..., None],
+                      p.radii.to(p.means2d.dtype), p.colors.to(p.means2d.dtype)], dim=-1)
+
+
+def _unpack(t: torch.Tensor) -> Projected:
+    return Projected(means2d=t[..., 0:2], conics=t[..., 2:5], opacities=t[..., 5], depths=t[..., 6],
+                     radii=t[..., 7:9].detach().round().to(torch.int32), colors=t[..., 9:])
+
+
+def rasterize_sharded(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: torch.Tensor | None = None,
+    backend: str = "cpu",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    rasterize_mode: str = "classic",
+    render_mode: str = "RGB",
+    tile_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """:func:`splatkit.renderer.rasterize` of this rank's cameras over all ranks' shards.
+
+    A collective: every rank of the default process group must call it at the same
+    time (a rank with nothing to render passes zero cameras), and, when gradients are
+    on, call ``backward`` on a loss of the result. ``backend`` is a concrete name of
+    :data:`SHARDED_BACKENDS`. Returns ``(renders, alphas, meta)`` for this rank's
+    cameras; ``meta`` is described in the module docstring. Without a process group
+    it is a plain single-process render (through the same two stages).
+    """
+    if backend not in STAGES:
+        raise ValueError(f"sharded rendering needs a backend with separate projection and compositing stages "
+                         f"({', '.join(SHARDED_BACKENDS)}), got {backend!r}")
+    project, composite = STAGES[backend]
+    rank, world_size = world()
+    args = dict(sh_degree=sh_degree, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+                radius_clip=radius_clip, rasterize_mode=rasterize_mode)
+
+    if world_size == 1:
+        cameras = [(viewmats, Ks, width, height)]
+    else:
+        cameras = _gather_cameras(viewmats, Ks, width, height, rank, world_size)
+    if sh_degree is None and colors.dim() != 2:
+        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
+                         f"got {tuple(colors.shape)}")
+    n_local, D = means.shape[0], colors.shape[-1]
+    # 2. this shard into every rank's cameras. The concatenation is what densification
+    # reads (and what the exchange consumes, so its .grad is every camera's gradient).
+    projections = [project(means, quats, scales, opacities, colors, vm, K, w, h, **args)
+                   for vm, K, w, h in cameras if vm.shape[0]]
+    if projections:
+        stats = Projected(*(torch.cat([getattr(p, k) for p in projections]) for k in
+                            ("means2d", "conics", "opacities", "depths", "radii", "colors")))
+    else:
+        stats = Projected(means.new_zeros(0, n_local, 2), means.new_zeros(0, n_local, 3),
+                          means.new_zeros(0, n_local), means.new_zeros(0, n_local),
+                          torch.zeros(0, n_local, 2, dtype=torch.int32, device=means.device),
+                          means.new_zeros(0, n_local, D))
+    C = viewmats.shape[0]
+    if world_size == 1:
+        mine = stats
+    else:
+        # 3. all-to-all: rank r receives, for its cameras, every shard's projections
+        counts = [torch.empty(1, dtype=torch.int64, device=means.device) for _ in range(world_size)]
+        with guard("sharded render (count all-gather)", rank):
+            dist.all_gather(counts, torch.tensor([n_local], dtype=torch.int64, device=means.device))
+        n_world = [int(c) for c in counts]
+        F = 9 + D
+        send_splits = [vm.shape[0] * n_local * F for vm, _, _, _ in cameras]
+        recv_splits = [C * n * F for n in n_world]
+        recv = _AllToAll.apply(_pack(stats).reshape(-1), send_splits, recv_splits)
+        parts = recv.split(recv_splits)
+        mine = _unpack(torch.cat([part.reshape(C, n, F) for part, n in zip(parts, n_world)], dim=1))
+    # 4. composite this rank's cameras over all shards
+    if C:
+        feats = features_for_mode(mine.colors, mine.depths, render_mode)
+        renders, alphas = composite(mine, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
+                                    tile_size)
+        renders = finish_depth(renders, alphas, render_mode)
+    else:
+        d = 1 if render_mode in ("D", "ED") else D + (1 if "+" in render_mode else 0)
+        renders = means.new_zeros(0, height, width, d)
+        alphas = means.new_zeros(0, height, width, 1)
+    meta = projection_meta(stats, width, height, tile_size)
+    meta["sharded"] = True
+    return renders, alphas, meta
