@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from splatkit.renderer import rasterize  # noqa: E402
+from splatkit.renderer.backends import GSPLAT_OPTIONS  # noqa: E402
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w  # noqa: E402
 from splatkit.splat.sh import rgb_to_sh  # noqa: E402
 
@@ -138,7 +139,8 @@ def render_and_grad(scene, vm, K, W, H, backend, dtype, device, **kw):
 
 
 def parity_case(name, scene, vm, K, W, H, device, candidate, **kw) -> dict:
-    ref = render_and_grad(scene, vm, K, W, H, "torch", torch.float64, device, **kw)
+    ref_kw = {k: v for k, v in kw.items() if k not in GSPLAT_OPTIONS}  # the reference takes none of them
+    ref = render_and_grad(scene, vm, K, W, H, "torch", torch.float64, device, **ref_kw)
     cand = render_and_grad(scene, vm, K, W, H, candidate, torch.float32, device, **kw)
     d_img = (ref[0] - cand[0]).abs()
     d_alpha = (ref[1] - cand[1]).abs()
