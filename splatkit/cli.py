@@ -239,14 +239,14 @@ def _train(cmd: TrainCommand) -> dict:
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
+    metrics = trainer.lead(trainer.evaluate)  # rank 0 (in a sharded run the others render with it)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
-    metrics = trainer.evaluate()
     written = [str(p) for s in steps if s <= cmd.trainer.max_steps
                for p in ((exporter.splat_paths(s) if cmd.save_splat else []) +
                          ([exporter.ckpt_path(s)] if cmd.save_ckpt else []))]
     result = {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
-              "num_gaussians": trainer.training_state.num_gaussians, "train_seconds": round(seconds, 1),
+              "num_gaussians": trainer.num_gaussians, "train_seconds": round(seconds, 1),
               "steps": cmd.trainer.max_steps, "device": str(trainer.device),
               "model": cmd.model, "strategy": cmd.strategy,
               "backend": (resolve_backend_name_2dgs if cmd.model == "2dgs" else resolve_backend_name)(

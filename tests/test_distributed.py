@@ -62,14 +62,76 @@ def test_two_processes_match_one_with_the_same_batch_and_resume_on_one(tmp_path)
     assert (resumed / "ckpts" / "step_000045.ckpt").is_file() and "test PSNR" in r.stdout
 
 
-def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path):
+def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp_path):
+    """dist_mode="shard": each rank holds half of the Gaussians; exports hold all of them."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "60", "--export-steps", "30", "60",
+                     "--output-dir", str(two), "--summary-json", str(tmp_path / "two.json")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in (two / "splats").iterdir()) == ["step_000030.ply", "step_000060.ply"]
+    assert sorted(p.name for p in (two / "ckpts").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
+    assert r.stdout.count("test PSNR") == 1 and r.stdout.count("wrote ") == 4
+    from splatkit.splat.ply import read_ply
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(two / "ckpts" / "step_000060.ckpt")
+    n = ckpt["training_state"]["params"]["means"].shape[0]
+    a = json.loads((tmp_path / "two.json").read_text())
+    # The exports hold every shard: two non-empty shards adding up to the whole splat.
+    assert len(ckpt["shards"]) == 2 and min(ckpt["shards"]) > 0 and sum(ckpt["shards"]) == n
+    assert read_ply(two / "splats" / "step_000060.ply")["means"].shape[0] == n == a["num_gaussians"]
+    assert ckpt["densification"]["grad2d"].shape[0] == n
+    subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "60", "--batch-size", "2",
+                    "--output-dir", str(one), "--summary-json", str(tmp_path / "one.json")], check=True, env=env(),
+                   capture_output=True, timeout=600)
+    b = json.loads((tmp_path / "one.json").read_text())
+    # Same global batch and maths; the shards draw their own random splits, so counts differ a little.
+    assert abs(a["test_psnr"] - b["test_psnr"]) < 0.5, (a, b)
+    assert abs(a["num_gaussians"] - b["num_gaussians"]) <= 0.05 * b["num_gaussians"], (a, b)
+
+    # Two ranks resuming the step-30 checkpoint reproduce step 60 exactly.
+    again = tmp_path / "again"
+    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "60", "--output-dir", str(again),
+                     "--resume", str(two / "ckpts" / "step_000030.ckpt")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = load_checkpoint(again / "ckpts" / "step_000060.ckpt")
+    assert resumed["shards"] == ckpt["shards"]
+    for name, p in ckpt["training_state"]["params"].items():
+        assert torch.equal(resumed["training_state"]["params"][name], p), name
+
+    # One process resumes the sharded checkpoint and finishes.
+    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "45", "--output-dir",
+                        str(tmp_path / "on_one"), "--resume", str(two / "ckpts" / "step_000030.ckpt")], env=env(),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "on_one" / "ckpts" / "step_000045.ckpt").is_file() and "test PSNR" in r.stdout
+
+
+def test_one_process_checkpoint_resumes_sharded(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "20", "--output-dir",
+                        str(tmp_path / "one")], env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "30", "--output-dir",
+                     str(tmp_path / "two"), "--resume", str(tmp_path / "one" / "ckpts" / "step_000020.ckpt")],
+                 tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "re-splitting a checkpoint of 1 process into 2 shards" in r.stderr
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "two" / "ckpts" / "step_000030.ckpt")
+    assert ckpt["step"] == 30 and sum(ckpt["shards"]) == ckpt["training_state"]["params"]["means"].shape[0]
+
+
+@pytest.mark.parametrize("mode", ["replicate", "shard"])
+def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path, mode):
     port = free_port()
     procs = []
     for rank in (0, 1):
         e = dict(env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
                  LOCAL_RANK=str(rank))
         procs.append(subprocess.Popen([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "100000",
-                                       "--export-steps", "2", "--output-dir", str(tmp_path / "run")],
+                                       "--export-steps", "2", "--output-dir", str(tmp_path / "run"),
+                                       "--dist-mode", mode],
                                       env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         ckpt = tmp_path / "run" / "ckpts" / "step_000002.ckpt"

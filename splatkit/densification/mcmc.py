@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,6 +54,11 @@ class SplatMCMCDensification(SplatDensification):
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"SplatMCMCDensification.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def for_shard(self, rank: int, world_size: int) -> "SplatMCMCDensification":
+        """Each shard grows to its part of ``cap_max`` (the parts add up to it)."""
+        share = self.cap_max * (rank + 1) // world_size - self.cap_max * rank // world_size
+        return replace(self, cap_max=max(1, share))
 
     def initialize_state(self, scene_scale: float) -> dict:
         # Nothing to accumulate between steps: relocation reads only the parameters.

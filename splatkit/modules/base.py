@@ -13,6 +13,12 @@ Common arguments: ``step``, ``max_steps``, ``training_state``, ``world_rank``,
 ``world_size``, ``logger``, ``trainer``; per step also ``frames`` and ``render``
 (from ``pre_compute_loss``) and ``loss`` (a :class:`~splatkit.loss_fn.SplatLoss`,
 from ``post_compute_loss``). Modules observe; they must not change training maths.
+
+In a sharded run (``SplatTrainerConfig.dist_mode="shard"``) hooks run on rank 0 only;
+``training_state`` there is the whole splat, gathered from the ranks on first use in a
+hook (a CPU copy: reading it is fine, changing it changes nothing), and
+``trainer.render_view`` renders collectively. A module that renders or reads the splat
+outside its hooks (from a thread) sets ``supports_sharded = False``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 class SplatBaseModule:
     """No-op hooks; override the ones you need. Stateful modules override
     :meth:`state_dict` / :meth:`load_state_dict` and are restored on resume."""
+
+    supports_sharded: bool = True
+    """False for modules that cannot run in a sharded run (see the module docstring)."""
 
     def on_setup(self, **kwargs) -> None:
         pass

@@ -180,7 +180,7 @@ class SplatEvaluator(SplatBaseModule):
     def evaluate_trainer(self, trainer, step: int) -> dict:
         """Evaluate ``trainer``'s current state on its provider's test split and write the files."""
         return self.evaluate(lambda f: trainer.render_view(f.cameras).images, trainer.data_provider.test_frames(),
-                             step, trainer.training_state.num_gaussians, trainer.device)
+                             step, trainer.num_gaussians, trainer.device)
 
     def evaluate(self, render_fn, frames: Iterable, step: int, num_gaussians: int,
                  device: torch.device | str = "cpu") -> dict:

@@ -40,7 +40,13 @@ class SplatViewer(SplatBaseModule):
         host: interface to listen on; "127.0.0.1" keeps it to this machine.
         resolution: initial longest image side of rendered frames, in pixels.
         refresh_seconds: during training, re-render a still camera at most this often.
+
+    It renders from its own thread whenever a browser asks, so it cannot take part in
+    the collective renders of a sharded run (``dist_mode="shard"``): view an exported
+    checkpoint with ``splatkit view`` instead.
     """
+
+    supports_sharded = False
 
     def __init__(self, port: int = 8080, mode: str = "training", host: str = "127.0.0.1",
                  resolution: int | None = None, refresh_seconds: float = 1.0) -> None:

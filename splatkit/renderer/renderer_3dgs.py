@@ -39,6 +39,9 @@ class Splat3DGSRenderer(SplatRenderer):
     sparse_grad: bool = False
     """gsplat only, with packed: sparse gradients for means, quats and scales; the trainer
     then uses sparse Adam."""
+    distributed: bool = False
+    """Sharded rendering: ``params`` are this rank's shard and every rank renders together
+    (:mod:`splatkit.renderer.sharded`); the trainer sets it for ``dist_mode="shard"``."""
 
     def render(
         self,
@@ -68,6 +71,7 @@ class Splat3DGSRenderer(SplatRenderer):
             rasterize_mode=self.rasterize_mode,
             render_mode="RGB+ED" if self.render_depth else "RGB",
             tile_size=self.tile_size,
+            distributed=self.distributed,
             **{k: True for k in GSPLAT_OPTIONS if getattr(self, k)},
         )
         return SplatRenderOutput(

@@ -42,6 +42,10 @@ class SplatTrainerConfig:
     lr_opacities: float = 5e-2
     lr_sh0: float = 2.5e-3
     lr_shN: float = 2.5e-3 / 20
+    dist_mode: str = "replicate"
+    """Multi-process runs (torchrun): "replicate" (every rank holds the whole splat and renders its
+    own images; gradients are averaged) or "shard" (the Gaussians are split across ranks; each
+    rank renders its images from all shards; for splats too large for one device; 3DGS only)."""
     dist_timeout: float = 600.0
     """Seconds a rank waits for the others in a collective before giving up (multi-process runs)."""
     profile_steps: bool = False
@@ -58,6 +62,7 @@ class SplatTrainerConfig:
             ("init_opacity", 0 < self.init_opacity < 1, "in (0, 1)"),
             ("lr_means_final_ratio", 0 < self.lr_means_final_ratio <= 1, "in (0, 1]"),
             ("background", len(self.background) == 3, "three numbers (RGB)"),
+            ("dist_mode", self.dist_mode in ("replicate", "shard"), "'replicate' or 'shard'"),
         ]
         for name, ok, expected in checks:
             if not ok:

@@ -28,6 +28,13 @@ from splatkit.splat.conventions import gaussian_kind
 from splatkit.splat.model import SplatModel
 from splatkit.splat.training_state import SplatTrainingState
 from splatkit.trainer import distributed
+from splatkit.trainer.sharded import (
+    ShardedRun,
+    ShardedTrainingStateView,
+    bounds_from_sizes,
+    shard_bounds,
+    slice_rows,
+)
 from splatkit.trainer.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -102,8 +109,12 @@ class SplatTrainer:
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
         # Read the checkpoint now so a bad path fails before any setup work.
         self._resume = None if ckpt_path is None else load_checkpoint(ckpt_path)
-        # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training.
+        # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training,
+        # or sharded training with config.dist_mode="shard".
         self.world_rank, self.world_size, self.device = distributed.init_from_env(self.device, config.dist_timeout)
+        self.sharded: ShardedRun | None = None
+        if config.dist_mode == "shard" and self.world_size > 1:
+            self._setup_sharding()
         self.step = 0
         self.step_timings: dict[str, float] = {}
         """Phase times of the last step, when ``config.profile_steps`` is on."""
@@ -112,6 +123,18 @@ class SplatTrainer:
         self.scene_scale = float(data_provider.scene_scale)
 
     # ----------------------------------------------------------------- setup
+    def _setup_sharding(self) -> None:
+        if not isinstance(self.renderer, Splat3DGSRenderer):
+            raise ValueError(f"SplatTrainerConfig.dist_mode='shard' needs a Splat3DGSRenderer (3DGS), got "
+                             f"{type(self.renderer).__name__}; train 2DGS with dist_mode='replicate'")
+        unsupported = [type(m).__name__ for m in self.modules if not getattr(m, "supports_sharded", True)]
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "
+                             "leave it out, or train with dist_mode='replicate'")
+        self.renderer = dataclasses.replace(self.renderer, distributed=True)
+        self.densification = self.densification.for_shard(self.world_rank, self.world_size)
+        self.sharded = ShardedRun(self.world_rank, self.world_size, self.device)
+
     def _seed(self) -> None:
         seed = self.config.seed
         random.seed(seed)
@@ -140,7 +163,13 @@ class SplatTrainer:
         self._seed()
         cfg = self.config
         if self._resume is None:
-            self.training_state = self._initial_model().to_training_state(
+            model = self._initial_model()
+            if self.sharded is not None:  # this rank's rows of the (identical) initial splat
+                lo, hi = shard_bounds(model.num_gaussians, self.world_size)[self.world_rank:self.world_rank + 2]
+                model = type(model)(**{k: v[lo:hi].clone() for k, v in model.params().items()})
+                # Shards are different Gaussians: give each rank its own random stream.
+                torch.manual_seed(cfg.seed + 1_000_003 * self.world_rank)
+            self.training_state = model.to_training_state(
                 cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size * self.world_size,
                 sparse_grad=bool(getattr(self.renderer, "sparse_grad", False)),
             )
@@ -159,6 +188,9 @@ class SplatTrainer:
             if kind != wanted:
                 raise ValueError(f"the checkpoint holds {kind} Gaussians but the renderer "
                                  f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind")
+        if self.sharded is not None:
+            self.sharded.step = self.step
+            self.sharded.update_sizes(self.training_state.num_gaussians, self.step)
         if self.world_rank == 0:
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
             record = {
@@ -180,8 +212,24 @@ class SplatTrainer:
         if differing:
             logger.warning("resuming with settings that differ from the checkpoint's: %s; the run will not "
                            "match an uninterrupted one", ", ".join(differing))
-        self.training_state = SplatTrainingState.from_state_dict(ckpt["training_state"], self.device)
-        self.densification_state = state_to(ckpt["densification"], self.device)
+        ts_state, dens_state, rng = ckpt["training_state"], ckpt["densification"], ckpt["rng"]
+        if self.sharded is not None:
+            n = ts_state["params"]["means"].shape[0]
+            sizes = ckpt.get("shards")
+            same = sizes is not None and len(sizes) == self.world_size
+            bounds = bounds_from_sizes(sizes) if same else shard_bounds(n, self.world_size)
+            lo, hi = bounds[self.world_rank:self.world_rank + 2]
+            ts_state, dens_state = slice_rows(ts_state, dens_state, lo, hi)
+            if same:  # the same ranks continue exactly where each left off
+                rng = ckpt["rng_ranks"][self.world_rank]
+            else:
+                if self.world_rank == 0:
+                    logger.info("re-splitting a checkpoint of %s into %d shards",
+                                "1 process" if sizes is None else f"{len(sizes)} shards", self.world_size)
+                torch.manual_seed(self.config.seed + 1_000_003 * self.world_rank + int(ckpt["step"]))
+                rng = None
+        self.training_state = SplatTrainingState.from_state_dict(ts_state, self.device)
+        self.densification_state = state_to(dens_state, self.device)
         self.scene_scale = float(ckpt["scene_scale"])
         self.step = int(ckpt["step"])
         self.data_provider.load_state_dict(ckpt["data_provider"])
@@ -192,15 +240,26 @@ class SplatTrainer:
         skipped = [n for n, _ in ckpt["modules"] if n not in names]
         if skipped:
             logger.warning("checkpoint holds state of modules not in this run: %s", skipped)
-        restore_rng_state(ckpt["rng"])
+        if rng is not None:
+            restore_rng_state(rng)
 
     # ------------------------------------------------------------ checkpoint
     def checkpoint_state(self) -> dict:
-        """Everything needed to continue training exactly from the current step."""
+        """Everything needed to continue training exactly from the current step.
+
+        In a sharded run it holds the whole splat, gathered from every rank (rank 0,
+        from a module hook or :meth:`lead`), plus the shard sizes and each rank's random state.
+        """
+        extra = {}
+        if self.sharded is not None:
+            ts_state, dens_state, rngs = self.sharded.gathered(self)
+            extra = {"shards": list(self.sharded.sizes), "rng_ranks": rngs}
+        else:
+            ts_state, dens_state = self.training_state.state_dict(), self.densification_state
         return {
             "step": self.step,
-            "training_state": self.training_state.state_dict(),
-            "densification": self.densification_state,
+            "training_state": ts_state,
+            "densification": dens_state,
             "modules": [(type(m).__name__, m.state_dict()) for m in self.modules],
             "data_provider": self.data_provider.state_dict(),
             "config": dataclasses.asdict(self.config),
@@ -208,6 +267,7 @@ class SplatTrainer:
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
+            **extra,
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
@@ -216,13 +276,49 @@ class SplatTrainer:
 
     # ------------------------------------------------------------ the loop
     def _call(self, hook: str, **kwargs) -> None:
+        if self.sharded is not None:
+            # Modules run on rank 0 only, over the whole splat; the other ranks serve them.
+            if not any(getattr(type(m), hook) is not getattr(SplatBaseModule, hook) for m in self.modules):
+                return
+            if hook == "on_cleanup" and kwargs.get("error") is not None:
+                if self.world_rank == 0:  # no collectives after a failure
+                    self._run_hooks(hook, ShardedTrainingStateView(self), **kwargs)
+                return
+            self.lead(lambda: self._run_hooks(hook, ShardedTrainingStateView(self), **kwargs))
+            return
+        self._run_hooks(hook, self.training_state, **kwargs)
+
+    def _run_hooks(self, hook: str, training_state, **kwargs) -> None:
         common = dict(
-            step=self.step, max_steps=self.config.max_steps, training_state=self.training_state,
+            step=self.step, max_steps=self.config.max_steps, training_state=training_state,
             world_rank=self.world_rank, world_size=self.world_size, logger=logger, trainer=self,
         )
         common.update(kwargs)
         for module in self.modules:
             getattr(module, hook)(**common)
+
+    def lead(self, fn):
+        """Run ``fn()`` on rank 0 and return its result there (None on other ranks).
+
+        In a sharded run every rank must call it: the others serve rank 0's renders and
+        gathers meanwhile, so ``fn`` may call :meth:`evaluate`, :meth:`render_view` or
+        :meth:`save_checkpoint`. Otherwise only rank 0 runs ``fn``.
+        """
+        if self.sharded is not None:
+            return self.sharded.lead(fn, self)
+        return fn() if self.world_rank == 0 else None
+
+    @property
+    def num_gaussians(self) -> int:
+        """Gaussians in the whole splat (all shards in a sharded run)."""
+        return self.sharded.total if self.sharded is not None else self.training_state.num_gaussians
+
+    def gathered_training_state(self) -> SplatTrainingState:
+        """The whole splat as a :class:`SplatTrainingState`: this rank's own state, or in a
+        sharded run a CPU copy gathered from every rank (rank 0, from a hook or :meth:`lead`)."""
+        if self.sharded is None:
+            return self.training_state
+        return self.sharded.gathered_training_state(self)
 
     def active_sh_degree(self, step: int) -> int:
         return min((step - 1) // self.config.sh_degree_interval, self.config.sh_degree)
@@ -260,8 +356,13 @@ class SplatTrainer:
         clock.lap("loss")
         self._call("post_compute_loss", frames=frames, render=render, loss=loss)
         clock.lap("modules")
-        loss.loss.backward()
-        if self.world_size > 1:
+        if self.sharded is not None:
+            # The global loss is the mean of the ranks' losses; the all-to-all's backward
+            # brings this shard the gradients of every rank's cameras, so no all-reduce.
+            (loss.loss / self.world_size).backward()
+        else:
+            loss.loss.backward()
+        if self.world_size > 1 and self.sharded is None:
             distributed.average_gradients(ts.params, self.world_rank, step)
             render = self._global_statistics(render, step)
         clock.lap("backward")
@@ -274,7 +375,10 @@ class SplatTrainer:
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
-        if self.world_size > 1 and step % 100 == 0:
+        if self.sharded is not None:
+            self.sharded.step = step
+            self.sharded.update_sizes(ts.num_gaussians, step)
+        elif self.world_size > 1 and step % 100 == 0:
             distributed.check_in_sync(ts.params, self.world_rank, step)
         clock.lap("densification")
         self._call("post_step", frames=frames, render=render, loss=loss)
@@ -320,6 +424,8 @@ class SplatTrainer:
         over the configured background, at ``sh_degree`` (default: all of the model's)."""
         ts = self.training_state
         degree = ts.sh_degree if sh_degree is None else sh_degree
+        if self.sharded is not None:
+            return self.sharded.render(self, cameras.to(self.device), degree, self.backgrounds(len(cameras)))
         return self.renderer.render(ts.params, cameras.to(self.device), degree, self.backgrounds(len(cameras)))
 
     @torch.no_grad()
