@@ -138,3 +138,16 @@ def test_bad_trainer_arguments(tmp_path, small_demo):
         SplatTrainer(SplatTrainerConfig(device="tpu"), small_demo)
     with pytest.raises(TypeError, match="data_provider must be a SplatDataProvider"):
         SplatTrainer(SplatTrainerConfig(), object())
+
+
+def test_initial_scales_use_the_three_nearest_neighbours():
+    from splatkit.splat.model import knn_mean_distance
+
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(500, 3, generator=g, dtype=torch.float64)
+    pts[10] = pts[11]  # a duplicate: its nearest neighbour is at distance 0
+    d2 = torch.cdist(pts, pts).square()
+    d2.fill_diagonal_(float("inf"))
+    brute = d2.topk(3, dim=1, largest=False).values.mean(dim=1).sqrt()
+    torch.testing.assert_close(knn_mean_distance(pts), brute, rtol=1e-12, atol=1e-12)
+    assert knn_mean_distance(pts.float()).dtype == torch.float32

