@@ -12,8 +12,8 @@ b. overhead: ``SplatTrainer.train_step`` against a minimal loop that calls the
    rasterizer directly with the same parameters, Adam settings, loss and images.
 c. real run: ``python -m splatkit train`` on fox (downscaled) on the GPU and on the CPU
    at the same settings: test PSNR and wall time.
-d. several GPUs (skipped, with a message, when one is lent): torchrun over all of them
-   against one GPU with the same global batch.
+d. several GPUs (skipped, with a message, when one is lent): torchrun over all of them,
+   replicated and sharded, against one GPU with the same global batch.
 
 Parity covers 3DGS (``rasterization``, packed and sparse-gradient modes too) and 2DGS
 (``rasterization_2dgs``: colour, alpha, normals, depth, distortion, median depth).
@@ -158,12 +158,19 @@ def parity_case(name, scene, vm, K, W, H, device, candidate, **kw) -> dict:
 
 
 def parity_case_2dgs(name, scene, vm, K, W, H, device, candidate, sh_degree=None) -> dict:
-    """2DGS: reference (float64) vs candidate (float32) on all outputs and every gradient."""
+    """2DGS: reference (float64) vs candidate (float32) on all outputs and every gradient.
+
+    Surfels seen nearly edge-on, and needles, make the ray-surfel intersection badly
+    conditioned: there the reference itself, run in float32, differs from its float64
+    result by far more than the 3DGS tolerance (on the edge-case scene, relative errors
+    of several units in the geometry gradients). So a gradient passes when it is within
+    the tolerance or within 3x of that float32 floor (``grad_rel_l2_float32_reference``).
+    """
     from splatkit.renderer.backends import BACKENDS_2DGS
 
     keys = ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median_depth")
     results = []
-    for backend, dtype in (("torch", torch.float64), (candidate, torch.float32)):
+    for backend, dtype in (("torch", torch.float64), ("torch", torch.float32), (candidate, torch.float32)):
         params = [t.to(device=device, dtype=dtype).clone().requires_grad_(True) for t in scene]
         params_in = params[:2] + [params[2][:, :2]] + params[3:]
         out = BACKENDS_2DGS[backend](*params_in, vm.to(device, dtype), K.to(device, dtype), W, H,
@@ -176,13 +183,14 @@ def parity_case_2dgs(name, scene, vm, K, W, H, device, candidate, sh_degree=None
         loss.backward()
         results.append(({k: out[k].detach().double() for k in keys},
                         [(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).double() for p in params]))
-    (ref, gref), (cand, gcand) = results
+    (ref, gref), (_, gref32), (cand, gcand) = results
     row = {"case": name, "model": "2dgs", "gaussians": int(scene[0].shape[0]), "cameras": int(vm.shape[0]),
            "image": [W, H], "output_mean_abs": {k: float((ref[k] - cand[k]).abs().mean()) for k in keys},
            "output_max_abs": {k: float((ref[k] - cand[k]).abs().max()) for k in keys}}
     row["grad_rel_l2"] = grad_rel_l2(gref, gcand)
+    row["grad_rel_l2_float32_reference"] = floor = grad_rel_l2(gref, gref32)
     row["pass"] = (all(v < TOL["image_mean_abs"] for v in row["output_mean_abs"].values())
-                   and all(v < TOL["grad_rel_l2"] for v in row["grad_rel_l2"].values()))
+                   and all(v < max(TOL["grad_rel_l2"], 3 * floor[k]) for k, v in row["grad_rel_l2"].items()))
     return row
 
 
@@ -203,6 +211,10 @@ def part_parity(args, device) -> dict:
                              rasterize_mode="antialiased"))
     cases.append(parity_case("depth_RGB+ED", scene, vm, K, W, H, device, args.candidate, sh_degree=3,
                              render_mode="RGB+ED"))
+    # The projection and compositing stages sharded training uses (one process: the
+    # exchange between ranks is the identity), against the reference's.
+    cases.append(parity_case("edge_cases_sharded_stages", scene, vm, K, W, H, device, args.candidate, sh_degree=3,
+                             distributed=True))
     if args.candidate == "gsplat":
         cases.append(parity_case("edge_cases_packed", scene, vm, K, W, H, device, "gsplat", sh_degree=3,
                                  packed=True))
@@ -383,11 +395,12 @@ def part_multi_gpu(args) -> dict:
         steps, device = args.real_steps, "cuda"
     common = [*data_args, "--max-steps", str(steps), "--no-progress", "--no-save-ckpt", "--device", device]
     runs = {}
-    for label, launcher, batch in (("multi", [sys.executable, "-m", "torch.distributed.run",
-                                              f"--nproc_per_node={n}", "-m", "splatkit"], 1),
-                                   ("single", [sys.executable, "-m", "splatkit"], n)):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "-m", "splatkit"]
+    for label, launcher, batch, extra in (("multi", torchrun, 1, []),
+                                          ("multi_sharded", torchrun, 1, ["--dist-mode", "shard"]),
+                                          ("single", [sys.executable, "-m", "splatkit"], n, [])):
         summary = args.work / f"multi_{label}.json"
-        cmd = [*launcher, "train", *common, "--batch-size", str(batch), "--output-dir",
+        cmd = [*launcher, "train", *common, *extra, "--batch-size", str(batch), "--output-dir",
                str(args.work / f"multi_{label}"), "--summary-json", str(summary)]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

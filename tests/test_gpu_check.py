@@ -16,7 +16,8 @@ def test_gpu_check_dry_run(tmp_path):
     result = json.loads(out.read_text())
     assert result["candidate"] == "cpu"
     cases = result["parity"]["cases"]
-    assert {c["case"] for c in cases} >= {"random_shNone", "random_sh3", "edge_cases", "edge_cases_antialiased"}
+    assert {c["case"] for c in cases} >= {"random_shNone", "random_sh3", "edge_cases", "edge_cases_antialiased",
+                                          "edge_cases_sharded_stages"}
     assert result["parity"]["all_pass"], [c for c in cases if not c["pass"]]
     assert set(cases[0]["grad_rel_l2"]) == {"means", "quats", "scales", "opacities", "colors"}
     overhead = result["overhead"]
@@ -27,3 +28,5 @@ def test_gpu_check_dry_run(tmp_path):
     assert real["gpu"]["steps"] == 20 and real["psnr_gap_db"] == 0.0  # same device and backend: identical
     multi = result["multi_gpu"]
     assert multi["processes"] == 2 and abs(multi["multi"]["test_psnr"] - multi["single"]["test_psnr"]) < 0.3, multi
+    assert "error" not in multi["multi_sharded"], multi["multi_sharded"]
+    assert multi["multi_sharded"]["num_gaussians"] > 0

@@ -56,6 +56,8 @@ def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, tor
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     logger.info("rank %d of %d (%s, %s)", rank, world, backend, device)
+    if rank != 0:  # rank 0 logs for the run; the others report only errors
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
     return rank, world, device
 
 
