@@ -66,7 +66,8 @@ def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp
     """dist_mode="shard": each rank holds half of the Gaussians; exports hold all of them."""
     two, one = tmp_path / "two", tmp_path / "one"
     r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "60", "--export-steps", "30", "60",
-                     "--output-dir", str(two), "--summary-json", str(tmp_path / "two.json")], tmp_path)
+                     "--eval-steps", "60", "--output-dir", str(two), "--summary-json", str(tmp_path / "two.json")],
+                 tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (two / "splats").iterdir()) == ["step_000030.ply", "step_000060.ply"]
     assert sorted(p.name for p in (two / "ckpts").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
@@ -81,6 +82,9 @@ def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp
     assert len(ckpt["shards"]) == 2 and min(ckpt["shards"]) > 0 and sum(ckpt["shards"]) == n
     assert read_ply(two / "splats" / "step_000060.ply")["means"].shape[0] == n == a["num_gaussians"]
     assert ckpt["densification"]["grad2d"].shape[0] == n
+    # The evaluator (on rank 0, rendering with every rank) saw the whole splat, as the final evaluation did.
+    stats = json.loads((two / "stats" / "step_000060.json").read_text())
+    assert stats["num_gaussians"] == n and abs(stats["psnr"] - a["test_psnr"]) < 1e-6, (stats, a)
     subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "60", "--batch-size", "2",
                     "--output-dir", str(one), "--summary-json", str(tmp_path / "one.json")], check=True, env=env(),
                    capture_output=True, timeout=600)

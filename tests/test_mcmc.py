@@ -270,3 +270,13 @@ def test_resume_matches_uninterrupted_run(tmp_path, small_demo, capsys):
         sa = a.optimizers[name].state[a.params[name]]
         sb = b.optimizers[name].state[b.params[name]]
         assert (sa["exp_avg"] - sb["exp_avg"]).abs().max() <= 1e-6, name
+
+
+def test_shards_split_the_budget_exactly():
+    from splatkit.densification import SplatMCMCDensification
+
+    strategy = SplatMCMCDensification(cap_max=1001)
+    for world in (1, 2, 3, 7):
+        parts = [strategy.for_shard(r, world).cap_max for r in range(world)]
+        assert sum(parts) == 1001 and max(parts) - min(parts) <= 1, parts
+    assert strategy.cap_max == 1001  # the original is untouched
