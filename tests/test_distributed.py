@@ -189,3 +189,50 @@ def test_replicas_that_drift_apart_are_reported(tmp_path):
     for rank in (0, 1):
         text = (tmp_path / f"{rank}.txt").read_text()
         assert f"rank {rank}: the ranks' Gaussians diverged by step 2" in text, text
+
+
+def _sharded_errors_worker(rank, port, out):
+    import torch.distributed as dist
+
+    from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
+    from splatkit.modules import SplatViewer
+    from splatkit.renderer import Splat2DGSRenderer
+    from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=16, num_cameras=8, num_init_points=50,
+                                                                 supersample=1))
+    cfg = SplatTrainerConfig(max_steps=2, dist_mode="shard", output_dir=f"{out}/run{rank}")
+    messages = []
+    for kwargs in ({"renderer": Splat2DGSRenderer()}, {"modules": [SplatViewer()]}):
+        try:
+            SplatTrainer(cfg, provider, **kwargs)
+            messages.append("no error")
+        except ValueError as e:
+            messages.append(str(e))
+    trainer = SplatTrainer(cfg, provider)
+    trainer.setup()
+    if rank == 0:  # rank 0 alone, outside a hook or lead(): refused at once, nothing waits
+        try:
+            trainer.evaluate()
+            messages.append("no error")
+        except RuntimeError as e:
+            messages.append(str(e))
+    metrics = trainer.lead(trainer.evaluate)  # every rank: rank 0 evaluates, rank 1 renders with it
+    messages.append("psnr" if rank == 0 and metrics["psnr"] > 0 else repr(metrics))
+    dist.destroy_process_group()
+    with open(f"{out}/{rank}.json", "w") as f:
+        json.dump(messages, f)
+
+
+def test_sharded_mode_refuses_what_it_cannot_do(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_errors_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    m0, m1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    for m in (m0, m1):
+        assert "dist_mode='shard' needs a Splat3DGSRenderer" in m[0], m
+        assert "SplatViewer cannot run in a sharded run" in m[1], m
+    assert "needs every rank: call it from a module hook or inside SplatTrainer.lead" in m0[2], m0
+    assert m0[3] == "psnr" and m1[2] == "None", (m0, m1)

@@ -134,6 +134,8 @@ def test_bad_trainer_arguments(tmp_path, small_demo):
         SplatTrainer(SplatTrainerConfig(), small_demo, ckpt_path=tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="max_steps must be a positive integer"):
         SplatTrainerConfig(max_steps=0)
+    with pytest.raises(ValueError, match="dist_mode must be 'replicate' or 'shard', got 'split'"):
+        SplatTrainerConfig(dist_mode="split")
     with pytest.raises(ValueError, match="device 'tpu' is not a device name"):
         SplatTrainer(SplatTrainerConfig(device="tpu"), small_demo)
     with pytest.raises(TypeError, match="data_provider must be a SplatDataProvider"):
