@@ -161,13 +161,12 @@ class ShardedRun:
 
     def _serve(self, trainer) -> None:
         while True:
-            op, C, W, H, degree, has_bg, *_ = self._broadcast_header()
+            op, C, W, H, degree, *_ = self._broadcast_header()
             if op == OP_DONE:
                 return
-            if op == OP_RENDER:
+            if op == OP_RENDER:  # rank 0's cameras and backgrounds travel; this rank adds none
                 self._broadcast(torch.empty(C, 25, dtype=torch.float32))
-                if has_bg:
-                    self._broadcast(torch.empty(C, 3, dtype=torch.float32))
+                self._broadcast(torch.empty(C, 3, dtype=torch.float32))
                 empty = SplatCameras(torch.zeros(0, 4, 4, device=trainer.device), torch.zeros(0, 3, 3,
                                                                                              device=trainer.device), W, H)
                 with torch.no_grad():
@@ -187,7 +186,7 @@ class ShardedRun:
         """Rank 0 (leading): render ``cameras`` from every shard (the others join with none)."""
         self._require_leading("rendering")
         C = len(cameras)
-        self._broadcast_header([OP_RENDER, C, cameras.width, cameras.height, sh_degree, 1])
+        self._broadcast_header([OP_RENDER, C, cameras.width, cameras.height, sh_degree])
         self._broadcast(torch.cat([cameras.viewmats.reshape(C, 16), cameras.Ks.reshape(C, 9)], dim=1).float())
         self._broadcast(backgrounds.float())
         with torch.no_grad():
