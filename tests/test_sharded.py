@@ -24,8 +24,10 @@ def free_port() -> int:
 
 
 def scene(n=300, seed=0, dtype=torch.float64):
+    """Spread wider than the cameras see, so each rank's cameras miss some Gaussians
+    (which then never travel to that rank)."""
     g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g) * 2 - 1)
+    means = (torch.rand(n, 3, generator=g) * 2 - 1) * 2.5
     scales = torch.exp(torch.rand(n, 3, generator=g) * 2.5 - 4.0)
     quats = torch.randn(n, 4, generator=g)
     opac = torch.rand(n, generator=g) * 0.8 + 0.1

@@ -9,7 +9,9 @@ cameras (any number, zero included; ranks may differ in count and image size):
 2. each rank projects its shard into every rank's cameras (the backend's projection
    stage, :data:`~splatkit.renderer.backends.STAGES`);
 3. the projections go to the ranks that own the cameras with one all-to-all, whose
-   backward pass sends the gradients back the same way;
+   backward pass sends the gradients back the same way; a Gaussian culled in all of a
+   rank's cameras is not sent to it (Grendel's saving: each rank receives only what its
+   images can show);
 4. each rank composites its cameras over the projections of all shards (the backend's
    compositing stage), in depth order as if the scene were on one rank.
 
@@ -156,17 +158,27 @@ def rasterize_sharded(
     if world_size == 1:
         mine = stats
     else:
-        # 3. all-to-all: rank r receives, for its cameras, every shard's projections
-        counts = [torch.empty(1, dtype=torch.int64, device=means.device) for _ in range(world_size)]
-        with guard("sharded render (count all-gather)", rank):
-            dist.all_gather(counts, torch.tensor([n_local], dtype=torch.int64, device=means.device))
-        n_world = [int(c) for c in counts]
-        F = 9 + D
-        send_splits = [vm.shape[0] * n_local * F for vm, _, _, _ in cameras]
-        recv_splits = [C * n * F for n in n_world]
-        recv = _AllToAll.apply(_pack(stats).reshape(-1), send_splits, recv_splits)
+        # 3. all-to-all: rank r receives, for its cameras, the footprints of every shard's
+        # Gaussians that are visible in at least one of them (culled ones stay home)
+        packed = _pack(stats)
+        pieces, send_counts, c0 = [], [], 0
+        for vm, _, _, _ in cameras:
+            c1 = c0 + vm.shape[0]
+            seen = (stats.radii[c0:c1] > 0).any(dim=-1).any(dim=0).nonzero()[:, 0]
+            pieces.append(packed[c0:c1, seen].reshape(-1))
+            send_counts.append(seen.numel())
+            c0 = c1
+        send_n = torch.tensor(send_counts, dtype=torch.int64, device=means.device)
+        recv_n = torch.empty_like(send_n)
+        with guard("sharded render (count all-to-all)", rank):
+            dist.all_to_all_single(recv_n, send_n)
+        recv_counts = recv_n.tolist()
+        F = packed.shape[-1]
+        send_splits = [vm.shape[0] * n * F for (vm, _, _, _), n in zip(cameras, send_counts)]
+        recv_splits = [C * n * F for n in recv_counts]
+        recv = _AllToAll.apply(torch.cat(pieces), send_splits, recv_splits)
         parts = recv.split(recv_splits)
-        mine = _unpack(torch.cat([part.reshape(C, n, F) for part, n in zip(parts, n_world)], dim=1))
+        mine = _unpack(torch.cat([part.reshape(C, n, F) for part, n in zip(parts, recv_counts)], dim=1))
     # 4. composite this rank's cameras over all shards
     if C:
         feats = features_for_mode(mine.colors, mine.depths, render_mode)
