@@ -101,6 +101,8 @@ class DemoCommand:
     strategy: Literal["default", "mcmc"] = "default"
     batch_size: int = 1
     """Images per step (per process, under torchrun)."""
+    dist_mode: Literal["replicate", "shard"] = "replicate"
+    """Under torchrun: every rank holds the whole splat, or each holds a shard of it (see README)."""
     device: str = "auto"
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
@@ -189,8 +191,8 @@ def demo_command(steps: int, model: str = "3dgs", strategy: str = "default", bac
     """A TrainCommand for the demo scene with every schedule of the 30k-step defaults
     (densification, SH degree, 2DGS regularisers) compressed to ``steps`` steps."""
     config, densification = demo_setup(steps)
-    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device", "batch_size")
-                                            if k in kwargs})
+    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device", "batch_size",
+                                                                       "dist_mode") if k in kwargs})
     frac = steps / 30_000
     mcmc = SplatMCMCDensification(refine_start_iter=steps // 5, refine_stop_iter=(4 * steps) // 5,
                                   refine_every=max(1, steps // 40), cap_max=30_000)
@@ -258,7 +260,8 @@ def _train(cmd: TrainCommand) -> dict:
 def _demo(cmd: DemoCommand) -> dict:
     t0 = time.perf_counter()
     result = _train(demo_command(cmd.steps, cmd.model, cmd.strategy, cmd.backend, output_dir=cmd.output_dir,
-                                 device=cmd.device, batch_size=cmd.batch_size, progress=cmd.progress))
+                                 device=cmd.device, batch_size=cmd.batch_size, dist_mode=cmd.dist_mode,
+                                 progress=cmd.progress))
     if result.get("rank", 0) != 0:
         return result
     result["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -115,6 +115,9 @@ class SplatTrainer:
         self.sharded: ShardedRun | None = None
         if config.dist_mode == "shard" and self.world_size > 1:
             self._setup_sharding()
+        elif config.dist_mode == "shard":
+            logger.warning("dist_mode='shard' in a single process: the whole splat is on this one; launch "
+                           "several processes with torchrun to shard it")
         self.step = 0
         self.step_timings: dict[str, float] = {}
         """Phase times of the last step, when ``config.profile_steps`` is on."""
