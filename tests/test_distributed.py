@@ -162,13 +162,13 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path, mode):
     assert not list((tmp_path / "run" / "ckpts").glob(".*tmp"))
 
 
-def _diverge_worker(rank, port, out):
+def _diverge_worker(rank, init_file, out):
     import torch.distributed as dist
 
     from splatkit.trainer.distributed import SplatDistributedError, check_in_sync
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     params = {"means": torch.zeros(5, 3)}
     check_in_sync(params, rank, 1)  # identical: passes
     params["means"][0, 0] = float(rank)  # rank 1 drifts
@@ -185,27 +185,31 @@ def _diverge_worker(rank, port, out):
 def test_replicas_that_drift_apart_are_reported(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_diverge_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_diverge_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         text = (tmp_path / f"{rank}.txt").read_text()
         assert f"rank {rank}: the ranks' Gaussians diverged by step 2" in text, text
 
 
-def _sharded_errors_worker(rank, port, out):
+def _sharded_errors_worker(rank, init_file, out):
     import torch.distributed as dist
 
     from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
     from splatkit.modules import SplatViewer
-    from splatkit.renderer import Splat2DGSRenderer
+    from splatkit.renderer import Splat3DGSRenderer, SplatRenderer
     from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    class OwnRenderer(SplatRenderer):  # a user's renderer that knows nothing of shards
+        def render(self, params, cameras, sh_degree, backgrounds=None):
+            return Splat3DGSRenderer().render(params, cameras, sh_degree, backgrounds)
+
+    # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=16, num_cameras=8, num_init_points=50,
                                                                  supersample=1))
     cfg = SplatTrainerConfig(max_steps=2, dist_mode="shard", output_dir=f"{out}/run{rank}")
     messages = []
-    for kwargs in ({"renderer": Splat2DGSRenderer()}, {"modules": [SplatViewer()]}):
+    for kwargs in ({"renderer": OwnRenderer()}, {"modules": [SplatViewer()]}):
         try:
             SplatTrainer(cfg, provider, **kwargs)
             messages.append("no error")
@@ -226,13 +230,30 @@ def _sharded_errors_worker(rank, port, out):
         json.dump(messages, f)
 
 
+def test_sharded_2dgs_matches_replicated(tmp_path):
+    args = ["train", *TRAIN, "--model", "2dgs", "--max-steps", "40"]
+    r = torchrun(2, [*args, "--dist-mode", "shard", "--output-dir", str(tmp_path / "shard"), "--summary-json",
+                     str(tmp_path / "shard.json")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(2, [*args, "--output-dir", str(tmp_path / "rep"), "--summary-json", str(tmp_path / "rep.json")],
+                 tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("shard", "rep"))
+    assert abs(a["test_psnr"] - b["test_psnr"]) < 0.5, (a, b)
+    assert abs(a["num_gaussians"] - b["num_gaussians"]) <= 0.05 * b["num_gaussians"], (a, b)
+    from splatkit.trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "shard" / "ckpts" / "step_000040.ckpt")
+    assert ckpt["training_state"]["params"]["scales"].shape == (a["num_gaussians"], 2)  # surfels, whole splat
+
+
 def test_sharded_mode_refuses_what_it_cannot_do(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_sharded_errors_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sharded_errors_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     m0, m1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
     for m in (m0, m1):
-        assert "dist_mode='shard' needs a Splat3DGSRenderer" in m[0], m
+        assert "dist_mode='shard' needs a renderer with a 'distributed' field" in m[0], m
         assert "SplatViewer cannot run in a sharded run" in m[1], m
     assert "needs every rank: call it from a module hook or inside SplatTrainer.lead" in m0[2], m0
     assert m0[3] == "psnr" and m1[2] == "None", (m0, m1)

@@ -1,8 +1,5 @@
 """Sharded rendering (Gaussians split across ranks) against one process holding them all."""
 
-import os
-import socket
-
 import pytest
 import torch
 
@@ -15,12 +12,6 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 BACKENDS = ["torch", pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(),
                                                                    reason="no C++ compiler for the cpu backend"))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scene(n=300, seed=0, dtype=torch.float64):
@@ -60,11 +51,11 @@ def render_loss(params, vm, K, size, backend, w, **kw):
     return out, (out * w.to(out.dtype)).sum(), meta
 
 
-def _worker(rank, port, backend, dtype_name, out_dir):
+def _worker(rank, init_file, backend, dtype_name, out_dir):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     dtype = getattr(torch, dtype_name)
     full = scene(dtype=dtype)
@@ -92,7 +83,8 @@ def test_two_shards_render_and_differentiate_like_one_process(tmp_path, backend)
     import torch.multiprocessing as mp
 
     dtype = torch.float64 if backend == "torch" else torch.float32
-    mp.spawn(_worker, args=(free_port(), backend, str(dtype).split(".")[1], str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
+             nprocs=2, join=True)
     full = [t.clone().requires_grad_(True) for t in scene(dtype=dtype)]
     vm, K = cameras(5, 40, dtype)
     w = weights(5, 40, 1)
@@ -146,3 +138,66 @@ def test_sharded_rendering_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="per-Gaussian colours"):
         rasterize(*params[:4], torch.rand(1, 20, 3, dtype=torch.float64), vm, K, 16, 16, backend="torch",
                   distributed=True)
+
+
+def render_loss_2dgs(params, vm, K, size, backend, seed, **kw):
+    from splatkit.renderer import rasterize_2dgs
+
+    means, quats, scales, opac, sh = params
+    *outs, meta = rasterize_2dgs(means, quats, scales, opac, sh, vm, K, size, size, sh_degree=3, backend=backend,
+                                 backgrounds=torch.full((vm.shape[0], 3), 0.25, dtype=vm.dtype), **kw)
+    meta["means2d"].retain_grad()
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    return [o.detach() for o in outs], loss, meta
+
+
+def _worker_2dgs(rank, init_file, backend, dtype_name, out_dir):
+    import torch.distributed as dist
+
+    # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    dtype = getattr(torch, dtype_name)
+    full = surfels(dtype)
+    bounds = [0, 130, 300]
+    shard = [t[bounds[rank]:bounds[rank + 1]].clone().requires_grad_(True) for t in full]
+    vm, K = cameras(4, 40, dtype)
+    mine = slice(0, 2) if rank == 0 else slice(2, 4)
+    outs, loss, meta = render_loss_2dgs(shard, vm[mine], K[mine], 40, backend, 10 + rank, distributed=True)
+    loss.backward()
+    torch.save({"outs": outs, "grads": [p.grad for p in shard], "means2d_grad": meta["means2d"].grad},
+               f"{out_dir}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+def surfels(dtype):
+    means, quats, scales, opac, sh = scene(dtype=dtype)
+    return [means, quats, scales[:, :2].contiguous(), opac, sh]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_shards_of_surfels_render_and_differentiate_like_one_process(tmp_path, backend):
+    import torch.multiprocessing as mp
+
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    mp.spawn(_worker_2dgs, args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
+             nprocs=2, join=True)
+    full = [t.clone().requires_grad_(True) for t in surfels(dtype)]
+    vm, K = cameras(4, 40, dtype)
+    ref0, loss0, meta0 = render_loss_2dgs(full, vm[:2], K[:2], 40, backend, 10)
+    ref1, loss1, meta1 = render_loss_2dgs(full, vm[2:], K[2:], 40, backend, 11)
+    (loss0 + loss1).backward()
+    r0, r1 = torch.load(tmp_path / "0.pt"), torch.load(tmp_path / "1.pt")
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    for r, ref in ((r0, ref0), (r1, ref1)):
+        for a, b in zip(r["outs"], ref):  # colour+depth, alpha, normals, normals from depth, distortion, median
+            torch.testing.assert_close(a, b, atol=tol, rtol=0)
+    bounds = [0, 130, 300]
+    for rank, r in enumerate((r0, r1)):
+        sl = slice(bounds[rank], bounds[rank + 1])
+        for name, g_shard, p in zip(("means", "quats", "scales", "opacities", "sh"), r["grads"], full):
+            err = float((g_shard - p.grad[sl]).norm() / p.grad[sl].norm())
+            assert err < (1e-8 if dtype == torch.float64 else 1e-3), (rank, name, err)
+        ref_m2d = torch.cat([meta0["means2d"].grad, meta1["means2d"].grad])[:, sl]
+        torch.testing.assert_close(r["means2d_grad"], ref_m2d, atol=tol, rtol=1e-3)

@@ -183,6 +183,7 @@ def rasterize_2dgs(
     render_mode: str = "RGB+ED",
     depth_mode: str = "expected",
     tile_size: int = 16,
+    distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render 2D Gaussian surfels (2DGS) into ``C`` pinhole cameras, differentiably.
 
@@ -190,7 +191,8 @@ def rasterize_2dgs(
     ``[N, 2]`` (tangent-axis scales; a third column is ignored), ``render_mode`` one of
     ``"RGB"``, ``"RGB+D"`` (accumulated depth channel) or ``"RGB+ED"`` (expected depth),
     and ``depth_mode`` (``"expected"`` or ``"median"``) picking the depth the normals
-    are derived from. See :mod:`splatkit.renderer.projection_2dgs` for the maths.
+    are derived from, and ``distributed`` (sharded rendering, as for :func:`rasterize`).
+    See :mod:`splatkit.renderer.projection_2dgs` for the maths.
 
     Returns:
         ``(renders [C, H, W, D(+1)], alphas [C, H, W, 1], normals [C, H, W, 3]`` (world
@@ -203,9 +205,16 @@ def rasterize_2dgs(
     if depth_mode not in ("expected", "median"):
         raise ValueError(f"depth_mode must be 'expected' or 'median', got {depth_mode!r}")
     name = resolve_backend_name_2dgs(backend, means.device, means.dtype)
-    out = BACKENDS_2DGS[name](
-        means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
-        near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
+    if distributed:
+        from splatkit.renderer.sharded import rasterize_sharded_2dgs
+
+        out = rasterize_sharded_2dgs(
+            means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+            backend=name, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
+    else:
+        out = BACKENDS_2DGS[name](
+            means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
+            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
     alphas = out["alphas"]
     renders = out["colors"]
     if backgrounds is not None:

@@ -31,6 +31,8 @@ class Splat2DGSRenderer(SplatRenderer):
     tile_size: int = 16
     depth_mode: str = "expected"
     """Depth the normals-from-depth use: "expected" (unbounded scenes) or "median" (objects), as in 2DGS."""
+    distributed: bool = False
+    """Sharded rendering (:mod:`splatkit.renderer.sharded`); the trainer sets it for ``dist_mode="shard"``."""
 
     gaussian_kind = "2dgs"  # two scales per Gaussian: the trainer initialises surfels
 
@@ -47,6 +49,7 @@ class Splat2DGSRenderer(SplatRenderer):
             colors, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, sh_degree=sh_degree,
             backgrounds=backgrounds, backend=self.backend, near_plane=self.near_plane, far_plane=self.far_plane,
             radius_clip=self.radius_clip, render_mode="RGB+ED", depth_mode=self.depth_mode, tile_size=self.tile_size,
+            distributed=self.distributed,
         )
         return SplatRenderOutput(
             images=renders[..., :3], alphas=alphas, means2d=meta["means2d"], radii=meta["radii"],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from splatkit.renderer.backends import STAGES
+from splatkit.renderer.backends import STAGES, STAGES_2DGS
 from splatkit.renderer.projection import (
     Projected,
     background_for_mode,
@@ -35,6 +35,7 @@ from splatkit.renderer.projection import (
     finish_depth,
     projection_meta,
 )
+from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
 from splatkit.utils.distributed import guard
 
 SHARDED_BACKENDS = tuple(STAGES)
@@ -96,6 +97,31 @@ def _unpack(t: torch.Tensor) -> Projected:
                      radii=t[..., 7:9].detach().round().to(torch.int32), colors=t[..., 9:])
 
 
+def exchange(packed: torch.Tensor, radii: torch.Tensor, cameras: list, c_mine: int, rank: int,
+             world_size: int) -> torch.Tensor:
+    """Step 3: ``packed [C_all, N_local, F]`` (this shard in every rank's cameras, in rank
+    order) -> ``[c_mine, N_received, F]`` (every shard in this rank's cameras). A Gaussian
+    goes to a rank only if ``radii`` shows it in at least one of that rank's cameras."""
+    pieces, send_counts, c0 = [], [], 0
+    for vm, _, _, _ in cameras:
+        c1 = c0 + vm.shape[0]
+        seen = (radii[c0:c1] > 0).any(dim=-1).any(dim=0).nonzero()[:, 0]
+        pieces.append(packed[c0:c1, seen].reshape(-1))
+        send_counts.append(seen.numel())
+        c0 = c1
+    send_n = torch.tensor(send_counts, dtype=torch.int64, device=packed.device)
+    recv_n = torch.empty_like(send_n)
+    with guard("sharded render (count all-to-all)", rank):
+        dist.all_to_all_single(recv_n, send_n)
+    recv_counts = recv_n.tolist()
+    F = packed.shape[-1]
+    send_splits = [vm.shape[0] * n * F for (vm, _, _, _), n in zip(cameras, send_counts)]
+    recv_splits = [c_mine * n * F for n in recv_counts]
+    recv = _AllToAll.apply(torch.cat(pieces), send_splits, recv_splits)
+    parts = recv.split(recv_splits)
+    return torch.cat([part.reshape(c_mine, n, F) for part, n in zip(parts, recv_counts)], dim=1)
+
+
 def rasterize_sharded(
     means: torch.Tensor,
     quats: torch.Tensor,
@@ -155,30 +181,7 @@ def rasterize_sharded(
                           torch.zeros(0, n_local, 2, dtype=torch.int32, device=means.device),
                           means.new_zeros(0, n_local, D))
     C = viewmats.shape[0]
-    if world_size == 1:
-        mine = stats
-    else:
-        # 3. all-to-all: rank r receives, for its cameras, the footprints of every shard's
-        # Gaussians that are visible in at least one of them (culled ones stay home)
-        packed = _pack(stats)
-        pieces, send_counts, c0 = [], [], 0
-        for vm, _, _, _ in cameras:
-            c1 = c0 + vm.shape[0]
-            seen = (stats.radii[c0:c1] > 0).any(dim=-1).any(dim=0).nonzero()[:, 0]
-            pieces.append(packed[c0:c1, seen].reshape(-1))
-            send_counts.append(seen.numel())
-            c0 = c1
-        send_n = torch.tensor(send_counts, dtype=torch.int64, device=means.device)
-        recv_n = torch.empty_like(send_n)
-        with guard("sharded render (count all-to-all)", rank):
-            dist.all_to_all_single(recv_n, send_n)
-        recv_counts = recv_n.tolist()
-        F = packed.shape[-1]
-        send_splits = [vm.shape[0] * n * F for (vm, _, _, _), n in zip(cameras, send_counts)]
-        recv_splits = [C * n * F for n in recv_counts]
-        recv = _AllToAll.apply(torch.cat(pieces), send_splits, recv_splits)
-        parts = recv.split(recv_splits)
-        mine = _unpack(torch.cat([part.reshape(C, n, F) for part, n in zip(parts, recv_counts)], dim=1))
+    mine = stats if world_size == 1 else _unpack(exchange(_pack(stats), stats.radii, cameras, C, rank, world_size))
     # 4. composite this rank's cameras over all shards
     if C:
         feats = features_for_mode(mine.colors, mine.depths, render_mode)
@@ -192,3 +195,79 @@ def rasterize_sharded(
     meta = projection_meta(stats, width, height, tile_size)
     meta["sharded"] = True
     return renders, alphas, meta
+
+
+def _pack_surfels(p: ProjectedSurfels, extra: torch.Tensor) -> torch.Tensor:
+    """``[C, N, F]``: centre 2, M 9, normal 3, opacity 1, depth 1, radii 2, backend extra E, features D."""
+    C, N = p.depths.shape
+    return torch.cat([p.means2d, p.ray_transforms.reshape(C, N, 9), p.normals, p.opacities[..., None],
+                      p.depths[..., None], p.radii.to(p.means2d.dtype), extra.to(p.means2d.dtype),
+                      p.colors.to(p.means2d.dtype)], dim=-1)
+
+
+def _unpack_surfels(t: torch.Tensor, n_extra: int) -> tuple[ProjectedSurfels, torch.Tensor]:
+    C, N = t.shape[:2]
+    e = 18 + n_extra
+    return ProjectedSurfels(means2d=t[..., 0:2], ray_transforms=t[..., 2:11].reshape(C, N, 3, 3),
+                            normals=t[..., 11:14], opacities=t[..., 14], depths=t[..., 15],
+                            radii=t[..., 16:18].detach().round().to(torch.int32), colors=t[..., e:]), t[..., 18:e]
+
+
+def rasterize_sharded_2dgs(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backend: str = "cpu",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    radius_clip: float = 0.0,
+    tile_size: int = 16,
+) -> dict:
+    """The 2DGS counterpart of :func:`rasterize_sharded`: the surfel rasterizers' output
+    dict (see :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`) for this
+    rank's cameras. ``means2d`` is the zero screen translation of this shard in every
+    camera of the call (:func:`~splatkit.renderer.projection_2dgs.screen_translation`),
+    whose gradient densification reads."""
+    if backend not in STAGES_2DGS:
+        raise ValueError(f"sharded 2DGS rendering needs a backend with separate projection and compositing stages "
+                         f"({', '.join(STAGES_2DGS)}), got {backend!r}")
+    if sh_degree is None and colors.dim() != 2:
+        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
+                         f"got {tuple(colors.shape)}")
+    project, composite = STAGES_2DGS[backend]
+    rank, world_size = world()
+    cameras = ([(viewmats, Ks, width, height)] if world_size == 1
+               else _gather_cameras(viewmats, Ks, width, height, rank, world_size))
+    parts = [project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree, near_plane, far_plane,
+                     radius_clip) for vm, K, w, h in cameras if vm.shape[0]]
+    if parts:
+        stats = ProjectedSurfels(*(torch.cat([getattr(p, k) for p, _ in parts]) for k in
+                                   ("means2d", "ray_transforms", "normals", "opacities", "depths", "radii", "colors")))
+        extra = torch.cat([e for _, e in parts])
+    else:  # no camera anywhere: nothing to draw
+        stats, extra = project(means, quats, scales, opacities, colors, viewmats.new_zeros(0, 4, 4),
+                               Ks.new_zeros(0, 3, 3), width, height, sh_degree, near_plane, far_plane, radius_clip)
+    offset, M, means2d = screen_translation(stats.ray_transforms, stats.means2d)
+    stats = ProjectedSurfels(means2d, M, stats.normals, stats.opacities, stats.depths, stats.radii, stats.colors)
+    C = viewmats.shape[0]
+    if world_size == 1:
+        mine, mine_extra = stats, extra
+    else:
+        recv = exchange(_pack_surfels(stats, extra), stats.radii, cameras, C, rank, world_size)
+        mine, mine_extra = _unpack_surfels(recv, extra.shape[-1])
+    if C:
+        out = composite(mine, mine_extra, width, height, tile_size)
+    else:
+        D = stats.colors.shape[-1]
+        z = means.new_zeros
+        out = {"colors": z(0, height, width, D), "alphas": z(0, height, width, 1),
+               "normals_camera": z(0, height, width, 3), "depth_sum": z(0, height, width, 1),
+               "distort": z(0, height, width, 1), "median_depth": z(0, height, width, 1)}
+    return {**out, "means2d": offset, "radii": stats.radii, "depths": stats.depths}

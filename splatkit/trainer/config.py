@@ -45,7 +45,7 @@ class SplatTrainerConfig:
     dist_mode: str = "replicate"
     """Multi-process runs (torchrun): "replicate" (every rank holds the whole splat and renders its
     own images; gradients are averaged) or "shard" (the Gaussians are split across ranks; each
-    rank renders its images from all shards; for splats too large for one device; 3DGS only)."""
+    rank renders its images from all shards; for splats too large for one device)."""
     dist_timeout: float = 600.0
     """Seconds a rank waits for the others in a collective before giving up (multi-process runs)."""
     profile_steps: bool = False

@@ -167,8 +167,8 @@ class ShardedRun:
             if op == OP_RENDER:  # rank 0's cameras and backgrounds travel; this rank adds none
                 self._broadcast(torch.empty(C, 25, dtype=torch.float32))
                 self._broadcast(torch.empty(C, 3, dtype=torch.float32))
-                empty = SplatCameras(torch.zeros(0, 4, 4, device=trainer.device), torch.zeros(0, 3, 3,
-                                                                                             device=trainer.device), W, H)
+                dev = trainer.device
+                empty = SplatCameras(torch.zeros(0, 4, 4, device=dev), torch.zeros(0, 3, 3, device=dev), W, H)
                 with torch.no_grad():
                     trainer.renderer.render(trainer.training_state.params, empty, degree,
                                             torch.zeros(0, 3, device=trainer.device))

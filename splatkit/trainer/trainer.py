@@ -127,9 +127,19 @@ class SplatTrainer:
 
     # ----------------------------------------------------------------- setup
     def _setup_sharding(self) -> None:
-        if not isinstance(self.renderer, Splat3DGSRenderer):
-            raise ValueError(f"SplatTrainerConfig.dist_mode='shard' needs a Splat3DGSRenderer (3DGS), got "
-                             f"{type(self.renderer).__name__}; train 2DGS with dist_mode='replicate'")
+        if not (dataclasses.is_dataclass(self.renderer) and hasattr(self.renderer, "distributed")):
+            raise ValueError(f"SplatTrainerConfig.dist_mode='shard' needs a renderer with a 'distributed' field "
+                             f"(Splat3DGSRenderer, Splat2DGSRenderer), got {type(self.renderer).__name__}")
+        from splatkit.renderer.backends import STAGES, STAGES_2DGS, resolve_backend_name, resolve_backend_name_2dgs
+
+        kind = self.renderer.gaussian_kind
+        name = (resolve_backend_name_2dgs if kind == "2dgs" else resolve_backend_name)(self.renderer.backend,
+                                                                                       self.device)
+        stages = STAGES_2DGS if kind == "2dgs" else STAGES
+        if name not in stages:
+            raise ValueError(f"dist_mode='shard' draws {kind} with a backend split into projection and compositing "
+                             f"({', '.join(stages)}); the renderer's backend {self.renderer.backend!r} is {name!r} "
+                             "here. Use dist_mode='replicate'")
         unsupported = [type(m).__name__ for m in self.modules if not getattr(m, "supports_sharded", True)]
         if unsupported:
             raise ValueError(f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "

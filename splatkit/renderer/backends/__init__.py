@@ -42,6 +42,11 @@ class Stages(NamedTuple):
 STAGES: dict[str, Stages] = {"torch": Stages(project_gaussians, torch_ref.composite_over),
                              "cpu": Stages(cpu.project, cpu.composite),
                              "gsplat": Stages(gsplat_backend.project, gsplat_backend.composite)}
+# 2DGS: project(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+# sh_degree, near_plane, far_plane, radius_clip) -> (ProjectedSurfels, extra [C, N, E])
+# and composite(proj, extra, width, height, tile_size) -> the rasterizers' output dict.
+STAGES_2DGS: dict[str, Stages] = {"torch": Stages(torch_ref_2dgs.project, torch_ref_2dgs.composite),
+                                  "cpu": Stages(cpu.project_2dgs, cpu.composite_2dgs)}
 _warned: set[str] = set()
 
 

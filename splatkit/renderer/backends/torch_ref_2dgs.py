@@ -102,11 +102,27 @@ def rasterize_2dgs(
     max_chunk_elements: int = 1 << 22,
 ) -> dict:
     """Reference implementation of :func:`splatkit.renderer.rasterize_2dgs` (arguments there)."""
-    proj = project_surfels(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                           near_plane, far_plane, radius_clip)
+    proj, extra = project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                          near_plane, far_plane, radius_clip)
     offset, M, means2d = screen_translation(proj.ray_transforms, proj.means2d)
     proj = dataclasses.replace(proj, ray_transforms=M, means2d=means2d)
+    out = composite(proj, extra, width, height, tile_size, max_chunk_elements)
+    return {**out, "means2d": offset, "radii": proj.radii, "depths": proj.depths}
+
+
+def project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None, near_plane=0.01,
+            far_plane=1e10, radius_clip=0.0) -> tuple[ProjectedSurfels, torch.Tensor]:
+    """The projection stage: :func:`~splatkit.renderer.projection_2dgs.project_surfels` and
+    no backend-specific extra (``[C, N, 0]``)."""
+    proj = project_surfels(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                           near_plane, far_plane, radius_clip)
+    return proj, proj.depths.new_zeros(*proj.depths.shape, 0)
+
+
+def composite(proj: ProjectedSurfels, extra: torch.Tensor, width: int, height: int, tile_size: int = 16,
+              max_chunk_elements: int = 1 << 22) -> dict:
+    """The compositing stage: the outputs of :func:`rasterize_2dgs` but ``means2d``/``radii``/``depths``."""
+    del extra
     out = composite_surfels(proj, proj.colors, width, height, tile_size, max_chunk_elements)
     return {"colors": out["feats"], "alphas": out["alphas"], "normals_camera": out["normals"],
-            "depth_sum": out["depth_sum"], "distort": out["distort"], "median_depth": out["median"],
-            "means2d": offset, "radii": proj.radii, "depths": proj.depths}
+            "depth_sum": out["depth_sum"], "distort": out["distort"], "median_depth": out["median"]}

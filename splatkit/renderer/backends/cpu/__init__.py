@@ -11,6 +11,8 @@ vectors in which the forward pass found a contributing splat. Computation is flo
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
@@ -22,7 +24,7 @@ from splatkit.renderer.projection import (
     finish_depth,
     projection_meta,
 )
-from splatkit.renderer.projection_2dgs import screen_translation
+from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
 
 __all__ = ["KernelBuildError", "composite", "is_available", "project", "rasterize", "rasterize_2dgs",
            "unavailable_reason"]
@@ -165,6 +167,19 @@ def rasterize_2dgs(
     ``tile_size`` (16) and ``max_chunk_elements`` only matter to other backends;
     ``num_threads`` defaults to ``torch.get_num_threads()``. Features are 1 to 4 channels.
     """
+    proj, shift = project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
+                               near_plane, far_plane, radius_clip, num_threads)
+    # The recentred transform composes with a screen translation like the full one.
+    offset, Ms, means2d = screen_translation(proj.ray_transforms, proj.means2d)
+    proj = dataclasses.replace(proj, ray_transforms=Ms, means2d=means2d)
+    out = composite_2dgs(proj, shift, width, height, num_threads=num_threads)
+    return {**out, "means2d": offset, "radii": proj.radii, "depths": proj.depths}
+
+
+def project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None,
+                 near_plane=0.01, far_plane=1e10, radius_clip=0.0, num_threads=None):
+    """The compiled 2DGS projection stage: ``(ProjectedSurfels, shift [C, N, 2])``, where
+    ``shift`` is the pixel the kernel recentred each surfel's ``M`` on (for float32 accuracy)."""
     _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
                    Ks=Ks)
     nthreads = num_threads or torch.get_num_threads()
@@ -180,9 +195,15 @@ def rasterize_2dgs(
         feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
     # opacities are shared by the cameras; autograd sums their per-camera gradients
     opac = opacities[None].expand(C, N)
-    # The recentred transform composes with a screen translation like the full one.
-    offset, Ms, means2d = screen_translation(Ms, means2d)
+    return ProjectedSurfels(means2d, Ms, normals, opac, depths, radii, feats), shift
+
+
+def composite_2dgs(proj, shift: torch.Tensor, width: int, height: int, tile_size: int = 16,
+                   num_threads: int | None = None) -> dict:
+    """The compiled 2DGS compositing stage (``tile_size`` is ignored: 16)."""
     img, alpha, normal_img, depth_sum, distort, median = Rasterize2DGSFn.apply(
-        means2d, Ms, normals, depths, opac.contiguous(), feats.contiguous(), shift, radii, width, height, nthreads)
+        proj.means2d, proj.ray_transforms, proj.normals, proj.depths, proj.opacities.contiguous(),
+        proj.colors.contiguous(), shift.contiguous(), proj.radii, width, height,
+        num_threads or torch.get_num_threads())
     return {"colors": img, "alphas": alpha, "normals_camera": normal_img, "depth_sum": depth_sum,
-            "distort": distort, "median_depth": median, "means2d": offset, "radii": radii, "depths": depths}
+            "distort": distort, "median_depth": median}
