@@ -201,3 +201,20 @@ def test_two_shards_of_surfels_render_and_differentiate_like_one_process(tmp_pat
             assert err < (1e-8 if dtype == torch.float64 else 1e-3), (rank, name, err)
         ref_m2d = torch.cat([meta0["means2d"].grad, meta1["means2d"].grad])[:, sl]
         torch.testing.assert_close(r["means2d_grad"], ref_m2d, atol=tol, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_cameras_render_nothing(backend):
+    """What a rank without cameras of its own does in every sharded render."""
+    from splatkit.renderer import rasterize_2dgs
+
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    means, quats, scales, opac, sh = scene(20, 2, dtype)
+    vm, K, bg = torch.zeros(0, 4, 4, dtype=dtype), torch.zeros(0, 3, 3, dtype=dtype), torch.zeros(0, 3, dtype=dtype)
+    img, alpha, meta = rasterize(means, quats, scales, opac, sh, vm, K, 16, 12, sh_degree=3, backend=backend,
+                                 backgrounds=bg, render_mode="RGB+ED")
+    assert img.shape == (0, 12, 16, 4) and alpha.shape == (0, 12, 16, 1) and meta["radii"].shape == (0, 20, 2)
+    outs = rasterize_2dgs(means, quats, scales[:, :2], opac, sh, vm, K, 16, 12, sh_degree=3, backend=backend,
+                          backgrounds=bg)
+    assert [tuple(o.shape) for o in outs[:6]] == [(0, 12, 16, 4), (0, 12, 16, 1), (0, 12, 16, 3), (0, 12, 16, 3),
+                                                  (0, 12, 16, 1), (0, 12, 16, 1)]

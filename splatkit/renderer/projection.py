@@ -85,7 +85,7 @@ def project_gaussians(
     zeros = torch.zeros_like(tz)
     J = torch.stack(
         [fx / tz, zeros, -fx * jx / tz**2, zeros, fy / tz, -fy * jy / tz**2], dim=-1
-    ).reshape(C, -1, 2, 3)
+    ).reshape(C, means.shape[0], 2, 3)
     cov2d = J @ covars_c @ J.transpose(-1, -2)
 
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)

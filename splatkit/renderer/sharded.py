@@ -24,6 +24,8 @@ densification statistics need no further communication: after backward,
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 
@@ -37,9 +39,6 @@ from splatkit.renderer.projection import (
 )
 from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
 from splatkit.utils.distributed import guard
-
-SHARDED_BACKENDS = tuple(STAGES)
-
 
 def world() -> tuple[int, int]:
     """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
@@ -84,6 +83,34 @@ def _gather_cameras(viewmats, Ks, width, height, rank, world_size):
     with guard("sharded render (camera all-gather)", rank):
         dist.all_gather(flats, flat.contiguous())
     return [(f[:c, :16].reshape(c, 4, 4), f[:c, 16:].reshape(c, 3, 3), w, h) for f, (c, w, h) in zip(flats, infos)]
+
+
+def _all_cameras(viewmats, Ks, width, height) -> tuple[int, int, list]:
+    """Step 1: ``(rank, world_size, every rank's (viewmats, Ks, width, height))``."""
+    rank, world_size = world()
+    if world_size == 1:
+        return rank, world_size, [(viewmats, Ks, width, height)]
+    return rank, world_size, _gather_cameras(viewmats, Ks, width, height, rank, world_size)
+
+
+def _project_everywhere(project, cameras: list, viewmats, Ks, width, height) -> list:
+    """Step 2: ``project(viewmats, Ks, width, height)`` for every rank's cameras (ranks without
+    any skipped; if no rank has a camera, into none)."""
+    return [project(vm, K, w, h) for vm, K, w, h in cameras if vm.shape[0]] or [project(viewmats, Ks, width, height)]
+
+
+def _concat(items: list):
+    """Field-wise concatenation of per-camera dataclasses (cameras after cameras). The
+    result is what densification reads and what the exchange consumes, so its
+    ``means2d.grad`` after backward holds every camera's gradient."""
+    cls = type(items[0])
+    return cls(*(torch.cat([getattr(i, f.name) for i in items]) for f in dataclasses.fields(cls)))
+
+
+def _check_colors(sh_degree, colors) -> None:
+    if sh_degree is None and colors.dim() != 2:
+        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
+                         f"got {tuple(colors.shape)}")
 
 
 def _pack(p: Projected) -> torch.Tensor:
@@ -148,53 +175,28 @@ def rasterize_sharded(
     A collective: every rank of the default process group must call it at the same
     time (a rank with nothing to render passes zero cameras), and, when gradients are
     on, call ``backward`` on a loss of the result. ``backend`` is a concrete name of
-    :data:`SHARDED_BACKENDS`. Returns ``(renders, alphas, meta)`` for this rank's
+    :data:`~splatkit.renderer.backends.STAGES`. Returns ``(renders, alphas, meta)`` for this rank's
     cameras; ``meta`` is described in the module docstring. Without a process group
     it is a plain single-process render (through the same two stages).
     """
     if backend not in STAGES:
         raise ValueError(f"sharded rendering needs a backend with separate projection and compositing stages "
-                         f"({', '.join(SHARDED_BACKENDS)}), got {backend!r}")
+                         f"({', '.join(STAGES)}), got {backend!r}")
+    _check_colors(sh_degree, colors)
     project, composite = STAGES[backend]
-    rank, world_size = world()
-    args = dict(sh_degree=sh_degree, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-                radius_clip=radius_clip, rasterize_mode=rasterize_mode)
-
-    if world_size == 1:
-        cameras = [(viewmats, Ks, width, height)]
-    else:
-        cameras = _gather_cameras(viewmats, Ks, width, height, rank, world_size)
-    if sh_degree is None and colors.dim() != 2:
-        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
-                         f"got {tuple(colors.shape)}")
-    n_local, D = means.shape[0], colors.shape[-1]
-    # 2. this shard into every rank's cameras. The concatenation is what densification
-    # reads (and what the exchange consumes, so its .grad is every camera's gradient).
-    projections = [project(means, quats, scales, opacities, colors, vm, K, w, h, **args)
-                   for vm, K, w, h in cameras if vm.shape[0]]
-    if projections:
-        stats = Projected(*(torch.cat([getattr(p, k) for p in projections]) for k in
-                            ("means2d", "conics", "opacities", "depths", "radii", "colors")))
-    else:
-        stats = Projected(means.new_zeros(0, n_local, 2), means.new_zeros(0, n_local, 3),
-                          means.new_zeros(0, n_local), means.new_zeros(0, n_local),
-                          torch.zeros(0, n_local, 2, dtype=torch.int32, device=means.device),
-                          means.new_zeros(0, n_local, D))
+    rank, world_size, cameras = _all_cameras(viewmats, Ks, width, height)
+    stats = _concat(_project_everywhere(
+        lambda vm, K, w, h: project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree=sh_degree,
+                                    near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
+                                    radius_clip=radius_clip, rasterize_mode=rasterize_mode),
+        cameras, viewmats, Ks, width, height))
     C = viewmats.shape[0]
+    # 3-4. every shard's footprints in this rank's cameras, composited
     mine = stats if world_size == 1 else _unpack(exchange(_pack(stats), stats.radii, cameras, C, rank, world_size))
-    # 4. composite this rank's cameras over all shards
-    if C:
-        feats = features_for_mode(mine.colors, mine.depths, render_mode)
-        renders, alphas = composite(mine, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
-                                    tile_size)
-        renders = finish_depth(renders, alphas, render_mode)
-    else:
-        d = 1 if render_mode in ("D", "ED") else D + (1 if "+" in render_mode else 0)
-        renders = means.new_zeros(0, height, width, d)
-        alphas = means.new_zeros(0, height, width, 1)
-    meta = projection_meta(stats, width, height, tile_size)
-    meta["sharded"] = True
-    return renders, alphas, meta
+    feats = features_for_mode(mine.colors, mine.depths, render_mode)
+    renders, alphas = composite(mine, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
+                                tile_size)
+    return finish_depth(renders, alphas, render_mode), alphas, projection_meta(stats, width, height, tile_size)
 
 
 def _pack_surfels(p: ProjectedSurfels, extra: torch.Tensor) -> torch.Tensor:
@@ -238,36 +240,21 @@ def rasterize_sharded_2dgs(
     if backend not in STAGES_2DGS:
         raise ValueError(f"sharded 2DGS rendering needs a backend with separate projection and compositing stages "
                          f"({', '.join(STAGES_2DGS)}), got {backend!r}")
-    if sh_degree is None and colors.dim() != 2:
-        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
-                         f"got {tuple(colors.shape)}")
+    _check_colors(sh_degree, colors)
     project, composite = STAGES_2DGS[backend]
-    rank, world_size = world()
-    cameras = ([(viewmats, Ks, width, height)] if world_size == 1
-               else _gather_cameras(viewmats, Ks, width, height, rank, world_size))
-    parts = [project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree, near_plane, far_plane,
-                     radius_clip) for vm, K, w, h in cameras if vm.shape[0]]
-    if parts:
-        stats = ProjectedSurfels(*(torch.cat([getattr(p, k) for p, _ in parts]) for k in
-                                   ("means2d", "ray_transforms", "normals", "opacities", "depths", "radii", "colors")))
-        extra = torch.cat([e for _, e in parts])
-    else:  # no camera anywhere: nothing to draw
-        stats, extra = project(means, quats, scales, opacities, colors, viewmats.new_zeros(0, 4, 4),
-                               Ks.new_zeros(0, 3, 3), width, height, sh_degree, near_plane, far_plane, radius_clip)
+    rank, world_size, cameras = _all_cameras(viewmats, Ks, width, height)
+    parts = _project_everywhere(
+        lambda vm, K, w, h: project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree, near_plane,
+                                    far_plane, radius_clip),
+        cameras, viewmats, Ks, width, height)
+    stats, extra = _concat([p for p, _ in parts]), torch.cat([e for _, e in parts])
     offset, M, means2d = screen_translation(stats.ray_transforms, stats.means2d)
-    stats = ProjectedSurfels(means2d, M, stats.normals, stats.opacities, stats.depths, stats.radii, stats.colors)
+    stats = dataclasses.replace(stats, ray_transforms=M, means2d=means2d)
     C = viewmats.shape[0]
     if world_size == 1:
         mine, mine_extra = stats, extra
     else:
         recv = exchange(_pack_surfels(stats, extra), stats.radii, cameras, C, rank, world_size)
         mine, mine_extra = _unpack_surfels(recv, extra.shape[-1])
-    if C:
-        out = composite(mine, mine_extra, width, height, tile_size)
-    else:
-        D = stats.colors.shape[-1]
-        z = means.new_zeros
-        out = {"colors": z(0, height, width, D), "alphas": z(0, height, width, 1),
-               "normals_camera": z(0, height, width, 3), "depth_sum": z(0, height, width, 1),
-               "distort": z(0, height, width, 1), "median_depth": z(0, height, width, 1)}
+    out = composite(mine, mine_extra, width, height, tile_size)
     return {**out, "means2d": offset, "radii": stats.radii, "depths": stats.depths}

@@ -155,6 +155,8 @@ def composite(proj, feats: torch.Tensor, width: int, height: int, backgrounds: t
     import gsplat
 
     C = proj.means2d.shape[0]
+    if C == 0:  # a rank with no cameras of its own in a sharded render, as the other backends allow
+        return feats.new_zeros(0, height, width, feats.shape[-1]), feats.new_zeros(0, height, width, 1)
     tw, th = math.ceil(width / tile_size), math.ceil(height / tile_size)
     _, isect_ids, flatten_ids = gsplat.isect_tiles(proj.means2d, proj.radii, proj.depths, tile_size, tw, th)
     offsets = gsplat.isect_offset_encode(isect_ids, C, tw, th).reshape(C, th, tw)

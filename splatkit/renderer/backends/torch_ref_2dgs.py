@@ -77,7 +77,7 @@ def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, h
     median = torch.zeros(n_pixels, dtype=dtype, device=feats.device)
     median = median.index_put((torch.nonzero(has)[:, 0],), depth[last[has]])
 
-    out = out.reshape(C, height, width, -1)
+    out = out.reshape(C, height, width, contrib.shape[1])
     return {"feats": out[..., :D], "alphas": out[..., D:D + 1], "normals": out[..., D + 1:D + 4],
             "depth_sum": out[..., D + 4:D + 5], "distort": out[..., D + 5:D + 6],
             "median": median.reshape(C, height, width, 1)}
