@@ -121,12 +121,8 @@ def project_gaussians(
             raise ValueError(f"with sh_degree set, colors must be [N, K, 3], got {tuple(colors.shape)}")
         dirs = means[None, :, :] - camera_centers(viewmats)[:, None, :]
         feats = sh_to_color(sh_degree, dirs, colors[None].expand(C, -1, -1, -1))
-    elif colors.dim() == 2:
-        feats = colors[None].expand(C, -1, -1)
-    elif colors.dim() == 3 and colors.shape[0] == C:
-        feats = colors
     else:
-        raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, got {tuple(colors.shape)}")
+        feats = camera_features(colors, C)
 
     return Projected(
         means2d=means2d,
@@ -136,6 +132,16 @@ def project_gaussians(
         radii=radii,
         colors=feats.to(dtype),
     )
+
+
+def camera_features(colors: torch.Tensor, C: int) -> torch.Tensor:
+    """Features composited as they are (no SH): ``[N, D]`` shared by the ``C`` cameras, or
+    ``[C, N, D]`` per camera, as ``[C, N, D]``."""
+    if colors.dim() == 2:
+        return colors[None].expand(C, -1, -1)
+    if colors.dim() == 3 and colors.shape[0] == C:
+        return colors
+    raise ValueError(f"colors must be [N, D] or [C, N, D] without sh_degree, got {tuple(colors.shape)}")
 
 
 def tile_bounds(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splatkit.renderer.projection import ALPHA_MAX, ALPHA_THRESHOLD
+from splatkit.renderer.projection import ALPHA_MAX, ALPHA_THRESHOLD, camera_features
 from splatkit.splat.conventions import camera_centers, quat_to_rotmat
 from splatkit.splat.sh import sh_to_color
 
@@ -124,10 +124,8 @@ def project_surfels(
     if sh_degree is not None:
         dirs = means[None, :, :] - camera_centers(viewmats)[:, None, :]
         feats = sh_to_color(sh_degree, dirs, colors[None].expand(C, -1, -1, -1))
-    elif colors.dim() == 2:
-        feats = colors[None].expand(C, -1, -1)
     else:
-        feats = colors
+        feats = camera_features(colors, C)
     return ProjectedSurfels(means2d, M, normals, opac, tz, radii, feats.to(means.dtype))
 
 

@@ -124,7 +124,7 @@ def project(
     _require_cuda(means)
     import gsplat
 
-    from splatkit.renderer.projection import Projected
+    from splatkit.renderer.projection import Projected, camera_features
     from splatkit.splat.conventions import camera_centers
 
     C, N = viewmats.shape[0], means.shape[0]
@@ -136,7 +136,7 @@ def project(
     if comp is not None:
         opac = opac * comp
     if sh_degree is None:
-        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+        feats = camera_features(colors, C)
     else:
         dirs = means[None] - camera_centers(viewmats)[:, None]
         feats = gsplat.spherical_harmonics(sh_degree, dirs, colors[None].expand(C, -1, -1, -1),

@@ -20,6 +20,7 @@ from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Ras
 from splatkit.renderer.projection import (
     Projected,
     background_for_mode,
+    camera_features,
     features_for_mode,
     finish_depth,
     projection_meta,
@@ -74,17 +75,14 @@ def project(
                    Ks=Ks)
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
-    C, N = viewmats.shape[0], means.shape[0]
+    C = viewmats.shape[0]
     use_sh = sh_degree is not None
     means2d, conics, opac, depths, radii, sh_colors = ProjectFn.apply(
         means, quats, scales, opacities, colors if use_sh else None, viewmats, Ks, width, height,
         sh_degree if use_sh else -1, near_plane, far_plane, eps2d, radius_clip, rasterize_mode == "antialiased",
         num_threads or torch.get_num_threads(),
     )
-    if use_sh:
-        feats = sh_colors
-    else:
-        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+    feats = sh_colors if use_sh else camera_features(colors, C)
     return Projected(means2d=means2d, conics=conics, opacities=opac, depths=depths, radii=radii, colors=feats)
 
 
@@ -189,10 +187,7 @@ def project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, h
         means, quats, scales[:, :2], opacities.detach(), colors if use_sh else None, viewmats, Ks, width, height,
         sh_degree if use_sh else -1, near_plane, far_plane, radius_clip, nthreads,
     )
-    if use_sh:
-        feats = sh_colors
-    else:
-        feats = colors[None].expand(C, N, colors.shape[-1]) if colors.dim() == 2 else colors
+    feats = sh_colors if use_sh else camera_features(colors, C)
     # opacities are shared by the cameras; autograd sums their per-camera gradients
     opac = opacities[None].expand(C, N)
     return ProjectedSurfels(means2d, Ms, normals, opac, depths, radii, feats), shift
