@@ -38,7 +38,7 @@ from splatkit.renderer.projection import (
     projection_meta,
 )
 from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
-from splatkit.utils.distributed import guard
+from splatkit.utils.distributed import gather_ranks, guard
 
 def world() -> tuple[int, int]:
     """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
@@ -68,20 +68,15 @@ class _AllToAll(torch.autograd.Function):
         return out, None, None
 
 
-def _gather_cameras(viewmats, Ks, width, height, rank, world_size):
+def _gather_cameras(viewmats, Ks, width, height, rank):
     """Every rank's ``(viewmats, Ks, width, height)``, in rank order."""
     dev = viewmats.device
     info = torch.tensor([[viewmats.shape[0], width, height]], dtype=torch.int64, device=dev)
-    infos = [torch.empty_like(info) for _ in range(world_size)]
-    with guard("sharded render (camera all-gather)", rank):
-        dist.all_gather(infos, info)
-    infos = [tuple(int(v) for v in i[0]) for i in infos]
+    infos = gather_ranks(info, rank, what="sharded render (camera all-gather)").tolist()
     c_max = max(c for c, _, _ in infos)
     flat = torch.zeros(c_max, 25, dtype=viewmats.dtype, device=dev)
     flat[: viewmats.shape[0]] = torch.cat([viewmats.reshape(-1, 16), Ks.reshape(-1, 9)], dim=1)
-    flats = [torch.empty_like(flat) for _ in range(world_size)]
-    with guard("sharded render (camera all-gather)", rank):
-        dist.all_gather(flats, flat.contiguous())
+    flats = gather_ranks(flat, rank, what="sharded render (camera all-gather)").split(c_max)
     return [(f[:c, :16].reshape(c, 4, 4), f[:c, 16:].reshape(c, 3, 3), w, h) for f, (c, w, h) in zip(flats, infos)]
 
 
@@ -90,7 +85,7 @@ def _all_cameras(viewmats, Ks, width, height) -> tuple[int, int, list]:
     rank, world_size = world()
     if world_size == 1:
         return rank, world_size, [(viewmats, Ks, width, height)]
-    return rank, world_size, _gather_cameras(viewmats, Ks, width, height, rank, world_size)
+    return rank, world_size, _gather_cameras(viewmats, Ks, width, height, rank)
 
 
 def _project_everywhere(project, cameras: list, viewmats, Ks, width, height) -> list:

@@ -23,7 +23,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from splatkit.utils.distributed import SplatDistributedError
+from splatkit.utils.distributed import SplatDistributedError, gather_ranks
 from splatkit.utils.distributed import guard as _guard
 
 __all__ = ["SplatDistributedError", "average_gradients", "check_in_sync", "gather_ranks", "init_from_env"]
@@ -75,14 +75,6 @@ def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: in
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
-
-
-def gather_ranks(t: torch.Tensor, rank: int, step: int) -> torch.Tensor:
-    """``[B, ...]`` per rank -> ``[B * W, ...]`` in rank order (same shapes on every rank)."""
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    with _guard("all-gather", rank, step):
-        dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
 
 
 def check_in_sync(params: dict[str, torch.Tensor], rank: int, step: int) -> None:

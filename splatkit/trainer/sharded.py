@@ -21,6 +21,7 @@ re-splits the rows evenly.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Callable
 
 import torch
@@ -28,7 +29,7 @@ import torch.distributed as dist
 
 from splatkit.splat.cameras import SplatCameras
 from splatkit.trainer.checkpoint import capture_rng_state
-from splatkit.utils.distributed import guard
+from splatkit.utils.distributed import gather_ranks, guard
 
 OP_DONE, OP_RENDER, OP_GATHER = 0, 1, 2
 _HEADER = 8
@@ -40,10 +41,7 @@ def shard_bounds(n: int, world_size: int) -> list[int]:
 
 
 def bounds_from_sizes(sizes: list[int]) -> list[int]:
-    out = [0]
-    for s in sizes:
-        out.append(out[-1] + int(s))
-    return out
+    return [0, *accumulate(int(s) for s in sizes)]
 
 
 def _per_gaussian_optimizer_tensors(ts_state: dict):
@@ -58,15 +56,28 @@ def _per_gaussian_optimizer_tensors(ts_state: dict):
                     yield name, pid, key, t
 
 
-def slice_rows(ts_state: dict, dens_state: dict, lo: int, hi: int) -> tuple[dict, dict]:
-    """Rows ``lo:hi`` of a whole splat's training and densification state (same layout)."""
-    ts = {**ts_state, "params": {n: p[lo:hi].clone() for n, p in ts_state["params"].items()}}
+def _map_rows(ts_state: dict, dens_state: dict, fn: Callable) -> tuple[dict, dict]:
+    """Copies of a training state dict and a densification state with ``fn`` applied to every
+    per-Gaussian tensor (parameters, Adam moments, densification statistics), always in
+    the same order, so ``fn`` may be a collective."""
+    ts = {**ts_state, "params": {n: fn(p) for n, p in ts_state["params"].items()}}
     ts["optimizers"] = {n: {**o, "state": {pid: dict(st) for pid, st in o["state"].items()}}
                         for n, o in ts_state["optimizers"].items()}
     for name, pid, key, t in list(_per_gaussian_optimizer_tensors(ts_state)):
-        ts["optimizers"][name]["state"][pid][key] = t[lo:hi].clone()
-    dens = {k: v[lo:hi].clone() if isinstance(v, torch.Tensor) else v for k, v in dens_state.items()}
+        ts["optimizers"][name]["state"][pid][key] = fn(t)
+    dens = {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in dens_state.items()}
     return ts, dens
+
+
+def slice_rows(ts_state: dict, dens_state: dict, lo: int, hi: int) -> tuple[dict, dict]:
+    """Rows ``lo:hi`` of a whole splat's training and densification state (same layout)."""
+    return _map_rows(ts_state, dens_state, lambda t: t[lo:hi].clone())
+
+
+def shard_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The torch seed of rank ``rank``'s shard from ``step`` on: shards are different
+    Gaussians, so each rank draws its own random numbers."""
+    return seed + 1_000_003 * rank + step
 
 
 class ShardedRun:
@@ -87,12 +98,10 @@ class ShardedRun:
         return sum(self.sizes)
 
     def update_sizes(self, n_local: int, step: int) -> None:
-        """Every rank's Gaussian count (a tiny all-gather; counts change at densification)."""
+        """Every rank's Gaussian count at ``step`` (a tiny all-gather; counts change at densification)."""
+        self.step = step
         mine = torch.tensor([n_local], dtype=torch.int64, device=self.comm_device)
-        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
-        with guard("shard-size all-gather", self.rank, step):
-            dist.all_gather(parts, mine)
-        self.sizes = [int(p) for p in parts]
+        self.sizes = gather_ranks(mine, self.rank, step, "shard-size all-gather").tolist()
 
     # ----------------------------------------------------------- gathering
     def _gather_rows(self, t: torch.Tensor) -> torch.Tensor | None:
@@ -112,21 +121,11 @@ class ShardedRun:
     def _gather_state(self, ts_state: dict, dens_state: dict) -> tuple[dict, dict, list] | None:
         """Collective: the whole splat's training and densification state and every rank's
         random state, assembled on rank 0 (None on the others)."""
-        params = {n: self._gather_rows(p) for n, p in ts_state["params"].items()}
-        moments = [(name, pid, key, self._gather_rows(t))
-                   for name, pid, key, t in list(_per_gaussian_optimizer_tensors(ts_state))]
-        dens = {k: self._gather_rows(v) if isinstance(v, torch.Tensor) else v for k, v in dens_state.items()}
+        ts, dens = _map_rows(ts_state, dens_state, self._gather_rows)
         rngs = [None] * self.world_size if self.rank == 0 else None
         with guard("gathering random states", self.rank, self.step):
             dist.gather_object(capture_rng_state(), rngs, dst=0)
-        if self.rank != 0:
-            return None
-        full = {**ts_state, "params": params}
-        full["optimizers"] = {n: {**o, "state": {pid: dict(st) for pid, st in o["state"].items()}}
-                              for n, o in ts_state["optimizers"].items()}
-        for name, pid, key, t in moments:
-            full["optimizers"][name]["state"][pid][key] = t
-        return full, dens, rngs
+        return (ts, dens, rngs) if self.rank == 0 else None
 
     # -------------------------------------------------------- lead / serve
     def _broadcast_header(self, values: list[int] | None = None) -> list[int]:
@@ -136,12 +135,6 @@ class ShardedRun:
         with guard("sharded request", self.rank, self.step):
             dist.broadcast(header, src=0)
         return header.tolist()
-
-    def _broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(self.comm_device).contiguous()
-        with guard("sharded request", self.rank, self.step):
-            dist.broadcast(t, src=0)
-        return t
 
     def lead(self, fn: Callable, trainer) -> object:
         """Rank 0 runs ``fn()`` while the other ranks serve its renders and gathers.
@@ -161,17 +154,14 @@ class ShardedRun:
 
     def _serve(self, trainer) -> None:
         while True:
-            op, C, W, H, degree, *_ = self._broadcast_header()
+            op, degree, *_ = self._broadcast_header()
             if op == OP_DONE:
                 return
-            if op == OP_RENDER:  # rank 0's cameras and backgrounds travel; this rank adds none
-                self._broadcast(torch.empty(C, 25, dtype=torch.float32))
-                self._broadcast(torch.empty(C, 3, dtype=torch.float32))
+            if op == OP_RENDER:  # the render gathers rank 0's cameras itself; this rank adds none
                 dev = trainer.device
-                empty = SplatCameras(torch.zeros(0, 4, 4, device=dev), torch.zeros(0, 3, 3, device=dev), W, H)
+                empty = SplatCameras(torch.zeros(0, 4, 4, device=dev), torch.zeros(0, 3, 3, device=dev), 1, 1)
                 with torch.no_grad():
-                    trainer.renderer.render(trainer.training_state.params, empty, degree,
-                                            torch.zeros(0, 3, device=trainer.device))
+                    trainer.renderer.render(trainer.training_state.params, empty, degree, trainer.backgrounds(0))
             elif op == OP_GATHER:
                 self._gather_state(trainer.training_state.state_dict(), trainer.densification_state)
             else:
@@ -185,10 +175,7 @@ class ShardedRun:
     def render(self, trainer, cameras: SplatCameras, sh_degree: int, backgrounds: torch.Tensor):
         """Rank 0 (leading): render ``cameras`` from every shard (the others join with none)."""
         self._require_leading("rendering")
-        C = len(cameras)
-        self._broadcast_header([OP_RENDER, C, cameras.width, cameras.height, sh_degree])
-        self._broadcast(torch.cat([cameras.viewmats.reshape(C, 16), cameras.Ks.reshape(C, 9)], dim=1).float())
-        self._broadcast(backgrounds.float())
+        self._broadcast_header([OP_RENDER, sh_degree])  # the shards' colours need the same degree
         with torch.no_grad():
             return trainer.renderer.render(trainer.training_state.params, cameras, sh_degree, backgrounds)
 

@@ -33,6 +33,7 @@ from splatkit.trainer.sharded import (
     ShardedTrainingStateView,
     bounds_from_sizes,
     shard_bounds,
+    shard_seed,
     slice_rows,
 )
 from splatkit.trainer.checkpoint import (
@@ -147,6 +148,10 @@ class SplatTrainer:
         self.renderer = dataclasses.replace(self.renderer, distributed=True)
         self.densification = self.densification.for_shard(self.world_rank, self.world_size)
         self.sharded = ShardedRun(self.world_rank, self.world_size, self.device)
+        # The hooks some module overrides: only those are led (and served) each step.
+        self._led_hooks = {h for h in ("on_setup", "pre_step", "pre_compute_loss", "post_compute_loss", "on_optimize",
+                                       "post_step", "on_cleanup")
+                           if any(getattr(type(m), h) is not getattr(SplatBaseModule, h) for m in self.modules)}
 
     def _seed(self) -> None:
         seed = self.config.seed
@@ -181,7 +186,7 @@ class SplatTrainer:
                 lo, hi = shard_bounds(model.num_gaussians, self.world_size)[self.world_rank:self.world_rank + 2]
                 model = type(model)(**{k: v[lo:hi].clone() for k, v in model.params().items()})
                 # Shards are different Gaussians: give each rank its own random stream.
-                torch.manual_seed(cfg.seed + 1_000_003 * self.world_rank)
+                torch.manual_seed(shard_seed(cfg.seed, self.world_rank))
             self.training_state = model.to_training_state(
                 cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size * self.world_size,
                 sparse_grad=bool(getattr(self.renderer, "sparse_grad", False)),
@@ -202,7 +207,6 @@ class SplatTrainer:
                 raise ValueError(f"the checkpoint holds {kind} Gaussians but the renderer "
                                  f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind")
         if self.sharded is not None:
-            self.sharded.step = self.step
             self.sharded.update_sizes(self.training_state.num_gaussians, self.step)
         if self.world_rank == 0:
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
@@ -239,7 +243,7 @@ class SplatTrainer:
                 if self.world_rank == 0:
                     logger.info("re-splitting a checkpoint of %s into %d shards",
                                 "1 process" if sizes is None else f"{len(sizes)} shards", self.world_size)
-                torch.manual_seed(self.config.seed + 1_000_003 * self.world_rank + int(ckpt["step"]))
+                torch.manual_seed(shard_seed(self.config.seed, self.world_rank, int(ckpt["step"])))
                 rng = None
         self.training_state = SplatTrainingState.from_state_dict(ts_state, self.device)
         self.densification_state = state_to(dens_state, self.device)
@@ -291,7 +295,7 @@ class SplatTrainer:
     def _call(self, hook: str, **kwargs) -> None:
         if self.sharded is not None:
             # Modules run on rank 0 only, over the whole splat; the other ranks serve them.
-            if not any(getattr(type(m), hook) is not getattr(SplatBaseModule, hook) for m in self.modules):
+            if hook not in self._led_hooks:
                 return
             if hook == "on_cleanup" and kwargs.get("error") is not None:
                 if self.world_rank == 0:  # no collectives after a failure
@@ -389,7 +393,6 @@ class SplatTrainer:
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
         if self.sharded is not None:
-            self.sharded.step = step
             self.sharded.update_sizes(ts.num_gaussians, step)
         elif self.world_size > 1 and step % 100 == 0:
             distributed.check_in_sync(ts.params, self.world_rank, step)

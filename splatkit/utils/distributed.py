@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+import torch.distributed as dist
+
 
 class SplatDistributedError(RuntimeError):
     """A collective failed: another rank died or hung. Files already written are intact."""
@@ -23,3 +26,11 @@ def guard(what: str, rank: int, step: int | None = None):
             f"rank {rank}: {what} failed{when}: another rank probably died or stopped responding "
             f"({type(e).__name__}: {first}). Checkpoints already written are complete; resume from the last one."
         ) from e
+
+
+def gather_ranks(t: torch.Tensor, rank: int, step: int | None = None, what: str = "all-gather") -> torch.Tensor:
+    """``[B, ...]`` per rank -> ``[B * W, ...]`` in rank order (same shapes on every rank)."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    with guard(what, rank, step):
+        dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
