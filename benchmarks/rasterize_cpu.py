@@ -24,10 +24,12 @@ import time
 import torch
 
 
-def scene(n: int, size: int, seed: int = 0):
+def scene(n: int, size: int, seed: int = 0, scale_dims: int = 3):
+    """``n`` random Gaussians (``scale_dims`` scales: 2 for surfels) in front of one
+    ``size``-pixel square camera."""
     g = torch.Generator().manual_seed(seed)
     means = torch.rand(n, 3, generator=g) * 2 - 1
-    scales = torch.exp(torch.rand(n, 3, generator=g) * (math.log(0.03) - math.log(0.005)) + math.log(0.005))
+    scales = torch.exp(torch.rand(n, scale_dims, generator=g) * (math.log(0.03) - math.log(0.005)) + math.log(0.005))
     quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
     opacities = torch.rand(n, generator=g) * 0.8 + 0.1
     colors = torch.rand(n, 3, generator=g)
@@ -51,8 +53,14 @@ def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
         for p in params:
             p.grad = None
 
+    return {"backend": backend, "gaussians": n, "size": size, **time_steps(step, repeats)}
+
+
+def time_steps(step, repeats: int) -> dict:
+    """One warm-up call of ``step`` (and the one-time kernel build, if any), then the
+    median and minimum of ``repeats`` timed calls, and the process's peak memory."""
     t0 = time.perf_counter()
-    step()  # warm-up (and the one-time kernel build, if any)
+    step()
     first = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
@@ -60,9 +68,6 @@ def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
         step()
         times.append(time.perf_counter() - t0)
     return {
-        "backend": backend,
-        "gaussians": n,
-        "size": size,
         "median_s": statistics.median(times),
         "min_s": min(times),
         "first_call_s": first,
@@ -72,10 +77,12 @@ def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
     }
 
 
-def main() -> None:
+def compare_main(script: str, run_one, default_sizes: list[str], count_key: str, title: str) -> None:
+    """The command line of a backend comparison: each (size, backend) runs in its own
+    process (``script --worker``, so peak memory is per backend), results side by side as JSON."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
-    ap.add_argument("--sizes", nargs="+", default=["10000x128", "50000x256", "200000x512"])
+    ap.add_argument("--sizes", nargs="+", default=default_sizes)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -89,17 +96,22 @@ def main() -> None:
         row = {}
         for b in args.backends:
             reps = args.repeats if b != "torch" else max(3, args.repeats // 3)
-            out = subprocess.run([sys.executable, __file__, "--repeats", str(reps), "--worker", b, str(n), str(s)],
+            out = subprocess.run([sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 row[b] = {"error": out.stderr.strip().splitlines()[-1]}
                 continue
             row[b] = json.loads(out.stdout.strip().splitlines()[-1])
-        entry = {"gaussians": n, "size": s, "results": row}
+        entry = {count_key: n, "size": s, "results": row}
         if "cpu" in row and "torch" in row and "median_s" in row["cpu"] and "median_s" in row["torch"]:
             entry["speedup_cpu_vs_torch"] = row["torch"]["median_s"] / row["cpu"]["median_s"]
         results.append(entry)
-    print(json.dumps({"benchmark": "rasterize_cpu forward+backward", "results": results}, indent=2))
+    print(json.dumps({"benchmark": title, "results": results}, indent=2))
+
+
+def main() -> None:
+    compare_main(__file__, run_one, ["10000x128", "50000x256", "200000x512"], "gaussians",
+                 "rasterize_cpu forward+backward")
 
 
 if __name__ == "__main__":
