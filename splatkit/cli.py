@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -369,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SplatDistributedError as e:
         print(f"splatkit: error: {e}", file=sys.stderr)
-        return 3
+        # The process group is broken: destroying it, here or at interpreter exit, can
+        # abort the process from C++ (gloo: "terminate called without an active
+        # exception", status -6). Files are already closed by on_cleanup; leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(3)
     except KeyboardInterrupt:
         print("splatkit: interrupted", file=sys.stderr)
         return 130
