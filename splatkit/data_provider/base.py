@@ -72,6 +72,12 @@ class SplatDataProvider(ABC):
     def scene_scale(self) -> float:
         """Scene extent (radius around the cameras' centre), scales the means' rate and densification."""
 
+    @property
+    def background(self) -> tuple[float, float, float] | None:
+        """The colour the target images were composited over (RGBA captures), which renders
+        must be drawn over to match them; None when the images carry no such colour."""
+        return None
+
     @abstractmethod
     def num_train_frames(self) -> int: ...
 
@@ -85,6 +91,19 @@ class SplatDataProvider(ABC):
     @abstractmethod
     def test_frame(self, index: int) -> SplatFrames:
         """Test frame ``index`` as a batch of one, on the CPU."""
+
+    def train_cameras(self) -> list[SplatCameras]:
+        """The training frames' cameras (one batch of one each), without their images.
+
+        This default reads every training frame; providers with cheaper access override it.
+        """
+        return [self.train_frame(i).cameras for i in range(self.num_train_frames())]
+
+    def train_alphas(self) -> list[torch.Tensor] | None:
+        """Coverage ``[H, W]`` (float in [0, 1]) of each training frame, in
+        :meth:`train_cameras` order, for captures whose images have an alpha channel
+        (NeRF-synthetic and other object captures); None when they have none."""
+        return None
 
     @abstractmethod
     def initial_points(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,12 +7,15 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 from splatkit.data_provider.captured import (
     FrameRecord,
+    choose_factor,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
     downscaled_records,
@@ -35,13 +38,17 @@ class SplatBlenderDataProviderConfig:
     """Where a transforms.json capture lives and how to load it."""
 
     data_path: str
-    """A folder with transforms.json (or transforms_train/_test.json), or the .json file itself."""
-    factor: int = 1
-    """Downscale factor; uses an ``images_<factor>`` folder beside the images if present, else resizes once into the cache."""
+    """A folder with transforms.json (or transforms_train/_test.json), or one of those files."""
+    factor: int | None = None
+    """Downscale factor (None: the smallest power of two that brings the longer side to at most 1600 px);
+    uses an ``<images>_<factor>`` folder beside the images if present, else resizes once into the cache."""
     test_every: int = 8
-    """For a single transforms.json: every test_every-th frame (sorted by path) is held out; 0 trains on all."""
-    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Colour that RGBA images are composited over (NeRF-synthetic renders are RGBA)."""
+    """Without a transforms_test.json (or _val): every test_every-th frame (sorted by path) is held out;
+    0 trains on all."""
+    background: Annotated[tuple[float, float, float], tyro.conf.Suppress] = (1.0, 1.0, 1.0)
+    """Colour that RGBA images are composited over, and so the colour the trainer renders over
+    (white: NeRF-synthetic scenes are scored on white). Unused for images without alpha. On the command line: ``--background``, which sets
+    this and the trainer's together."""
     skip_missing_images: bool = False
     """Train without frames whose image file is missing (they are always reported)."""
     normalize: bool = False
@@ -113,9 +120,9 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
 
     def __init__(self, config: SplatBlenderDataProviderConfig) -> None:
         self.config = config
-        if not isinstance(config.factor, int) or config.factor < 1:
-            raise DataError(f"SplatBlenderDataProviderConfig.factor must be a positive integer, got {config.factor!r}")
         path = Path(config.data_path)
+        if path.is_file() and path.name in {f"transforms_{s}.json" for s in ("train", "val", "test")}:
+            path = path.parent  # one file of a split capture: read the capture's split files
         if path.is_dir():
             split_files = {s: path / f"transforms_{s}.json" for s in ("train", "val", "test")}
             if split_files["train"].is_file():
@@ -168,15 +175,17 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         transform = normalize_cameras(c2w) if config.normalize else torch.eye(4, dtype=torch.float64)
         c2w = transform_c2w(transform, c2w)
         records = [FrameRecord(e[0], e[1], c2w[i], _intrinsics(e[3], e[1], e[4]), e[6]) for i, e in enumerate(entries)]
-        if config.factor > 1:
-            records = self._downscaled(records, config)
+        factor = choose_factor(records, config.factor, "SplatBlenderDataProviderConfig")
+        if factor > 1:
+            records = self._downscaled(records, config, factor)
         if config.masks_dir is not None:
             masks = find_masks([r.image_path.name for r in records], Path(config.masks_dir))
             for r in records:
                 r.mask_path = masks[r.image_path.name]
 
         points, colors = self._points(ply_file, transform)
-        test_names = {e[0] for e in entries if e[5] == "test"} if files[0][1] == "train" else None
+        # Held-out frames: the test (or val) file's when there is one, else every test_every-th.
+        test_names = {e[0] for e in entries if e[5] == "test"} if len(files) > 1 else None
         super().__init__(records, config.test_every, points, colors, transform, config.loader,
                          background=config.background, test_names=test_names)
         logger.info("transforms.json capture %s: %s", path, self.describe())
@@ -201,8 +210,7 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         return transform_points(transform, torch.from_numpy(xyz)).float(), torch.from_numpy(rgb).float()
 
     @staticmethod
-    def _downscaled(records: list[FrameRecord], config: SplatBlenderDataProviderConfig) -> list[FrameRecord]:
-        f = config.factor
+    def _downscaled(records: list[FrameRecord], config: SplatBlenderDataProviderConfig, f: int) -> list[FrameRecord]:
         out_paths: list[Path | None] = []
         for r in records:
             folder = r.image_path.parent

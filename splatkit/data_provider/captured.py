@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from splatkit.data_provider.base import SplatDataProvider, SplatFrames
-from splatkit.data_provider.images import ByteLRUCache, DataError, _preview, read_image, read_mask
+from splatkit.data_provider.images import (
+    ByteLRUCache,
+    DataError,
+    _preview,
+    read_image,
+    read_mask,
+    read_pixels,
+    resize_pixels,
+)
 from splatkit.data_provider.undistort import CameraIntrinsics, Undistorter
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import c2w_to_viewmat
@@ -54,19 +62,47 @@ class FrameRecord:
     mask_path: Path | None = None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image as displayed (EXIF orientation applied), from its header."""
+def image_header(path: Path) -> tuple[int, int, bool]:
+    """``(width, height, has_alpha)`` of an image as displayed (EXIF orientation applied), from its header."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read image: {e}") from e
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)) + (has_alpha,)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as displayed (EXIF orientation applied), from its header."""
+    return image_header(path)[:2]
+
+
+AUTO_MAX_SIDE = 1600
+"""With no factor given, images are downscaled until their longer side is at most this (as Inria's and
+nerfstudio's trainers do)."""
+
+
+def choose_factor(records: list["FrameRecord"], factor: int | None, what: str) -> int:
+    """``factor`` checked, or for None the smallest power of two that brings every image's longer side
+    to at most :data:`AUTO_MAX_SIDE` pixels (reported)."""
+    if factor is not None:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise DataError(f"{what}.factor must be a positive integer or None (automatic), got {factor!r}")
+        return factor
+    longest = max(max(r.intrinsics.width, r.intrinsics.height) for r in records)
+    chosen = 1
+    while longest / chosen > AUTO_MAX_SIDE:
+        chosen *= 2
+    if chosen > 1:
+        logger.info("images are up to %d px on their longer side; training at 1/%d of that (at most %d px). "
+                    "Set %s.factor to choose another resolution", longest, chosen, AUTO_MAX_SIDE, what)
+    return chosen
 
 
 def resized_size(width: int, height: int, factor: float) -> tuple[int, int]:
@@ -94,7 +130,10 @@ def downscaled_records(records: list["FrameRecord"], paths: list[Path], factor: 
 
 def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int, config: SplatLoaderConfig,
                    source_dir: Path) -> list[Path]:
-    """Downscaled PNG copies of ``paths`` (made once, reused afterwards) in the cache folder."""
+    """Downscaled PNG copies of ``paths`` (made once, reused afterwards) in the cache folder.
+
+    An alpha channel is kept (averaged premultiplied), so one copy serves every background colour.
+    """
     from splatkit.utils.files import atomic_write, ensure_writable_dir
 
     key = hashlib.sha1(str(source_dir.resolve()).encode()).hexdigest()[:12]
@@ -106,11 +145,10 @@ def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int,
         logger.info("resizing %d images by 1/%d into %s (once)", len(todo), factor, folder)
 
         def work(item):
-            import cv2
             from PIL import Image
 
             src, (w, h), dst = item
-            img = cv2.resize(read_image(src), resized_size(w, h, factor), interpolation=cv2.INTER_AREA)
+            img = resize_pixels(read_pixels(src), resized_size(w, h, factor))
             atomic_write(dst, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
         with ThreadPoolExecutor(max(1, config.num_workers)) as pool:
@@ -129,7 +167,7 @@ class SplatCaptureDataProvider(SplatDataProvider):
         colors: torch.Tensor,
         transform: torch.Tensor,
         loader: SplatLoaderConfig,
-        background: tuple[float, float, float] | None = None,
+        background: tuple[float, float, float] = (1.0, 1.0, 1.0),
         test_names: set[str] | None = None,
     ) -> None:
         if not records:
@@ -146,9 +184,9 @@ class SplatCaptureDataProvider(SplatDataProvider):
         self._points, self._colors = points.float(), colors.float()
         self.transform = transform
         """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""
-        self._background = background
         self._loader = loader
-        self._check_image_sizes()
+        has_alpha = self._check_image_sizes()
+        self._background = tuple(float(c) for c in background) if has_alpha else None
         # One undistortion map per distinct camera, computed once.
         self._undistorters: dict[CameraIntrinsics, Undistorter] = {}
         for r in records:
@@ -162,16 +200,20 @@ class SplatCaptureDataProvider(SplatDataProvider):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ checks
-    def _check_image_sizes(self) -> None:
+    def _check_image_sizes(self) -> bool:
+        """Check every image's size against its camera; True if any image has an alpha channel."""
         bad = []
+        has_alpha = False
         for r in self.records:
-            w, h = image_size(r.image_path)
+            w, h, alpha = image_header(r.image_path)
+            has_alpha |= alpha
             if (w, h) != (r.intrinsics.width, r.intrinsics.height):
                 bad.append(f"{r.image_path} is {w}x{h}, its camera is {r.intrinsics.width}x{r.intrinsics.height}")
         if bad:
             raise DataError(f"{len(bad)} image(s) do not match their camera's size: " + "; ".join(bad[:5])
                             + ("; ..." if len(bad) > 5 else "")
                             + ". Images of one camera must all have its size (check EXIF rotation and resizing).")
+        return has_alpha
 
     # ------------------------------------------------------------ loading
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -210,16 +252,16 @@ class SplatCaptureDataProvider(SplatDataProvider):
                 if i not in self._inflight:
                     self._inflight[i] = self._pool.submit(self._cached, i)
 
+    def _camera(self, index: int) -> SplatCameras:
+        r = self.records[index]
+        und = self._undistorters[r.intrinsics]
+        return SplatCameras(c2w_to_viewmat(r.c2w.double()).float()[None], torch.from_numpy(und.K).float()[None],
+                            und.width, und.height)
+
     def _frame(self, index: int) -> SplatFrames:
         img, mask = self._get(index)
         r = self.records[index]
-        und = self._undistorters[r.intrinsics]
-        cams = SplatCameras(
-            c2w_to_viewmat(r.c2w.double()).float()[None],
-            torch.from_numpy(und.K).float()[None],
-            und.width,
-            und.height,
-        )
+        cams = self._camera(index)
         images = torch.from_numpy(img).float().div_(255.0)[None]
         masks = None if mask is None else torch.from_numpy(mask)[None, ..., None]
         return SplatFrames(cams, images, masks, [r.name])
@@ -229,6 +271,11 @@ class SplatCaptureDataProvider(SplatDataProvider):
     def scene_scale(self) -> float:
         return self._scene_scale
 
+    @property
+    def background(self) -> tuple[float, float, float] | None:
+        """The colour RGBA photos are composited over; None when no photo has an alpha channel."""
+        return self._background
+
     def num_train_frames(self) -> int:
         return len(self._train_ids)
 
@@ -237,6 +284,20 @@ class SplatCaptureDataProvider(SplatDataProvider):
 
     def train_frame(self, index: int) -> SplatFrames:
         return self._frame(self._train_ids[index])
+
+    def train_cameras(self) -> list[SplatCameras]:
+        return [self._camera(i) for i in self._train_ids]
+
+    def train_alphas(self) -> list[torch.Tensor] | None:
+        if self._background is None:
+            return None
+        out = []
+        for i in self._train_ids:
+            r = self.records[i]
+            pixels = read_pixels(r.image_path)
+            alpha = pixels[..., 3] if pixels.shape[-1] == 4 else np.full(pixels.shape[:2], 255, np.uint8)
+            out.append(torch.from_numpy(self._undistorters[r.intrinsics].image(alpha)).float().div_(255.0))
+        return out
 
     def test_frame(self, index: int) -> SplatFrames:
         return self._frame(self._test_ids[index])
@@ -259,8 +320,12 @@ class SplatCaptureDataProvider(SplatDataProvider):
         n_cams = len(self._undistorters)
         distorted = sum(u.source.is_distorted for u in self._undistorters.values())
         masks = sum(r.mask_path is not None for r in self.records)
-        return (f"{len(self.records)} images ({self.num_train_frames()} train, {self.num_test_frames()} test), "
-                f"{n_cams} camera(s), {distorted} undistorted, {masks} masks, {self._points.shape[0]} points")
+        sizes = sorted({(u.width, u.height) for u in self._undistorters.values()})
+        size = f"{sizes[0][0]}x{sizes[0][1]}" + (f" to {sizes[-1][0]}x{sizes[-1][1]}" if len(sizes) > 1 else "")
+        alpha = "" if self._background is None else f", RGBA composited over {self._background}"
+        return (f"{len(self.records)} images of {size} px ({self.num_train_frames()} train, "
+                f"{self.num_test_frames()} test), {n_cams} camera(s), {distorted} undistorted, {masks} masks"
+                f"{alpha}, {self._points.shape[0]} points")
 
 
 def check_files_exist(records: list[FrameRecord], what: str, fix: str) -> None:

@@ -6,15 +6,18 @@ import logging
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 from splatkit.data_provider.captured import (
     FrameRecord,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
     check_files_exist,
+    choose_factor,
     downscaled_records,
     resized_copies,
 )
@@ -35,14 +38,19 @@ class SplatColmapDataProviderConfig:
     """Folder with cameras/images/points3D (.bin or .txt), or a scene folder holding sparse/0 or sparse."""
     images_dir: str
     """Folder of the photos, named as in the model."""
-    factor: int = 1
-    """Downscale factor; uses images_dir's sibling ``<images_dir>_<factor>`` if present, else resizes once into the cache."""
+    factor: int | None = None
+    """Downscale factor (None: the smallest power of two that brings the longer side to at most 1600 px);
+    uses images_dir's sibling ``<images_dir>_<factor>`` if present, else resizes once into the cache."""
     normalize: bool = True
     """Centre, level and scale the scene (the transform is kept on the provider as ``transform``)."""
     test_every: int = 8
     """Every test_every-th image (sorted by name) is held out for testing; 0 trains on all."""
     masks_dir: str | None = None
     """Folder of masks named like the images (png/jpg, white = keep); the loss ignores the rest."""
+    background: Annotated[tuple[float, float, float], tyro.conf.Suppress] = (1.0, 1.0, 1.0)
+    """Colour that RGBA photos are composited over, and so the colour the trainer renders over.
+    Unused for photos without alpha. On the command line: ``--background``, which sets
+    this and the trainer's together."""
     loader: SplatLoaderConfig = field(default_factory=SplatLoaderConfig)
 
 
@@ -147,8 +155,6 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
 
     def __init__(self, config: SplatColmapDataProviderConfig) -> None:
         self.config = config
-        if not isinstance(config.factor, int) or config.factor < 1:
-            raise DataError(f"SplatColmapDataProviderConfig.factor must be a positive integer, got {config.factor!r}")
         colmap_dir, images_dir = Path(config.colmap_dir), Path(config.images_dir)
         if not images_dir.is_dir():
             raise DataError(f"images_dir '{images_dir}' is not a folder")
@@ -176,8 +182,9 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
         records = [FrameRecord(im.name, p, c2w[i], intr) for i, (im, p, intr) in enumerate(zip(images, paths, intrinsics))]
         check_files_exist(records, f"images_dir '{images_dir}'",
                           "The model names these files; point images_dir at the folder that holds them.")
-        if config.factor > 1:
-            records = self._downscaled(records, images_dir, config)
+        factor = choose_factor(records, config.factor, "SplatColmapDataProviderConfig")
+        if factor > 1:
+            records = self._downscaled(records, images_dir, config, factor)
         if config.masks_dir is not None:
             masks = find_masks([r.name for r in records], Path(config.masks_dir))
             for r in records:
@@ -190,15 +197,16 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
             colors = torch.from_numpy(rgb).float()
         else:
             points, colors = torch.zeros(0, 3), torch.zeros(0, 3)
-        super().__init__(records, config.test_every, points, colors, transform, config.loader)
+        super().__init__(records, config.test_every, points, colors, transform, config.loader,
+                         background=config.background)
         self.reconstruction = rec
         self.image_ids = {im.name: im.image_id for im in images}
         logger.info("COLMAP model %s: %s", self.model_dir, self.describe())
 
     @staticmethod
-    def _downscaled(records: list[FrameRecord], images_dir: Path, config: SplatColmapDataProviderConfig) -> list[FrameRecord]:
-        """Records pointing at 1/factor images: ``<images_dir>_<factor>`` if it exists, else cached copies."""
-        f = config.factor
+    def _downscaled(records: list[FrameRecord], images_dir: Path, config: SplatColmapDataProviderConfig,
+                    f: int) -> list[FrameRecord]:
+        """Records pointing at 1/f images: ``<images_dir>_<f>`` if it exists, else cached copies."""
         given = images_dir.parent / f"{images_dir.name}_{f}"
         if given.is_dir():
             paths = [given / r.name for r in records]

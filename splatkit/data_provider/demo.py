@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,13 @@ def _albedo(p: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return choices.gather(-2, which[..., None, None].expand(*which.shape, 1, 3))[..., 0, :]
 
 
-def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sphere-trace rays ``[R, 3]``: (hit point, surface colour, hit mask)."""
+def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96,
+               specular: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sphere-trace rays ``[R, 3]``: (hit point, surface colour, hit mask).
+
+    Surfaces are diffuse under one directional light, plus a Blinn-Phong highlight of
+    strength ``specular`` (0: none, so the colour does not depend on the view).
+    """
     t = torch.zeros(origins.shape[0])
     alive = torch.ones_like(t, dtype=torch.bool)
     for _ in range(iters):
@@ -102,7 +108,27 @@ def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96) -> tu
     normal = F.normalize(grad, dim=-1)
     shade = 0.3 + 0.7 * (normal @ _LIGHT).clamp_min(0)
     color = _albedo(p, dist.argmin(dim=-1)) * shade[:, None]
+    if specular > 0:
+        half = F.normalize(_LIGHT - dirs, dim=-1)
+        color = (color + specular * (normal * half).sum(-1).clamp_min(0)[:, None] ** 40).clamp(0, 1)
     return p, torch.where(hit[:, None], color, torch.zeros_like(color)), hit
+
+
+def _render_rgba(c2w: torch.Tensor, width: int, height: int, focal: float, supersample: int,
+                 specular: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One anti-aliased view from OpenCV camera-to-world ``c2w``: colour ``[H, W, 3]`` over
+    black, coverage ``[H, W]`` in [0, 1], and the surface points hit with their colours ``[P, 6]``."""
+    ss = supersample
+    u = (torch.arange(ss * width, dtype=torch.float32) + 0.5) / ss
+    v = (torch.arange(ss * height, dtype=torch.float32) + 0.5) / ss
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    cam_dirs = torch.stack([(uu - width / 2) / focal, (vv - height / 2) / focal, torch.ones_like(uu)], -1)
+    dirs = F.normalize(cam_dirs.reshape(-1, 3) @ c2w[:3, :3].T.float(), dim=-1)
+    origins = c2w[:3, 3].float().expand_as(dirs)
+    pts, rgb, hit = _ray_march(origins, dirs, specular=specular)
+    img = rgb.reshape(height, ss, width, ss, 3).mean(dim=(1, 3)).clamp(0, 1)
+    coverage = hit.float().reshape(height, ss, width, ss).mean(dim=(1, 3))
+    return img, coverage, torch.cat([pts[hit], rgb[hit]], dim=-1)
 
 
 class SplatDemoDataProvider(SplatDataProvider):
@@ -131,18 +157,11 @@ class SplatDemoDataProvider(SplatDataProvider):
         self._cameras = SplatCameras(c2w_to_viewmat(c2w), K.expand(config.num_cameras, 3, 3).clone(), S, S)
 
         images, surface_pts, surface_rgb = [], [], []
-        ss = config.supersample
-        sub = (torch.arange(ss * S, dtype=torch.float32) + 0.5) / ss
-        v, u = torch.meshgrid(sub, sub, indexing="ij")
-        cam_dirs = torch.stack([(u - S / 2) / focal, (v - S / 2) / focal, torch.ones_like(u)], -1).reshape(-1, 3)
         for i in range(config.num_cameras):
-            dirs = F.normalize(cam_dirs @ c2w[i, :3, :3].T, dim=-1)
-            origins = c2w[i, :3, 3].expand_as(dirs)
-            pts, rgb, hit = _ray_march(origins, dirs)
-            img = rgb.reshape(S, ss, S, ss, 3).mean(dim=(1, 3))
-            images.append(img.clamp(0, 1))
-            surface_pts.append(pts[hit])
-            surface_rgb.append(rgb[hit])
+            img, _, surface = _render_rgba(c2w[i], S, S, focal, config.supersample, specular=0.0)
+            images.append(img)
+            surface_pts.append(surface[:, :3])
+            surface_rgb.append(surface[:, 3:])
         self._images = torch.stack(images)
 
         n = config.num_cameras
@@ -175,8 +194,68 @@ class SplatDemoDataProvider(SplatDataProvider):
     def train_frame(self, index: int) -> SplatFrames:
         return self._frame(self._train_ids[index])
 
+    def train_cameras(self) -> list[SplatCameras]:
+        return [self._cameras[i] for i in self._train_ids]
+
     def test_frame(self, index: int) -> SplatFrames:
         return self._frame(self._test_ids[index])
 
     def initial_points(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._points.clone(), self._colors.clone()
+
+
+def write_synthetic_capture(
+    folder: str | Path,
+    num_train: int = 100,
+    num_test: int = 25,
+    image_size: int = 200,
+    supersample: int = 2,
+    specular: float = 0.35,
+    seed: int = 0,
+) -> Path:
+    """Write the demo scene as a NeRF-synthetic capture and return its folder.
+
+    The layout of the Blender scenes of the NeRF paper: RGBA PNGs (transparent where no
+    surface is hit, partially where a pixel is partly covered) in ``train/`` and ``test/``,
+    ``transforms_train.json`` / ``transforms_test.json`` with ``camera_angle_x`` and OpenGL
+    camera-to-world ``transform_matrix`` per frame, and no point cloud. As in those scenes
+    the cameras sit 4.03 units from the object, which fits in the +-1.3 cube, with a 39.6
+    degree field of view: training views spread over the upper hemisphere, test views on
+    a ring between them. Surfaces get a view-dependent highlight (``specular``), so the
+    spherical harmonics have something to fit.
+    """
+    from PIL import Image
+
+    from splatkit.splat.conventions import opengl_to_opencv_c2w
+    from splatkit.utils.files import atomic_write, ensure_writable_dir, write_json
+
+    folder = ensure_writable_dir(folder, "write_synthetic_capture(folder)")
+    gen = torch.Generator().manual_seed(seed)
+    angle_x = 0.6911112070083618  # NeRF-synthetic's
+    radius = 4.031128874
+    focal = 0.5 * image_size / math.tan(0.5 * angle_x)
+    target = torch.tensor([0.0, 0.0, -0.1])
+    up = torch.tensor([0.0, 0.0, 1.0])
+    for split, n in (("train", num_train), ("test", num_test)):
+        ensure_writable_dir(folder / split, "write_synthetic_capture(folder)")
+        frames = []
+        for i in range(n):
+            if split == "train":  # Fibonacci spiral over elevations 5..80 degrees
+                elev = math.radians(5 + 75 * (i + float(torch.rand((), generator=gen))) / n)
+                azim = i * math.pi * (3 - math.sqrt(5))
+            else:  # a ring at 30 degrees, between the training views
+                elev, azim = math.radians(30.0), 2 * math.pi * (i + 0.5) / n
+            eye = radius * torch.tensor([math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim),
+                                         math.sin(elev)])
+            c2w = look_at_c2w(eye, target, up)
+            rgb, coverage, _ = _render_rgba(c2w, image_size, image_size, focal, supersample, specular)
+            # Straight (not premultiplied) colour, as PNG stores it: the mean over covered samples.
+            straight = torch.where(coverage[..., None] > 0, rgb / coverage[..., None].clamp_min(1e-6), 0.0)
+            rgba = torch.cat([straight.clamp(0, 1), coverage[..., None]], dim=-1)
+            pixels = (rgba * 255.0 + 0.5).to(torch.uint8).numpy()
+            path = folder / split / f"r_{i}.png"
+            atomic_write(path, lambda tmp: Image.fromarray(pixels, "RGBA").save(tmp, format="PNG"))
+            frames.append({"file_path": f"./{split}/r_{i}",
+                           "transform_matrix": opengl_to_opencv_c2w(c2w.double()).tolist()})
+        write_json(folder / f"transforms_{split}.json", {"camera_angle_x": angle_x, "frames": frames})
+    return folder

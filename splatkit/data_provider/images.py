@@ -16,31 +16,60 @@ class DataError(ValueError):
     """Bad input data; the message names the file or field and what was expected."""
 
 
+def read_pixels(path: Path) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB, or ``[H, W, 4]`` RGBA when the file has an alpha channel,
+    with EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+            return np.array(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except Exception as e:  # PIL raises several types for damaged files
+        raise DataError(f"{path}: cannot read image: {e}") from e
+
+
+def composite(pixels: np.ndarray, background: tuple[float, float, float]) -> np.ndarray:
+    """RGBA ``uint8 [H, W, 4]`` over ``background`` (RGB in [0, 1]) as RGB ``uint8 [H, W, 3]``."""
+    rgba = pixels.astype(np.float32) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:] + np.asarray(background, np.float32) * (1 - rgba[..., 3:])
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
 def read_image(path: Path, background: tuple[float, float, float] | None = None) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` with EXIF orientation applied.
 
     RGBA images are composited over ``background`` (RGB in [0, 1]); without one the
     alpha channel is an error, since silently dropping it would train on garbage.
     """
-    from PIL import Image, ImageOps
+    pixels = read_pixels(path)
+    if pixels.shape[-1] == 3:
+        return pixels
+    if background is None:
+        raise DataError(f"{path}: image has an alpha channel; give a background colour to composite it over")
+    return composite(pixels, background)
 
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
-            if has_alpha:
-                rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-                if background is None:
-                    raise DataError(f"{path}: image has an alpha channel; give a background colour to composite it over")
-                rgb = rgba[..., :3] * rgba[..., 3:] + np.asarray(background, np.float32) * (1 - rgba[..., 3:])
-                return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
-            return np.array(im.convert("RGB"), dtype=np.uint8)
-    except DataError:
-        raise
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except Exception as e:  # PIL raises several types for damaged files
-        raise DataError(f"{path}: cannot read image: {e}") from e
+
+def resize_pixels(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``pixels`` (RGB or RGBA ``uint8``) area-averaged to ``size = (width, height)``.
+
+    RGBA is averaged with premultiplied alpha, so a half-covered pixel keeps the colour of
+    what covers it and its alpha says how much: compositing the result over any
+    background equals downscaling the composite.
+    """
+    import cv2
+
+    if pixels.shape[-1] == 3:
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    rgba = pixels.astype(np.float32) / 255.0
+    rgba[..., :3] *= rgba[..., 3:]
+    small = cv2.resize(rgba, size, interpolation=cv2.INTER_AREA)
+    alpha = small[..., 3:]
+    small[..., :3] = np.where(alpha > 0, small[..., :3] / np.maximum(alpha, 1e-8), 0.0)
+    return np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from splatkit.splat.initialization import focus_point
+
 
 def _rotation_to_z(up: np.ndarray) -> np.ndarray:
     """Rotation taking unit vector ``up`` to +Z (Rodrigues)."""
@@ -23,19 +25,6 @@ def _rotation_to_z(up: np.ndarray) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx * (1.0 / (1.0 + c))
 
 
-def focus_point(centers: np.ndarray, forwards: np.ndarray) -> np.ndarray:
-    """Least-squares point nearest to all optical axes; the centres' mean if they are parallel."""
-    A = np.zeros((3, 3))
-    b = np.zeros(3)
-    for o, d in zip(centers, forwards):
-        P = np.eye(3) - np.outer(d, d)
-        A += P
-        b += P @ o
-    if np.linalg.cond(A) > 1e6:
-        return centers.mean(axis=0)
-    return np.linalg.solve(A, b)
-
-
 def normalize_cameras(c2w: torch.Tensor) -> torch.Tensor:
     """Similarity ``T [4, 4]`` for OpenCV camera-to-world poses ``c2w [C, 4, 4]``."""
     c2w_np = c2w.double().numpy()
@@ -45,7 +34,9 @@ def normalize_cameras(c2w: torch.Tensor) -> torch.Tensor:
     up = ups.mean(axis=0)
     up = up / max(np.linalg.norm(up), 1e-12)
     R = _rotation_to_z(up)
-    c = focus_point(centers, forwards) if len(centers) > 1 else centers[0]
+    c = focus_point(centers, forwards)
+    if c is None:  # one camera, or parallel axes
+        c = centers.mean(axis=0)
     dist = np.linalg.norm(centers - c, axis=1)
     s = 1.0 / max(float(np.median(dist)), 1e-9)
     T = np.eye(4)
