@@ -125,7 +125,7 @@ class EvalCommand:
     step: int | None = None
     """Step to file the results under (default: the checkpoint's step, 0 for a PLY)."""
     background: tuple[float, float, float] | None = None
-    """Colour behind the Gaussians (default: the checkpoint's, black for a PLY)."""
+    """Colour behind the Gaussians (default: the checkpoint's; for a PLY the data's, else black)."""
     save_images: bool = True
     lpips_net: Literal["alex", "vgg"] = "alex"
     lpips_weights: str | None = None
@@ -215,17 +215,28 @@ def components(cmd: TrainCommand):
 
 def _data_provider(data: str, demo: SplatDemoDataProviderConfig | None = None,
                    colmap: SplatColmapDataProviderConfig | None = None,
-                   blender: SplatBlenderDataProviderConfig | None = None):
-    """The provider for ``--data`` (the built-in scene, or a detected capture), reporting what it found."""
+                   blender: SplatBlenderDataProviderConfig | None = None,
+                   background: tuple[float, float, float] | None = None):
+    """The provider for ``--data`` (the built-in scene, or a detected capture), reporting what it found.
+
+    ``background`` (``--background``), when given, is also the colour RGBA photos are composited over:
+    one setting for the targets and the renders.
+    """
     if data == "demo":
         return SplatDemoDataProvider(demo or SplatDemoDataProviderConfig())
+    if background is not None:
+        colmap = dataclasses.replace(colmap or SplatColmapDataProviderConfig("", ""), background=background)
+        blender = dataclasses.replace(blender or SplatBlenderDataProviderConfig(""), background=background)
     provider, found = provider_from_path(data, colmap, blender)
     print(f"splatkit: found {found}", file=sys.stderr)
     return provider
 
 
-def _train(cmd: TrainCommand) -> dict:
-    data_provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
+def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, SplatExporter]:
+    """The trainer ``splatkit train`` runs for ``cmd`` (and its exporter), on ``data_provider`` if
+    given, else on the provider ``cmd.data`` names."""
+    if data_provider is None:
+        data_provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender, cmd.trainer.background)
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
     exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt,
                              splat_format=list(cmd.splat_format), frame=cmd.export_frame)
@@ -239,6 +250,13 @@ def _train(cmd: TrainCommand) -> dict:
         modules.append(SplatViewer(port=cmd.viewer_port, host=cmd.viewer_host))
     renderer, loss, densification = components(cmd)
     trainer = SplatTrainer(cmd.trainer, data_provider, renderer, loss, densification, modules, ckpt_path=cmd.resume)
+    return trainer, exporter
+
+
+def _train(cmd: TrainCommand) -> dict:
+    trainer, exporter = build_trainer(cmd)
+    steps = exporter.export_steps
+    renderer = trainer.renderer
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
@@ -293,12 +311,15 @@ def _eval(cmd: EvalCommand) -> dict:
     device = resolve_device(cmd.device)
     config = (ckpt or {}).get("config", {})
     step = cmd.step if cmd.step is not None else int((ckpt or {}).get("step", 0))
-    background = cmd.background or tuple(config.get("background", (0.0, 0.0, 0.0)))
     evaluator = SplatEvaluator(cmd.output_dir, [step], cmd.save_images, cmd.lpips_net, cmd.lpips_weights)
     for name, state in (ckpt or {}).get("modules", []):
         if name == "SplatEvaluator":  # training time so far, as the training run counted it
             evaluator.load_state_dict(state)
-    provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
+    # The training run's colour, if known, is also what RGBA targets are composited over.
+    background = cmd.background or (ckpt or {}).get("background") or config.get("background")
+    provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender,
+                              None if background is None else tuple(background))
+    background = background or provider.background or (0.0, 0.0, 0.0)
     renderer = _renderer_for(model, cmd.backend)
     params = {k: v.to(device) for k, v in model.params().items()}
     bg = torch.tensor([background], dtype=torch.float32, device=device)

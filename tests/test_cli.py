@@ -71,22 +71,8 @@ def test_train_detects_and_reports_a_colmap_scene(tmp_path, capsys, monkeypatch)
     assert main(["train", "--data", str(scene), "--max-steps", "3", "--output-dir", str(out), "--no-progress",
                  "--colmap.factor", "2", "--colmap.test-every", "4"]) == 0
     err = capsys.readouterr().err
-    assert "found COLMAP model (binary)" in err and "8 images (6 train, 2 test)" in err
+    assert "found COLMAP model (binary)" in err and "8 images of 32x24 px (6 train, 2 test)" in err
     assert (out / "splats" / "step_000003.ply").is_file()
-
-
-def test_random_init_when_the_capture_has_no_points(tmp_path, caplog):
-    from colmap_scenes import write_scene
-
-    from splatkit.data_provider import SplatColmapDataProvider, SplatColmapDataProviderConfig
-    from splatkit.trainer import SplatTrainerConfig
-
-    scene = write_scene(tmp_path / "scene", "PINHOLE", points=False)
-    provider = SplatColmapDataProvider(SplatColmapDataProviderConfig(str(scene), str(scene / "images")))
-    trainer = SplatTrainer(SplatTrainerConfig(max_steps=1, init_num_points=500, output_dir=str(tmp_path)), provider)
-    trainer.setup()
-    assert trainer.training_state.num_gaussians == 500
-    assert "no initial point cloud; initialising 500 Gaussians at random" in caplog.text
 
 
 def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, capsys):

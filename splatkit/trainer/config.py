@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -23,17 +24,25 @@ class SplatTrainerConfig:
     """Largest spherical-harmonics degree."""
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps."""
-    init_type: str = "points"
-    """"points": Gaussians on the provider's point cloud (random if it has none); "random": uniform in a cube."""
+    init_type: str = "auto"
+    """"points": one Gaussian per point of the provider's point cloud (SfM points); "random":
+    ``init_num_points`` uniform in the volume the training cameras look at
+    (:mod:`splatkit.splat.initialization`); "auto": points when the provider has them, else random."""
     init_num_points: int = 100_000
-    """Number of Gaussians for ``init_type="random"``."""
-    init_extent: float = 3.0
-    """Half-size of the random-init cube, in units of the scene scale."""
-    init_opacity: float = 0.1
-    init_scale: float = 1.0
-    """Initial scales are this times the mean distance to the 3 nearest points."""
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Colour behind the Gaussians (RGB in [0, 1])."""
+    """Number of Gaussians of a random start."""
+    init_extent: float = 1.0
+    """Random start: half-size of the cube searched for the viewed volume, in median camera distances
+    from the point the cameras look at."""
+    init_coverage: float = 0.5
+    """Random start: keep points seen by at least this fraction of the cameras that see the best-seen point."""
+    init_opacity: float | None = None
+    """Opacity of the initial Gaussians; None: the densification strategy's (0.1; MCMC 0.5)."""
+    init_scale: float | None = None
+    """Initial scales are this times the RMS distance to the 3 nearest points; None: the
+    densification strategy's (1.0; MCMC 0.1)."""
+    background: tuple[float, float, float] | None = None
+    """Colour behind the Gaussians (RGB in [0, 1]). None: the data's (the colour its RGBA images were
+    composited over, e.g. white for NeRF-synthetic scenes), else black."""
     lr_means: float = 1.6e-4
     """Means' rate, multiplied by the scene scale, decayed exponentially to ``lr_means_final_ratio`` of it."""
     lr_means_final_ratio: float = 0.01
@@ -58,10 +67,17 @@ class SplatTrainerConfig:
             ("batch_size", self.batch_size >= 1, "a positive integer"),
             ("sh_degree", 0 <= self.sh_degree <= 3, "in 0..3"),
             ("sh_degree_interval", self.sh_degree_interval >= 1, "a positive integer"),
-            ("init_type", self.init_type in ("points", "random"), "'points' or 'random'"),
-            ("init_opacity", 0 < self.init_opacity < 1, "in (0, 1)"),
+            ("init_type", self.init_type in ("auto", "points", "random"), "'auto', 'points' or 'random'"),
+            ("init_num_points", self.init_num_points >= 2, "an integer >= 2"),
+            ("init_extent", math.isfinite(self.init_extent) and self.init_extent > 0, "a positive number"),
+            ("init_coverage", 0 < self.init_coverage <= 1, "in (0, 1]"),
+            ("init_opacity", self.init_opacity is None or 0 < self.init_opacity < 1, "None or in (0, 1)"),
+            ("init_scale", self.init_scale is None or (math.isfinite(self.init_scale) and self.init_scale > 0),
+             "None or a positive number"),
             ("lr_means_final_ratio", 0 < self.lr_means_final_ratio <= 1, "in (0, 1]"),
-            ("background", len(self.background) == 3, "three numbers (RGB)"),
+            ("background", self.background is None or (
+                len(self.background) == 3 and all(math.isfinite(c) and 0 <= c <= 1 for c in self.background)),
+             "None or three numbers in [0, 1] (RGB)"),
             ("dist_mode", self.dist_mode in ("replicate", "shard"), "'replicate' or 'shard'"),
         ]
         for name, ok, expected in checks:

@@ -25,6 +25,7 @@ from splatkit.modules.base import SplatBaseModule
 from splatkit.renderer.base import SplatRenderer
 from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
 from splatkit.splat.conventions import gaussian_kind
+from splatkit.splat.initialization import view_volume_points
 from splatkit.splat.model import SplatModel
 from splatkit.splat.training_state import SplatTrainingState
 from splatkit.trainer import distributed
@@ -125,6 +126,22 @@ class SplatTrainer:
         self.training_state: SplatTrainingState | None = None
         self.densification_state: dict | None = None
         self.scene_scale = float(data_provider.scene_scale)
+        self.background = self._resolve_background()
+        """The colour renders are drawn over (RGB in [0, 1]): the config's, else the data's, else black."""
+        self.init_report: dict | None = None
+        """How the initial Gaussians were made (set by :meth:`setup` on a fresh start)."""
+
+    def _resolve_background(self) -> tuple[float, float, float]:
+        given, data = self.config.background, self.data_provider.background
+        if given is None:
+            return tuple(float(c) for c in data) if data is not None else (0.0, 0.0, 0.0)
+        given = tuple(float(c) for c in given)
+        if data is not None and any(abs(a - b) > 1e-6 for a, b in zip(given, data)):
+            raise ValueError(f"SplatTrainerConfig.background {given} differs from the colour the RGBA images of "
+                             f"{type(self.data_provider).__name__} were composited over {tuple(data)}: renders would "
+                             "not match their targets. Leave background unset (None) to use the data's, or set the "
+                             "provider's background to the colour you want")
+        return given
 
     # ----------------------------------------------------------------- setup
     def _setup_sharding(self) -> None:
@@ -162,16 +179,30 @@ class SplatTrainer:
     def _initial_model(self) -> SplatModel:
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
+        provider = type(self.data_provider).__name__
         points, colors = (None, None) if cfg.init_type == "random" else self.data_provider.initial_points()
         if points is not None and points.shape[0] < 2:
-            logger.warning("%s has no initial point cloud; initialising %d Gaussians at random instead",
-                           type(self.data_provider).__name__, cfg.init_num_points)
+            if cfg.init_type == "points":
+                raise ValueError(f"SplatTrainerConfig.init_type is 'points' but {provider} has no point cloud "
+                                 f"({points.shape[0]} points); use init_type='random' or 'auto'")
             points = None
-        if points is None:
-            extent = cfg.init_extent * self.scene_scale
-            points = (torch.rand(cfg.init_num_points, 3, generator=gen) * 2 - 1) * extent
+        if points is not None:
+            self.init_report = {"type": "points", "num_points": int(points.shape[0])}
+            logger.info("initialising %d Gaussians on the point cloud of %s", points.shape[0], provider)
+        else:
+            points, report = view_volume_points(self.data_provider.train_cameras(), cfg.init_num_points, gen,
+                                                cfg.init_extent, cfg.init_coverage, self.data_provider.train_alphas())
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
-        model = SplatModel.from_points(points, colors, cfg.sh_degree, cfg.init_opacity, cfg.init_scale, generator=gen)
+            self.init_report = {"type": "random", "num_points": cfg.init_num_points, **report}
+            why = "" if cfg.init_type == "random" else f" ({provider} has no point cloud)"
+            logger.info("initialising %d Gaussians at random in the volume the cameras see%s: seen by >= %d of %d "
+                        "cameras%s, within %s .. %s", cfg.init_num_points, why, report["min_views"],
+                        report["num_cameras"], " inside the visual hull of the RGBA images" if report["visual_hull"]
+                        else "", report["bounds"][0], report["bounds"][1])
+        opacity = cfg.init_opacity if cfg.init_opacity is not None else self.densification.init_opacity
+        scale = cfg.init_scale if cfg.init_scale is not None else self.densification.init_scale
+        self.init_report.update(opacity=opacity, scale=scale)
+        model = SplatModel.from_points(points, colors, cfg.sh_degree, opacity, scale, generator=gen)
         if self.renderer.gaussian_kind == "2dgs":  # surfels: the two tangent scales
             model = SplatModel(**{**model.params(), "scales": model.scales[:, :2].contiguous()})
         return model
@@ -209,9 +240,15 @@ class SplatTrainer:
         if self.sharded is not None:
             self.sharded.update_sizes(self.training_state.num_gaussians, self.step)
         if self.world_rank == 0:
+            given, data = cfg.background is not None, self.data_provider.background is not None
+            logger.info("background %s (%s)", self.background,
+                        "SplatTrainerConfig.background" if given else
+                        "the colour the RGBA images are composited over" if data else "black: the images have no alpha")
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
             record = {
                 "trainer": dataclasses.asdict(cfg),
+                "background": list(self.background),
+                "initialization": self.init_report,
                 "data_provider": _describe(self.data_provider),
                 "renderer": _describe(self.renderer),
                 "loss_fn": _describe(self.loss_fn),
@@ -281,6 +318,7 @@ class SplatTrainer:
             "data_provider": self.data_provider.state_dict(),
             "config": dataclasses.asdict(self.config),
             "scene_scale": self.scene_scale,
+            "background": list(self.background),
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
@@ -346,7 +384,7 @@ class SplatTrainer:
         return cfg.lr_means * self.scene_scale * decay
 
     def backgrounds(self, n: int) -> torch.Tensor:
-        return torch.tensor(self.config.background, dtype=torch.float32, device=self.device).expand(n, 3)
+        return torch.tensor(self.background, dtype=torch.float32, device=self.device).expand(n, 3)
 
     def train_step(self, step: int) -> None:
         """One optimisation step (1-based ``step``)."""
@@ -432,6 +470,30 @@ class SplatTrainer:
         finally:
             self._call("on_cleanup", error=error)
         return self.training_state
+
+    def probe_step_seconds(self, repeats: int = 3) -> float:
+        """Wall seconds of one training step on the next batch, done on a copy of the training
+        state (render, loss, backward, Adam; not densification or modules). Touches no
+        parameter, optimiser or random state of the run. The fastest of ``repeats``."""
+        ts = self.training_state
+        step = self.step + 1
+        frames = self.data_provider.train_batch(step, self.config.batch_size, self.config.seed,
+                                                self.world_rank, self.world_size).to(self.device)
+        copy = SplatTrainingState({k: v.detach() for k, v in ts.params.items()}, ts.learning_rates, ts.batch_size,
+                                  self.device, ts.sparse_grad)
+        best = float("inf")
+        with _deterministic_on_cpu(self.device):
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                render = self.renderer.render(copy.params, frames.cameras, self.active_sh_degree(step),
+                                              self.backgrounds(len(frames.cameras)))
+                self.loss_fn(render, frames, step, copy).loss.backward()
+                copy.optimizer_step(render.gaussian_ids)
+                copy.zero_grad()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                best = min(best, time.perf_counter() - t0)
+        return best
 
     # ---------------------------------------------------------- evaluation
     @torch.no_grad()
