@@ -106,8 +106,11 @@ def test_default_strategy_clones_splits_and_prunes():
     strategy = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=1000)
     state = strategy.initialize_state(scene_scale=1.0)
     grads = torch.tensor([1e-3, 1e-3, 1e-5, 1e-5])  # 0 and 1 above the 2e-4 threshold
+    # The schedule counts gsplat's 0-based iteration: refinement at step 11 (iteration 10).
     for step in range(1, 11):
         strategy.step_post_backward(ts, state, step, _render_with_grad(ts, grads))
+    assert ts.num_gaussians == 4
+    strategy.step_post_backward(ts, state, 11, _render_with_grad(ts, grads))
     # Gaussian 0 (small) cloned, 1 (large) split in two, 3 (transparent) pruned.
     assert ts.num_gaussians == 4 + 1 + 1 - 1
     assert torch.equal(state["count"], torch.zeros(5)) and torch.equal(state["grad2d"], torch.zeros(5))
@@ -122,11 +125,18 @@ def test_opacity_reset_schedule():
         ts.params["opacities"][:] = 3.0
     strategy = SplatDefaultDensification(refine_start_iter=100, reset_every=5)
     state = strategy.initialize_state(1.0)
-    for step in range(1, 5):
+    # Resets at gsplat's iterations 5, 10, ...: the trainer's steps 6, 11, ...
+    for step in range(1, 6):
         strategy.step_post_backward(ts, state, step, _render_with_grad(ts, torch.zeros(3)))
     assert (ts.params["opacities"] == 3.0).all()
-    strategy.step_post_backward(ts, state, 5, _render_with_grad(ts, torch.zeros(3)))
+    strategy.step_post_backward(ts, state, 6, _render_with_grad(ts, torch.zeros(3)))
     torch.testing.assert_close(torch.sigmoid(ts.params["opacities"]), torch.full((3,), 0.01))
+    with torch.no_grad():
+        ts.params["opacities"][:] = 3.0
+    off = SplatDefaultDensification(refine_start_iter=100, reset_every=5, opacity_reset=False)
+    for step in range(1, 12):
+        off.step_post_backward(ts, state, step, _render_with_grad(ts, torch.zeros(3)))
+    assert (ts.params["opacities"] == 3.0).all()
 
 
 def test_packed_render_output_feeds_the_same_statistics():

@@ -217,7 +217,7 @@ def test_growth_is_five_percent_per_refinement_up_to_the_cap(tmp_path, small_dem
     n = rec.counts[1]
     expected = {}
     for step in range(1, 13):
-        if step % 2 == 0:
+        if step > 1 and (step - 1) % 2 == 0:  # gsplat's iterations 2, 4, ...
             n = min(700, int(1.05 * n))
         expected[step] = n
     assert rec.counts == expected
@@ -243,13 +243,14 @@ def test_more_initial_points_than_the_cap_is_an_error(tmp_path, small_demo):
 
 
 def _mcmc():
-    # Refinements at 10, 20, 30, 40; min_opacity 0.05 (with the opacity regulariser)
-    # gives dead Gaussians within 40 steps of init_opacity 0.1.
-    return SplatMCMCDensification(refine_start_iter=5, refine_every=10, min_opacity=0.05, verbose=True)
+    # Refinements at steps 11, 21, 31, 41 (gsplat's iterations 10, 20, ...); min_opacity 0.05 (with
+    # the opacity regulariser) gives dead Gaussians within 41 steps of init_opacity 0.1.
+    return SplatMCMCDensification(refine_start_iter=5, refine_every=10, min_opacity=0.05, init_opacity=0.1,
+                                  verbose=True)
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, small_demo, capsys):
-    N = 20
+    N = 25
     loss_fn = Splat3DGSLossFn(opacity_reg=0.01, scale_reg=0.01)
     straight = SplatTrainer(
         SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "a"), seed=3), small_demo,
@@ -257,7 +258,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, small_demo, capsys):
     )
     straight.run()
     relocated = {int(s): int(r) for s, r in re.findall(r"step (\d+): (\d+) relocated", capsys.readouterr().out)}
-    assert relocated[30] > 0 and relocated[40] > 0  # relocations inside the resumed half
+    assert relocated[41] > 0  # a relocation inside the resumed half
     resumed = SplatTrainer(
         SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "b"), seed=3), small_demo,
         loss_fn=loss_fn, densification=_mcmc(), ckpt_path=tmp_path / "a" / "ckpts" / f"step_{N:06d}.ckpt",

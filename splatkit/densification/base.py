@@ -19,6 +19,13 @@ class SplatDensification(ABC):
     :mod:`splatkit.densification.ops`.
     """
 
+    init_opacity: float = 0.1
+    """Opacity of the initial Gaussians this strategy is designed for (the trainer's
+    ``init_opacity`` when that is None): the 3DGS paper's 0.1."""
+    init_scale: float = 1.0
+    """Initial scales as a multiple of the distance to the nearest points (the trainer's
+    ``init_scale`` when that is None)."""
+
     @abstractmethod
     def initialize_state(self, scene_scale: float) -> dict:
         """Fresh running state for a scene of extent ``scene_scale``."""

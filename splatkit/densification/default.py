@@ -18,9 +18,11 @@ class SplatDefaultDensification(SplatDensification):
     """Clone small / split large Gaussians with high screen-space gradients, prune
     transparent and oversized ones, and periodically reset opacities.
 
-    Steps are 1-based (step ``s`` is the ``s``-th optimiser step). Refinement runs at
-    steps ``s > refine_start_iter`` with ``s % refine_every == 0``, and everything
-    (including opacity resets) stops at ``refine_stop_iter``.
+    The trainer's steps are 1-based (step ``s`` is the ``s``-th optimiser step); the schedule
+    counts gsplat's 0-based iteration ``i = s - 1``, so a run matches gsplat's step for step.
+    Refinement runs at ``i > refine_start_iter`` with ``i % refine_every == 0`` (never on the
+    last step of a run of round length, which would leave fresh splits untrained), and
+    everything (including opacity resets) stops at ``i >= refine_stop_iter``.
     """
 
     prune_opa: float = 0.005
@@ -40,12 +42,30 @@ class SplatDefaultDensification(SplatDensification):
     refine_start_iter: int = 500
     refine_stop_iter: int = 15_000
     reset_every: int = 3000
+    """Steps between opacity resets; also, pruning of oversized Gaussians starts after the first."""
+    opacity_reset: bool = True
+    """Clamp every opacity to ``2 * prune_opa`` every ``reset_every`` steps (the 3DGS paper's reset).
+    gsplat 1.5.3's DefaultStrategy never runs it (an operator-precedence slip), so its recipe
+    trains without; see docs/quality.md for what each costs."""
     refine_every: int = 100
     absgrad: bool = False
     """Threshold the absolute gradient (AbsGS); needs a backend that computes it and a larger ``grow_grad2d``."""
     revised_opacity: bool = False
     """Split children get ``1 - sqrt(1 - o)`` (arXiv:2404.06109)."""
     verbose: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("refine_every", self.refine_every >= 1, "a positive integer"),
+            ("reset_every", self.reset_every >= 1, "a positive integer"),
+            ("prune_opa", 0 <= self.prune_opa < 1, "in [0, 1)"),
+            ("grow_grad2d", self.grow_grad2d >= 0, "non-negative"),
+            ("grow_scale3d", self.grow_scale3d > 0, "positive"),
+            ("prune_scale3d", self.prune_scale3d > 0, "positive"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"SplatDefaultDensification.{name} must be {expected}, got {getattr(self, name)!r}")
 
     def initialize_state(self, scene_scale: float) -> dict:
         state = {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}
@@ -56,12 +76,13 @@ class SplatDefaultDensification(SplatDensification):
     def step_post_backward(
         self, training_state: SplatTrainingState, state: dict, step: int, render: SplatRenderOutput
     ) -> None:
-        if step >= self.refine_stop_iter:
+        it = step - 1  # gsplat's 0-based iteration
+        if it >= self.refine_stop_iter:
             return
         self._update_state(training_state, state, render)
-        if step > self.refine_start_iter and step % self.refine_every == 0:
-            n_dupli, n_split = self._grow(training_state, state, step)
-            n_prune = self._prune(training_state, state, step)
+        if it > self.refine_start_iter and it % self.refine_every == 0:
+            n_dupli, n_split = self._grow(training_state, state, it)
+            n_prune = self._prune(training_state, state, it)
             if self.verbose:
                 print(f"step {step}: {n_dupli} cloned, {n_split} split, {n_prune} pruned, "
                       f"{training_state.num_gaussians} Gaussians")
@@ -69,7 +90,7 @@ class SplatDefaultDensification(SplatDensification):
             state["count"].zero_()
             if "radii" in state:
                 state["radii"].zero_()
-        if step % self.reset_every == 0:
+        if self.opacity_reset and it > 0 and it % self.reset_every == 0:
             ops.reset_opacity(training_state, self.prune_opa * 2.0)
 
     @torch.no_grad()

@@ -17,7 +17,8 @@ from splatkit.splat.training_state import SplatTrainingState
 class SplatMCMCDensification(SplatDensification):
     """Treat the Gaussians as MCMC samples: no gradient thresholds, a fixed budget.
 
-    - Every ``refine_every`` steps with ``refine_start_iter < s < refine_stop_iter``:
+    - Every ``refine_every`` steps with ``refine_start_iter < i < refine_stop_iter`` (``i = s - 1``
+      is gsplat's 0-based iteration of the trainer's step ``s``):
       Gaussians with opacity ``<= min_opacity`` are relocated onto live ones drawn in
       proportion to opacity (:func:`~splatkit.densification.ops.relocate`), then
       ``min(cap_max, int(1.05 N)) - N`` Gaussians are added the same way
@@ -42,6 +43,12 @@ class SplatMCMCDensification(SplatDensification):
     refine_every: int = 100
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
+    init_opacity: float = 0.5
+    """Initial opacity (used when SplatTrainerConfig.init_opacity is None), as the paper and gsplat's
+    "mcmc" preset start."""
+    init_scale: float = 0.1
+    """Initial scales as a multiple of the nearest-point distance (when SplatTrainerConfig.init_scale
+    is None), as the paper and gsplat's "mcmc" preset start."""
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -50,6 +57,8 @@ class SplatMCMCDensification(SplatDensification):
             ("noise_lr", self.noise_lr >= 0, "non-negative"),
             ("refine_every", self.refine_every >= 1, "a positive integer"),
             ("min_opacity", 0 <= self.min_opacity < 1, "in [0, 1)"),
+            ("init_opacity", 0 < self.init_opacity < 1, "in (0, 1)"),
+            ("init_scale", self.init_scale > 0, "positive"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -78,7 +87,8 @@ class SplatMCMCDensification(SplatDensification):
                 f"the splat has {n} Gaussians but SplatMCMCDensification.cap_max is {self.cap_max}; "
                 f"raise cap_max to at least {n} or start from fewer points"
             )
-        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+        it = step - 1  # the schedule counts gsplat's 0-based iteration, as the default strategy's does
+        if self.refine_start_iter < it < self.refine_stop_iter and it % self.refine_every == 0:
             n_relocated = self._relocate(training_state, state)
             n_added = self._add(training_state, state)
             if self.verbose:
