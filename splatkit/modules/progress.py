@@ -10,6 +10,31 @@ from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
 
 
+# Whole step over one render's forward + backward at the start (loss, optimiser, densification,
+# data), and how much slower the average step is than the first as densification adds Gaussians;
+# measured on the scenes of docs/quality.md (benchmarks/recipe_parity.py).
+STEP_OVERHEAD = 1.3
+GROWTH_RANGE = (1.0, 3.0)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def estimate_line(trainer, steps: int) -> str:
+    """One line estimating the run time of ``steps`` more steps, from a timed render now."""
+    per_step = trainer.probe_step_seconds() * STEP_OVERHEAD
+    lo, hi = (per_step * steps * g for g in GROWTH_RANGE)
+    frames = trainer.data_provider.train_batch(trainer.step + 1, trainer.config.batch_size, trainer.config.seed)
+    return (f"splatkit: {steps} steps on this CPU: about {_duration(lo)} to {_duration(hi)} "
+            f"({per_step:.3f} s per step now, {trainer.num_gaussians} Gaussians at {frames.cameras.width}x"
+            f"{frames.cameras.height}; steps slow down as densification adds Gaussians)")
+
+
 class SplatProgressTracker(SplatBaseModule):
     """A tqdm bar on a terminal; plain lines every ``log_every`` steps otherwise.
 
@@ -30,12 +55,14 @@ class SplatProgressTracker(SplatBaseModule):
         self._bar = None
         self._last = None
 
-    def on_setup(self, step: int, max_steps: int, world_rank: int = 0, **kwargs) -> None:
+    def on_setup(self, step: int, max_steps: int, world_rank: int = 0, trainer=None, **kwargs) -> None:
         self._enabled = world_rank == 0
         if not self._enabled:
             return
         out = self.stream or sys.stderr
         self._out = out
+        if trainer is not None and trainer.device.type == "cpu" and trainer.sharded is None and step < max_steps:
+            print(estimate_line(trainer, max_steps - step), file=out, flush=True)
         self._tty = hasattr(out, "isatty") and out.isatty()
         self._t0, self._step0 = time.perf_counter(), step
         if self._tty:
