@@ -103,7 +103,7 @@ class DemoCommand:
     batch_size: int = 1
     """Images per step (per process, under torchrun)."""
     dist_mode: Literal["replicate", "shard"] = "replicate"
-    """Under torchrun: every rank holds the whole splat, or each holds a shard of it (see README)."""
+    """Under torchrun: every rank holds the whole splat, or each holds a shard of it (docs/distributed.md)."""
     device: str = "auto"
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
