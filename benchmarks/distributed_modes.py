@@ -45,15 +45,18 @@ def worker(args) -> None:
         provider = SplatDemoDataProvider(SplatDemoDataProviderConfig())
         steps = args.steps
         cfg = dict(max_steps=steps, sh_degree_interval=max(1, steps // 5))
-        dens = SplatDefaultDensification(refine_start_iter=steps // 5, refine_stop_iter=4 * steps // 5,
-                                         refine_every=max(1, steps // 10), reset_every=10 * steps)
+        dens = SplatDefaultDensification(
+            refine_start_iter=steps // 5,
+            refine_stop_iter=4 * steps // 5,
+            refine_every=max(1, steps // 10),
+            reset_every=10 * steps,
+        )
     else:
         provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=args.memory_size, supersample=1))
         steps = args.memory_steps
         cfg = dict(max_steps=steps, init_type="random", init_num_points=args.points, init_extent=0.5)
         dens = SplatDefaultDensification(refine_start_iter=10**9)
-    config = SplatTrainerConfig(output_dir=args.out, batch_size=args.batch, dist_mode=mode, profile_steps=True,
-                                **cfg)
+    config = SplatTrainerConfig(output_dir=args.out, batch_size=args.batch, dist_mode=mode, profile_steps=True, **cfg)
     trainer = SplatTrainer(config, provider, densification=dens)
     trainer.setup()
     times = []
@@ -70,7 +73,7 @@ def worker(args) -> None:
         "gaussians_held": ts.num_gaussians,
         "param_and_adam_mb": round(sum(3 * p.numel() * p.element_size() for p in ts.params.values()) / 2**20, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "step_median_ms": round(1000 * statistics.median(times[len(times) // 5:]), 1),
+        "step_median_ms": round(1000 * statistics.median(times[len(times) // 5 :]), 1),
         "train_seconds": round(seconds, 1),
     }
     if metrics is not None:
@@ -82,15 +85,37 @@ def worker(args) -> None:
 def launch(mode: str, scenario: str, args, work: Path) -> dict:
     out = work / f"{scenario}_{mode}"
     out.mkdir(parents=True)
-    common = ["--worker", "--mode", mode, "--scenario", scenario, "--out", str(out), "--steps", str(args.steps),
-              "--points", str(args.points), "--memory-steps", str(args.memory_steps),
-              "--memory-size", str(args.memory_size)]
+    common = [
+        "--worker",
+        "--mode",
+        mode,
+        "--scenario",
+        scenario,
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--points",
+        str(args.points),
+        "--memory-steps",
+        str(args.memory_steps),
+        "--memory-size",
+        str(args.memory_size),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1" if mode != "single" else str(args.nproc))
     if mode == "single":
         cmd = [sys.executable, __file__, *common, "--batch", str(args.nproc)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", __file__, *common,
-               "--batch", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={args.nproc}",
+            __file__,
+            *common,
+            "--batch",
+            "1",
+        ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
@@ -118,8 +143,9 @@ def main() -> None:
     result = {"nproc": args.nproc, "steps": args.steps, "points": args.points}
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios:
-            result[scenario] = {mode: launch(mode, scenario, args, Path(tmp))
-                                for mode in ("single", "replicate", "shard")}
+            result[scenario] = {
+                mode: launch(mode, scenario, args, Path(tmp)) for mode in ("single", "replicate", "shard")
+            }
     print(json.dumps(result, indent=2))
 
 

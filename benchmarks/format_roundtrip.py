@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from splatkit.splat.model import SplatModel
 from splatkit.utils.files import json_safe
 
 
@@ -42,7 +43,7 @@ def _train_demo(steps: int, out_dir: Path):
     seconds = time.perf_counter() - t0
     frames = list(provider.test_frames())
     cams = [(f.cameras.viewmats, f.cameras.Ks, f.cameras.width, f.cameras.height) for f in frames]
-    return trainer.training_state.to_model(), cams, [f.images for f in frames], seconds
+    return SplatModel.from_training_state(trainer.training_state), cams, [f.images for f in frames], seconds
 
 
 def _orbit_cameras(model, n: int = 8, size: int = 128):
@@ -70,9 +71,18 @@ def _render(model, cams) -> list[torch.Tensor]:
     a = model.activated()
     out = []
     for viewmats, Ks, width, height in cams:
-        img, _, _ = rasterize(a["means"].float(), a["quats"].float(), a["scales"].float(), a["opacities"].float(),
-                              a["colors"].float(), viewmats.float(), Ks.float(), width, height,
-                              sh_degree=model.sh_degree)
+        img, _, _ = rasterize(
+            a["means"].float(),
+            a["quats"].float(),
+            a["scales"].float(),
+            a["opacities"].float(),
+            a["colors"].float(),
+            viewmats.float(),
+            Ks.float(),
+            width,
+            height,
+            sh_degree=model.sh_degree,
+        )
         out.append(img.clamp(0, 1))
     return out
 
@@ -121,8 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
             scene = {"source": str(args.ply), "cameras": f"{len(cams)} orbit views, 128x128"}
         else:
             model, cams, targets, train_seconds = _train_demo(args.steps, tmp)
-            scene = {"source": f"demo scene trained for {args.steps} steps", "train_seconds": round(train_seconds, 1),
-                     "cameras": f"{len(cams)} test views, {cams[0][2]}x{cams[0][3]}"}
+            scene = {
+                "source": f"demo scene trained for {args.steps} steps",
+                "train_seconds": round(train_seconds, 1),
+                "cameras": f"{len(cams)} test views, {cams[0][2]}x{cams[0][3]}",
+            }
         model = model.to("cpu")
         reference = _render(model, cams)
         result = {**scene, "num_gaussians": model.num_gaussians, "sh_degree": model.sh_degree}
@@ -137,8 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             t1 = time.perf_counter()
             loaded = read_splat(path)
             t2 = time.perf_counter()
-            original = (filter_model(model, fmt.write_order(model.params())) if fmt.write_order is not None
-                        else model)
+            original = filter_model(model, fmt.write_order(model.params())) if fmt.write_order is not None else model
             renders = _render(loaded, cams)
             psnrs = [_psnr_of(a, b) for a, b in zip(renders, reference)]
             size = path.stat().st_size

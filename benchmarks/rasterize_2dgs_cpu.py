@@ -20,14 +20,14 @@ OUTPUTS = ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median
 
 
 def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
-    from splatkit.renderer.backends import BACKENDS_2DGS
+    from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings
 
     means, quats, scales, opacities, colors, viewmats, Ks = scene(n, size, scale_dims=2)
     params = [t.requires_grad_(True) for t in (means, quats, scales, opacities, colors)]
-    raster = BACKENDS_2DGS[backend]
+    raster = BACKENDS[backend].rasterize_2dgs
 
     def step():
-        out = raster(*params, viewmats, Ks, size, size)
+        out = raster(RasterInputs(*params, viewmats, Ks, size, size), RasterSettings())
         sum(out[k].mean() for k in OUTPUTS).backward()
         for p in params:
             p.grad = None

@@ -96,8 +96,11 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
         row = {}
         for b in args.backends:
             reps = args.repeats if b != "torch" else max(3, args.repeats // 3)
-            out = subprocess.run([sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
+                capture_output=True,
+                text=True,
+            )
             if out.returncode != 0:
                 row[b] = {"error": out.stderr.strip().splitlines()[-1]}
                 continue
@@ -110,8 +113,9 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
 
 
 def main() -> None:
-    compare_main(__file__, run_one, ["10000x128", "50000x256", "200000x512"], "gaussians",
-                 "rasterize_cpu forward+backward")
+    compare_main(
+        __file__, run_one, ["10000x128", "50000x256", "200000x512"], "gaussians", "rasterize_cpu forward+backward"
+    )
 
 
 if __name__ == "__main__":

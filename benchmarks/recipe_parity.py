@@ -54,10 +54,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from splatkit.cli import TrainCommand, _data_provider, build_trainer  # noqa: E402
-from splatkit.data_provider import (  # noqa: E402
-    SplatBlenderDataProviderConfig,
-    SplatColmapDataProviderConfig,
-)
+from splatkit.data_provider import SplatBlenderDataProviderConfig, SplatColmapDataProviderConfig  # noqa: E402
 from splatkit.data_provider.demo import write_synthetic_capture  # noqa: E402
 from splatkit.renderer import rasterize  # noqa: E402
 from splatkit.trainer import SplatTrainerConfig  # noqa: E402
@@ -90,8 +87,10 @@ def scene_command(name: str, args) -> TrainCommand:
         path = root / "statue_of_liberty"
         if not path.is_dir():
             raise SystemExit(f"statue_of_liberty not found at {path}; set SPLATKIT_DATASETS")
-        return TrainCommand(data=str(path), colmap=SplatColmapDataProviderConfig(
-            "", "", factor=args.factor, masks_dir=str(path / "masks")))
+        return TrainCommand(
+            data=str(path),
+            colmap=SplatColmapDataProviderConfig("", "", factor=args.factor, masks_dir=str(path / "masks")),
+        )
     raise SystemExit(f"unknown scene {name!r}")
 
 
@@ -137,9 +136,20 @@ def _quat_scale_to_covar_cpu(quats, scales, compute_covar=True, compute_preci=Tr
     """Port of gsplat's ``quat_scale_to_covar_preci`` (its PyTorch reference ``_quat_scale_to_covar_preci``):
     ``R S S^T R^T`` from normalised wxyz quaternions."""
     w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    R = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(-1, 3, 3)
     M = R * scales[:, None, :]
     covars = M @ M.transpose(-1, -2) if compute_covar else None
     return covars, None
@@ -216,17 +226,31 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
     colors = torch.zeros(N, 16, 3)
     colors[:, 0] = (rgbs - 0.5) / SH_C0
     splats = {
-        "means": torch.nn.Parameter(points.float()), "scales": torch.nn.Parameter(scales),
-        "quats": torch.nn.Parameter(quats), "opacities": torch.nn.Parameter(opacities),
-        "sh0": torch.nn.Parameter(colors[:, :1].clone()), "shN": torch.nn.Parameter(colors[:, 1:].clone()),
+        "means": torch.nn.Parameter(points.float()),
+        "scales": torch.nn.Parameter(scales),
+        "quats": torch.nn.Parameter(quats),
+        "opacities": torch.nn.Parameter(opacities),
+        "sh0": torch.nn.Parameter(colors[:, :1].clone()),
+        "shN": torch.nn.Parameter(colors[:, 1:].clone()),
     }
-    lrs = {"means": 1.6e-4 * scene_scale, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3,
-           "shN": 2.5e-3 / 20}
+    lrs = {
+        "means": 1.6e-4 * scene_scale,
+        "scales": 5e-3,
+        "quats": 1e-3,
+        "opacities": 5e-2,
+        "sh0": 2.5e-3,
+        "shN": 2.5e-3 / 20,
+    }
     BS = 1
-    optimizers = {n: torch.optim.Adam([{"params": splats[n], "lr": lrs[n] * math.sqrt(BS), "name": n}],
-                                      eps=1e-15 / math.sqrt(BS), betas=(1 - BS * (1 - 0.9), 1 - BS * (1 - 0.999)),
-                                      fused=True)
-                  for n in splats}
+    optimizers = {
+        n: torch.optim.Adam(
+            [{"params": splats[n], "lr": lrs[n] * math.sqrt(BS), "name": n}],
+            eps=1e-15 / math.sqrt(BS),
+            betas=(1 - BS * (1 - 0.9), 1 - BS * (1 - 0.999)),
+            fused=True,
+        )
+        for n in splats
+    }
     strategy = MCMCStrategy() if mcmc else DefaultStrategy()
     strategy.check_sanity(splats, optimizers)
     state = strategy.initialize_state() if mcmc else strategy.initialize_state(scene_scale=scene_scale)
@@ -234,10 +258,20 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
     bg = None if background is None else torch.tensor([background], dtype=torch.float32)
 
     def render(cams, sh_degree):
-        return rasterize(splats["means"], splats["quats"], torch.exp(splats["scales"]),
-                         torch.sigmoid(splats["opacities"]), torch.cat([splats["sh0"], splats["shN"]], 1),
-                         cams.viewmats, cams.Ks, cams.width, cams.height, sh_degree=sh_degree,
-                         backgrounds=None if bg is None else bg.expand(len(cams), 3), backend="cpu")
+        return rasterize(
+            splats["means"],
+            splats["quats"],
+            torch.exp(splats["scales"]),
+            torch.sigmoid(splats["opacities"]),
+            torch.cat([splats["sh0"], splats["shN"]], 1),
+            cams.viewmats,
+            cams.Ks,
+            cams.width,
+            cams.height,
+            sh_degree=sh_degree,
+            backgrounds=None if bg is None else bg.expand(len(cams), 3),
+            backend="cpu",
+        )
 
     order_gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -250,8 +284,14 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
         pixels, masks = frame.images, frame.masks
         sh_degree = min(step // 1000, 3)
         colors_out, _, meta = render(frame.cameras, sh_degree)
-        info = {"means2d": meta["means2d"], "radii": meta["radii"], "width": frame.cameras.width,
-                "height": frame.cameras.height, "n_cameras": len(frame.cameras), "gaussian_ids": None}
+        info = {
+            "means2d": meta["means2d"],
+            "radii": meta["radii"],
+            "width": frame.cameras.width,
+            "height": frame.cameras.height,
+            "n_cameras": len(frame.cameras),
+            "gaussian_ids": None,
+        }
         if masks is not None:
             colors_out = torch.where(masks, colors_out, 0.0)
         strategy.step_pre_backward(splats, optimizers, state, step, info)
@@ -278,27 +318,48 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
         else:
             strategy.step_post_backward(splats, optimizers, state, step, info, packed=False)
         if log_every and (step + 1) % log_every == 0:
-            print(f"  recipe step {step + 1}: loss {loss.item():.4f}, {len(splats['means'])} Gaussians, "
-                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            print(
+                f"  recipe step {step + 1}: loss {loss.item():.4f}, {len(splats['means'])} Gaussians, "
+                f"{time.perf_counter() - t0:.0f} s",
+                file=sys.stderr,
+            )
     seconds = time.perf_counter() - t0
     result = score(lambda cams: render(cams, 3)[0], provider)
-    return {**result, "num_gaussians": len(splats["means"]), "train_seconds": round(seconds, 1), "init": init,
-            "init_points": N, "scene_scale": round(scene_scale, 4)}
+    return {
+        **result,
+        "num_gaussians": len(splats["means"]),
+        "train_seconds": round(seconds, 1),
+        "init": init,
+        "init_points": N,
+        "scene_scale": round(scene_scale, 4),
+    }
 
 
 # ----------------------------------------------------------------------------- splatkit
 def run_splatkit(cmd: TrainCommand, provider, steps: int, seed: int, strategy_name: str, out_dir: Path) -> dict:
-    cmd = dataclasses.replace(cmd, strategy=strategy_name, progress=False, save_splat=False, save_ckpt=False,
-                              trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out_dir)))
+    cmd = dataclasses.replace(
+        cmd,
+        strategy=strategy_name,
+        progress=False,
+        save_splat=False,
+        save_ckpt=False,
+        trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out_dir)),
+    )
     trainer, _ = build_trainer(cmd, provider)
     t0 = time.perf_counter()
     trainer.run()
     seconds = time.perf_counter() - t0
     result = score(lambda cams: trainer.render_view(cams).images, provider)
     own = trainer.evaluate()
-    return {**result, "num_gaussians": trainer.num_gaussians, "train_seconds": round(seconds, 1),
-            "init": trainer.init_report["type"], "init_points": trainer.init_report["num_points"],
-            "background": list(trainer.background), "trainer_evaluate_psnr": own["psnr"]}
+    return {
+        **result,
+        "num_gaussians": trainer.num_gaussians,
+        "train_seconds": round(seconds, 1),
+        "init": trainer.init_report["type"],
+        "init_points": trainer.init_report["num_points"],
+        "background": list(trainer.background),
+        "trainer_evaluate_psnr": own["psnr"],
+    }
 
 
 def main() -> None:
@@ -314,8 +375,15 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=0, help="print the recipe's progress every N steps")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    report = {"steps": args.steps, "strategy": args.strategy, "seed": args.seed, "factor": args.factor,
-              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "scenes": {}}
+    report = {
+        "steps": args.steps,
+        "strategy": args.strategy,
+        "seed": args.seed,
+        "factor": args.factor,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "scenes": {},
+    }
     for name in args.scenes:
         cmd = scene_command(name, args)
         provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
@@ -334,8 +402,7 @@ def main() -> None:
         if "recipe" in entry and "splatkit" in entry:
             entry["psnr_gap_db"] = round(entry["splatkit"]["psnr"] - entry["recipe"]["psnr"], 3)
         report["scenes"][name] = entry
-        if hasattr(provider, "close"):
-            provider.close()
+        provider.close()
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

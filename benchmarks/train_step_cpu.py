@@ -60,8 +60,11 @@ def make_provider(scene: str):
     if scene == "fox":
         if not (DATASETS / "fox").is_dir():
             raise SystemExit(f"fox not found under {DATASETS}; set SPLATKIT_DATASETS")
-        p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(
-            str(DATASETS / "fox"), factor=4, normalize=True, loader=SplatLoaderConfig(cache_mb=2048)))
+        p = SplatBlenderDataProvider(
+            SplatBlenderDataProviderConfig(
+                str(DATASETS / "fox"), factor=4, normalize=True, loader=SplatLoaderConfig(cache_mb=2048)
+            )
+        )
         return p, seeded_from_photos(p, 200_000)
     raise SystemExit(f"unknown scene {scene!r}")
 
@@ -120,10 +123,16 @@ def main() -> None:
         rows = {}
         for backend in args.backends:
             steps = args.steps if backend != "torch" else args.torch_steps
-            p = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--worker", scene, backend],
-                               capture_output=True, text=True)
-            rows[backend] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0
-                             else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+            p = subprocess.run(
+                [sys.executable, __file__, "--steps", str(steps), "--worker", scene, backend],
+                capture_output=True,
+                text=True,
+            )
+            rows[backend] = (
+                json.loads(p.stdout.strip().splitlines()[-1])
+                if p.returncode == 0
+                else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+            )
         entry = {"scene": scene, "results": rows}
         if all("step_median_s" in rows.get(b, {}) for b in ("cpu", "torch")):
             entry["step_speedup_cpu_vs_torch"] = rows["torch"]["step_median_s"] / rows["cpu"]["step_median_s"]

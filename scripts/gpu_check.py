@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from splatkit.renderer import rasterize  # noqa: E402
-from splatkit.renderer.backends import GSPLAT_OPTIONS  # noqa: E402
+from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings  # noqa: E402
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w  # noqa: E402
 from splatkit.splat.sh import rgb_to_sh  # noqa: E402
 
@@ -62,8 +62,11 @@ def random_scene(n, seed, spread=1.0, sh_degree=None, scale_range=(0.03, 0.25)):
     scales = torch.exp(torch.rand(n, 3, generator=g) * (hi - lo) + lo)
     quats = torch.randn(n, 4, generator=g)
     opacities = torch.rand(n, generator=g) * 0.8 + 0.1
-    colors = torch.rand(n, 3, generator=g) if sh_degree is None else torch.randn(n, (sh_degree + 1) ** 2, 3,
-                                                                                  generator=g) * 0.3
+    colors = (
+        torch.rand(n, 3, generator=g)
+        if sh_degree is None
+        else torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
+    )
     return [t.double() for t in (means, quats, scales, opacities, colors)]
 
 
@@ -73,10 +76,16 @@ def ring_cameras(width, height, n=1, distance=4.0):
     for i in range(n):
         a = 2 * math.pi * i / n + 0.3
         eye = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.8], dtype=torch.float64)
-        vms.append(c2w_to_viewmat(look_at_c2w(eye, torch.zeros(3, dtype=torch.float64),
-                                              torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))))
-        Ks.append(torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]],
-                               dtype=torch.float64))
+        vms.append(
+            c2w_to_viewmat(
+                look_at_c2w(
+                    eye, torch.zeros(3, dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+                )
+            )
+        )
+        Ks.append(
+            torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]], dtype=torch.float64)
+        )
     return torch.stack(vms), torch.stack(Ks)
 
 
@@ -86,11 +95,11 @@ def edge_case_scene(n, seed):
     means, quats, scales, opacities, colors = random_scene(n, seed, sh_degree=3)
     k = n // 10
     scales[:k] = 1e-4
-    scales[k:k + 5] = 3.0
-    opacities[k:k + 5] = 0.3
-    scales[2 * k:3 * k, 0] = 1e-7
-    scales[3 * k:4 * k, 1:] = 1e-7
-    opacities[4 * k:6 * k] = 0.9995
+    scales[k : k + 5] = 3.0
+    opacities[k : k + 5] = 0.3
+    scales[2 * k : 3 * k, 0] = 1e-7
+    scales[3 * k : 4 * k, 1:] = 1e-7
+    opacities[4 * k : 6 * k] = 0.9995
     return [means, quats, scales, opacities, colors]
 
 
@@ -139,21 +148,29 @@ def render_and_grad(scene, vm, K, W, H, backend, dtype, device, **kw):
 
 
 def parity_case(name, scene, vm, K, W, H, device, candidate, **kw) -> dict:
-    ref_kw = {k: v for k, v in kw.items() if k not in GSPLAT_OPTIONS}  # the reference takes none of them
+    ref_kw = {k: v for k, v in kw.items() if k not in BACKENDS["gsplat"].options}  # the reference takes none
     ref = render_and_grad(scene, vm, K, W, H, "torch", torch.float64, device, **ref_kw)
     cand = render_and_grad(scene, vm, K, W, H, candidate, torch.float32, device, **kw)
     d_img = (ref[0] - cand[0]).abs()
     d_alpha = (ref[1] - cand[1]).abs()
     out = {
-        "case": name, "gaussians": int(scene[0].shape[0]), "cameras": int(vm.shape[0]), "image": [W, H],
+        "case": name,
+        "gaussians": int(scene[0].shape[0]),
+        "cameras": int(vm.shape[0]),
+        "image": [W, H],
         "options": {k: v for k, v in kw.items() if not isinstance(v, torch.Tensor)},
-        "image_mean_abs": float(d_img.mean()), "image_max_abs": float(d_img.max()),
-        "alpha_mean_abs": float(d_alpha.mean()), "alpha_max_abs": float(d_alpha.max()),
+        "image_mean_abs": float(d_img.mean()),
+        "image_max_abs": float(d_img.max()),
+        "alpha_mean_abs": float(d_alpha.mean()),
+        "alpha_max_abs": float(d_alpha.max()),
     }
     out["grad_rel_l2"] = grad_rel_l2(ref[2], cand[2])
-    out["pass"] = (out["image_mean_abs"] < TOL["image_mean_abs"] and out["image_max_abs"] < TOL["image_max_abs"]
-                   and out["alpha_mean_abs"] < TOL["image_mean_abs"]
-                   and all(v < TOL["grad_rel_l2"] for v in out["grad_rel_l2"].values()))
+    out["pass"] = (
+        out["image_mean_abs"] < TOL["image_mean_abs"]
+        and out["image_max_abs"] < TOL["image_max_abs"]
+        and out["alpha_mean_abs"] < TOL["image_mean_abs"]
+        and all(v < TOL["grad_rel_l2"] for v in out["grad_rel_l2"].values())
+    )
     return out
 
 
@@ -166,31 +183,40 @@ def parity_case_2dgs(name, scene, vm, K, W, H, device, candidate, sh_degree=None
     of several units in the geometry gradients). So a gradient passes when it is within
     the tolerance or within 3x of that float32 floor (``grad_rel_l2_float32_reference``).
     """
-    from splatkit.renderer.backends import BACKENDS_2DGS
-
     keys = ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median_depth")
     results = []
     for backend, dtype in (("torch", torch.float64), ("torch", torch.float32), (candidate, torch.float32)):
         params = [t.to(device=device, dtype=dtype).clone().requires_grad_(True) for t in scene]
         params_in = params[:2] + [params[2][:, :2]] + params[3:]
-        out = BACKENDS_2DGS[backend](*params_in, vm.to(device, dtype), K.to(device, dtype), W, H,
-                                     sh_degree=sh_degree)
+        inputs = RasterInputs(*params_in, vm.to(device, dtype), K.to(device, dtype), W, H, sh_degree)
+        out = BACKENDS[backend].rasterize_2dgs(inputs, RasterSettings())
         g = torch.Generator().manual_seed(0)
         loss = 0.0
         for k in keys:
             w = torch.randn(out[k].shape, generator=g, dtype=torch.float64).to(device, dtype)
             loss = loss + (out[k] * w).sum()
         loss.backward()
-        results.append(({k: out[k].detach().double() for k in keys},
-                        [(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).double() for p in params]))
+        results.append(
+            (
+                {k: out[k].detach().double() for k in keys},
+                [(p.grad.to_dense() if p.grad is not None else torch.zeros_like(p)).double() for p in params],
+            )
+        )
     (ref, gref), (_, gref32), (cand, gcand) = results
-    row = {"case": name, "model": "2dgs", "gaussians": int(scene[0].shape[0]), "cameras": int(vm.shape[0]),
-           "image": [W, H], "output_mean_abs": {k: float((ref[k] - cand[k]).abs().mean()) for k in keys},
-           "output_max_abs": {k: float((ref[k] - cand[k]).abs().max()) for k in keys}}
+    row = {
+        "case": name,
+        "model": "2dgs",
+        "gaussians": int(scene[0].shape[0]),
+        "cameras": int(vm.shape[0]),
+        "image": [W, H],
+        "output_mean_abs": {k: float((ref[k] - cand[k]).abs().mean()) for k in keys},
+        "output_max_abs": {k: float((ref[k] - cand[k]).abs().max()) for k in keys},
+    }
     row["grad_rel_l2"] = grad_rel_l2(gref, gcand)
     row["grad_rel_l2_float32_reference"] = floor = grad_rel_l2(gref, gref32)
-    row["pass"] = (all(v < TOL["image_mean_abs"] for v in row["output_mean_abs"].values())
-                   and all(v < max(TOL["grad_rel_l2"], 3 * floor[k]) for k, v in row["grad_rel_l2"].items()))
+    row["pass"] = all(v < TOL["image_mean_abs"] for v in row["output_mean_abs"].values()) and all(
+        v < max(TOL["grad_rel_l2"], 3 * floor[k]) for k, v in row["grad_rel_l2"].items()
+    )
     return row
 
 
@@ -202,27 +228,65 @@ def part_parity(args, device) -> dict:
     for sh in (None, 3):
         vm, K = ring_cameras(W, H, n=3)
         bg = torch.tensor([[0.1, 0.2, 0.3], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
-        cases.append(parity_case(f"random_sh{sh}", random_scene(n, 10, sh_degree=sh), vm, K, W, H, device,
-                                 args.candidate, sh_degree=sh, backgrounds=bg))
+        cases.append(
+            parity_case(
+                f"random_sh{sh}",
+                random_scene(n, 10, sh_degree=sh),
+                vm,
+                K,
+                W,
+                H,
+                device,
+                args.candidate,
+                sh_degree=sh,
+                backgrounds=bg,
+            )
+        )
     vm, K = ring_cameras(W, H, n=2)
     scene = edge_case_scene(n, 11)
     cases.append(parity_case("edge_cases", scene, vm, K, W, H, device, args.candidate, sh_degree=3))
-    cases.append(parity_case("edge_cases_antialiased", scene, vm, K, W, H, device, args.candidate, sh_degree=3,
-                             rasterize_mode="antialiased"))
-    cases.append(parity_case("depth_RGB+ED", scene, vm, K, W, H, device, args.candidate, sh_degree=3,
-                             render_mode="RGB+ED"))
+    cases.append(
+        parity_case(
+            "edge_cases_antialiased",
+            scene,
+            vm,
+            K,
+            W,
+            H,
+            device,
+            args.candidate,
+            sh_degree=3,
+            rasterize_mode="antialiased",
+        )
+    )
+    cases.append(
+        parity_case("depth_RGB+ED", scene, vm, K, W, H, device, args.candidate, sh_degree=3, render_mode="RGB+ED")
+    )
     # The projection and compositing stages sharded training uses (one process: the
     # exchange between ranks is the identity), against the reference's.
-    cases.append(parity_case("edge_cases_sharded_stages", scene, vm, K, W, H, device, args.candidate, sh_degree=3,
-                             distributed=True))
+    cases.append(
+        parity_case(
+            "edge_cases_sharded_stages", scene, vm, K, W, H, device, args.candidate, sh_degree=3, distributed=True
+        )
+    )
     if args.candidate == "gsplat":
-        cases.append(parity_case("edge_cases_packed", scene, vm, K, W, H, device, "gsplat", sh_degree=3,
-                                 packed=True))
-        cases.append(parity_case("edge_cases_packed_sparse_grad", scene, vm, K, W, H, device, "gsplat",
-                                 sh_degree=3, packed=True, sparse_grad=True))
-    from splatkit.renderer.backends import BACKENDS_2DGS
-
-    if args.candidate in BACKENDS_2DGS:
+        cases.append(parity_case("edge_cases_packed", scene, vm, K, W, H, device, "gsplat", sh_degree=3, packed=True))
+        cases.append(
+            parity_case(
+                "edge_cases_packed_sparse_grad",
+                scene,
+                vm,
+                K,
+                W,
+                H,
+                device,
+                "gsplat",
+                sh_degree=3,
+                packed=True,
+                sparse_grad=True,
+            )
+        )
+    if BACKENDS[args.candidate].supports("2dgs"):
         surfels = random_scene(n // 4, 12, sh_degree=3, scale_range=(0.02, 0.2))
         cases.append(parity_case_2dgs("surfels_sh3", surfels, vm, K, W, H, device, args.candidate, sh_degree=3))
         edge = edge_case_scene(n // 4, 13)
@@ -250,14 +314,29 @@ def part_overhead(args, device) -> dict:
     # Targets: renders of a different random scene (so the loss is not trivial).
     target_scene = [t.float().to(device) for t in random_scene(20_000 if not args.dry_run else 500, 99)]
     with torch.no_grad():
-        targets = torch.cat([
-            rasterize(*target_scene, vm[i:i + 1].to(device), K[i:i + 1].to(device), W, H, backend=args.candidate)[0]
-            for i in range(n_views)]).clamp(0, 1).cpu()
+        targets = (
+            torch.cat(
+                [
+                    rasterize(
+                        *target_scene, vm[i : i + 1].to(device), K[i : i + 1].to(device), W, H, backend=args.candidate
+                    )[0]
+                    for i in range(n_views)
+                ]
+            )
+            .clamp(0, 1)
+            .cpu()
+        )
     means, quats, scales, opac, _ = random_scene(n, 5, scale_range=(0.002, 0.02))
     g = torch.Generator().manual_seed(6)
     sh = torch.randn(n, 16, 3, generator=g) * 0.1
-    model = SplatModel(means=means.float(), scales=scales.log().float(), quats=quats.float(),
-                       opacities=torch.logit(opac).float(), sh0=sh[:, :1].float(), shN=sh[:, 1:].float())
+    model = SplatModel(
+        means=means.float(),
+        scales=scales.log().float(),
+        quats=quats.float(),
+        opacities=torch.logit(opac).float(),
+        sh0=sh[:, :1].float(),
+        shN=sh[:, 1:].float(),
+    )
 
     class Frames(SplatDataProvider):
         scene_scale = 1.0
@@ -269,7 +348,7 @@ def part_overhead(args, device) -> dict:
             return 0
 
         def train_frame(self, i):
-            return SplatFrames(SplatCameras(vm[i:i + 1], K[i:i + 1], W, H), targets[i:i + 1], None, [f"view{i}"])
+            return SplatFrames(SplatCameras(vm[i : i + 1], K[i : i + 1], W, H), targets[i : i + 1], None, [f"view{i}"])
 
         test_frame = train_frame
 
@@ -286,11 +365,13 @@ def part_overhead(args, device) -> dict:
         def step_post_backward(self, *a, **k):
             pass
 
-    cfg = SplatTrainerConfig(max_steps=10**6, output_dir=str(args.work / "overhead"), device=str(device),
-                             sh_degree_interval=1)
+    cfg = SplatTrainerConfig(
+        max_steps=10**6, output_dir=str(args.work / "overhead"), device=str(device), sh_degree_interval=1
+    )
     provider = Frames()
-    trainer = SplatTrainer(cfg, provider, Splat3DGSRenderer(backend=args.candidate), Splat3DGSLossFn(),
-                           NoDensification(), [])
+    trainer = SplatTrainer(
+        cfg, provider, Splat3DGSRenderer(backend=args.candidate), Splat3DGSLossFn(), NoDensification(), []
+    )
     trainer.setup()
     trainer.training_state = model.to_training_state(cfg.learning_rates(1.0), device)
 
@@ -305,11 +386,21 @@ def part_overhead(args, device) -> dict:
 
     def minimal_step(s):
         i = order[(s - 1) % len(order)]
-        gt = targets[i:i + 1].to(device, non_blocking=True)
+        gt = targets[i : i + 1].to(device, non_blocking=True)
         colors = torch.cat([params["sh0"], params["shN"]], dim=1)
-        img, _, meta = rasterize(params["means"], params["quats"], torch.exp(params["scales"]),
-                                 torch.sigmoid(params["opacities"]), colors, vm[i:i + 1].to(device),
-                                 K[i:i + 1].to(device), W, H, sh_degree=3, backend=args.candidate)
+        img, _, meta = rasterize(
+            params["means"],
+            params["quats"],
+            torch.exp(params["scales"]),
+            torch.sigmoid(params["opacities"]),
+            colors,
+            vm[i : i + 1].to(device),
+            K[i : i + 1].to(device),
+            W,
+            H,
+            sh_degree=3,
+            backend=args.candidate,
+        )
         loss = 0.8 * (img - gt).abs().mean() + 0.2 * (1 - ssim(img, gt).mean())
         loss.backward()
         for o in opts:
@@ -332,39 +423,78 @@ def part_overhead(args, device) -> dict:
     rows = []
     for r in range(rounds):  # interleaved, so drift hits both alike
         t_mini = statistics.median(timed(minimal_step))
-        t_kit = statistics.median(timed(lambda s: trainer.train_step(s + r * (warmup + steps))))
+        t_kit = statistics.median(timed(lambda s, r=r: trainer.train_step(s + r * (warmup + steps))))
         rows.append({"minimal_s": t_mini, "splatkit_s": t_kit})
     mini_s = statistics.median(r["minimal_s"] for r in rows)
     kit_s = statistics.median(r["splatkit_s"] for r in rows)
-    return {"gaussians": n, "image": [W, H], "steps_per_round": steps, "rounds": rows,
-            "minimal_step_median_s": mini_s, "splatkit_step_median_s": kit_s, "ratio": kit_s / mini_s,
-            "goal_ratio": 1.05}
+    return {
+        "gaussians": n,
+        "image": [W, H],
+        "steps_per_round": steps,
+        "rounds": rows,
+        "minimal_step_median_s": mini_s,
+        "splatkit_step_median_s": kit_s,
+        "ratio": kit_s / mini_s,
+        "goal_ratio": 1.05,
+    }
 
 
 # ---------------------------------------------------------------- c. real run
 def part_real_run(args) -> dict:
     runs = {}
     if args.dry_run:
-        data_args = ["--data", "demo", "--demo.image-size", "32", "--demo.num-cameras", "8",
-                     "--demo.num-init-points", "500"]
+        data_args = [
+            "--data",
+            "demo",
+            "--demo.image-size",
+            "32",
+            "--demo.num-cameras",
+            "8",
+            "--demo.num-init-points",
+            "500",
+        ]
         steps = 20
     else:
         if args.data is None or not (args.data / "fox").is_dir():
             return {"skipped": f"fox not found under {args.data}"}
         data_args = ["--data", str(args.data / "fox"), "--blender.factor", "8", "--init-num-points", "30000"]
         steps = args.real_steps
-    common = ["--max-steps", str(steps), "--sh-degree-interval", str(max(1, steps // 6)),
-              "--densification.refine-start-iter", str(steps // 6),
-              "--densification.refine-stop-iter", str(5 * steps // 6),
-              "--densification.refine-every", str(max(1, steps // 30)),
-              "--densification.reset-every", "1000000", "--no-progress", "--no-save-ckpt"]
+    common = [
+        "--max-steps",
+        str(steps),
+        "--sh-degree-interval",
+        str(max(1, steps // 6)),
+        "--densification.refine-start-iter",
+        str(steps // 6),
+        "--densification.refine-stop-iter",
+        str(5 * steps // 6),
+        "--densification.refine-every",
+        str(max(1, steps // 30)),
+        "--densification.reset-every",
+        "1000000",
+        "--no-progress",
+        "--no-save-ckpt",
+    ]
     for label, device, backend in (("gpu", args.device_name, args.candidate), ("cpu", "cpu", "auto")):
         if args.dry_run and label == "gpu":
             device = "cpu"
         summary = args.work / f"real_{label}.json"
-        cmd = [sys.executable, "-m", "splatkit", "train", *data_args, *common, "--device", device,
-               "--renderer.backend", backend, "--output-dir", str(args.work / f"real_{label}"),
-               "--summary-json", str(summary)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "splatkit",
+            "train",
+            *data_args,
+            *common,
+            "--device",
+            device,
+            "--renderer.backend",
+            backend,
+            "--output-dir",
+            str(args.work / f"real_{label}"),
+            "--summary-json",
+            str(summary),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -385,8 +515,16 @@ def part_multi_gpu(args) -> dict:
     if n < 2:
         return {"skipped": f"{n} GPU lent: the multi-process case needs at least 2"}
     if args.dry_run:
-        data_args = ["--data", "demo", "--demo.image-size", "32", "--demo.num-cameras", "8",
-                     "--demo.num-init-points", "300"]
+        data_args = [
+            "--data",
+            "demo",
+            "--demo.image-size",
+            "32",
+            "--demo.num-cameras",
+            "8",
+            "--demo.num-init-points",
+            "300",
+        ]
         steps, device = 10, "cpu"
     else:
         if args.data is None or not (args.data / "fox").is_dir():
@@ -396,12 +534,24 @@ def part_multi_gpu(args) -> dict:
     common = [*data_args, "--max-steps", str(steps), "--no-progress", "--no-save-ckpt", "--device", device]
     runs = {}
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "-m", "splatkit"]
-    for label, launcher, batch, extra in (("multi", torchrun, 1, []),
-                                          ("multi_sharded", torchrun, 1, ["--dist-mode", "shard"]),
-                                          ("single", [sys.executable, "-m", "splatkit"], n, [])):
+    for label, launcher, batch, extra in (
+        ("multi", torchrun, 1, []),
+        ("multi_sharded", torchrun, 1, ["--dist-mode", "shard"]),
+        ("single", [sys.executable, "-m", "splatkit"], n, []),
+    ):
         summary = args.work / f"multi_{label}.json"
-        cmd = [*launcher, "train", *common, *extra, "--batch-size", str(batch), "--output-dir",
-               str(args.work / f"multi_{label}"), "--summary-json", str(summary)]
+        cmd = [
+            *launcher,
+            "train",
+            *common,
+            *extra,
+            "--batch-size",
+            str(batch),
+            "--output-dir",
+            str(args.work / f"multi_{label}"),
+            "--summary-json",
+            str(summary),
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         if proc.returncode != 0:
@@ -433,14 +583,22 @@ def main() -> None:
             raise SystemExit(f"gpu_check: gsplat cannot run here: {reason}")
         args.candidate, args.device_name = "gsplat", "cuda"
     device = torch.device(args.device_name)
-    result: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "candidate": args.candidate, "dry_run": args.dry_run}
+    result: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "candidate": args.candidate,
+        "dry_run": args.dry_run,
+    }
     if args.candidate == "gsplat":
         import gsplat
 
         result["gsplat"] = gsplat.__version__
-    parts = {"parity": lambda: part_parity(args, device), "overhead": lambda: part_overhead(args, device),
-             "real": lambda: part_real_run(args), "multi_gpu": lambda: part_multi_gpu(args)}
+    parts = {
+        "parity": lambda: part_parity(args, device),
+        "overhead": lambda: part_overhead(args, device),
+        "real": lambda: part_real_run(args),
+        "multi_gpu": lambda: part_multi_gpu(args),
+    }
     for name in args.parts.split(","):
         t0 = time.perf_counter()
         try:

@@ -26,7 +26,7 @@ from splatkit.densification import SplatDefaultDensification, SplatMCMCDensifica
 from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
-from splatkit.renderer.backends import resolve_backend_name, resolve_backend_name_2dgs
+from splatkit.renderer.backends import resolve
 from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
@@ -181,26 +181,42 @@ def demo_setup(steps: int) -> tuple[SplatTrainerConfig, SplatDefaultDensificatio
     """Schedules of the 30k-step defaults compressed to a ``steps``-step demo."""
     config = SplatTrainerConfig(max_steps=steps, sh_degree_interval=max(1, steps // 5))
     densification = SplatDefaultDensification(
-        refine_start_iter=steps // 5, refine_stop_iter=(4 * steps) // 5, refine_every=max(1, steps // 10),
+        refine_start_iter=steps // 5,
+        refine_stop_iter=(4 * steps) // 5,
+        refine_every=max(1, steps // 10),
         reset_every=10 * steps,
     )
     return config, densification
 
 
-def demo_command(steps: int, model: str = "3dgs", strategy: str = "default", backend: str = "auto",
-                 **kwargs) -> TrainCommand:
+def demo_command(
+    steps: int, model: str = "3dgs", strategy: str = "default", backend: str = "auto", **kwargs
+) -> TrainCommand:
     """A TrainCommand for the demo scene with every schedule of the 30k-step defaults
     (densification, SH degree, 2DGS regularisers) compressed to ``steps`` steps."""
     config, densification = demo_setup(steps)
-    config = dataclasses.replace(config, **{k: kwargs.pop(k) for k in ("output_dir", "device", "batch_size",
-                                                                       "dist_mode") if k in kwargs})
+    config = dataclasses.replace(
+        config, **{k: kwargs.pop(k) for k in ("output_dir", "device", "batch_size", "dist_mode") if k in kwargs}
+    )
     frac = steps / 30_000
-    mcmc = SplatMCMCDensification(refine_start_iter=steps // 5, refine_stop_iter=(4 * steps) // 5,
-                                  refine_every=max(1, steps // 40), cap_max=30_000)
+    mcmc = SplatMCMCDensification(
+        refine_start_iter=steps // 5,
+        refine_stop_iter=(4 * steps) // 5,
+        refine_every=max(1, steps // 40),
+        cap_max=30_000,
+    )
     loss_2dgs = Splat2DGSLossFn(normal_start_iter=round(7000 * frac), dist_start_iter=round(3000 * frac))
-    return TrainCommand(model=model, strategy=strategy, trainer=config, densification=densification, mcmc=mcmc,
-                        renderer=Splat3DGSRenderer(backend=backend), renderer_2dgs=Splat2DGSRenderer(backend=backend),
-                        loss_2dgs=loss_2dgs, **kwargs)
+    return TrainCommand(
+        model=model,
+        strategy=strategy,
+        trainer=config,
+        densification=densification,
+        mcmc=mcmc,
+        renderer=Splat3DGSRenderer(backend=backend),
+        renderer_2dgs=Splat2DGSRenderer(backend=backend),
+        loss_2dgs=loss_2dgs,
+        **kwargs,
+    )
 
 
 def components(cmd: TrainCommand):
@@ -213,10 +229,13 @@ def components(cmd: TrainCommand):
     return renderer, loss, densification
 
 
-def _data_provider(data: str, demo: SplatDemoDataProviderConfig | None = None,
-                   colmap: SplatColmapDataProviderConfig | None = None,
-                   blender: SplatBlenderDataProviderConfig | None = None,
-                   background: tuple[float, float, float] | None = None):
+def _data_provider(
+    data: str,
+    demo: SplatDemoDataProviderConfig | None = None,
+    colmap: SplatColmapDataProviderConfig | None = None,
+    blender: SplatBlenderDataProviderConfig | None = None,
+    background: tuple[float, float, float] | None = None,
+):
     """The provider for ``--data`` (the built-in scene, or a detected capture), reporting what it found.
 
     ``background`` (``--background``), when given, is also the colour RGBA photos are composited over:
@@ -238,12 +257,21 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     if data_provider is None:
         data_provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender, cmd.trainer.background)
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
-    exporter = SplatExporter(cmd.trainer.output_dir, list(steps), cmd.save_splat, cmd.save_ckpt,
-                             splat_format=list(cmd.splat_format), frame=cmd.export_frame)
+    exporter = SplatExporter(
+        cmd.trainer.output_dir,
+        list(steps),
+        cmd.save_splat,
+        cmd.save_ckpt,
+        splat_format=list(cmd.splat_format),
+        frame=cmd.export_frame,
+    )
     modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
     if cmd.eval_steps:
-        modules.append(SplatEvaluator(cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net,
-                                      lpips_weights=cmd.lpips_weights))
+        modules.append(
+            SplatEvaluator(
+                cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net, lpips_weights=cmd.lpips_weights
+            )
+        )
     if cmd.tensorboard:
         modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
     if cmd.viewer:
@@ -263,24 +291,46 @@ def _train(cmd: TrainCommand) -> dict:
     metrics = trainer.lead(trainer.evaluate)  # rank 0 (in a sharded run the others render with it)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
-    written = [str(p) for s in steps if s <= cmd.trainer.max_steps
-               for p in ((exporter.splat_paths(s) if cmd.save_splat else []) +
-                         ([exporter.ckpt_path(s)] if cmd.save_ckpt else []))]
-    result = {"test_psnr": metrics["psnr"], "test_ssim": metrics["ssim"], "test_images": metrics["num_images"],
-              "num_gaussians": trainer.num_gaussians, "train_seconds": round(seconds, 1),
-              "steps": cmd.trainer.max_steps, "device": str(trainer.device),
-              "model": cmd.model, "strategy": cmd.strategy,
-              "backend": (resolve_backend_name_2dgs if cmd.model == "2dgs" else resolve_backend_name)(
-                  renderer.backend, trainer.device), "files": written}
+    written = [
+        str(p)
+        for s in steps
+        if s <= cmd.trainer.max_steps
+        for p in (
+            (exporter.splat_paths(s) if cmd.save_splat else []) + ([exporter.ckpt_path(s)] if cmd.save_ckpt else [])
+        )
+    ]
+    result = {
+        "test_psnr": metrics["psnr"],
+        "test_ssim": metrics["ssim"],
+        "test_images": metrics["num_images"],
+        "num_gaussians": trainer.num_gaussians,
+        "train_seconds": round(seconds, 1),
+        "steps": cmd.trainer.max_steps,
+        "device": str(trainer.device),
+        "model": cmd.model,
+        "strategy": cmd.strategy,
+        "backend": resolve(renderer.backend, trainer.device, kind=cmd.model).name,
+        "files": written,
+    }
     _write_summary(cmd.summary_json, result)
     return result
 
 
 def _demo(cmd: DemoCommand) -> dict:
     t0 = time.perf_counter()
-    result = _train(demo_command(cmd.steps, cmd.model, cmd.strategy, cmd.backend, output_dir=cmd.output_dir,
-                                 device=cmd.device, batch_size=cmd.batch_size, dist_mode=cmd.dist_mode,
-                                 progress=cmd.progress))
+    result = _train(
+        demo_command(
+            cmd.steps,
+            cmd.model,
+            cmd.strategy,
+            cmd.backend,
+            output_dir=cmd.output_dir,
+            device=cmd.device,
+            batch_size=cmd.batch_size,
+            dist_mode=cmd.dist_mode,
+            progress=cmd.progress,
+        )
+    )
     if result.get("rank", 0) != 0:
         return result
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -317,8 +367,9 @@ def _eval(cmd: EvalCommand) -> dict:
             evaluator.load_state_dict(state)
     # The training run's colour, if known, is also what RGBA targets are composited over.
     background = cmd.background or (ckpt or {}).get("background") or config.get("background")
-    provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender,
-                              None if background is None else tuple(background))
+    provider = _data_provider(
+        cmd.data, cmd.demo, cmd.colmap, cmd.blender, None if background is None else tuple(background)
+    )
     background = background or provider.background or (0.0, 0.0, 0.0)
     renderer = _renderer_for(model, cmd.backend)
     params = {k: v.to(device) for k, v in model.params().items()}
@@ -337,8 +388,11 @@ def _view(cmd: ViewCommand) -> dict:
     device = resolve_device(cmd.device)
     params = {k: v.to(device) for k, v in model.params().items()}
     viewer = SplatViewer(port=cmd.port, mode="rendering", host=cmd.host)
-    print(f"splatkit: serving {cmd.path} ({model.num_gaussians} Gaussians) at http://{cmd.host}:{cmd.port}; "
-          "Ctrl-C to stop", file=sys.stderr)
+    print(
+        f"splatkit: serving {cmd.path} ({model.num_gaussians} Gaussians) at http://{cmd.host}:{cmd.port}; "
+        "Ctrl-C to stop",
+        file=sys.stderr,
+    )
     viewer.serve_forever(params, model.sh_degree, _renderer_for(model, cmd.backend), device, cmd.background)
     return {}
 
@@ -350,13 +404,16 @@ def _export(cmd: ExportCommand) -> dict:
         if Path(cmd.src).suffix.lower() == ".ckpt":
             T = load_checkpoint(cmd.src).get("input_transform")
         if T is None and cmd.data is not None:
-            T = getattr(_data_provider(cmd.data), "transform", None)
+            T = _data_provider(cmd.data).transform
         if T is None:
-            raise ValueError(f"--frame input needs the capture's normalisation: {cmd.src} holds none; pass --data "
-                             "with the capture the model was trained on")
+            raise ValueError(
+                f"--frame input needs the capture's normalisation: {cmd.src} holds none; pass --data "
+                "with the capture the model was trained on"
+            )
         transform = torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
-    result = convert(cmd.src, cmd.dst, crop_min=cmd.crop_min, crop_max=cmd.crop_max, min_opacity=cmd.min_opacity,
-                     transform=transform)
+    result = convert(
+        cmd.src, cmd.dst, crop_min=cmd.crop_min, crop_max=cmd.crop_max, min_opacity=cmd.min_opacity, transform=transform
+    )
     for w in result.get("warnings", []):
         print(f"splatkit: warning: {cmd.dst}: {w}", file=sys.stderr)
     return result
@@ -366,8 +423,14 @@ def _info(cmd: InfoCommand) -> dict:
     return describe_file(cmd.path)
 
 
-COMMANDS = {"train": TrainCommand, "demo": DemoCommand, "eval": EvalCommand, "view": ViewCommand,
-            "export": ExportCommand, "info": InfoCommand}
+COMMANDS = {
+    "train": TrainCommand,
+    "demo": DemoCommand,
+    "eval": EvalCommand,
+    "view": ViewCommand,
+    "export": ExportCommand,
+    "info": InfoCommand,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(cmd, (InfoCommand, EvalCommand, ExportCommand)):
         print(json.dumps(json_safe(result), indent=2, default=str))
     else:
-        print(f"test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f} on {result['test_images']} "
-              f"test images; {result['num_gaussians']} Gaussians; trained in {result['train_seconds']} s")
+        print(
+            f"test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f} on {result['test_images']} "
+            f"test images; {result['num_gaussians']} Gaussians; trained in {result['train_seconds']} s"
+        )
         for f in result["files"]:
             print(f"wrote {f}")
     return 0

@@ -30,15 +30,55 @@ BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth
 # torchvision's ``features`` order; ``taps`` are the indices of the ReLUs LPIPS reads.
 _ARCH = {
     "alex": {
-        "layers": [(64, 11, 4, 2), "R", "M", (192, 5, 1, 2), "R", "M", (384, 3, 1, 1), "R", (256, 3, 1, 1), "R",
-                   (256, 3, 1, 1), "R"],
+        "layers": [
+            (64, 11, 4, 2),
+            "R",
+            "M",
+            (192, 5, 1, 2),
+            "R",
+            "M",
+            (384, 3, 1, 1),
+            "R",
+            (256, 3, 1, 1),
+            "R",
+            (256, 3, 1, 1),
+            "R",
+        ],
         "taps": (1, 4, 7, 9, 11),
     },
     "vgg": {
-        "layers": [(64, 3, 1, 1), "R", (64, 3, 1, 1), "R", "M", (128, 3, 1, 1), "R", (128, 3, 1, 1), "R", "M",
-                   (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", (256, 3, 1, 1), "R", "M", (512, 3, 1, 1), "R",
-                   (512, 3, 1, 1), "R", (512, 3, 1, 1), "R", "M", (512, 3, 1, 1), "R", (512, 3, 1, 1), "R",
-                   (512, 3, 1, 1), "R"],
+        "layers": [
+            (64, 3, 1, 1),
+            "R",
+            (64, 3, 1, 1),
+            "R",
+            "M",
+            (128, 3, 1, 1),
+            "R",
+            (128, 3, 1, 1),
+            "R",
+            "M",
+            (256, 3, 1, 1),
+            "R",
+            (256, 3, 1, 1),
+            "R",
+            (256, 3, 1, 1),
+            "R",
+            "M",
+            (512, 3, 1, 1),
+            "R",
+            (512, 3, 1, 1),
+            "R",
+            (512, 3, 1, 1),
+            "R",
+            "M",
+            (512, 3, 1, 1),
+            "R",
+            (512, 3, 1, 1),
+            "R",
+            (512, 3, 1, 1),
+            "R",
+        ],
         "taps": (3, 8, 15, 22, 29),
     },
 }
@@ -104,13 +144,16 @@ class LPIPS(torch.nn.Module):
                 got = tuple(backbone[key].shape) if key in backbone else "missing"
                 raise ValueError(f"LPIPS {net} backbone: {key} should be {shape}, got {got}")
         self.weights = torch.nn.ParameterDict(
-            {k.replace(".", "_"): torch.nn.Parameter(backbone[k].float(), requires_grad=False) for k in expected})
+            {k.replace(".", "_"): torch.nn.Parameter(backbone[k].float(), requires_grad=False) for k in expected}
+        )
         self.heads = torch.nn.ParameterList()
         for i, c in enumerate(tap_channels(net)):
             w = heads.get(f"lin{i}.model.1.weight")
             if w is None or tuple(w.shape) != (1, c, 1, 1):
-                raise ValueError(f"LPIPS {net} heads: lin{i}.model.1.weight should be (1, {c}, 1, 1), "
-                                 f"got {None if w is None else tuple(w.shape)}")
+                raise ValueError(
+                    f"LPIPS {net} heads: lin{i}.model.1.weight should be (1, {c}, 1, 1), "
+                    f"got {None if w is None else tuple(w.shape)}"
+                )
             self.heads.append(torch.nn.Parameter(w.float(), requires_grad=False))
         self.register_buffer("shift", torch.tensor(_SHIFT).reshape(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(_SCALE).reshape(1, 3, 1, 1))
@@ -142,8 +185,9 @@ class LPIPS(torch.nn.Module):
         return total[:, 0]
 
 
-def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
-               device: torch.device | str = "cpu") -> LPIPS:
+def load_lpips(
+    net: str = "alex", weights_dir: str | os.PathLike | None = None, device: torch.device | str = "cpu"
+) -> LPIPS:
     """The LPIPS metric with local weights, or :class:`LPIPSUnavailable` saying what is missing."""
     if net not in _ARCH:
         raise ValueError(f"lpips_net must be 'alex' or 'vgg', got {net!r}")
@@ -155,10 +199,14 @@ def load_lpips(net: str = "alex", weights_dir: str | os.PathLike | None = None,
     if missing:
         raise LPIPSUnavailable(
             f"missing {' and '.join(missing)}; looked in {', '.join(str(d) for d in dirs)}. Put the files in "
-            f"{dirs[0]} (or pass lpips_weights=DIR); nothing is downloaded")
+            f"{dirs[0]} (or pass lpips_weights=DIR); nothing is downloaded"
+        )
     try:
-        model = LPIPS(net, torch.load(backbone, map_location="cpu", weights_only=True),
-                      torch.load(heads, map_location="cpu", weights_only=True))
+        model = LPIPS(
+            net,
+            torch.load(backbone, map_location="cpu", weights_only=True),
+            torch.load(heads, map_location="cpu", weights_only=True),
+        )
     except Exception as e:  # a wrong or damaged file: say which
         raise LPIPSUnavailable(f"could not load LPIPS weights {backbone} / {heads}: {e}") from e
     return model.to(device).eval()

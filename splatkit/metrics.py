@@ -60,7 +60,8 @@ def ssim_map(
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
 
 
-def ssim(img: torch.Tensor, gt: torch.Tensor, window_size: int = 11, sigma: float = 1.5,
-         padding: str = "valid") -> torch.Tensor:
+def ssim(
+    img: torch.Tensor, gt: torch.Tensor, window_size: int = 11, sigma: float = 1.5, padding: str = "valid"
+) -> torch.Tensor:
     """Mean SSIM per image ``[B]``."""
     return ssim_map(img, gt, window_size, sigma, padding).flatten(1).mean(dim=1)

@@ -20,7 +20,9 @@ MODEL_PARAMS = {
 
 def pattern(xn, yn):
     """A smooth colour pattern on the normalised image plane (x/z, y/z)."""
-    return np.stack([0.5 + 0.4 * np.sin(3.0 * xn + 0.5), 0.5 + 0.4 * np.cos(2.5 * yn), 0.5 + 0.3 * np.sin(2 * (xn + yn))], -1)
+    return np.stack(
+        [0.5 + 0.4 * np.sin(3.0 * xn + 0.5), 0.5 + 0.4 * np.cos(2.5 * yn), 0.5 + 0.3 * np.sin(2 * (xn + yn))], -1
+    )
 
 
 def look_at_pose(eye, target=(0.0, 0.0, 0.0)):
@@ -35,8 +37,9 @@ def look_at_pose(eye, target=(0.0, 0.0, 0.0)):
     return R, -R @ eye
 
 
-def write_scene(root: Path, model: str, width=64, height=48, n_images=6, binary=True, points=True,
-                extra_params=None) -> Path:
+def write_scene(
+    root: Path, model: str, width=64, height=48, n_images=6, binary=True, points=True, extra_params=None
+) -> Path:
     """A scene folder with sparse/0 and images/ whose photos show :func:`pattern` through the camera."""
     import pycolmap
 

@@ -37,8 +37,14 @@ def cameras(width, height, n=1, dtype=torch.float64, distance=4.0, focal=None):
     for i in range(n):
         a = 2 * math.pi * i / max(n, 1) + 0.3
         eye = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.8], dtype=torch.float64)
-        vms.append(c2w_to_viewmat(look_at_c2w(eye, torch.zeros(3, dtype=torch.float64),
-                                              torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))))
-        Ks.append(torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]],
-                               dtype=torch.float64))
+        vms.append(
+            c2w_to_viewmat(
+                look_at_c2w(
+                    eye, torch.zeros(3, dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+                )
+            )
+        )
+        Ks.append(
+            torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]], dtype=torch.float64)
+        )
     return torch.stack(vms).to(dtype), torch.stack(Ks).to(dtype)

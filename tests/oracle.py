@@ -20,14 +20,28 @@ def quat_rotation(q):
     return (w * w - v @ v) * torch.eye(3, dtype=q.dtype) + 2 * torch.outer(v, v) + 2 * w * cross
 
 
-def render_naive(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree=None,
-                 background=None, near=0.01, eps2d=0.3):
+def render_naive(
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmat,
+    K,
+    width,
+    height,
+    sh_degree=None,
+    background=None,
+    near=0.01,
+    eps2d=0.3,
+):
     """Image ``[H, W, D]`` and alpha ``[H, W]`` for one camera."""
     dtype = means.dtype
     Rv, t = viewmat[:3, :3], viewmat[:3, 3]
     cam_center = -Rv.T @ t
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=dtype) + 0.5, torch.arange(width, dtype=dtype) + 0.5, indexing="ij"
+    )
     entries = []
     for i in range(means.shape[0]):
         mc = Rv @ means[i] + t
@@ -100,8 +114,10 @@ def render_naive_2dgs(means, quats, scales, opacities, colors, viewmat, K, width
         surf.append((float(pc[2]), a, b, pc, normal, c, opacities[i], colors[i]))
     surf.sort(key=lambda s: s[0])
     D = colors.shape[-1]
-    out = {k: torch.zeros(height, width, d, dtype=dtype) for k, d in
-           (("colors", D), ("alpha", 1), ("normals", 3), ("depth_sum", 1), ("distort", 1), ("median", 1))}
+    out = {
+        k: torch.zeros(height, width, d, dtype=dtype)
+        for k, d in (("colors", D), ("alpha", 1), ("normals", 3), ("depth_sum", 1), ("distort", 1), ("median", 1))
+    }
     Kinv = torch.linalg.inv(K)
     for y in range(height):
         for x in range(width):

@@ -38,15 +38,18 @@ def _synthetic(root, n_train=5, n_test=3, size=20):
             rgba = np.zeros((size, size, 4), np.uint8)
             rgba[5:15, 5:15] = [255, 0, 0, 255]  # opaque red square on a transparent background
             Image.fromarray(rgba, "RGBA").save(root / split / f"r_{i}.png")
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": _gl_pose([4 * math.cos(a), 4 * math.sin(a), 1.0])})
+            frames.append(
+                {"file_path": f"./{split}/r_{i}", "transform_matrix": _gl_pose([4 * math.cos(a), 4 * math.sin(a), 1.0])}
+            )
         (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
     return root
 
 
 def test_nerf_synthetic_layout(tmp_path):
     root = _synthetic(tmp_path / "lego")
-    p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root), background=(0.0, 0.0, 1.0),
-                                                                loader=_loader(tmp_path)))
+    p = SplatBlenderDataProvider(
+        SplatBlenderDataProviderConfig(str(root), background=(0.0, 0.0, 1.0), loader=_loader(tmp_path))
+    )
     assert p.num_train_frames() == 5 and p.num_test_frames() == 3
     f = p.test_frame(0)
     assert f.names[0].startswith("test/")
@@ -70,26 +73,46 @@ def _ngp(root, n=6, drop=(), override=None):
     for i in range(n):
         Image.fromarray(np.full((30, 40, 3), 40 * i, np.uint8)).save(root / "images" / f"{i:04d}.jpg")
         a = 2 * math.pi * i / n
-        frame = {"file_path": f"images/{i:04d}.jpg", "transform_matrix": _gl_pose([3 * math.cos(a), 3 * math.sin(a), 0.5])}
+        frame = {
+            "file_path": f"images/{i:04d}.jpg",
+            "transform_matrix": _gl_pose([3 * math.cos(a), 3 * math.sin(a), 0.5]),
+        }
         if override and i == 2:
             frame.update(override)
         frames.append(frame)
     for i in drop:
         (root / "images" / f"{i:04d}.jpg").unlink()
-    meta = {"fl_x": 35.0, "fl_y": 34.0, "cx": 20.5, "cy": 14.8, "w": 40, "h": 30,
-            "k1": -0.05, "k2": 0.01, "p1": 0.001, "p2": -0.001, "frames": frames}
+    meta = {
+        "fl_x": 35.0,
+        "fl_y": 34.0,
+        "cx": 20.5,
+        "cy": 14.8,
+        "w": 40,
+        "h": 30,
+        "k1": -0.05,
+        "k2": 0.01,
+        "p1": 0.001,
+        "p2": -0.001,
+        "frames": frames,
+    }
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
 
 
 def test_instant_ngp_capture_with_distortion_and_overrides(tmp_path):
     root = _ngp(tmp_path / "cap", override={"fl_x": 50.0, "fl_y": 50.0, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0})
-    p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root / "transforms.json"), test_every=3,
-                                                                loader=_loader(tmp_path)))
+    p = SplatBlenderDataProvider(
+        SplatBlenderDataProviderConfig(str(root / "transforms.json"), test_every=3, loader=_loader(tmp_path))
+    )
     assert p.num_test_frames() == 2 and p.num_train_frames() == 4
     intr = {r.name: r.intrinsics for r in p.records}
     assert intr["images/0002.jpg"].model == "pinhole" and intr["images/0002.jpg"].fx == 50.0
-    assert intr["images/0001.jpg"].model == "opencv" and intr["images/0001.jpg"].dist[:4] == (-0.05, 0.01, 0.001, -0.001)
+    assert intr["images/0001.jpg"].model == "opencv" and intr["images/0001.jpg"].dist[:4] == (
+        -0.05,
+        0.01,
+        0.001,
+        -0.001,
+    )
     assert len(p._undistorters) == 2
     K = p.train_frame(0).cameras.Ks[0]  # frame 1: distorted, so undistorted to a new pinhole K
     assert abs(float(K[0, 0]) - 35.0) > 0.1 and float(K[0, 0] / K[1, 1]) == pytest.approx(35.0 / 34.0, rel=1e-6)
@@ -97,10 +120,13 @@ def test_instant_ngp_capture_with_distortion_and_overrides(tmp_path):
 
 def test_missing_images_are_reported_and_skipped_only_when_allowed(tmp_path, caplog):
     root = _ngp(tmp_path / "cap", drop=(1, 4))
-    with pytest.raises(DataError, match=r"2 of 6 frames name missing images: .*0001.jpg, .*0004.jpg. .*skip_missing_images=True"):
+    with pytest.raises(
+        DataError, match=r"2 of 6 frames name missing images: .*0001.jpg, .*0004.jpg. .*skip_missing_images=True"
+    ):
         SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root), loader=_loader(tmp_path)))
-    p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root), skip_missing_images=True,
-                                                                loader=_loader(tmp_path)))
+    p = SplatBlenderDataProvider(
+        SplatBlenderDataProviderConfig(str(root), skip_missing_images=True, loader=_loader(tmp_path))
+    )
     assert len(p.records) == 4 and len(p.missing_images) == 2
     assert "skipping 2 of 6 frames" in caplog.text
 
@@ -141,8 +167,10 @@ def test_nerfstudio_point_cloud_is_read_and_normalised_with_the_cameras(tmp_path
     meta = json.loads((root / "transforms.json").read_text())
     meta["ply_file_path"] = "sparse_pc.ply"
     (root / "transforms.json").write_text(json.dumps(meta))
-    pts = np.array([(0.1, 0.2, 0.3, 255, 0, 0), (-0.5, 0.0, 0.25, 0, 255, 0)],
-                   dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    pts = np.array(
+        [(0.1, 0.2, 0.3, 255, 0, 0), (-0.5, 0.0, 0.25, 0, 255, 0)],
+        dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")],
+    )
     PlyData([PlyElement.describe(pts, "vertex")]).write(str(root / "sparse_pc.ply"))
     p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(root), loader=_loader(tmp_path)))
     xyz, rgb = p.initial_points()

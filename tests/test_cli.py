@@ -14,8 +14,27 @@ from splatkit.trainer import SplatTrainer
 
 def test_train_then_info_on_ply_and_ckpt(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--data", "demo", "--max-steps", "6", "--output-dir", str(out), "--export-steps", "3", "6",
-                 "--demo.num-cameras", "40", "--demo.image-size", "24", "--demo.supersample", "1", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data",
+            "demo",
+            "--max-steps",
+            "6",
+            "--output-dir",
+            str(out),
+            "--export-steps",
+            "3",
+            "6",
+            "--demo.num-cameras",
+            "40",
+            "--demo.image-size",
+            "24",
+            "--demo.supersample",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "test PSNR" in printed and f"wrote {out}/splats/step_000006.ply" in printed
@@ -28,9 +47,27 @@ def test_train_then_info_on_ply_and_ckpt(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["step"] == 3 and info["max_steps"] == 6 and info["format"] == "checkpoint"
     # Resume from the step-3 checkpoint to step 6.
-    assert main(["train", "--max-steps", "6", "--output-dir", str(tmp_path / "resumed"), "--resume",
-                 str(out / "ckpts" / "step_000003.ckpt"), "--demo.num-cameras", "40", "--demo.image-size", "24",
-                 "--demo.supersample", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--max-steps",
+                "6",
+                "--output-dir",
+                str(tmp_path / "resumed"),
+                "--resume",
+                str(out / "ckpts" / "step_000003.ckpt"),
+                "--demo.num-cameras",
+                "40",
+                "--demo.image-size",
+                "24",
+                "--demo.supersample",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_errors_are_one_clear_line(tmp_path, capsys):
@@ -39,8 +76,22 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "x.txt: cannot tell the splat format from the file name" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.ply")]) == 2
     assert "ply file not found" in capsys.readouterr().err
-    assert main(["train", "--resume", str(tmp_path / "nope.ckpt"), "--demo.image-size", "16",
-                 "--demo.num-cameras", "40", "--demo.supersample", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                str(tmp_path / "nope.ckpt"),
+                "--demo.image-size",
+                "16",
+                "--demo.num-cameras",
+                "40",
+                "--demo.supersample",
+                "1",
+            ]
+        )
+        == 2
+    )
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -56,8 +107,12 @@ def test_demo_schedule_reaches_25_db(tmp_path):
     """The demo's schedule, shortened to 300 steps, already clears the 25 dB bar."""
     config, densification = demo_setup(300)
     config.output_dir = str(tmp_path)
-    trainer = SplatTrainer(config, SplatDemoDataProvider(SplatDemoDataProviderConfig()),
-                           densification=densification, modules=[SplatExporter(tmp_path, [300])])
+    trainer = SplatTrainer(
+        config,
+        SplatDemoDataProvider(SplatDemoDataProviderConfig()),
+        densification=densification,
+        modules=[SplatExporter(tmp_path, [300])],
+    )
     trainer.run()
     assert trainer.evaluate()["psnr"] >= 25.0
 
@@ -68,8 +123,25 @@ def test_train_detects_and_reports_a_colmap_scene(tmp_path, capsys, monkeypatch)
     monkeypatch.setenv("SPLATKIT_CACHE", str(tmp_path / "cache"))
     scene = write_scene(tmp_path / "scene", "OPENCV", n_images=8)
     out = tmp_path / "out"
-    assert main(["train", "--data", str(scene), "--max-steps", "3", "--output-dir", str(out), "--no-progress",
-                 "--colmap.factor", "2", "--colmap.test-every", "4"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(scene),
+                "--max-steps",
+                "3",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--colmap.factor",
+                "2",
+                "--colmap.test-every",
+                "4",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "found COLMAP model (binary)" in err and "8 images of 32x24 px (6 train, 2 test)" in err
     assert (out / "splats" / "step_000003.ply").is_file()
@@ -79,10 +151,35 @@ def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, ca
     import torch
 
     out = tmp_path / "run"
-    demo = ["--demo.num-cameras", "16", "--demo.image-size", "24", "--demo.supersample", "1",
-            "--demo.num-init-points", "300"]
-    assert main(["train", "--data", "demo", "--max-steps", "4", "--output-dir", str(out), "--no-progress",
-                 "--splat-format", "ply", "spz", *demo]) == 0
+    demo = [
+        "--demo.num-cameras",
+        "16",
+        "--demo.image-size",
+        "24",
+        "--demo.supersample",
+        "1",
+        "--demo.num-init-points",
+        "300",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "demo",
+                "--max-steps",
+                "4",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--splat-format",
+                "ply",
+                "spz",
+                *demo,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"wrote {out}/splats/step_000004.spz" in printed
     ckpt = out / "ckpts" / "step_000004.ckpt"
@@ -102,8 +199,22 @@ def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, ca
     full = SplatModel.load_ply(tmp_path / "a.ply")
     lo, hi = full.means.quantile(0.2, dim=0), full.means.quantile(0.8, dim=0)
     cut = float(torch.sigmoid(full.opacities).median())
-    assert main(["export", str(tmp_path / "a.ply"), str(tmp_path / "c.ply"), "--crop-min", *map(str, lo.tolist()),
-                 "--crop-max", *map(str, hi.tolist()), "--min-opacity", str(cut)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "a.ply"),
+                str(tmp_path / "c.ply"),
+                "--crop-min",
+                *map(str, lo.tolist()),
+                "--crop-max",
+                *map(str, hi.tolist()),
+                "--min-opacity",
+                str(cut),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     cropped = SplatModel.load_ply(tmp_path / "c.ply")
     assert 0 < cropped.num_gaussians == summary["num_out"] < summary["num_in"]

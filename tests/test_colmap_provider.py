@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from colmap_scenes import MODEL_PARAMS, pattern, write_scene
 from PIL import Image
 
-from colmap_scenes import MODEL_PARAMS, pattern, write_scene
 from splatkit.data_provider import DataError, SplatColmapDataProvider, SplatColmapDataProviderConfig
 from splatkit.data_provider.captured import SplatLoaderConfig
 
@@ -36,8 +36,14 @@ def test_camera_model_is_undistorted_to_a_true_pinhole(tmp_path, model):
     got = frame.images[0].double().numpy()
     err = np.abs(got - expected)
     assert np.median(err) < 0.01 and np.percentile(err, 99) < 0.04, (model, np.median(err), err.max())
-    assert abs(K[0, 0] / K[1, 1] - MODEL_PARAMS[model][0] / MODEL_PARAMS[model][1 if model not in (
-        "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL") else 0]) < 1e-6  # pixel aspect ratio kept
+    assert (
+        abs(
+            K[0, 0] / K[1, 1]
+            - MODEL_PARAMS[model][0]
+            / MODEL_PARAMS[model][1 if model not in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL") else 0]
+        )
+        < 1e-6
+    )  # pixel aspect ratio kept
 
     # Points projected through the undistorted camera land where COLMAP's projection
     # (with distortion) lands after undistorting that pixel position.
@@ -132,7 +138,9 @@ def test_masks(tmp_path):
     assert int(f.masks.sum()) == 20 * 30 and not f.masks[0, 0, 0, 0]
     (masks / "img_02.png").unlink()
     (masks / "stray.png").write_bytes((masks / "img_00.png").read_bytes())
-    with pytest.raises(DataError, match=r"1 image\(s\) have no mask: img_02.png; 1 file\(s\) match no image: stray.png"):
+    with pytest.raises(
+        DataError, match=r"1 image\(s\) have no mask: img_02.png; 1 file\(s\) match no image: stray.png"
+    ):
         _provider(root, masks_dir=str(masks))
 
 
@@ -150,8 +158,14 @@ def test_masked_loss_ignores_outside_pixels():
     wrong[~mask.expand_as(wrong)] = 0.7  # garbage only outside the mask
     cams = SplatCameras(torch.eye(4)[None], torch.eye(3)[None], 32, 32)
     frames = SplatFrames(cams, gt, mask, ["a"])
-    render = SplatRenderOutput(wrong.requires_grad_(True), torch.zeros(1, 32, 32, 1), torch.zeros(1, 1, 2),
-                               torch.zeros(1, 1, 2, dtype=torch.int32), 32, 32)
+    render = SplatRenderOutput(
+        wrong.requires_grad_(True),
+        torch.zeros(1, 32, 32, 1),
+        torch.zeros(1, 1, 2),
+        torch.zeros(1, 1, 2, dtype=torch.int32),
+        32,
+        32,
+    )
     loss = Splat3DGSLossFn()(render, frames, 1, None)
     assert float(loss.loss.detach()) == pytest.approx(0.0, abs=1e-6)
     loss.loss.backward()
@@ -173,7 +187,9 @@ def test_bad_colmap_input(tmp_path):
         _provider(root)
 
     root = write_scene(tmp_path / "u", "FOV", extra_params=[60.0, 60.0, 32.0, 24.0, 0.9])
-    with pytest.raises(DataError, match="camera 1: camera model FOV is not supported; supported models: SIMPLE_PINHOLE"):
+    with pytest.raises(
+        DataError, match="camera 1: camera model FOV is not supported; supported models: SIMPLE_PINHOLE"
+    ):
         _provider(root)
 
     root = write_scene(tmp_path / "e", "PINHOLE", n_images=0, points=False)
@@ -208,13 +224,21 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_prefetch_threads_and_bounded_cache(tmp_path):
     root = write_scene(tmp_path, "OPENCV", n_images=8)
-    p = SplatColmapDataProvider(SplatColmapDataProviderConfig(
-        str(root), str(root / "images"), test_every=0,
-        loader=SplatLoaderConfig(cache_mb=0, num_workers=2, prefetch_steps=3)))
+    p = SplatColmapDataProvider(
+        SplatColmapDataProviderConfig(
+            str(root),
+            str(root / "images"),
+            test_every=0,
+            loader=SplatLoaderConfig(cache_mb=0, num_workers=2, prefetch_steps=3),
+        )
+    )
     batches = [p.train_batch(s, 1, seed=0) for s in range(1, 17)]
     assert all(b.images.shape == (1, *batches[0].images.shape[1:]) for b in batches)
-    ref = SplatColmapDataProvider(SplatColmapDataProviderConfig(
-        str(root), str(root / "images"), test_every=0, loader=SplatLoaderConfig(num_workers=0)))
+    ref = SplatColmapDataProvider(
+        SplatColmapDataProviderConfig(
+            str(root), str(root / "images"), test_every=0, loader=SplatLoaderConfig(num_workers=0)
+        )
+    )
     for s, b in zip(range(1, 17), batches):
         assert torch.equal(b.images, ref.train_batch(s, 1, seed=0).images)
     assert p._cache.nbytes == 0  # a zero budget keeps nothing

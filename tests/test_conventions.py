@@ -19,8 +19,9 @@ def test_quaternions_are_wxyz_and_round_trip():
     # 90 degrees about +Z in wxyz order maps +X to +Y.
     q = torch.tensor([[math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)]], dtype=torch.float64)
     R = quat_to_rotmat(q)[0]
-    torch.testing.assert_close(R @ torch.tensor([1.0, 0, 0], dtype=torch.float64),
-                               torch.tensor([0.0, 1, 0], dtype=torch.float64))
+    torch.testing.assert_close(
+        R @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64)
+    )
     qs = torch.randn(500, 4, dtype=torch.float64)
     Rs = quat_to_rotmat(qs)
     torch.testing.assert_close(Rs @ Rs.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(500, 3, 3))

@@ -22,8 +22,9 @@ def test_demo_scene_is_made_from_its_seed():
     a, b = SplatDemoDataProvider(cfg), SplatDemoDataProvider(cfg)
     assert torch.equal(a.train_frame(3).images, b.train_frame(3).images)
     assert torch.equal(a.initial_points()[0], b.initial_points()[0])
-    c = SplatDemoDataProvider(SplatDemoDataProviderConfig(num_cameras=40, image_size=16, supersample=1,
-                                                          num_init_points=100, seed=1))
+    c = SplatDemoDataProvider(
+        SplatDemoDataProviderConfig(num_cameras=40, image_size=16, supersample=1, num_init_points=100, seed=1)
+    )
     assert not torch.equal(a.initial_points()[0], c.initial_points()[0])
 
 

@@ -11,12 +11,32 @@ import time
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this PyTorch has no gloo backend",
+)
 
-TRAIN = ["--data", "demo", "--demo.image-size", "32", "--demo.num-cameras", "24", "--demo.supersample", "1",
-         "--demo.num-init-points", "500", "--sh-degree-interval", "15", "--densification.refine-start-iter", "10",
-         "--densification.refine-every", "10", "--densification.reset-every", "1000", "--no-progress"]
+TRAIN = [
+    "--data",
+    "demo",
+    "--demo.image-size",
+    "32",
+    "--demo.num-cameras",
+    "24",
+    "--demo.supersample",
+    "1",
+    "--demo.num-init-points",
+    "500",
+    "--sh-degree-interval",
+    "15",
+    "--densification.refine-start-iter",
+    "10",
+    "--densification.refine-every",
+    "10",
+    "--densification.reset-every",
+    "1000",
+    "--no-progress",
+]
 
 
 def free_port() -> int:
@@ -31,23 +51,64 @@ def env():
 
 
 def torchrun(nproc, args, cwd):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           "-m", "splatkit", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        "-m",
+        "splatkit",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
 
 
 def test_two_processes_match_one_with_the_same_batch_and_resume_on_one(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    r = torchrun(2, ["train", *TRAIN, "--max-steps", "60", "--export-steps", "30", "60", "--output-dir", str(two),
-                     "--summary-json", str(tmp_path / "two.json")], tmp_path)
+    r = torchrun(
+        2,
+        [
+            "train",
+            *TRAIN,
+            "--max-steps",
+            "60",
+            "--export-steps",
+            "30",
+            "60",
+            "--output-dir",
+            str(two),
+            "--summary-json",
+            str(tmp_path / "two.json"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # One set of files, written once (only rank 0 writes), nothing else left behind.
     assert sorted(p.name for p in (two / "splats").iterdir()) == ["step_000030.ply", "step_000060.ply"]
     assert sorted(p.name for p in (two / "ckpts").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
     assert r.stdout.count("test PSNR") == 1 and r.stdout.count("wrote ") == 4
-    subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "60", "--batch-size", "2",
-                    "--output-dir", str(one), "--summary-json", str(tmp_path / "one.json")], check=True, env=env(),
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatkit",
+            "train",
+            *TRAIN,
+            "--max-steps",
+            "60",
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(one),
+            "--summary-json",
+            str(tmp_path / "one.json"),
+        ],
+        check=True,
+        env=env(),
+        capture_output=True,
+        timeout=600,
+    )
     a, b = json.loads((tmp_path / "two.json").read_text()), json.loads((tmp_path / "one.json").read_text())
     # Same global batch, same images, same maths: only the order of float sums differs.
     assert abs(a["test_psnr"] - b["test_psnr"]) < 0.3, (a, b)
@@ -55,9 +116,25 @@ def test_two_processes_match_one_with_the_same_batch_and_resume_on_one(tmp_path)
 
     # The 2-process checkpoint resumes on one process and finishes.
     resumed = tmp_path / "resumed"
-    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "45", "--output-dir",
-                        str(resumed), "--resume", str(two / "ckpts" / "step_000030.ckpt")], env=env(),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatkit",
+            "train",
+            *TRAIN,
+            "--max-steps",
+            "45",
+            "--output-dir",
+            str(resumed),
+            "--resume",
+            str(two / "ckpts" / "step_000030.ckpt"),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (resumed / "ckpts" / "step_000045.ckpt").is_file() and "test PSNR" in r.stdout
 
@@ -65,9 +142,27 @@ def test_two_processes_match_one_with_the_same_batch_and_resume_on_one(tmp_path)
 def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp_path):
     """dist_mode="shard": each rank holds half of the Gaussians; exports hold all of them."""
     two, one = tmp_path / "two", tmp_path / "one"
-    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "60", "--export-steps", "30", "60",
-                     "--eval-steps", "60", "--output-dir", str(two), "--summary-json", str(tmp_path / "two.json")],
-                 tmp_path)
+    r = torchrun(
+        2,
+        [
+            "train",
+            *TRAIN,
+            "--dist-mode",
+            "shard",
+            "--max-steps",
+            "60",
+            "--export-steps",
+            "30",
+            "60",
+            "--eval-steps",
+            "60",
+            "--output-dir",
+            str(two),
+            "--summary-json",
+            str(tmp_path / "two.json"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in (two / "splats").iterdir()) == ["step_000030.ply", "step_000060.ply"]
     assert sorted(p.name for p in (two / "ckpts").iterdir()) == ["step_000030.ckpt", "step_000060.ckpt"]
@@ -85,9 +180,27 @@ def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp
     # The evaluator (on rank 0, rendering with every rank) saw the whole splat, as the final evaluation did.
     stats = json.loads((two / "stats" / "step_000060.json").read_text())
     assert stats["num_gaussians"] == n and abs(stats["psnr"] - a["test_psnr"]) < 1e-6, (stats, a)
-    subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "60", "--batch-size", "2",
-                    "--output-dir", str(one), "--summary-json", str(tmp_path / "one.json")], check=True, env=env(),
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatkit",
+            "train",
+            *TRAIN,
+            "--max-steps",
+            "60",
+            "--batch-size",
+            "2",
+            "--output-dir",
+            str(one),
+            "--summary-json",
+            str(tmp_path / "one.json"),
+        ],
+        check=True,
+        env=env(),
+        capture_output=True,
+        timeout=600,
+    )
     b = json.loads((tmp_path / "one.json").read_text())
     # Same global batch and maths; the shards draw their own random splits, so counts differ a little.
     assert abs(a["test_psnr"] - b["test_psnr"]) < 0.5, (a, b)
@@ -95,8 +208,22 @@ def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp
 
     # Two ranks resuming the step-30 checkpoint reproduce step 60 exactly.
     again = tmp_path / "again"
-    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "60", "--output-dir", str(again),
-                     "--resume", str(two / "ckpts" / "step_000030.ckpt")], tmp_path)
+    r = torchrun(
+        2,
+        [
+            "train",
+            *TRAIN,
+            "--dist-mode",
+            "shard",
+            "--max-steps",
+            "60",
+            "--output-dir",
+            str(again),
+            "--resume",
+            str(two / "ckpts" / "step_000030.ckpt"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     resumed = load_checkpoint(again / "ckpts" / "step_000060.ckpt")
     assert resumed["shards"] == ckpt["shards"]
@@ -104,20 +231,54 @@ def test_sharded_run_writes_one_set_of_files_matches_one_process_and_resumes(tmp
         assert torch.equal(resumed["training_state"]["params"][name], p), name
 
     # One process resumes the sharded checkpoint and finishes.
-    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "45", "--output-dir",
-                        str(tmp_path / "on_one"), "--resume", str(two / "ckpts" / "step_000030.ckpt")], env=env(),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splatkit",
+            "train",
+            *TRAIN,
+            "--max-steps",
+            "45",
+            "--output-dir",
+            str(tmp_path / "on_one"),
+            "--resume",
+            str(two / "ckpts" / "step_000030.ckpt"),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "on_one" / "ckpts" / "step_000045.ckpt").is_file() and "test PSNR" in r.stdout
 
 
 def test_one_process_checkpoint_resumes_sharded(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "20", "--output-dir",
-                        str(tmp_path / "one")], env=env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "20", "--output-dir", str(tmp_path / "one")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(2, ["train", *TRAIN, "--dist-mode", "shard", "--max-steps", "30", "--output-dir",
-                     str(tmp_path / "two"), "--resume", str(tmp_path / "one" / "ckpts" / "step_000020.ckpt")],
-                 tmp_path)
+    r = torchrun(
+        2,
+        [
+            "train",
+            *TRAIN,
+            "--dist-mode",
+            "shard",
+            "--max-steps",
+            "30",
+            "--output-dir",
+            str(tmp_path / "two"),
+            "--resume",
+            str(tmp_path / "one" / "ckpts" / "step_000020.ckpt"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "re-splitting a checkpoint of 1 process into 2 shards" in r.stderr
     from splatkit.trainer.checkpoint import load_checkpoint
@@ -131,12 +292,32 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path, mode):
     port = free_port()
     procs = []
     for rank in (0, 1):
-        e = dict(env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                 LOCAL_RANK=str(rank))
-        procs.append(subprocess.Popen([sys.executable, "-m", "splatkit", "train", *TRAIN, "--max-steps", "100000",
-                                       "--export-steps", "2", "--output-dir", str(tmp_path / "run"),
-                                       "--dist-mode", mode],
-                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        e = dict(
+            env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "splatkit",
+                    "train",
+                    *TRAIN,
+                    "--max-steps",
+                    "100000",
+                    "--export-steps",
+                    "2",
+                    "--output-dir",
+                    str(tmp_path / "run"),
+                    "--dist-mode",
+                    mode,
+                ],
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         ckpt = tmp_path / "run" / "ckpts" / "step_000002.ckpt"
         t0 = time.time()
@@ -205,8 +386,9 @@ def _sharded_errors_worker(rank, init_file, out):
 
     # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=16, num_cameras=8, num_init_points=50,
-                                                                 supersample=1))
+    provider = SplatDemoDataProvider(
+        SplatDemoDataProviderConfig(image_size=16, num_cameras=8, num_init_points=50, supersample=1)
+    )
     cfg = SplatTrainerConfig(max_steps=2, dist_mode="shard", output_dir=f"{out}/run{rank}")
     messages = []
     for kwargs in ({"renderer": OwnRenderer()}, {"modules": [SplatViewer()]}):
@@ -232,11 +414,23 @@ def _sharded_errors_worker(rank, init_file, out):
 
 def test_sharded_2dgs_matches_replicated(tmp_path):
     args = ["train", *TRAIN, "--model", "2dgs", "--max-steps", "40"]
-    r = torchrun(2, [*args, "--dist-mode", "shard", "--output-dir", str(tmp_path / "shard"), "--summary-json",
-                     str(tmp_path / "shard.json")], tmp_path)
+    r = torchrun(
+        2,
+        [
+            *args,
+            "--dist-mode",
+            "shard",
+            "--output-dir",
+            str(tmp_path / "shard"),
+            "--summary-json",
+            str(tmp_path / "shard.json"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(2, [*args, "--output-dir", str(tmp_path / "rep"), "--summary-json", str(tmp_path / "rep.json")],
-                 tmp_path)
+    r = torchrun(
+        2, [*args, "--output-dir", str(tmp_path / "rep"), "--summary-json", str(tmp_path / "rep.json")], tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("shard", "rep"))
     assert abs(a["test_psnr"] - b["test_psnr"]) < 0.5, (a, b)

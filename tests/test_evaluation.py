@@ -16,15 +16,24 @@ from splatkit.metrics import psnr, ssim
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatTensorboard
 from splatkit.trainer import SplatTrainer
 
-DEMO_ARGS = ["--demo.image-size", "32", "--demo.num-cameras", "16", "--demo.num-init-points", "400",
-             "--demo.supersample", "1"]
+DEMO_ARGS = [
+    "--demo.image-size",
+    "32",
+    "--demo.num-cameras",
+    "16",
+    "--demo.num-init-points",
+    "400",
+    "--demo.supersample",
+    "1",
+]
 
 
 def tiny_demo():
     from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
 
-    return SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=32, num_cameras=16, num_init_points=400,
-                                                             supersample=1))
+    return SplatDemoDataProvider(
+        SplatDemoDataProviderConfig(image_size=32, num_cameras=16, num_init_points=400, supersample=1)
+    )
 
 
 def train(tmp_path, steps, modules):
@@ -49,9 +58,19 @@ def make_lpips_weights(folder, net="alex", seed=0):
 def independent_lpips_alex(backbone, heads, img, gt):
     """LPIPS written from the paper with torch.nn layers in torchvision's AlexNet order."""
     features = nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
-        nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
-        nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
+        nn.Conv2d(3, 64, 11, 4, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+    )
     features.load_state_dict({k.removeprefix("features."): v for k, v in backbone.items()})
     shift = torch.tensor([-0.030, -0.088, -0.188]).reshape(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).reshape(1, 3, 1, 1)
@@ -66,8 +85,10 @@ def independent_lpips_alex(backbone, heads, img, gt):
         return out
 
     with torch.no_grad():
-        return sum((heads[f"lin{i}.model.1.weight"] * (a - b) ** 2).sum(1).mean(dim=(1, 2))
-                   for i, (a, b) in enumerate(zip(taps(img), taps(gt))))
+        return sum(
+            (heads[f"lin{i}.model.1.weight"] * (a - b) ** 2).sum(1).mean(dim=(1, 2))
+            for i, (a, b) in enumerate(zip(taps(img), taps(gt)))
+        )
 
 
 def test_identical_images_give_inf_one_zero(tmp_path):
@@ -127,8 +148,14 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path):
         # torchmetrics reflect-pads; where the 11x11 window lies inside the image (the
         # region we average, as scikit-image and Wang et al.'s reference do) its map is exact.
         _, ref_map = tm.structural_similarity_index_measure(
-            img.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2), gaussian_kernel=True, sigma=1.5, kernel_size=11,
-            data_range=1.0, return_full_image=True)
+            img.permute(0, 3, 1, 2),
+            gt.permute(0, 3, 1, 2),
+            gaussian_kernel=True,
+            sigma=1.5,
+            kernel_size=11,
+            data_range=1.0,
+            return_full_image=True,
+        )
         assert row["ssim"] == pytest.approx(float(ref_map[..., 5:-5, 5:-5].mean()), abs=1e-6)
         assert row["lpips"] == pytest.approx(float(lp(img.float(), gt.float())[0]), rel=1e-5)
     assert stats["psnr"] == pytest.approx(np.mean(direct_psnrs), abs=1e-4)  # the mean of per-image dB
@@ -144,8 +171,19 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path):
     assert Image.open(pngs[0]).size == (3 * 32, 32)  # ground truth | render | error
 
     # The same numbers from the command line, on the checkpoint of that step.
-    rc = main(["eval", str(out / "ckpts" / "step_000040.ckpt"), "--data", "demo", *DEMO_ARGS,
-               "--output-dir", str(tmp_path / "eval"), "--lpips-weights", str(tmp_path / "w")])
+    rc = main(
+        [
+            "eval",
+            str(out / "ckpts" / "step_000040.ckpt"),
+            "--data",
+            "demo",
+            *DEMO_ARGS,
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--lpips-weights",
+            str(tmp_path / "w"),
+        ]
+    )
     assert rc == 0
     again = json.loads((tmp_path / "eval" / "stats" / "step_000040.json").read_text())
     for key in ("psnr", "ssim", "lpips", "num_gaussians", "num_images", "train_seconds"):
@@ -173,8 +211,18 @@ def test_tensorboard_events_hold_scalars_images_histograms(tmp_path):
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
     acc.Reload()
     tags = acc.Tags()
-    for tag in ("loss/total", "loss/l1", "loss/dssim", "train/psnr", "gaussians/count", "lr/means", "lr/opacities",
-                "memory/mb", "time/step_seconds", "test/psnr"):
+    for tag in (
+        "loss/total",
+        "loss/l1",
+        "loss/dssim",
+        "train/psnr",
+        "gaussians/count",
+        "lr/means",
+        "lr/opacities",
+        "memory/mb",
+        "time/step_seconds",
+        "test/psnr",
+    ):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("loss/total")] == [5, 10, 15, 20]
     assert all(e.value > 0 for e in acc.Scalars("gaussians/count"))
@@ -199,8 +247,11 @@ def test_progress_tracker_writes_plain_lines_when_not_a_terminal(tmp_path):
     lines = out.getvalue().splitlines()
     # On a CPU, first an estimate of the run time; then steps 10 and 20; no bar, no carriage returns.
     assert len(lines) == 3, lines
-    assert re.fullmatch(r"splatkit: 20 steps on this CPU: about \d+ s to \d+ s \(\d+\.\d{3} s per step now, "
-                        r"\d+ Gaussians at 32x32; steps slow down as densification adds Gaussians\)", lines[0]), lines
+    assert re.fullmatch(
+        r"splatkit: 20 steps on this CPU: about \d+ s to \d+ s \(\d+\.\d{3} s per step now, "
+        r"\d+ Gaussians at 32x32; steps slow down as densification adds Gaussians\)",
+        lines[0],
+    ), lines
     pattern = r"step (10|20)/20 loss \d+\.\d{4} psnr \d+\.\d\d gaussians \d+ \d+\.\d steps/s eta \d+s"
     assert all(re.fullmatch(pattern, line) for line in lines[1:]), lines
     assert "\r" not in out.getvalue()

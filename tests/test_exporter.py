@@ -9,8 +9,9 @@ from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 
 def _train(tmp_path, provider, exporter, steps=30, modules=()):
-    trainer = SplatTrainer(SplatTrainerConfig(max_steps=steps, output_dir=str(tmp_path / "run")), provider,
-                           modules=[*modules, exporter])
+    trainer = SplatTrainer(
+        SplatTrainerConfig(max_steps=steps, output_dir=str(tmp_path / "run")), provider, modules=[*modules, exporter]
+    )
     trainer.run()
     return trainer
 
@@ -48,7 +49,9 @@ def test_switches_suppress_their_kind(tmp_path, small_demo, save_splat, save_ckp
 
 
 def test_argument_validation():
-    with pytest.raises(ValueError, match="splat_format 'glb' is not supported; supported: 'ply', 'splat', 'spz', 'compressed_ply'"):
+    with pytest.raises(
+        ValueError, match="splat_format 'glb' is not supported; supported: 'ply', 'splat', 'spz', 'compressed_ply'"
+    ):
         SplatExporter("out", [1], splat_format="glb")
     with pytest.raises(ValueError, match="export_steps must be positive .* got -5"):
         SplatExporter("out", [10, -5])

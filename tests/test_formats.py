@@ -78,7 +78,11 @@ def _psnr(a, b):
 
 def test_format_names_suffixes_and_detection(tmp_path):
     assert {n: f.suffix for n, f in FORMATS.items()} == {
-        "ply": ".ply", "splat": ".splat", "spz": ".spz", "compressed_ply": ".compressed.ply"}
+        "ply": ".ply",
+        "splat": ".splat",
+        "spz": ".spz",
+        "compressed_ply": ".compressed.ply",
+    }
     assert format_from_path("a/scene.compressed.ply") == "compressed_ply"
     assert format_from_path("scene.PLY") == "ply"
     assert format_from_path("x.spz") == "spz" and format_from_path("x.splat") == "splat"
@@ -147,7 +151,7 @@ def test_spz_round_trip_within_quantisation(tmp_path, version):
     # with 12 fraction bits, 2^-13; log scales (x + 10) * 16 in a byte, 1/32; opacity
     # 0.5/255; dc coefficients 0.5 / (0.15 * 255); SH degree 1 in 5 bits, 4.5/128;
     # degrees 2-3 in 4 bits, 8.5/128.
-    assert _err(loaded.means, model.means).max() <= 2.0 ** -13 + F32
+    assert _err(loaded.means, model.means).max() <= 2.0**-13 + F32
     assert _err(loaded.scales, model.scales).max() <= 1 / 32 + F32
     assert _err(torch.sigmoid(loaded.opacities), torch.sigmoid(model.opacities)).max() <= 0.5 / 255 + F32
     assert _err(loaded.sh0, model.sh0).max() <= 0.5 / (0.15 * 255) + F32
@@ -172,20 +176,23 @@ def test_spz_stores_rub_axes_like_niantics_ply_to_spz(tmp_path):
     """spz keeps RUB on disk: y and z of positions, y and z of quaternions and the SH
     coefficients odd in y or z change sign against PLY's RDF."""
     model = SplatModel(
-        means=torch.tensor([[1.0, 2.0, -3.0]]), scales=torch.full((1, 3), -2.0),
-        quats=torch.tensor([[0.0, 0.0, 1.0, 0.0]]), opacities=torch.zeros(1),
-        sh0=torch.zeros(1, 1, 3), shN=torch.tensor([[[0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.125, 0.125, 0.125]]]),
+        means=torch.tensor([[1.0, 2.0, -3.0]]),
+        scales=torch.full((1, 3), -2.0),
+        quats=torch.tensor([[0.0, 0.0, 1.0, 0.0]]),
+        opacities=torch.zeros(1),
+        sh0=torch.zeros(1, 1, 3),
+        shN=torch.tensor([[[0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.125, 0.125, 0.125]]]),
     )
     path = tmp_path / "m.spz"
     spz.write_spz_file(path, model.params(), version=2)
     raw = gzip.decompress(path.read_bytes())
     magic, version, n, degree, bits, flags, _ = struct.unpack("<IIIBBBB", raw[:16])
     assert (magic, version, n, degree, bits) == (0x5053474E, 2, 1, 1, 12)
-    pos = [int.from_bytes(raw[16 + 3 * i: 19 + 3 * i], "little", signed=True) / 4096 for i in range(3)]
+    pos = [int.from_bytes(raw[16 + 3 * i : 19 + 3 * i], "little", signed=True) / 4096 for i in range(3)]
     assert pos == [1.0, -2.0, 3.0]
     body = 16 + 9 + 1 + 3 + 3
-    assert list(raw[body: body + 3]) == [128, 0, 128]  # quaternion (x, y, z) = (0, -1, 0)
-    sh = list(raw[body + 3: body + 12])
+    assert list(raw[body : body + 3]) == [128, 0, 128]  # quaternion (x, y, z) = (0, -1, 0)
+    sh = list(raw[body + 3 : body + 12])
     assert sh == [64, 64, 64, 96, 96, 96, 144, 144, 144]  # degree 1 bases (-y, z, -x): -0.5, -0.25, 0.125
     assert torch.allclose(read_splat(path).means, model.means)
 
@@ -194,9 +201,10 @@ def test_spz_large_scenes_use_fewer_fractional_bits(tmp_path):
     model = _model(n=50, spread=3000.0)
     assert dropped_information(model, "spz") == [
         f"positions reach {float(model.means.abs().max()):.4g}, so .spz stores them with 11 instead of 12 "
-        "fractional bits (resolution 0.000488281)"]
+        "fractional bits (resolution 0.000488281)"
+    ]
     loaded = read_splat(write_splat(model, tmp_path / "big.spz"))
-    assert _err(loaded.means, model.means).max() <= 2.0 ** -12 + 3000 * 1e-7
+    assert _err(loaded.means, model.means).max() <= 2.0**-12 + 3000 * 1e-7
 
 
 def test_compressed_ply_round_trip_within_quantisation(tmp_path):
@@ -213,8 +221,11 @@ def test_compressed_ply_round_trip_within_quantisation(tmp_path):
     rgb_ref, rgb = SH_C0 * ref.sh0[:, 0] + 0.5, SH_C0 * loaded.sh0[:, 0] + 0.5
     for c in range(math.ceil(model.num_gaussians / 256)):
         sl = slice(256 * c, 256 * (c + 1))
-        for got, want, bits in ((loaded.means, ref.means, steps), (loaded.scales, ref.scales, steps),
-                                (rgb, rgb_ref, torch.full((3,), 255.0, dtype=torch.float64))):
+        for got, want, bits in (
+            (loaded.means, ref.means, steps),
+            (loaded.scales, ref.scales, steps),
+            (rgb, rgb_ref, torch.full((3,), 255.0, dtype=torch.float64)),
+        ):
             extent = want[sl].double().max(0).values - want[sl].double().min(0).values
             assert (_err(got[sl], want[sl]) <= extent / (2 * bits) + 1e-5).all()
     assert _err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)).max() <= 0.5 / 255 + F32
@@ -260,8 +271,19 @@ def test_rendered_round_trips_stay_above_psnr_floor(tmp_path):
 
     def render(m):
         a = m.activated()
-        img, _, _ = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], viewmats, Ks,
-                              64, 48, sh_degree=m.sh_degree, backend="cpu")
+        img, _, _ = rasterize(
+            a["means"],
+            a["quats"],
+            a["scales"],
+            a["opacities"],
+            a["colors"],
+            viewmats,
+            Ks,
+            64,
+            48,
+            sh_degree=m.sh_degree,
+            backend="cpu",
+        )
         return img.clamp(0, 1)
 
     reference = render(model)
@@ -298,14 +320,23 @@ BAD_FILES = {
     "spz-huge-count": (".spz", _spz_bytes((0x5053474E, 3, 0xFFFFFFFF, 3, 12, 0, 0)), "declares 4294967295 Gaussians"),
     "spz-short-body": (".spz", _spz_bytes(body=b"\x01" * 7), "declares 5 Gaussians .* take 145 bytes .* holds only 7"),
     "splat-empty": (".splat", b"", "empty .splat file"),
-    "splat-size": (".splat", bytes(33),
-                   "size 33 bytes is not a multiple of 32 .*\\(1 bytes left over after 1 records\\)"),
+    "splat-size": (
+        ".splat",
+        bytes(33),
+        "size 33 bytes is not a multiple of 32 .*\\(1 bytes left over after 1 records\\)",
+    ),
     "splat-ply": (".splat", b"ply\nformat binary_little_endian 1.0\n" + bytes(28), "starts like a PLY file"),
     "splat-gzip": (".splat", gzip.compress(bytes(64)), "starts like gzip data"),
-    "splat-negative-scale": (".splat", struct.pack("<6f", 0, 0, 0, 1, -1, 1) + bytes(8),
-                             "record 0 of 1 is corrupt .* finite and positive"),
-    "splat-nan-position": (".splat", struct.pack("<6f", 0, float("nan"), 0, 1, 1, 1) + bytes(8),
-                           "record 0 of 1 is corrupt"),
+    "splat-negative-scale": (
+        ".splat",
+        struct.pack("<6f", 0, 0, 0, 1, -1, 1) + bytes(8),
+        "record 0 of 1 is corrupt .* finite and positive",
+    ),
+    "splat-nan-position": (
+        ".splat",
+        struct.pack("<6f", 0, float("nan"), 0, 1, 1, 1) + bytes(8),
+        "record 0 of 1 is corrupt",
+    ),
 }
 
 
@@ -328,7 +359,7 @@ def test_truncated_and_corrupt_spz(tmp_path):
     with pytest.raises(SplatFileError, match="cut off"):
         read_splat(tmp_path / "tail.spz")
     bad = bytearray(good)
-    bad[len(bad) // 2: len(bad) // 2 + 16] = bytes(16)
+    bad[len(bad) // 2 : len(bad) // 2 + 16] = bytes(16)
     (tmp_path / "corrupt.spz").write_bytes(bytes(bad))
     with pytest.raises(SplatFileError, match="corrupt .spz|truncated"):
         read_splat(tmp_path / "corrupt.spz")
@@ -339,10 +370,14 @@ def test_bad_compressed_ply_files(tmp_path):
     cases = {
         "cut": (raw[:-100], "truncated PLY"),
         "more": (raw.replace(b"element vertex 300\n", b"element vertex 900\n"), "truncated PLY"),
-        "chunks": (raw.replace(b"element vertex 300\n", b"element vertex 200\n"),
-                   "has 2 chunks for 200 Gaussians; it needs ceil\\(200 / 256\\) = 1"),
-        "prop": (raw.replace(b"property uint packed_scale", b"property uint packed_sizes"),
-                 "'vertex' element lacks packed_scale"),
+        "chunks": (
+            raw.replace(b"element vertex 300\n", b"element vertex 200\n"),
+            "has 2 chunks for 200 Gaussians; it needs ceil\\(200 / 256\\) = 1",
+        ),
+        "prop": (
+            raw.replace(b"property uint packed_scale", b"property uint packed_sizes"),
+            "'vertex' element lacks packed_scale",
+        ),
         "shcount": (raw.replace(b"element sh 300\n", b"element sh 200\n"), "'sh' element has 200 rows for 300"),
         "magic": (b"plx" + raw[3:], "not a PLY file"),
     }
@@ -358,7 +393,7 @@ def test_damaged_files_never_crash(tmp_path):
     """Truncations and random byte damage give a SplatFileError (or a readable model), never another error."""
     rng = np.random.default_rng(0)
     model = _model(n=300, sh_degree=2)
-    for name, fmt in FORMATS.items():
+    for _name, fmt in FORMATS.items():
         good = write_splat(model, tmp_path / f"good{fmt.suffix}").read_bytes()
         for trial in range(25):
             data = bytearray(good)
@@ -389,11 +424,14 @@ def test_dropped_information_names_what_is_lost():
     model.sh0[0, 0, 0] = 10.0
     assert dropped_information(model, "spz") == [
         "1 of 60 dc coefficients outside [-3.33333, 3.33333] are clipped",
-        "2 of 900 higher SH coefficients outside [-1, 1] are clipped"]
+        "2 of 900 higher SH coefficients outside [-1, 1] are clipped",
+    ]
     assert dropped_information(model, "compressed_ply") == [
-        "1 of 900 higher SH coefficients outside [-4, 4] are clipped"]
+        "1 of 900 higher SH coefficients outside [-4, 4] are clipped"
+    ]
     assert dropped_information(model, "splat")[1] == (
-        "1 of 60 base colour values (0.5 + SH_C0 * dc) outside [0, 1] are clipped")
+        "1 of 60 base colour values (0.5 + SH_C0 * dc) outside [0, 1] are clipped"
+    )
 
 
 def test_describe_every_format(tmp_path):
@@ -424,10 +462,11 @@ def test_convert_between_every_pair_with_crop_and_opacity_filter(tmp_path):
             lost_sh = min(3, FORMATS[src_name].max_sh_degree) > fmt.max_sh_degree
             assert out["warnings"] == (["SH degree 3 -> 0 (view-dependent colour is lost)"] if lost_sh else [])
 
-    out = convert(sources["ply"], tmp_path / "crop.spz", crop_min=[-0.5, -0.5, -1], crop_max=[0.5, 0.5, 1],
-                  min_opacity=0.3)
+    out = convert(
+        sources["ply"], tmp_path / "crop.spz", crop_min=[-0.5, -0.5, -1], crop_max=[0.5, 0.5, 1], min_opacity=0.3
+    )
     means, alpha = model.means, torch.sigmoid(model.opacities)
-    in_box = ((means[:, :2].abs() <= 0.5).all(1))
+    in_box = (means[:, :2].abs() <= 0.5).all(1)
     assert out["removed_by_crop"] == int((~in_box).sum())
     assert out["removed_by_opacity"] == int((in_box & (alpha < 0.3)).sum())
     assert out["num_out"] == int((in_box & (alpha >= 0.3)).sum()) == read_splat(tmp_path / "crop.spz").num_gaussians
@@ -492,8 +531,19 @@ def test_transformed_model_renders_the_same_from_the_moved_camera():
 
     def render(m, vm):
         a = m.activated()
-        img, _, _ = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], vm.float(),
-                              Ks.float(), 48, 40, sh_degree=3, backend="cpu")
+        img, _, _ = rasterize(
+            a["means"],
+            a["quats"],
+            a["scales"],
+            a["opacities"],
+            a["colors"],
+            vm.float(),
+            Ks.float(),
+            48,
+            40,
+            sh_degree=3,
+            backend="cpu",
+        )
         return img
 
     before, after = render(model, viewmats), render(moved, c2w_to_viewmat(moved_c2w))
@@ -525,10 +575,28 @@ class _TinyCapture(SplatDataProvider):
         self._scene = _model(n=60, sh_degree=0, seed=7)
         viewmats, Ks = cameras(16, 16, n=4, dtype=torch.float32)
         a = self._scene.activated()
-        images, _, _ = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], viewmats, Ks,
-                                 16, 16, sh_degree=0, backend="cpu")
-        self._frames = [SplatFrames(SplatCameras(viewmats[i:i + 1], Ks[i:i + 1], 16, 16), images[i:i + 1].clamp(0, 1),
-                                    None, [f"view{i}"]) for i in range(4)]
+        images, _, _ = rasterize(
+            a["means"],
+            a["quats"],
+            a["scales"],
+            a["opacities"],
+            a["colors"],
+            viewmats,
+            Ks,
+            16,
+            16,
+            sh_degree=0,
+            backend="cpu",
+        )
+        self._frames = [
+            SplatFrames(
+                SplatCameras(viewmats[i : i + 1], Ks[i : i + 1], 16, 16),
+                images[i : i + 1].clamp(0, 1),
+                None,
+                [f"view{i}"],
+            )
+            for i in range(4)
+        ]
         if transform:
             self.transform = _similarity(scale=0.5)[0]
 
@@ -571,16 +639,24 @@ def test_exporter_writes_every_listed_format(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         trainer = _run(tmp_path, exporter, provider, steps=30)
     assert sorted(p.name for p in (tmp_path / "out" / "splats").iterdir()) == [
-        "step_000015.compressed.ply", "step_000015.ply", "step_000015.splat", "step_000015.spz",
-        "step_000030.compressed.ply", "step_000030.ply", "step_000030.splat", "step_000030.spz"]
+        "step_000015.compressed.ply",
+        "step_000015.ply",
+        "step_000015.splat",
+        "step_000015.spz",
+        "step_000030.compressed.ply",
+        "step_000030.ply",
+        "step_000030.splat",
+        "step_000030.spz",
+    ]
     assert exporter.splat_path(30) == tmp_path / "out" / "splats" / "step_000030.ply"
-    final = trainer.training_state.to_model()
+    final = SplatModel.from_training_state(trainer.training_state)
     ply = read_splat(tmp_path / "out" / "splats" / "step_000030.ply")
     for name, t in final.params().items():
         assert torch.equal(getattr(ply, name), t), name
     dropped = [r.getMessage() for r in caplog.records if "drops information" in r.getMessage()]
     assert dropped == [
-        "SplatExporter: splat export drops information: SH degree 3 -> 0 (view-dependent colour is lost)"]
+        "SplatExporter: splat export drops information: SH degree 3 -> 0 (view-dependent colour is lost)"
+    ]
 
     frames = [provider.train_frame(i) for i in range(3)] + [provider.test_frame(0)]
     viewmats = torch.cat([f.cameras.viewmats for f in frames])
@@ -588,13 +664,26 @@ def test_exporter_writes_every_listed_format(tmp_path, caplog):
 
     def render(m):
         a = m.activated()
-        img, _, _ = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], viewmats, Ks,
-                              16, 16, sh_degree=m.sh_degree, backend="cpu")
+        img, _, _ = rasterize(
+            a["means"],
+            a["quats"],
+            a["scales"],
+            a["opacities"],
+            a["colors"],
+            viewmats,
+            Ks,
+            16,
+            16,
+            sh_degree=m.sh_degree,
+            backend="cpu",
+        )
         return img.clamp(0, 1)
 
     reference = render(final)
-    report = {name: _psnr(render(read_splat(tmp_path / "out" / "splats" / f"step_000030{fmt.suffix}")), reference)
-              for name, fmt in FORMATS.items()}
+    report = {
+        name: _psnr(render(read_splat(tmp_path / "out" / "splats" / f"step_000030{fmt.suffix}")), reference)
+        for name, fmt in FORMATS.items()
+    }
     print("trained scene, exported files' render PSNR (dB):", {k: round(v, 2) for k, v in report.items()})
     for name, floor in TRAINED_PSNR_FLOOR.items():
         assert report[name] >= floor, f"{name}: {report[name]:.2f} dB < {floor} dB"
@@ -609,7 +698,9 @@ def test_exporter_input_frame_undoes_the_provider_transform(tmp_path):
     exporter = SplatExporter(tmp_path / "out", [2], save_ckpt=False, splat_format="ply", frame="input")
     trainer = _run(tmp_path, exporter, provider)
     exported = read_splat(tmp_path / "out" / "splats" / "step_000002.ply")
-    expected = transform_model(trainer.training_state.to_model(), torch.linalg.inv(provider.transform))
+    expected = transform_model(
+        SplatModel.from_training_state(trainer.training_state), torch.linalg.inv(provider.transform)
+    )
     assert torch.allclose(exported.means, expected.means, atol=1e-6)
     T = provider.transform
     trained = trainer.training_state.params
@@ -619,8 +710,9 @@ def test_exporter_input_frame_undoes_the_provider_transform(tmp_path):
 
 
 def test_exporter_validation(tmp_path):
-    with pytest.raises(ValueError, match="splat_format 'glb' is not supported; supported: 'ply', 'splat', 'spz', "
-                                         "'compressed_ply'"):
+    with pytest.raises(
+        ValueError, match="splat_format 'glb' is not supported; supported: 'ply', 'splat', 'spz', 'compressed_ply'"
+    ):
         SplatExporter("out", [1], splat_format=["ply", "glb"])
     with pytest.raises(TypeError, match="non-empty list"):
         SplatExporter("out", [1], splat_format=[])
@@ -638,9 +730,14 @@ def test_convert_stores_surfels_as_flat_gaussians_in_every_3dgs_format(tmp_path)
 
     g = torch.Generator().manual_seed(0)
     n = 40
-    SplatModel(means=torch.randn(n, 3, generator=g), scales=torch.randn(n, 2, generator=g) - 3,
-               quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
-               sh0=torch.randn(n, 1, 3, generator=g) * 0.3, shN=torch.zeros(n, 15, 3)).save_ply(tmp_path / "s.ply")
+    SplatModel(
+        means=torch.randn(n, 3, generator=g),
+        scales=torch.randn(n, 2, generator=g) - 3,
+        quats=torch.randn(n, 4, generator=g),
+        opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g) * 0.3,
+        shN=torch.zeros(n, 15, 3),
+    ).save_ply(tmp_path / "s.ply")
     for suffix in (".splat", ".spz", ".compressed.ply"):
         summary = convert(tmp_path / "s.ply", tmp_path / f"out{suffix}")
         assert any("flat 3D Gaussians" in w for w in summary["warnings"]), suffix

@@ -11,13 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check.json"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--dry-run", "--out", str(out),
-                    "--work", str(tmp_path / "work")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "gpu_check.py"),
+            "--dry-run",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads(out.read_text())
     assert result["candidate"] == "cpu"
     cases = result["parity"]["cases"]
-    assert {c["case"] for c in cases} >= {"random_shNone", "random_sh3", "edge_cases", "edge_cases_antialiased",
-                                          "edge_cases_sharded_stages"}
+    assert {c["case"] for c in cases} >= {
+        "random_shNone",
+        "random_sh3",
+        "edge_cases",
+        "edge_cases_antialiased",
+        "edge_cases_sharded_stages",
+    }
     assert result["parity"]["all_pass"], [c for c in cases if not c["pass"]]
     assert set(cases[0]["grad_rel_l2"]) == {"means", "quats", "scales", "opacities", "colors"}
     overhead = result["overhead"]

@@ -20,8 +20,9 @@ def _orbit(n=60, radius=4.0, fov=0.69, size=100, scale=1.0, center=(0.0, 0.0, 0.
     for i in range(n):
         elev = math.radians(10 + 70 * ((i * 0.618) % 1))
         azim = 2 * math.pi * i / n
-        eye = c + scale * radius * torch.tensor([math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim),
-                                                 math.sin(elev)], dtype=torch.float64)
+        eye = c + scale * radius * torch.tensor(
+            [math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)], dtype=torch.float64
+        )
         vm = c2w_to_viewmat(look_at_c2w(eye, c, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)))
         K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]], dtype=torch.float64)
         cams.append(SplatCameras(vm[None].float(), K[None].float(), size, size))
@@ -49,8 +50,9 @@ def test_random_start_fills_the_volume_every_camera_sees():
 
 def test_random_start_follows_the_cameras_at_any_scale_and_place():
     a, _ = view_volume_points(_orbit(), 5000, torch.Generator().manual_seed(1), coverage=0.9)
-    b, report = view_volume_points(_orbit(scale=50.0, center=(100.0, -20.0, 3.0)), 5000,
-                                   torch.Generator().manual_seed(1), coverage=0.9)
+    b, report = view_volume_points(
+        _orbit(scale=50.0, center=(100.0, -20.0, 3.0)), 5000, torch.Generator().manual_seed(1), coverage=0.9
+    )
     assert report["focus"] == pytest.approx([100.0, -20.0, 3.0], abs=1e-3)
     rel = (b - torch.tensor([100.0, -20.0, 3.0])) / 50.0
     assert float(rel.norm(dim=-1).max()) == pytest.approx(float(a.norm(dim=-1).max()), rel=0.1)
@@ -67,22 +69,30 @@ def test_trainer_says_how_it_started(tmp_path, caplog):
     trainer = SplatTrainer(SplatTrainerConfig(max_steps=1, init_num_points=500, output_dir=str(tmp_path)), provider)
     trainer.setup()
     assert trainer.training_state.num_gaussians == 500
-    assert "initialising 500 Gaussians at random in the volume the cameras see " \
-           "(SplatColmapDataProvider has no point cloud)" in caplog.text
+    assert (
+        "initialising 500 Gaussians at random in the volume the cameras see "
+        "(SplatColmapDataProvider has no point cloud)" in caplog.text
+    )
     assert trainer.init_report["type"] == "random"
     with pytest.raises(ValueError, match="init_type is 'points' but SplatColmapDataProvider has no point cloud"):
         SplatTrainer(SplatTrainerConfig(init_type="points", output_dir=str(tmp_path)), provider).setup()
 
-    with_points = SplatColmapDataProvider(SplatColmapDataProviderConfig(str(write_scene(tmp_path / "p", "PINHOLE")),
-                                                                        str(tmp_path / "p" / "images")))
+    with_points = SplatColmapDataProvider(
+        SplatColmapDataProviderConfig(str(write_scene(tmp_path / "p", "PINHOLE")), str(tmp_path / "p" / "images"))
+    )
     caplog.clear()
     t = SplatTrainer(SplatTrainerConfig(output_dir=str(tmp_path / "a")), with_points)
     t.setup()
     assert "Gaussians on the point cloud of SplatColmapDataProvider" in caplog.text
-    assert t.init_report == {"type": "points", "num_points": t.training_state.num_gaussians, "opacity": 0.1,
-                             "scale": 1.0}
-    t = SplatTrainer(SplatTrainerConfig(output_dir=str(tmp_path / "b"), init_type="random", init_num_points=300),
-                     with_points)
+    assert t.init_report == {
+        "type": "points",
+        "num_points": t.training_state.num_gaussians,
+        "opacity": 0.1,
+        "scale": 1.0,
+    }
+    t = SplatTrainer(
+        SplatTrainerConfig(output_dir=str(tmp_path / "b"), init_type="random", init_num_points=300), with_points
+    )
     t.setup()
     assert t.training_state.num_gaussians == 300 and t.init_report["type"] == "random"
 
@@ -91,8 +101,9 @@ def test_the_strategy_chooses_the_start_opacity_and_scale_unless_the_config_does
     from splatkit.densification import SplatMCMCDensification
     from splatkit.splat.conventions import opacity_activation
 
-    mcmc = SplatTrainer(SplatTrainerConfig(output_dir=str(tmp_path / "a")), small_demo,
-                        densification=SplatMCMCDensification())
+    mcmc = SplatTrainer(
+        SplatTrainerConfig(output_dir=str(tmp_path / "a")), small_demo, densification=SplatMCMCDensification()
+    )
     mcmc.setup()
     assert (mcmc.init_report["opacity"], mcmc.init_report["scale"]) == (0.5, 0.1)
     assert float(opacity_activation(mcmc.training_state.params["opacities"].detach()).mean()) == pytest.approx(0.5)
@@ -100,7 +111,10 @@ def test_the_strategy_chooses_the_start_opacity_and_scale_unless_the_config_does
     default.setup()
     ratio = (mcmc.training_state.params["scales"] - default.training_state.params["scales"]).detach().exp()
     torch.testing.assert_close(ratio, torch.full_like(ratio, 0.1))
-    given = SplatTrainer(SplatTrainerConfig(output_dir=str(tmp_path / "c"), init_opacity=0.2, init_scale=0.5),
-                         small_demo, densification=SplatMCMCDensification())
+    given = SplatTrainer(
+        SplatTrainerConfig(output_dir=str(tmp_path / "c"), init_opacity=0.2, init_scale=0.5),
+        small_demo,
+        densification=SplatMCMCDensification(),
+    )
     given.setup()
     assert (given.init_report["opacity"], given.init_report["scale"]) == (0.2, 0.5)

@@ -18,12 +18,14 @@ from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 
 def _model(n, seed=0, opacities=None, scale_range=(0.05, 0.2)):
-    means, quats, scales, opac, colors = random_scene(n, seed=seed, dtype=torch.float32, sh_degree=0,
-                                                      scale_range=scale_range)
+    means, quats, scales, opac, colors = random_scene(
+        n, seed=seed, dtype=torch.float32, sh_degree=0, scale_range=scale_range
+    )
     if opacities is not None:
         opac = opacities
-    return SplatModel(means=means, scales=scales.log(), quats=quats, opacities=torch.logit(opac),
-                      sh0=colors, shN=torch.zeros(n, 0, 3))
+    return SplatModel(
+        means=means, scales=scales.log(), quats=quats, opacities=torch.logit(opac), sh0=colors, shN=torch.zeros(n, 0, 3)
+    )
 
 
 def _trained_state(model, seed=0):
@@ -49,8 +51,9 @@ def _rows_matching(means, reference):
 def _literal_eq9(o, n, min_opacity=0.005):
     """The paper's Eq. 9 written as its double sum, in Python floats."""
     o_new = min(max(1 - (1 - o) ** (1 / n), min_opacity), 1 - 2**-23)
-    denom = sum(math.comb(i - 1, k) * (-1) ** k * o_new ** (k + 1) / math.sqrt(k + 1)
-                for i in range(1, n + 1) for k in range(i))
+    denom = sum(
+        math.comb(i - 1, k) * (-1) ** k * o_new ** (k + 1) / math.sqrt(k + 1) for i in range(1, n + 1) for k in range(i)
+    )
     return o_new, o / denom
 
 
@@ -59,7 +62,7 @@ def test_relocation_formula_matches_the_papers_double_sum():
     o = torch.tensor([c[0] for c in cases])
     n = torch.tensor([c[1] for c in cases])
     new_o, new_s = ops.relocation_opacity_scale(o, torch.ones(len(cases), 3) * 0.2, n)
-    for i, (oi, ni) in enumerate(cases):
+    for i, (_oi, ni) in enumerate(cases):
         ref_o, ref_factor = _literal_eq9(float(o[i]), ni)
         assert float(new_o[i]) == pytest.approx(ref_o, rel=1e-6)
         assert float(new_s[i, 0]) == pytest.approx(0.2 * ref_factor, rel=1e-5)
@@ -84,8 +87,9 @@ def test_relocation_keeps_the_rendered_image():
 
     def render(m):
         a = m.activated()
-        return rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], vm, K, W, H,
-                         sh_degree=0, backend="cpu")[0]
+        return rasterize(
+            a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], vm, K, W, H, sh_degree=0, backend="cpu"
+        )[0]
 
     def change(m):
         return float((render(m) - before).abs().mean())
@@ -94,7 +98,7 @@ def test_relocation_keeps_the_rendered_image():
     ts = model.to_training_state()
     torch.manual_seed(0)
     assert ops.relocate(ts, {}, dead, min_opacity=0.005) == int(dead.sum())
-    relocated = ts.to_model()
+    relocated = SplatModel.from_training_state(ts)
     # Live rows stay in place; each dead row now sits on a live target.
     dead_idx = torch.nonzero(dead)[:, 0]
     targets = _rows_matching(relocated.means[dead_idx], model.means)
@@ -106,7 +110,7 @@ def test_relocation_keeps_the_rendered_image():
     # (no scale correction) is in between.
     removed = SplatModel(**{k: v[~dead] for k, v in model.params().items()})
     naive = SplatModel(**{k: v.clone() for k, v in model.params().items()})
-    for k, v in naive.params().items():
+    for _k, v in naive.params().items():
         v[dead_idx] = v[targets]
     opacity_only = SplatModel(**{k: v.clone() for k, v in naive.params().items()})
     touched = torch.cat([dead_idx, targets])
@@ -143,8 +147,9 @@ def test_relocate_and_sample_add_restart_the_moments_they_touch():
         assert torch.equal(m[~touched], before[name][0][~touched]), name
         assert torch.equal(v[~touched], before[name][1][~touched]), name
         assert torch.equal(step, before[name][2])
-    assert (running["seen"][touched] == 0).all() and torch.equal(running["seen"][~touched],
-                                                                 torch.arange(N, dtype=torch.float32)[~touched])
+    assert (running["seen"][touched] == 0).all() and torch.equal(
+        running["seen"][~touched], torch.arange(N, dtype=torch.float32)[~touched]
+    )
 
     # A fresh state, so every mean is distinct and each copy names its source.
     ts = _trained_state(model)
@@ -211,9 +216,13 @@ class _Counts(SplatBaseModule):
 def test_growth_is_five_percent_per_refinement_up_to_the_cap(tmp_path, small_demo):
     rec = _Counts()
     strategy = SplatMCMCDensification(cap_max=700, refine_start_iter=0, refine_every=2)
-    SplatTrainer(SplatTrainerConfig(max_steps=12, output_dir=str(tmp_path), seed=0), small_demo,
-                 loss_fn=Splat3DGSLossFn(opacity_reg=0.01, scale_reg=0.02), densification=strategy,
-                 modules=[rec]).run()
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=12, output_dir=str(tmp_path), seed=0),
+        small_demo,
+        loss_fn=Splat3DGSLossFn(opacity_reg=0.01, scale_reg=0.02),
+        densification=strategy,
+        modules=[rec],
+    ).run()
     n = rec.counts[1]
     expected = {}
     for step in range(1, 13):
@@ -232,8 +241,11 @@ def test_growth_is_five_percent_per_refinement_up_to_the_cap(tmp_path, small_dem
 
 
 def test_more_initial_points_than_the_cap_is_an_error(tmp_path, small_demo):
-    trainer = SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path)), small_demo,
-                           densification=SplatMCMCDensification(cap_max=500))
+    trainer = SplatTrainer(
+        SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path)),
+        small_demo,
+        densification=SplatMCMCDensification(cap_max=500),
+    )
     with pytest.raises(ValueError, match="has 600 Gaussians but SplatMCMCDensification.cap_max is 500"):
         trainer.run()
     with pytest.raises(ValueError, match="min_opacity must be in"):
@@ -245,23 +257,30 @@ def test_more_initial_points_than_the_cap_is_an_error(tmp_path, small_demo):
 def _mcmc():
     # Refinements at steps 11, 21, 31, 41 (gsplat's iterations 10, 20, ...); min_opacity 0.05 (with
     # the opacity regulariser) gives dead Gaussians within 41 steps of init_opacity 0.1.
-    return SplatMCMCDensification(refine_start_iter=5, refine_every=10, min_opacity=0.05, init_opacity=0.1,
-                                  verbose=True)
+    return SplatMCMCDensification(
+        refine_start_iter=5, refine_every=10, min_opacity=0.05, init_opacity=0.1, verbose=True
+    )
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, small_demo, capsys):
     N = 25
     loss_fn = Splat3DGSLossFn(opacity_reg=0.01, scale_reg=0.01)
     straight = SplatTrainer(
-        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "a"), seed=3), small_demo,
-        loss_fn=loss_fn, densification=_mcmc(), modules=[SplatExporter(tmp_path / "a", [N], save_splat=False)],
+        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "a"), seed=3),
+        small_demo,
+        loss_fn=loss_fn,
+        densification=_mcmc(),
+        modules=[SplatExporter(tmp_path / "a", [N], save_splat=False)],
     )
     straight.run()
     relocated = {int(s): int(r) for s, r in re.findall(r"step (\d+): (\d+) relocated", capsys.readouterr().out)}
     assert relocated[41] > 0  # a relocation inside the resumed half
     resumed = SplatTrainer(
-        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "b"), seed=3), small_demo,
-        loss_fn=loss_fn, densification=_mcmc(), ckpt_path=tmp_path / "a" / "ckpts" / f"step_{N:06d}.ckpt",
+        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "b"), seed=3),
+        small_demo,
+        loss_fn=loss_fn,
+        densification=_mcmc(),
+        ckpt_path=tmp_path / "a" / "ckpts" / f"step_{N:06d}.ckpt",
     )
     resumed.run()
     a, b = straight.training_state, resumed.training_state

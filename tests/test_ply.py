@@ -13,9 +13,12 @@ def _model(n=50, sh_degree=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     K = (sh_degree + 1) ** 2
     return SplatModel(
-        means=torch.randn(n, 3, generator=g), scales=torch.randn(n, 3, generator=g) - 3,
-        quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
-        sh0=torch.randn(n, 1, 3, generator=g), shN=torch.randn(n, K - 1, 3, generator=g),
+        means=torch.randn(n, 3, generator=g),
+        scales=torch.randn(n, 3, generator=g) - 3,
+        quats=torch.randn(n, 4, generator=g),
+        opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g),
+        shN=torch.randn(n, K - 1, 3, generator=g),
     )
 
 

@@ -12,14 +12,15 @@ their float64 parameters are rounded to float32.
 
 import pytest
 import torch
-
 from conftest import cameras, random_scene
-from splatkit.renderer.backends import BACKENDS_2DGS, cpu, resolve_backend_name_2dgs
+
+from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings, cpu, resolve
 from splatkit.renderer.functional import rasterize_2dgs
 from splatkit.splat.conventions import rotmat_to_quat
 
-pytestmark = pytest.mark.skipif(not cpu.is_available(),
-                                reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not cpu.is_available(), reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}"
+)
 
 NAMES = ("means", "quats", "scales", "opacities", "colors")
 OUTPUTS = ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median_depth")
@@ -31,17 +32,23 @@ def surfel_scene(n, seed, **kw):
     return [means, quats, scales[:, :2].contiguous(), opacities, colors]
 
 
+def surfel_render(backend, params, vm, K, W, H, sh_degree=None):
+    """The raw surfel rasterizer output dict of ``backend``."""
+    return BACKENDS[backend].rasterize_2dgs(RasterInputs(*params, vm, K, W, H, sh_degree), RasterSettings())
+
+
 def compare(scene, vm, K, W, H, **kw):
     """Render with both backends, backpropagate the same random weights on every output, compare."""
     results = {}
     scene, vm, K = [t.float().double() for t in scene], vm.float().double(), K.float().double()
     for backend, dtype in (("torch", torch.float64), ("cpu", torch.float32)):
         params = [t.to(dtype).clone().requires_grad_(True) for t in scene]
-        out = BACKENDS_2DGS[backend](*params, vm.to(dtype), K.to(dtype), W, H, **kw)
+        out = surfel_render(backend, params, vm.to(dtype), K.to(dtype), W, H, **kw)
         out["means2d"].retain_grad()
         g = torch.Generator().manual_seed(0)
-        loss = sum((out[k] * torch.randn(out[k].shape, generator=g, dtype=torch.float64).to(dtype)).sum()
-                   for k in OUTPUTS)
+        loss = sum(
+            (out[k] * torch.randn(out[k].shape, generator=g, dtype=torch.float64).to(dtype)).sum() for k in OUTPUTS
+        )
         loss.backward()
         grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).double() for p in params]
         results[backend] = ({k: v.detach() for k, v in out.items()}, grads, out["means2d"].grad.double())
@@ -140,8 +147,9 @@ def test_rays_parallel_to_a_surfel_and_many_tiles():
     vm = torch.eye(4, dtype=torch.float64)[None]
     K = torch.tensor([[[60.0, 0, 12.5], [0, 60.0, 70.0], [0, 0, 1]]], dtype=torch.float64)
     means, quats, scales, opacities, colors = surfel_scene(30, seed=9, scale_range=(0.2, 1.5))
-    means = means * torch.tensor([1.5, 1.2, 0.5], dtype=torch.float64) + torch.tensor([0.0, 0.0, 4.0],
-                                                                                      dtype=torch.float64)
+    means = means * torch.tensor([1.5, 1.2, 0.5], dtype=torch.float64) + torch.tensor(
+        [0.0, 0.0, 4.0], dtype=torch.float64
+    )
     # vertical planes x = const (rotation (x, y, z) -> (y, z, x), exact in float32): the
     # rays through pixel column 12 (x + 0.5 = cx) are parallel to them
     means[:4, 0] = torch.tensor([0.5, -0.4, 0.3, -0.2], dtype=torch.float64)
@@ -166,7 +174,7 @@ def test_empty_and_fully_culled_scenes():
     vm, K = cameras(W, H)
     means, quats, scales, opacities, colors = surfel_scene(5, seed=7)
     params = [t.float().requires_grad_(True) for t in (means + 100.0, quats, scales, opacities, colors)]
-    out = cpu.rasterize_2dgs(*params, vm.float(), K.float(), W, H)
+    out = surfel_render("cpu", params, vm.float(), K.float(), W, H)
     for k in OUTPUTS:
         assert float(out[k].detach().abs().max()) == 0.0, k
     assert int((out["radii"] > 0).sum()) == 0
@@ -175,8 +183,8 @@ def test_empty_and_fully_culled_scenes():
 
 
 def test_auto_picks_cpu_for_float32_and_reference_for_float64():
-    assert resolve_backend_name_2dgs("auto", "cpu", torch.float32) == "cpu"
-    assert resolve_backend_name_2dgs("auto", "cpu", torch.float64) == "torch"
+    assert resolve("auto", "cpu", torch.float32, kind="2dgs").name == "cpu"
+    assert resolve("auto", "cpu", torch.float64, kind="2dgs").name == "torch"
     means, quats, scales, opacities, colors = surfel_scene(3, seed=1)
     vm, K = cameras(8, 8)
     with pytest.raises(ValueError, match="needs float32 CPU tensors; means is torch.float64"):

@@ -5,15 +5,16 @@ parameter gradient within 1e-4 relative L2 error. The reference runs in float64,
 the comparison measures the compiled backend's float32 error, not the reference's.
 """
 
-
 import pytest
 import torch
-
 from conftest import cameras, random_scene
+
 from splatkit.renderer import rasterize
 from splatkit.renderer.backends import cpu
 
-pytestmark = pytest.mark.skipif(not cpu.is_available(), reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    not cpu.is_available(), reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}"
+)
 
 NAMES = ("means", "quats", "scales", "opacities", "colors")
 
@@ -31,9 +32,13 @@ def compare(scene, vm, K, W, H, **kw):
         w_img = torch.randn(img.shape, generator=g, dtype=torch.float64).to(dtype)
         w_alpha = torch.randn(alpha.shape, generator=g, dtype=torch.float64).to(dtype)
         ((img * w_img).sum() + (alpha * w_alpha).sum()).backward()
-        results[backend] = (img.detach().double(), alpha.detach().double(), meta,
-                            [(p.grad if p.grad is not None else torch.zeros_like(p)).double() for p in params],
-                            meta["means2d"].grad.double())
+        results[backend] = (
+            img.detach().double(),
+            alpha.detach().double(),
+            meta,
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).double() for p in params],
+            meta["means2d"].grad.double(),
+        )
     (i_ref, a_ref, m_ref, g_ref, m2_ref), (i_cpu, a_cpu, m_cpu, g_cpu, m2_cpu) = results["torch"], results["cpu"]
     assert (i_ref - i_cpu).abs().mean() < 1e-5
     assert (a_ref - a_cpu).abs().mean() < 1e-5
@@ -101,17 +106,28 @@ def test_empty_and_fully_culled_scenes():
     means, quats, scales, opacities, colors = random_scene(5, seed=7)
     means = means + 100.0  # all far outside the view
     bg = torch.tensor([[0.5, 0.25, 1.0]])
-    img, alpha, meta = rasterize(means.float(), quats.float(), scales.float(), opacities.float(), colors.float(),
-                                 vm.float(), K.float(), W, H, backgrounds=bg, backend="cpu")
+    img, alpha, meta = rasterize(
+        means.float(),
+        quats.float(),
+        scales.float(),
+        opacities.float(),
+        colors.float(),
+        vm.float(),
+        K.float(),
+        W,
+        H,
+        backgrounds=bg,
+        backend="cpu",
+    )
     assert torch.equal(img[0], bg[0].expand(H, W, 3)) and float(alpha.abs().max()) == 0.0
     assert int((meta["radii"] > 0).sum()) == 0
 
 
 def test_auto_picks_cpu_for_float32_and_reference_for_float64():
-    from splatkit.renderer.backends import resolve_backend_name
+    from splatkit.renderer.backends import resolve
 
-    assert resolve_backend_name("auto", "cpu", torch.float32) == "cpu"
-    assert resolve_backend_name("auto", "cpu", torch.float64) == "torch"
+    assert resolve("auto", "cpu", torch.float32).name == "cpu"
+    assert resolve("auto", "cpu", torch.float64).name == "torch"
     with pytest.raises(ValueError, match="needs float32 CPU tensors; means is torch.float64"):
         means, quats, scales, opacities, colors = random_scene(3)
         vm, K = cameras(8, 8)

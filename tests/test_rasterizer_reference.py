@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import cameras, random_scene
 from oracle import render_naive
+
 from splatkit.renderer import rasterize
 
 
@@ -53,8 +53,7 @@ def test_spherical_harmonics_match_naive(sh_degree):
 
 def test_gradcheck_all_parameters():
     W, H = 12, 10
-    means, quats, scales, opacities, colors = random_scene(6, seed=4, sh_degree=3, spread=0.5,
-                                                           scale_range=(0.15, 0.35))
+    means, quats, scales, opacities, colors = random_scene(6, seed=4, sh_degree=3, spread=0.5, scale_range=(0.15, 0.35))
     vm, K = cameras(W, H)
     bg = torch.tensor([[0.2, 0.1, 0.0]], dtype=torch.float64)
 
@@ -84,10 +83,14 @@ def test_culling_behind_near_and_far():
     vm, K = cameras(W, H, distance=4.0)
     cam_center = -vm[0, :3, :3].T @ vm[0, :3, 3]
     forward = vm[0, 2, :3]
-    means = torch.stack([cam_center - 1.0 * forward,  # behind the camera
-                         cam_center + 0.005 * forward,  # in front of the near plane
-                         cam_center + 20.0 * forward,  # beyond far_plane=10
-                         torch.zeros(3, dtype=torch.float64)])  # visible
+    means = torch.stack(
+        [
+            cam_center - 1.0 * forward,  # behind the camera
+            cam_center + 0.005 * forward,  # in front of the near plane
+            cam_center + 20.0 * forward,  # beyond far_plane=10
+            torch.zeros(3, dtype=torch.float64),
+        ]
+    )  # visible
     n = means.shape[0]
     quats = torch.tensor([[1.0, 0, 0, 0]] * n, dtype=torch.float64)
     scales = torch.full((n, 3), 0.3, dtype=torch.float64)
@@ -104,10 +107,22 @@ def test_empty_scene_is_background():
     vm, K = cameras(W, H)
     empty = torch.zeros(0, 3, dtype=torch.float64)
     bg = torch.tensor([[0.3, 0.6, 0.9]], dtype=torch.float64)
-    img, alpha, _ = rasterize(empty, torch.zeros(0, 4, dtype=torch.float64), empty,
-                              torch.zeros(0, dtype=torch.float64), empty, vm, K, W, H, backgrounds=bg,
-                              backend="torch")
-    assert torch.equal(img[0], bg[0].expand(H, W, 3)) and torch.equal(alpha, torch.zeros(1, H, W, 1, dtype=torch.float64))
+    img, alpha, _ = rasterize(
+        empty,
+        torch.zeros(0, 4, dtype=torch.float64),
+        empty,
+        torch.zeros(0, dtype=torch.float64),
+        empty,
+        vm,
+        K,
+        W,
+        H,
+        backgrounds=bg,
+        backend="torch",
+    )
+    assert torch.equal(img[0], bg[0].expand(H, W, 3)) and torch.equal(
+        alpha, torch.zeros(1, H, W, 1, dtype=torch.float64)
+    )
 
 
 def test_expected_depth_of_an_opaque_wall():
@@ -126,8 +141,7 @@ def test_expected_depth_of_an_opaque_wall():
     scales = torch.tensor([0.12, 0.12, 0.001], dtype=torch.float64).expand(means.shape[0], 3)
     opac = torch.full((means.shape[0],), 0.99, dtype=torch.float64)
     colors = torch.ones(means.shape[0], 3, dtype=torch.float64)
-    out, alpha, _ = rasterize(means, quats, scales, opac, colors, vm, K, W, H, render_mode="RGB+ED",
-                              backend="torch")
+    out, alpha, _ = rasterize(means, quats, scales, opac, colors, vm, K, W, H, render_mode="RGB+ED", backend="torch")
     assert out.shape == (1, H, W, 4)
     assert float(alpha.min()) > 0.99
     torch.testing.assert_close(out[0, ..., 3], torch.full((H, W), 3.0, dtype=torch.float64), atol=1e-6, rtol=0)
@@ -169,14 +183,26 @@ def test_gsplat_switches_are_refused_by_other_backends():
     with pytest.raises(ValueError, match="packed is a gsplat option; backend 'torch' does not support it"):
         rasterize(means, quats, scales, opacities, colors, vm, K, W, H, backend="torch", packed=True)
     with pytest.raises(ValueError, match="absgrad, sparse_grad are gsplat options"):
-        rasterize(means.float(), quats.float(), scales.float(), opacities.float(), colors.float(), vm.float(),
-                  K.float(), W, H, backend="auto", absgrad=True, sparse_grad=True)
+        rasterize(
+            means.float(),
+            quats.float(),
+            scales.float(),
+            opacities.float(),
+            colors.float(),
+            vm.float(),
+            K.float(),
+            W,
+            H,
+            backend="auto",
+            absgrad=True,
+            sparse_grad=True,
+        )
     from splatkit.renderer.backends import gsplat_backend
 
     if gsplat_backend.is_available():
         pytest.skip("gsplat works here")
     with pytest.raises(RuntimeError, match="backend 'gsplat' is unavailable"):
-        gsplat_backend.rasterize(means, quats, scales, opacities, colors, vm, K, W, H)
+        rasterize(means, quats, scales, opacities, colors, vm, K, W, H, backend="gsplat")
 
 
 def test_cpu_rendering_never_imports_gsplat(tmp_path):

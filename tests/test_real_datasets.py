@@ -20,17 +20,25 @@ from splatkit.data_provider.captured import SplatLoaderConfig
 DATASETS = Path(os.environ.get("SPLATKIT_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 STATUE = DATASETS / "statue_of_liberty"
 FOX = DATASETS / "fox"
-needs_statue = pytest.mark.skipif(not STATUE.is_dir(), reason=f"statue_of_liberty dataset not found at {STATUE} "
-                                  "(set SPLATKIT_DATASETS to the folder holding it)")
-needs_fox = pytest.mark.skipif(not FOX.is_dir(), reason=f"fox dataset not found at {FOX} "
-                               "(set SPLATKIT_DATASETS to the folder holding it)")
+needs_statue = pytest.mark.skipif(
+    not STATUE.is_dir(),
+    reason=f"statue_of_liberty dataset not found at {STATUE} (set SPLATKIT_DATASETS to the folder holding it)",
+)
+needs_fox = pytest.mark.skipif(
+    not FOX.is_dir(), reason=f"fox dataset not found at {FOX} (set SPLATKIT_DATASETS to the folder holding it)"
+)
 
 
 @needs_statue
 def test_statue_sparse_points_reproject_onto_undistorted_observations(tmp_path):
-    p = SplatColmapDataProvider(SplatColmapDataProviderConfig(
-        str(STATUE), str(STATUE / "images"), masks_dir=str(STATUE / "masks"),
-        loader=SplatLoaderConfig(cache_dir=str(tmp_path))))
+    p = SplatColmapDataProvider(
+        SplatColmapDataProviderConfig(
+            str(STATUE),
+            str(STATUE / "images"),
+            masks_dir=str(STATUE / "masks"),
+            loader=SplatLoaderConfig(cache_dir=str(tmp_path)),
+        )
+    )
     rec = p.reconstruction
     und = next(iter(p._undistorters.values()))
     assert und.source.model == "opencv" and und.source.dist[0] == pytest.approx(-0.7054, abs=1e-4)
@@ -53,8 +61,11 @@ def test_statue_sparse_points_reproject_onto_undistorted_observations(tmp_path):
 
 @needs_fox
 def test_fox_loads_with_opencv_distortion(tmp_path):
-    p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(
-        str(FOX), factor=4, normalize=True, loader=SplatLoaderConfig(cache_dir=str(tmp_path))))
+    p = SplatBlenderDataProvider(
+        SplatBlenderDataProviderConfig(
+            str(FOX), factor=4, normalize=True, loader=SplatLoaderConfig(cache_dir=str(tmp_path))
+        )
+    )
     assert len(p.records) == 67 and p.num_test_frames() == 9
     intr = p.records[0].intrinsics
     assert (intr.width, intr.height) == (270, 480) and intr.model == "opencv"
@@ -76,7 +87,8 @@ from splatkit.data_provider.captured import SplatLoaderConfig
 p = SplatBlenderDataProvider(SplatBlenderDataProviderConfig({str(FOX)!r}, loader=SplatLoaderConfig(cache_mb=256)))
 for s in range(1, p.num_train_frames() + 1):
     p.train_batch(s, 1, 0)
-print(json.dumps({{"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cache_mb": p._cache.nbytes / 2**20}}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({{"peak_rss_mb": rss, "cache_mb": p._cache.nbytes / 2**20}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     stats = json.loads(out.stdout.strip().splitlines()[-1])

@@ -37,15 +37,17 @@ def _rgba_capture(root, n_train=8, n_test=2, size=24, splits=("train", "test")):
             rgba[6:18, 6:18] = [255, 0, 0, 128]
             rgba[8:16, 8:16] = [255, 0, 0, 255]
             Image.fromarray(rgba, "RGBA").save(root / split / f"r_{i}.png")
-            frames.append({"file_path": f"./{split}/r_{i}",
-                           "transform_matrix": _gl_pose([4 * math.cos(a), 4 * math.sin(a), 1.5])})
+            frames.append(
+                {"file_path": f"./{split}/r_{i}", "transform_matrix": _gl_pose([4 * math.cos(a), 4 * math.sin(a), 1.5])}
+            )
         (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": 0.69, "frames": frames}))
     return root
 
 
 def _cfg(root, tmp_path, **kw):
-    return SplatBlenderDataProviderConfig(str(root), loader=SplatLoaderConfig(cache_dir=str(tmp_path / "cache"),
-                                                                              num_workers=0), **kw)
+    return SplatBlenderDataProviderConfig(
+        str(root), loader=SplatLoaderConfig(cache_dir=str(tmp_path / "cache"), num_workers=0), **kw
+    )
 
 
 def test_downscaled_rgba_capture_is_composited_over_its_background(tmp_path):
@@ -82,8 +84,9 @@ def test_the_same_split_whichever_path_is_given(tmp_path):
 def test_trainer_trains_and_scores_over_the_datas_background(tmp_path):
     root = _rgba_capture(tmp_path / "cap")
     provider = SplatBlenderDataProvider(_cfg(root, tmp_path))
-    trainer = SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path / "out"), init_num_points=500),
-                           provider)
+    trainer = SplatTrainer(
+        SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path / "out"), init_num_points=500), provider
+    )
     assert trainer.background == (1.0, 1.0, 1.0)
     trainer.run()
     rec = json.loads((tmp_path / "out" / "trainer_config.json").read_text())
@@ -97,8 +100,11 @@ def test_trainer_trains_and_scores_over_the_datas_background(tmp_path):
 
 def test_a_background_that_contradicts_the_data_is_an_error(tmp_path):
     provider = SplatBlenderDataProvider(_cfg(_rgba_capture(tmp_path / "cap"), tmp_path))
-    with pytest.raises(ValueError, match=r"SplatTrainerConfig.background \(0.0, 0.0, 0.0\) .* composited over "
-                                         r"\(1.0, 1.0, 1.0\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SplatTrainerConfig.background \(0.0, 0.0, 0.0\) .* composited over "
+        r"\(1.0, 1.0, 1.0\)",
+    ):
         SplatTrainer(SplatTrainerConfig(background=(0.0, 0.0, 0.0)), provider)
     # The same colour is accepted, written either way.
     SplatTrainer(SplatTrainerConfig(background=(1.0, 1.0, 1.0)), provider)

@@ -7,11 +7,15 @@ from splatkit.renderer import rasterize
 from splatkit.renderer.backends import cpu
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch has no gloo backend")
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this PyTorch has no gloo backend",
+)
 
-BACKENDS = ["torch", pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(),
-                                                                   reason="no C++ compiler for the cpu backend"))]
+BACKENDS = [
+    "torch",
+    pytest.param("cpu", marks=pytest.mark.skipif(not cpu.is_available(), reason="no C++ compiler for the cpu backend")),
+]
 
 
 def scene(n=300, seed=0, dtype=torch.float64):
@@ -31,10 +35,18 @@ def cameras(n, size, dtype=torch.float64):
     for i in range(n):
         a = 0.7 * i + 0.2
         eye = torch.tensor([3.5 * torch.cos(torch.tensor(a)), 3.5 * torch.sin(torch.tensor(a)), 0.7 + 0.1 * i])
-        vms.append(c2w_to_viewmat(look_at_c2w(eye.double(), torch.zeros(3, dtype=torch.float64),
-                                              torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))))
-        Ks.append(torch.tensor([[1.2 * size, 0, size / 2], [0, 1.2 * size, size / 2 + 0.3], [0, 0, 1]],
-                               dtype=torch.float64))
+        vms.append(
+            c2w_to_viewmat(
+                look_at_c2w(
+                    eye.double(),
+                    torch.zeros(3, dtype=torch.float64),
+                    torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64),
+                )
+            )
+        )
+        Ks.append(
+            torch.tensor([[1.2 * size, 0, size / 2], [0, 1.2 * size, size / 2 + 0.3], [0, 0, 1]], dtype=torch.float64)
+        )
     return torch.stack(vms).to(dtype), torch.stack(Ks).to(dtype)
 
 
@@ -44,8 +56,17 @@ def weights(C, size, seed, channels=4):
 
 
 def render_loss(params, vm, K, size, backend, w, **kw):
-    img, alpha, meta = rasterize(*params, vm, K, size, size, sh_degree=3, backend=backend,
-                                 backgrounds=torch.full((vm.shape[0], 3), 0.25, dtype=vm.dtype), **kw)
+    img, alpha, meta = rasterize(
+        *params,
+        vm,
+        K,
+        size,
+        size,
+        sh_degree=3,
+        backend=backend,
+        backgrounds=torch.full((vm.shape[0], 3), 0.25, dtype=vm.dtype),
+        **kw,
+    )
     meta["means2d"].retain_grad()
     out = torch.cat([img, alpha], dim=-1)
     return out, (out * w.to(out.dtype)).sum(), meta
@@ -60,16 +81,24 @@ def _worker(rank, init_file, backend, dtype_name, out_dir):
     dtype = getattr(torch, dtype_name)
     full = scene(dtype=dtype)
     bounds = [0, 170, 300]  # uneven shards
-    shard = [t[bounds[rank]:bounds[rank + 1]].clone().requires_grad_(True) for t in full]
+    shard = [t[bounds[rank] : bounds[rank + 1]].clone().requires_grad_(True) for t in full]
     vm, K = cameras(5, 40, dtype)
     # rank 0 renders cameras 0-2, rank 1 cameras 3-4 at another image size
     mine = slice(0, 3) if rank == 0 else slice(3, 5)
     size = 40 if rank == 0 else 32
-    out, loss, meta = render_loss(shard, vm[mine], K[mine], size, backend, weights(5, 40, 1)[mine, :size, :size],
-                                  distributed=True)
+    out, loss, meta = render_loss(
+        shard, vm[mine], K[mine], size, backend, weights(5, 40, 1)[mine, :size, :size], distributed=True
+    )
     loss.backward()
-    torch.save({"out": out.detach(), "grads": [p.grad for p in shard], "means2d_grad": meta["means2d"].grad,
-                "radii": meta["radii"]}, f"{out_dir}/{rank}.pt")
+    torch.save(
+        {
+            "out": out.detach(),
+            "grads": [p.grad for p in shard],
+            "means2d_grad": meta["means2d"].grad,
+            "radii": meta["radii"],
+        },
+        f"{out_dir}/{rank}.pt",
+    )
     # Zero cameras on one rank (how evaluation renders on rank 0 alone).
     with torch.no_grad():
         n = 2 if rank == 0 else 0
@@ -83,8 +112,12 @@ def test_two_shards_render_and_differentiate_like_one_process(tmp_path, backend)
     import torch.multiprocessing as mp
 
     dtype = torch.float64 if backend == "torch" else torch.float32
-    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
-             nprocs=2, join=True)
+    mp.spawn(
+        _worker,
+        args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     full = [t.clone().requires_grad_(True) for t in scene(dtype=dtype)]
     vm, K = cameras(5, 40, dtype)
     w = weights(5, 40, 1)
@@ -136,16 +169,30 @@ def test_sharded_rendering_rejects_what_it_cannot_do():
     params = scene(20, 1, torch.float64)
     vm, K = cameras(1, 16)
     with pytest.raises(ValueError, match="per-Gaussian colours"):
-        rasterize(*params[:4], torch.rand(1, 20, 3, dtype=torch.float64), vm, K, 16, 16, backend="torch",
-                  distributed=True)
+        rasterize(
+            *params[:4], torch.rand(1, 20, 3, dtype=torch.float64), vm, K, 16, 16, backend="torch", distributed=True
+        )
 
 
 def render_loss_2dgs(params, vm, K, size, backend, seed, **kw):
     from splatkit.renderer import rasterize_2dgs
 
     means, quats, scales, opac, sh = params
-    *outs, meta = rasterize_2dgs(means, quats, scales, opac, sh, vm, K, size, size, sh_degree=3, backend=backend,
-                                 backgrounds=torch.full((vm.shape[0], 3), 0.25, dtype=vm.dtype), **kw)
+    *outs, meta = rasterize_2dgs(
+        means,
+        quats,
+        scales,
+        opac,
+        sh,
+        vm,
+        K,
+        size,
+        size,
+        sh_degree=3,
+        backend=backend,
+        backgrounds=torch.full((vm.shape[0], 3), 0.25, dtype=vm.dtype),
+        **kw,
+    )
     meta["means2d"].retain_grad()
     g = torch.Generator().manual_seed(seed)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
@@ -161,13 +208,14 @@ def _worker_2dgs(rank, init_file, backend, dtype_name, out_dir):
     dtype = getattr(torch, dtype_name)
     full = surfels(dtype)
     bounds = [0, 130, 300]
-    shard = [t[bounds[rank]:bounds[rank + 1]].clone().requires_grad_(True) for t in full]
+    shard = [t[bounds[rank] : bounds[rank + 1]].clone().requires_grad_(True) for t in full]
     vm, K = cameras(4, 40, dtype)
     mine = slice(0, 2) if rank == 0 else slice(2, 4)
     outs, loss, meta = render_loss_2dgs(shard, vm[mine], K[mine], 40, backend, 10 + rank, distributed=True)
     loss.backward()
-    torch.save({"outs": outs, "grads": [p.grad for p in shard], "means2d_grad": meta["means2d"].grad},
-               f"{out_dir}/{rank}.pt")
+    torch.save(
+        {"outs": outs, "grads": [p.grad for p in shard], "means2d_grad": meta["means2d"].grad}, f"{out_dir}/{rank}.pt"
+    )
     dist.destroy_process_group()
 
 
@@ -181,8 +229,12 @@ def test_two_shards_of_surfels_render_and_differentiate_like_one_process(tmp_pat
     import torch.multiprocessing as mp
 
     dtype = torch.float64 if backend == "torch" else torch.float32
-    mp.spawn(_worker_2dgs, args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
-             nprocs=2, join=True)
+    mp.spawn(
+        _worker_2dgs,
+        args=(str(tmp_path / "rendezvous"), backend, str(dtype).split(".")[1], str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
     full = [t.clone().requires_grad_(True) for t in surfels(dtype)]
     vm, K = cameras(4, 40, dtype)
     ref0, loss0, meta0 = render_loss_2dgs(full, vm[:2], K[:2], 40, backend, 10)
@@ -211,10 +263,30 @@ def test_zero_cameras_render_nothing(backend):
     dtype = torch.float64 if backend == "torch" else torch.float32
     means, quats, scales, opac, sh = scene(20, 2, dtype)
     vm, K, bg = torch.zeros(0, 4, 4, dtype=dtype), torch.zeros(0, 3, 3, dtype=dtype), torch.zeros(0, 3, dtype=dtype)
-    img, alpha, meta = rasterize(means, quats, scales, opac, sh, vm, K, 16, 12, sh_degree=3, backend=backend,
-                                 backgrounds=bg, render_mode="RGB+ED")
+    img, alpha, meta = rasterize(
+        means,
+        quats,
+        scales,
+        opac,
+        sh,
+        vm,
+        K,
+        16,
+        12,
+        sh_degree=3,
+        backend=backend,
+        backgrounds=bg,
+        render_mode="RGB+ED",
+    )
     assert img.shape == (0, 12, 16, 4) and alpha.shape == (0, 12, 16, 1) and meta["radii"].shape == (0, 20, 2)
-    outs = rasterize_2dgs(means, quats, scales[:, :2], opac, sh, vm, K, 16, 12, sh_degree=3, backend=backend,
-                          backgrounds=bg)
-    assert [tuple(o.shape) for o in outs[:6]] == [(0, 12, 16, 4), (0, 12, 16, 1), (0, 12, 16, 3), (0, 12, 16, 3),
-                                                  (0, 12, 16, 1), (0, 12, 16, 1)]
+    outs = rasterize_2dgs(
+        means, quats, scales[:, :2], opac, sh, vm, K, 16, 12, sh_degree=3, backend=backend, backgrounds=bg
+    )
+    assert [tuple(o.shape) for o in outs[:6]] == [
+        (0, 12, 16, 4),
+        (0, 12, 16, 1),
+        (0, 12, 16, 3),
+        (0, 12, 16, 3),
+        (0, 12, 16, 1),
+        (0, 12, 16, 1),
+    ]

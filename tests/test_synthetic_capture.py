@@ -34,10 +34,33 @@ def test_train_on_it_reports_what_it_chose_and_learns(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     summary = tmp_path / "summary.json"
     # Data flags: none. The schedules are compressed to 300 steps so CI can afford the run.
-    assert main(["train", "--data", str(root), "--max-steps", "300", "--init-num-points", "3000",
-                 "--sh-degree-interval", "60", "--densification.refine-start-iter", "60",
-                 "--densification.refine-every", "30", "--densification.refine-stop-iter", "240",
-                 "--output-dir", str(out), "--no-progress", "--summary-json", str(summary)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root),
+                "--max-steps",
+                "300",
+                "--init-num-points",
+                "3000",
+                "--sh-degree-interval",
+                "60",
+                "--densification.refine-start-iter",
+                "60",
+                "--densification.refine-every",
+                "30",
+                "--densification.refine-stop-iter",
+                "240",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--summary-json",
+                str(summary),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err + caplog.text
     assert "28 images of 40x40 px (24 train, 4 test)" in err
     assert "RGBA composited over (1.0, 1.0, 1.0)" in err

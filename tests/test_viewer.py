@@ -85,8 +85,11 @@ class DevTools:
                 return msg["result"]
 
     def click_button(self, text):
-        js = (f"(() => {{ const b = [...document.querySelectorAll('button')]"
-              f".find(b => b.textContent.trim() === {json.dumps(text)}); if (!b) return false; b.click(); return true; }})()")
+        js = (
+            f"(() => {{ const b = [...document.querySelectorAll('button')]"
+            f".find(b => b.textContent.trim() === {json.dumps(text)});"
+            f" if (!b) return false; b.click(); return true; }})()"
+        )
         return self.call("Runtime.evaluate", expression=js, returnByValue=True)["result"]["value"]
 
 
@@ -99,8 +102,9 @@ def test_browser_sees_frames_and_pauses_training(tmp_path):
     viewer = SplatViewer(port=free_port(), resolution=128, refresh_seconds=0.5)
     assert viewer.host == "127.0.0.1"  # loopback unless asked
     stopper = StopWhenAsked()
-    provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=32, num_cameras=8, num_init_points=500,
-                                                                 supersample=1))
+    provider = SplatDemoDataProvider(
+        SplatDemoDataProviderConfig(image_size=32, num_cameras=8, num_init_points=500, supersample=1)
+    )
     trainer = SplatTrainer(cfg, provider, densification=dens, modules=[viewer, stopper])
     errors = []
 
@@ -120,10 +124,21 @@ def test_browser_sees_frames_and_pauses_training(tmp_path):
         assert not errors, errors
         debug_port = free_port()
         chrome = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
-             "--enable-unsafe-swiftshader", f"--user-data-dir={tmp_path / 'profile'}",
-             f"--remote-debugging-port={debug_port}", "--window-size=800,600", viewer.url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--remote-debugging-port={debug_port}",
+                "--window-size=800,600",
+                viewer.url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         devtools = DevTools(debug_port)
         wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
         wait_for(lambda: devtools.click_button("Pause training"), 30, "the pause button")
@@ -137,8 +152,9 @@ def test_browser_sees_frames_and_pauses_training(tmp_path):
         artifacts = Path(os.environ.get("SPLATKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
         artifacts.mkdir(parents=True, exist_ok=True)
         (artifacts / "viewer_paused.png").write_bytes(base64.b64decode(shot))
-        page_text = devtools.call("Runtime.evaluate", expression="document.body.innerText",
-                                  returnByValue=True)["result"]["value"]
+        page_text = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)[
+            "result"
+        ]["value"]
         assert "Resume training" in page_text and "Gaussians" in page_text
 
         assert devtools.click_button("Resume training")
@@ -164,31 +180,54 @@ def test_rendering_mode_serves_a_saved_model(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     n = 300
-    SplatModel(means=torch.randn(n, 3, generator=g) * 0.3, scales=torch.full((n, 3), -3.0),
-               quats=torch.randn(n, 4, generator=g), opacities=torch.zeros(n), sh0=torch.rand(n, 1, 3, generator=g),
-               shN=torch.zeros(n, 15, 3)).save_ply(tmp_path / "scene.ply")
+    SplatModel(
+        means=torch.randn(n, 3, generator=g) * 0.3,
+        scales=torch.full((n, 3), -3.0),
+        quats=torch.randn(n, 4, generator=g),
+        opacities=torch.zeros(n),
+        sh0=torch.rand(n, 1, 3, generator=g),
+        shN=torch.zeros(n, 15, 3),
+    ).save_ply(tmp_path / "scene.ply")
     model = SplatModel.load_ply(tmp_path / "scene.ply")
     viewer = SplatViewer(port=free_port(), mode="rendering", resolution=96)
     stop = threading.Event()
-    thread = threading.Thread(target=viewer.serve_forever, daemon=True,
-                              args=(model.params(), model.sh_degree, Splat3DGSRenderer()),
-                              kwargs={"stop_event": stop})
+    thread = threading.Thread(
+        target=viewer.serve_forever,
+        daemon=True,
+        args=(model.params(), model.sh_degree, Splat3DGSRenderer()),
+        kwargs={"stop_event": stop},
+    )
     thread.start()
     chrome = None
     try:
         wait_for(lambda: viewer.server is not None, 30, "the viewer to start")
         debug_port = free_port()
         chrome = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-angle=swiftshader",
-             "--enable-unsafe-swiftshader", f"--user-data-dir={tmp_path / 'profile'}",
-             f"--remote-debugging-port={debug_port}", "--window-size=640,480", viewer.url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-dev-shm-usage",
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--remote-debugging-port={debug_port}",
+                "--window-size=640,480",
+                viewer.url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         devtools = DevTools(debug_port)
         wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
-        text = devtools.call("Runtime.evaluate", expression="document.body.innerText",
-                             returnByValue=True)["result"]["value"]
-        fields = devtools.call("Runtime.evaluate", returnByValue=True,
-                               expression="[...document.querySelectorAll('input')].map(i => i.value)")
+        text = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"][
+            "value"
+        ]
+        fields = devtools.call(
+            "Runtime.evaluate",
+            returnByValue=True,
+            expression="[...document.querySelectorAll('input')].map(i => i.value)",
+        )
         assert "300" in fields["result"]["value"]  # the Gaussian count
         assert "Gaussians" in text and "Pause training" not in text  # no training controls
     finally:

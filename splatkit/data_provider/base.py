@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -28,7 +28,7 @@ class SplatFrames:
     masks: torch.Tensor | None
     names: list[str]
 
-    def to(self, device: torch.device | str) -> "SplatFrames":
+    def to(self, device: torch.device | str) -> SplatFrames:
         return SplatFrames(
             self.cameras.to(device),
             self.images.to(device, non_blocking=True),
@@ -37,11 +37,12 @@ class SplatFrames:
         )
 
     @staticmethod
-    def cat(items: list["SplatFrames"]) -> "SplatFrames":
+    def cat(items: list[SplatFrames]) -> SplatFrames:
         masks = [f.masks for f in items]
         if any(m is None for m in masks) and not all(m is None for m in masks):
-            masks = [torch.ones_like(f.images[..., :1], dtype=torch.bool) if f.masks is None else f.masks
-                     for f in items]
+            masks = [
+                torch.ones_like(f.images[..., :1], dtype=torch.bool) if f.masks is None else f.masks for f in items
+            ]
         return SplatFrames(
             SplatCameras.cat([f.cameras for f in items]),
             torch.cat([f.images for f in items]),
@@ -66,6 +67,11 @@ class SplatDataProvider(ABC):
     ``(seed, step)``, so a run resumed from a checkpoint sees the same images as an
     uninterrupted one without saving any sampler state.
     """
+
+    transform: torch.Tensor | None = None
+    """``[4, 4]`` similarity from the capture's own frame to the training frame, for
+    providers that normalise their cameras (exports map back with its inverse); None when
+    the training frame is the capture's."""
 
     @property
     @abstractmethod
@@ -122,17 +128,26 @@ class SplatDataProvider(ABC):
 
     def rank_indices(self, step: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> list[int]:
         """Rank ``rank``'s share of step ``step``'s global batch of ``batch_size * world_size`` frames."""
-        return self.train_indices(step, batch_size * world_size, seed)[rank * batch_size:(rank + 1) * batch_size]
+        return self.train_indices(step, batch_size * world_size, seed)[rank * batch_size : (rank + 1) * batch_size]
 
-    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0,
-                    world_size: int = 1) -> SplatFrames:
+    def train_batch(
+        self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> SplatFrames:
         """The frames step ``step`` trains on (this rank's share of them), on the CPU."""
-        return SplatFrames.cat([self.train_frame(i)
-                                for i in self.rank_indices(step, batch_size, seed, rank, world_size)])
+        return SplatFrames.cat(
+            [self.train_frame(i) for i in self.rank_indices(step, batch_size, seed, rank, world_size)]
+        )
 
     def test_frames(self) -> Iterator[SplatFrames]:
         for i in range(self.num_test_frames()):
             yield self.test_frame(i)
+
+    def describe(self) -> str:
+        """One line for the log: what was loaded (sizes, split, background, ...)."""
+        return f"{self.num_train_frames()} train and {self.num_test_frames()} test frames"
+
+    def close(self) -> None:  # noqa: B027  (optional hook, a no-op by default)
+        """Release worker threads or files; the provider is not used afterwards."""
 
     def state_dict(self) -> dict:
         """Provider state to checkpoint; empty for providers whose sampling is stateless."""

@@ -15,9 +15,9 @@ import tyro
 
 from splatkit.data_provider.captured import (
     FrameRecord,
-    choose_factor,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
+    choose_factor,
     downscaled_records,
     image_size,
     resized_copies,
@@ -29,8 +29,23 @@ from splatkit.splat.conventions import opengl_to_opencv_c2w
 
 logger = logging.getLogger("splatkit")
 
-INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "k1", "k2", "k3", "k4", "p1", "p2",
-                  "camera_angle_x", "camera_angle_y", "camera_model")
+INTRINSIC_KEYS = (
+    "fl_x",
+    "fl_y",
+    "cx",
+    "cy",
+    "w",
+    "h",
+    "k1",
+    "k2",
+    "k3",
+    "k4",
+    "p1",
+    "p2",
+    "camera_angle_x",
+    "camera_angle_y",
+    "camera_model",
+)
 
 
 @dataclass
@@ -47,8 +62,8 @@ class SplatBlenderDataProviderConfig:
     0 trains on all."""
     background: Annotated[tuple[float, float, float], tyro.conf.Suppress] = (1.0, 1.0, 1.0)
     """Colour that RGBA images are composited over, and so the colour the trainer renders over
-    (white: NeRF-synthetic scenes are scored on white). Unused for images without alpha. On the command line: ``--background``, which sets
-    this and the trainer's together."""
+    (white: NeRF-synthetic scenes are scored on white). Unused for images without alpha. On the
+    command line: ``--background``, which sets this and the trainer's together."""
     skip_missing_images: bool = False
     """Train without frames whose image file is missing (they are always reported)."""
     normalize: bool = False
@@ -92,8 +107,10 @@ def _intrinsics(meta: dict, image: Path, where: str) -> CameraIntrinsics:
     elif "camera_angle_x" in meta:
         fx = 0.5 * w / math.tan(0.5 * float(meta["camera_angle_x"]))
     else:
-        raise DataError(f"{where}: no intrinsics: give 'fl_x' (focal length in pixels) or 'camera_angle_x' "
-                        "(horizontal field of view in radians), at the top level or per frame")
+        raise DataError(
+            f"{where}: no intrinsics: give 'fl_x' (focal length in pixels) or 'camera_angle_x' "
+            "(horizontal field of view in radians), at the top level or per frame"
+        )
     if "fl_y" in meta:
         fy = float(meta["fl_y"])
     elif "camera_angle_y" in meta and "fl_x" not in meta:
@@ -103,7 +120,9 @@ def _intrinsics(meta: dict, image: Path, where: str) -> CameraIntrinsics:
     cx, cy = float(meta.get("cx", w / 2)), float(meta.get("cy", h / 2))
     model = str(meta.get("camera_model", "OPENCV")).upper()
     if model == "OPENCV_FISHEYE":
-        return CameraIntrinsics("fisheye", w, h, fx, fy, cx, cy, tuple(float(meta.get(k, 0.0)) for k in ("k1", "k2", "k3", "k4")))
+        return CameraIntrinsics(
+            "fisheye", w, h, fx, fy, cx, cy, tuple(float(meta.get(k, 0.0)) for k in ("k1", "k2", "k3", "k4"))
+        )
     if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
         raise DataError(f"{where}: camera_model {model!r} is not supported; use OPENCV, OPENCV_FISHEYE or PINHOLE")
     dist = tuple(float(meta.get(k, 0.0)) for k in ("k1", "k2", "p1", "p2", "k3"))
@@ -162,10 +181,13 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         if missing:
             names = [str(e[1]) for e in missing]
             if not config.skip_missing_images:
-                raise DataError(f"{len(missing)} of {len(entries)} frames name missing images: {_preview(names)}. "
-                                "Restore them, or set skip_missing_images=True to train without those frames.")
-            logger.warning("skipping %d of %d frames whose images are missing: %s", len(missing), len(entries),
-                           _preview(names))
+                raise DataError(
+                    f"{len(missing)} of {len(entries)} frames name missing images: {_preview(names)}. "
+                    "Restore them, or set skip_missing_images=True to train without those frames."
+                )
+            logger.warning(
+                "skipping %d of %d frames whose images are missing: %s", len(missing), len(entries), _preview(names)
+            )
             entries = [e for e, ok in zip(entries, present) if ok]
         self.missing_images = [str(e[1]) for e in missing]
         if not entries:
@@ -186,8 +208,16 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         points, colors = self._points(ply_file, transform)
         # Held-out frames: the test (or val) file's when there is one, else every test_every-th.
         test_names = {e[0] for e in entries if e[5] == "test"} if len(files) > 1 else None
-        super().__init__(records, config.test_every, points, colors, transform, config.loader,
-                         background=config.background, test_names=test_names)
+        super().__init__(
+            records,
+            config.test_every,
+            points,
+            colors,
+            transform,
+            config.loader,
+            background=config.background,
+            test_names=test_names,
+        )
         logger.info("transforms.json capture %s: %s", path, self.describe())
 
     @staticmethod
@@ -203,8 +233,7 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
             v = PlyData.read(str(ply_path))["vertex"]
             xyz = np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float64)
             names = v.data.dtype.names
-            rgb = (np.stack([v["red"], v["green"], v["blue"]], -1) / 255.0 if "red" in names
-                   else np.full_like(xyz, 0.5))
+            rgb = np.stack([v["red"], v["green"], v["blue"]], -1) / 255.0 if "red" in names else np.full_like(xyz, 0.5)
         except Exception as e:
             raise DataError(f"{ply_path} (ply_file_path of {jpath}): cannot read point cloud: {e}") from e
         return transform_points(transform, torch.from_numpy(xyz)).float(), torch.from_numpy(rgb).float()
@@ -219,9 +248,13 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         todo = [i for i, p in enumerate(out_paths) if p is None]
         if todo:
             root = Path(config.data_path) if Path(config.data_path).is_dir() else Path(config.data_path).parent
-            made = resized_copies([records[i].image_path for i in todo],
-                                  [(records[i].intrinsics.width, records[i].intrinsics.height) for i in todo],
-                                  f, config.loader, root.resolve())
+            made = resized_copies(
+                [records[i].image_path for i in todo],
+                [(records[i].intrinsics.width, records[i].intrinsics.height) for i in todo],
+                f,
+                config.loader,
+                root.resolve(),
+            )
             for i, p in zip(todo, made):
                 out_paths[i] = p
         return downscaled_records(records, out_paths, f)

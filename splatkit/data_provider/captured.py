@@ -88,7 +88,7 @@ AUTO_MAX_SIDE = 1600
 nerfstudio's trainers do)."""
 
 
-def choose_factor(records: list["FrameRecord"], factor: int | None, what: str) -> int:
+def choose_factor(records: list[FrameRecord], factor: int | None, what: str) -> int:
     """``factor`` checked, or for None the smallest power of two that brings every image's longer side
     to at most :data:`AUTO_MAX_SIDE` pixels (reported)."""
     if factor is not None:
@@ -100,8 +100,14 @@ def choose_factor(records: list["FrameRecord"], factor: int | None, what: str) -
     while longest / chosen > AUTO_MAX_SIDE:
         chosen *= 2
     if chosen > 1:
-        logger.info("images are up to %d px on their longer side; training at 1/%d of that (at most %d px). "
-                    "Set %s.factor to choose another resolution", longest, chosen, AUTO_MAX_SIDE, what)
+        logger.info(
+            "images are up to %d px on their longer side; training at 1/%d of that (at most %d px). "
+            "Set %s.factor to choose another resolution",
+            longest,
+            chosen,
+            AUTO_MAX_SIDE,
+            what,
+        )
     return chosen
 
 
@@ -114,7 +120,7 @@ def cache_root(config: SplatLoaderConfig) -> Path:
     return Path(root)
 
 
-def downscaled_records(records: list["FrameRecord"], paths: list[Path], factor: int) -> list["FrameRecord"]:
+def downscaled_records(records: list[FrameRecord], paths: list[Path], factor: int) -> list[FrameRecord]:
     """``records`` pointing at their ``factor``-times smaller images ``paths``, with the
     intrinsics following each image's actual size (checked to be about 1/factor)."""
     out = []
@@ -122,14 +128,17 @@ def downscaled_records(records: list["FrameRecord"], paths: list[Path], factor: 
         w, h = image_size(p)
         ew, eh = resized_size(r.intrinsics.width, r.intrinsics.height, factor)
         if abs(w - ew) > 1 or abs(h - eh) > 1:
-            raise DataError(f"{p} is {w}x{h}; at factor {factor} its camera ({r.intrinsics.width}x"
-                            f"{r.intrinsics.height}) expects about {ew}x{eh}")
+            raise DataError(
+                f"{p} is {w}x{h}; at factor {factor} its camera ({r.intrinsics.width}x"
+                f"{r.intrinsics.height}) expects about {ew}x{eh}"
+            )
         out.append(FrameRecord(r.name, p, r.c2w, r.intrinsics.scaled(w, h), r.mask_path))
     return out
 
 
-def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int, config: SplatLoaderConfig,
-                   source_dir: Path) -> list[Path]:
+def resized_copies(
+    paths: list[Path], sizes: list[tuple[int, int]], factor: int, config: SplatLoaderConfig, source_dir: Path
+) -> list[Path]:
     """Downscaled PNG copies of ``paths`` (made once, reused afterwards) in the cache folder.
 
     An alpha channel is kept (averaged premultiplied), so one copy serves every background colour.
@@ -137,8 +146,9 @@ def resized_copies(paths: list[Path], sizes: list[tuple[int, int]], factor: int,
     from splatkit.utils.files import atomic_write, ensure_writable_dir
 
     key = hashlib.sha1(str(source_dir.resolve()).encode()).hexdigest()[:12]
-    folder = ensure_writable_dir(cache_root(config) / f"{source_dir.name}-{key}" / f"images_{factor}",
-                                 "SplatLoaderConfig.cache_dir")
+    folder = ensure_writable_dir(
+        cache_root(config) / f"{source_dir.name}-{key}" / f"images_{factor}", "SplatLoaderConfig.cache_dir"
+    )
     targets = [folder / (p.relative_to(source_dir).as_posix().replace("/", "__") + ".png") for p in paths]
     todo = [(p, s, t) for p, s, t in zip(paths, sizes, targets) if not t.exists()]
     if todo:
@@ -210,9 +220,12 @@ class SplatCaptureDataProvider(SplatDataProvider):
             if (w, h) != (r.intrinsics.width, r.intrinsics.height):
                 bad.append(f"{r.image_path} is {w}x{h}, its camera is {r.intrinsics.width}x{r.intrinsics.height}")
         if bad:
-            raise DataError(f"{len(bad)} image(s) do not match their camera's size: " + "; ".join(bad[:5])
-                            + ("; ..." if len(bad) > 5 else "")
-                            + ". Images of one camera must all have its size (check EXIF rotation and resizing).")
+            raise DataError(
+                f"{len(bad)} image(s) do not match their camera's size: "
+                + "; ".join(bad[:5])
+                + ("; ..." if len(bad) > 5 else "")
+                + ". Images of one camera must all have its size (check EXIF rotation and resizing)."
+            )
         return has_alpha
 
     # ------------------------------------------------------------ loading
@@ -221,8 +234,10 @@ class SplatCaptureDataProvider(SplatDataProvider):
         und = self._undistorters[r.intrinsics]
         img = read_image(r.image_path, self._background)
         if img.shape[1] != r.intrinsics.width or img.shape[0] != r.intrinsics.height:
-            raise DataError(f"{r.image_path} is {img.shape[1]}x{img.shape[0]}, its camera is "
-                            f"{r.intrinsics.width}x{r.intrinsics.height}")
+            raise DataError(
+                f"{r.image_path} is {img.shape[1]}x{img.shape[0]}, its camera is "
+                f"{r.intrinsics.width}x{r.intrinsics.height}"
+            )
         img = und.image(img)
         mask = None
         if r.mask_path is not None:
@@ -231,8 +246,9 @@ class SplatCaptureDataProvider(SplatDataProvider):
                 import cv2
 
                 # A mask folder may hold masks at the original resolution for images_N.
-                m = cv2.resize(m.astype(np.uint8), (r.intrinsics.width, r.intrinsics.height),
-                               interpolation=cv2.INTER_NEAREST).astype(bool)
+                m = cv2.resize(
+                    m.astype(np.uint8), (r.intrinsics.width, r.intrinsics.height), interpolation=cv2.INTER_NEAREST
+                ).astype(bool)
             mask = und.mask(m)
         return img, mask
 
@@ -255,8 +271,9 @@ class SplatCaptureDataProvider(SplatDataProvider):
     def _camera(self, index: int) -> SplatCameras:
         r = self.records[index]
         und = self._undistorters[r.intrinsics]
-        return SplatCameras(c2w_to_viewmat(r.c2w.double()).float()[None], torch.from_numpy(und.K).float()[None],
-                            und.width, und.height)
+        return SplatCameras(
+            c2w_to_viewmat(r.c2w.double()).float()[None], torch.from_numpy(und.K).float()[None], und.width, und.height
+        )
 
     def _frame(self, index: int) -> SplatFrames:
         img, mask = self._get(index)
@@ -302,10 +319,14 @@ class SplatCaptureDataProvider(SplatDataProvider):
     def test_frame(self, index: int) -> SplatFrames:
         return self._frame(self._test_ids[index])
 
-    def train_batch(self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0,
-                    world_size: int = 1) -> SplatFrames:
-        ahead = [self._train_ids[i] for s in range(step + 1, step + 1 + self._loader.prefetch_steps)
-                 for i in self.rank_indices(s, batch_size, seed, rank, world_size)]
+    def train_batch(
+        self, step: int, batch_size: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> SplatFrames:
+        ahead = [
+            self._train_ids[i]
+            for s in range(step + 1, step + 1 + self._loader.prefetch_steps)
+            for i in self.rank_indices(s, batch_size, seed, rank, world_size)
+        ]
         self._prefetch(ahead)
         return super().train_batch(step, batch_size, seed, rank, world_size)
 
@@ -323,9 +344,11 @@ class SplatCaptureDataProvider(SplatDataProvider):
         sizes = sorted({(u.width, u.height) for u in self._undistorters.values()})
         size = f"{sizes[0][0]}x{sizes[0][1]}" + (f" to {sizes[-1][0]}x{sizes[-1][1]}" if len(sizes) > 1 else "")
         alpha = "" if self._background is None else f", RGBA composited over {self._background}"
-        return (f"{len(self.records)} images of {size} px ({self.num_train_frames()} train, "
-                f"{self.num_test_frames()} test), {n_cams} camera(s), {distorted} undistorted, {masks} masks"
-                f"{alpha}, {self._points.shape[0]} points")
+        return (
+            f"{len(self.records)} images of {size} px ({self.num_train_frames()} train, "
+            f"{self.num_test_frames()} test), {n_cams} camera(s), {distorted} undistorted, {masks} masks"
+            f"{alpha}, {self._points.shape[0]} points"
+        )
 
 
 def check_files_exist(records: list[FrameRecord], what: str, fix: str) -> None:

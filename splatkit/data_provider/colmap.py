@@ -59,8 +59,10 @@ def find_model_dir(colmap_dir: Path) -> Path:
     for cand in (colmap_dir, colmap_dir / "sparse" / "0", colmap_dir / "sparse"):
         if any((cand / f"{name}.{ext}").is_file() for name in MODEL_FILES for ext in ("bin", "txt")):
             return cand
-    raise DataError(f"colmap_dir '{colmap_dir}': no COLMAP model (cameras/images/points3D .bin or .txt) in it, "
-                    "nor in its sparse/0 or sparse folder")
+    raise DataError(
+        f"colmap_dir '{colmap_dir}': no COLMAP model (cameras/images/points3D .bin or .txt) in it, "
+        "nor in its sparse/0 or sparse folder"
+    )
 
 
 def _camera_param_counts() -> dict[int, int]:
@@ -88,10 +90,14 @@ def check_binary_model(model_dir: Path) -> None:
             for _ in range(n):
                 pos = record(data, pos)
         except (struct.error, ValueError, KeyError) as e:
-            raise DataError(f"{path}: damaged or truncated COLMAP file ({e}); re-export the model from COLMAP") from None
+            raise DataError(
+                f"{path}: damaged or truncated COLMAP file ({e}); re-export the model from COLMAP"
+            ) from None
         if pos != len(data):
-            raise DataError(f"{path}: {len(data) - pos} unexpected bytes after {n} records; "
-                            "the file is damaged, re-export the model from COLMAP")
+            raise DataError(
+                f"{path}: {len(data) - pos} unexpected bytes after {n} records; "
+                "the file is damaged, re-export the model from COLMAP"
+            )
 
     counts = _camera_param_counts()
 
@@ -140,8 +146,10 @@ def read_colmap_model(model_dir: Path):
     except Exception as e:
         raise DataError(f"{model_dir}: cannot read the COLMAP model: {e}") from e
     if rec.num_reg_images() == 0:
-        raise DataError(f"{model_dir}: the COLMAP model has no registered images (empty reconstruction); "
-                        "run COLMAP's mapper to completion first")
+        raise DataError(
+            f"{model_dir}: the COLMAP model has no registered images (empty reconstruction); "
+            "run COLMAP's mapper to completion first"
+        )
     return rec
 
 
@@ -173,15 +181,21 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
         c2w = transform_c2w(transform, c2w)
 
         cams = {
-            cid: intrinsics_from_colmap(cam.model.name, cam.width, cam.height, list(cam.params),
-                                        f"{self.model_dir} camera {cid}")
+            cid: intrinsics_from_colmap(
+                cam.model.name, cam.width, cam.height, list(cam.params), f"{self.model_dir} camera {cid}"
+            )
             for cid, cam in rec.cameras.items()
         }
         paths = [images_dir / im.name for im in images]
         intrinsics = [cams[im.camera_id] for im in images]
-        records = [FrameRecord(im.name, p, c2w[i], intr) for i, (im, p, intr) in enumerate(zip(images, paths, intrinsics))]
-        check_files_exist(records, f"images_dir '{images_dir}'",
-                          "The model names these files; point images_dir at the folder that holds them.")
+        records = [
+            FrameRecord(im.name, p, c2w[i], intr) for i, (im, p, intr) in enumerate(zip(images, paths, intrinsics))
+        ]
+        check_files_exist(
+            records,
+            f"images_dir '{images_dir}'",
+            "The model names these files; point images_dir at the folder that holds them.",
+        )
         factor = choose_factor(records, config.factor, "SplatColmapDataProviderConfig")
         if factor > 1:
             records = self._downscaled(records, images_dir, config, factor)
@@ -197,25 +211,33 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
             colors = torch.from_numpy(rgb).float()
         else:
             points, colors = torch.zeros(0, 3), torch.zeros(0, 3)
-        super().__init__(records, config.test_every, points, colors, transform, config.loader,
-                         background=config.background)
+        super().__init__(
+            records, config.test_every, points, colors, transform, config.loader, background=config.background
+        )
         self.reconstruction = rec
         self.image_ids = {im.name: im.image_id for im in images}
         logger.info("COLMAP model %s: %s", self.model_dir, self.describe())
 
     @staticmethod
-    def _downscaled(records: list[FrameRecord], images_dir: Path, config: SplatColmapDataProviderConfig,
-                    f: int) -> list[FrameRecord]:
+    def _downscaled(
+        records: list[FrameRecord], images_dir: Path, config: SplatColmapDataProviderConfig, f: int
+    ) -> list[FrameRecord]:
         """Records pointing at 1/f images: ``<images_dir>_<f>`` if it exists, else cached copies."""
         given = images_dir.parent / f"{images_dir.name}_{f}"
         if given.is_dir():
             paths = [given / r.name for r in records]
             missing = [str(p) for p, r in zip(paths, records) if not p.is_file()]
             if missing:
-                raise DataError(f"'{given}' lacks {len(missing)} of the model's images (e.g. {missing[0]}); "
-                                f"complete it or remove it to let splatkit resize into its cache")
+                raise DataError(
+                    f"'{given}' lacks {len(missing)} of the model's images (e.g. {missing[0]}); "
+                    f"complete it or remove it to let splatkit resize into its cache"
+                )
         else:
-            paths = resized_copies([r.image_path for r in records],
-                                   [(r.intrinsics.width, r.intrinsics.height) for r in records], f, config.loader,
-                                   images_dir)
+            paths = resized_copies(
+                [r.image_path for r in records],
+                [(r.intrinsics.width, r.intrinsics.height) for r in records],
+                f,
+                config.loader,
+                images_dir,
+            )
         return downscaled_records(records, paths, f)

@@ -81,8 +81,9 @@ def _albedo(p: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return choices.gather(-2, which[..., None, None].expand(*which.shape, 1, 3))[..., 0, :]
 
 
-def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96,
-               specular: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _ray_march(
+    origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96, specular: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sphere-trace rays ``[R, 3]``: (hit point, surface colour, hit mask).
 
     Surfaces are diffuse under one directional light, plus a Blinn-Phong highlight of
@@ -102,9 +103,7 @@ def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96,
     hit = dist.min(dim=-1).values < 1e-3
     eps = 1e-4
     offsets = torch.eye(3) * eps
-    grad = torch.stack(
-        [(_sdfs(p + o).min(-1).values - _sdfs(p - o).min(-1).values) for o in offsets], dim=-1
-    )
+    grad = torch.stack([(_sdfs(p + o).min(-1).values - _sdfs(p - o).min(-1).values) for o in offsets], dim=-1)
     normal = F.normalize(grad, dim=-1)
     shade = 0.3 + 0.7 * (normal @ _LIGHT).clamp_min(0)
     color = _albedo(p, dist.argmin(dim=-1)) * shade[:, None]
@@ -114,8 +113,9 @@ def _ray_march(origins: torch.Tensor, dirs: torch.Tensor, iters: int = 96,
     return p, torch.where(hit[:, None], color, torch.zeros_like(color)), hit
 
 
-def _render_rgba(c2w: torch.Tensor, width: int, height: int, focal: float, supersample: int,
-                 specular: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _render_rgba(
+    c2w: torch.Tensor, width: int, height: int, focal: float, supersample: int, specular: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One anti-aliased view from OpenCV camera-to-world ``c2w``: colour ``[H, W, 3]`` over
     black, coverage ``[H, W]`` in [0, 1], and the surface points hit with their colours ``[P, 6]``."""
     ss = supersample
@@ -245,8 +245,9 @@ def write_synthetic_capture(
                 azim = i * math.pi * (3 - math.sqrt(5))
             else:  # a ring at 30 degrees, between the training views
                 elev, azim = math.radians(30.0), 2 * math.pi * (i + 0.5) / n
-            eye = radius * torch.tensor([math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim),
-                                         math.sin(elev)])
+            eye = radius * torch.tensor(
+                [math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)]
+            )
             c2w = look_at_c2w(eye, target, up)
             rgb, coverage, _ = _render_rgba(c2w, image_size, image_size, focal, supersample, specular)
             # Straight (not premultiplied) colour, as PNG stores it: the mean over covered samples.
@@ -254,8 +255,9 @@ def write_synthetic_capture(
             rgba = torch.cat([straight.clamp(0, 1), coverage[..., None]], dim=-1)
             pixels = (rgba * 255.0 + 0.5).to(torch.uint8).numpy()
             path = folder / split / f"r_{i}.png"
-            atomic_write(path, lambda tmp: Image.fromarray(pixels, "RGBA").save(tmp, format="PNG"))
-            frames.append({"file_path": f"./{split}/r_{i}",
-                           "transform_matrix": opengl_to_opencv_c2w(c2w.double()).tolist()})
+            atomic_write(path, lambda tmp, px=pixels: Image.fromarray(px, "RGBA").save(tmp, format="PNG"))
+            frames.append(
+                {"file_path": f"./{split}/r_{i}", "transform_matrix": opengl_to_opencv_c2w(c2w.double()).tolist()}
+            )
         write_json(folder / f"transforms_{split}.json", {"camera_angle_x": angle_x, "frames": frames})
     return folder

@@ -24,8 +24,10 @@ def detect_data(path: str | Path) -> tuple[str, str]:
     try:
         model = find_model_dir(p)
     except DataError:
-        raise DataError(f"--data '{p}': found neither transforms*.json nor a COLMAP model "
-                        "(sparse/0, sparse, or cameras/images/points3D files)") from None
+        raise DataError(
+            f"--data '{p}': found neither transforms*.json nor a COLMAP model "
+            "(sparse/0, sparse, or cameras/images/points3D files)"
+        ) from None
     fmt = "binary" if (model / "images.bin").is_file() else "text"
     return "colmap", f"COLMAP model ({fmt}) in {model}"
 

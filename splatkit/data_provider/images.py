@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Callable, Hashable
 
 import numpy as np
 
+from splatkit.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file or field and what was expected."""
 
 
 def read_pixels(path: Path) -> np.ndarray:
@@ -98,8 +96,11 @@ def find_masks(image_names: list[str], masks_dir: Path) -> dict[str, Path]:
     """
     if not masks_dir.is_dir():
         raise DataError(f"masks_dir '{masks_dir}' is not a folder")
-    files = {p.name: p for p in masks_dir.iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix in IMAGE_EXTENSIONS}
+    files = {
+        p.name: p
+        for p in masks_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix in IMAGE_EXTENSIONS
+    }
     by_stem: dict[str, Path] = {}
     for p in sorted(files.values()):
         by_stem.setdefault(p.stem, p)
@@ -119,8 +120,11 @@ def find_masks(image_names: list[str], masks_dir: Path) -> dict[str, Path]:
     if extra:
         problems.append(f"{len(extra)} file(s) match no image: {_preview(extra)}")
     if problems:
-        raise DataError(f"masks_dir '{masks_dir}': " + "; ".join(problems)
-                        + ". Each image needs one mask with the same name (any of png/jpg); remove or rename the rest.")
+        raise DataError(
+            f"masks_dir '{masks_dir}': "
+            + "; ".join(problems)
+            + ". Each image needs one mask with the same name (any of png/jpg); remove or rename the rest."
+        )
     return found
 
 

@@ -56,11 +56,12 @@ class CameraIntrinsics:
     def K(self) -> np.ndarray:
         return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
 
-    def scaled(self, width: int, height: int) -> "CameraIntrinsics":
+    def scaled(self, width: int, height: int) -> CameraIntrinsics:
         """The same camera for an image resized to ``width x height``."""
         sx, sy = width / self.width, height / self.height
-        return replace(self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy,
-                       cx=self.cx * sx, cy=self.cy * sy)
+        return replace(
+            self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy, cx=self.cx * sx, cy=self.cy * sy
+        )
 
 
 def intrinsics_from_colmap(model: str, width: int, height: int, params, where: str) -> CameraIntrinsics:
@@ -203,9 +204,19 @@ class Undistorter:
 
         src = (np.asarray(xy, dtype=np.float64) - 0.5).reshape(-1, 1, 2)
         if self.source.model == "fisheye":
-            und = cv2.fisheye.undistortPoints(src, self._K_cv_src, self._D, P=self._new_K_cv,
-                                              criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12))
+            und = cv2.fisheye.undistortPoints(
+                src,
+                self._K_cv_src,
+                self._D,
+                P=self._new_K_cv,
+                criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12),
+            )
         else:
-            und = cv2.undistortPoints(src, self._K_cv_src, self._D, P=self._new_K_cv,
-                                      criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12))
+            und = cv2.undistortPoints(
+                src,
+                self._K_cv_src,
+                self._D,
+                P=self._new_K_cv,
+                criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12),
+            )
         return und.reshape(-1, 2) + 0.5 - self._offset

@@ -30,7 +30,7 @@ class SplatDensification(ABC):
     def initialize_state(self, scene_scale: float) -> dict:
         """Fresh running state for a scene of extent ``scene_scale``."""
 
-    def for_shard(self, rank: int, world_size: int) -> "SplatDensification":
+    def for_shard(self, rank: int, world_size: int) -> SplatDensification:
         """The strategy for rank ``rank``'s shard in a sharded run (``dist_mode="shard"``),
         which sees only its own Gaussians: the same by default; strategies with a global
         budget return a copy with the rank's part of it."""

@@ -64,7 +64,7 @@ class SplatMCMCDensification(SplatDensification):
             if not ok:
                 raise ValueError(f"SplatMCMCDensification.{name} must be {expected}, got {getattr(self, name)!r}")
 
-    def for_shard(self, rank: int, world_size: int) -> "SplatMCMCDensification":
+    def for_shard(self, rank: int, world_size: int) -> SplatMCMCDensification:
         """Each shard grows to its part of ``cap_max`` (the parts add up to it)."""
         share = self.cap_max * (rank + 1) // world_size - self.cap_max * rank // world_size
         return replace(self, cap_max=max(1, share))
@@ -92,8 +92,9 @@ class SplatMCMCDensification(SplatDensification):
             n_relocated = self._relocate(training_state, state)
             n_added = self._add(training_state, state)
             if self.verbose:
-                print(f"step {step}: {n_relocated} relocated, {n_added} added, "
-                      f"{training_state.num_gaussians} Gaussians")
+                print(
+                    f"step {step}: {n_relocated} relocated, {n_added} added, {training_state.num_gaussians} Gaussians"
+                )
         lr = training_state.optimizers["means"].param_groups[0]["lr"]
         ops.inject_position_noise(training_state, self.noise_lr * lr)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -67,16 +67,13 @@ def duplicate(training_state: SplatTrainingState, state: dict, mask: torch.Tenso
     """Append a copy of every Gaussian in ``mask [N]``."""
     sel = torch.nonzero(mask)[:, 0]
     update_params(
-        training_state,
-        lambda name, p: torch.cat([p, p[sel]]),
-        lambda name, v: torch.cat([v, torch.zeros_like(v[sel])]),
+        training_state, lambda name, p: torch.cat([p, p[sel]]), lambda name, v: torch.cat([v, torch.zeros_like(v[sel])])
     )
     _edit_running_state(state, lambda v: torch.cat([v, v[sel]]))
 
 
 @torch.no_grad()
-def split(training_state: SplatTrainingState, state: dict, mask: torch.Tensor,
-          revised_opacity: bool = False) -> None:
+def split(training_state: SplatTrainingState, state: dict, mask: torch.Tensor, revised_opacity: bool = False) -> None:
     """Replace every Gaussian in ``mask [N]`` by two, sampled inside it, 1.6x smaller.
 
     Survivors keep their order; the 2M new Gaussians go at the end. With
@@ -105,7 +102,9 @@ def split(training_state: SplatTrainingState, state: dict, mask: torch.Tensor,
     update_params(
         training_state,
         param_fn,
-        lambda name, v: torch.cat([v[rest], torch.zeros((2 * sel.numel(),) + v.shape[1:], dtype=v.dtype, device=v.device)]),
+        lambda name, v: torch.cat(
+            [v[rest], torch.zeros((2 * sel.numel(),) + v.shape[1:], dtype=v.dtype, device=v.device)]
+        ),
     )
     _edit_running_state(state, lambda v: torch.cat([v[rest], v[sel].repeat(2, *([1] * (v.dim() - 1)))]))
 
@@ -138,7 +137,7 @@ RELOCATION_MAX_RATIO = 51
 many (gsplat's ``n_max``: beyond it the binomial coefficients lose float precision)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _binomials(n_max: int) -> tuple[tuple[int, ...], ...]:
     """Rows ``C(n, j)`` for ``n, j`` in ``0..n_max`` (zero for ``j > n``), exact integers."""
     return tuple(tuple(math.comb(n, j) for j in range(n_max + 1)) for n in range(n_max + 1))
@@ -200,15 +199,16 @@ def _shared_opacity_scale(training_state: SplatTrainingState, sources: torch.Ten
     params = training_state.params
     ratios = torch.bincount(sources, minlength=training_state.num_gaussians)[sources] + 1
     new_o, new_s = relocation_opacity_scale(
-        opacity_activation(params["opacities"][sources]), scale_activation(params["scales"][sources]),
-        ratios, min_opacity,
+        opacity_activation(params["opacities"][sources]),
+        scale_activation(params["scales"][sources]),
+        ratios,
+        min_opacity,
     )
     return opacity_inverse_activation(new_o), scale_inverse_activation(new_s)
 
 
 @torch.no_grad()
-def relocate(training_state: SplatTrainingState, state: dict, mask: torch.Tensor,
-             min_opacity: float = 0.005) -> int:
+def relocate(training_state: SplatTrainingState, state: dict, mask: torch.Tensor, min_opacity: float = 0.005) -> int:
     """Move every Gaussian in ``mask [N]`` ("dead") onto a live one.
 
     Targets are drawn among the live Gaussians with probability proportional to their

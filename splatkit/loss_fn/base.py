@@ -25,9 +25,5 @@ class SplatLossFn(ABC):
 
     @abstractmethod
     def __call__(
-        self,
-        render: SplatRenderOutput,
-        frames: SplatFrames,
-        step: int,
-        training_state: SplatTrainingState,
+        self, render: SplatRenderOutput, frames: SplatFrames, step: int, training_state: SplatTrainingState
     ) -> SplatLoss: ...

@@ -36,8 +36,9 @@ class Splat2DGSLossFn(Splat3DGSLossFn):
             if getattr(self, name) < 0:
                 raise ValueError(f"Splat2DGSLossFn.{name} must be non-negative, got {getattr(self, name)!r}")
 
-    def __call__(self, render: SplatRenderOutput, frames: SplatFrames, step: int,
-                 training_state: SplatTrainingState) -> SplatLoss:
+    def __call__(
+        self, render: SplatRenderOutput, frames: SplatFrames, step: int, training_state: SplatTrainingState
+    ) -> SplatLoss:
         missing = [k for k in ("normals", "normals_from_depth", "distortion") if k not in render.extras]
         if missing:
             raise ValueError(f"Splat2DGSLossFn needs the 2DGS render outputs {missing}; render with Splat2DGSRenderer")

@@ -41,11 +41,7 @@ class Splat3DGSLossFn(SplatLossFn):
                 raise ValueError(f"Splat3DGSLossFn.{name} must be non-negative, got {getattr(self, name)!r}")
 
     def __call__(
-        self,
-        render: SplatRenderOutput,
-        frames: SplatFrames,
-        step: int,
-        training_state: SplatTrainingState,
+        self, render: SplatRenderOutput, frames: SplatFrames, step: int, training_state: SplatTrainingState
     ) -> SplatLoss:
         img, gt = render.images, frames.images
         if frames.masks is None:

@@ -7,5 +7,11 @@ from splatkit.modules.progress import SplatProgressTracker
 from splatkit.modules.tensorboard import SplatTensorboard
 from splatkit.modules.viewer import SplatViewer
 
-__all__ = ["SplatBaseModule", "SplatEvaluator", "SplatExporter", "SplatProgressTracker", "SplatTensorboard",
-           "SplatViewer"]
+__all__ = [
+    "SplatBaseModule",
+    "SplatEvaluator",
+    "SplatExporter",
+    "SplatProgressTracker",
+    "SplatTensorboard",
+    "SplatViewer",
+]

@@ -17,102 +17,32 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import math
 import os
-import resource
-import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-import numpy as np
 import torch
 
+from splatkit.evaluation import evaluate_frames, peak_memory_mb, side_by_side, summarize, write_png
 from splatkit.lpips import LPIPSUnavailable, load_lpips
-from splatkit.metrics import psnr, ssim
 from splatkit.modules.base import SplatBaseModule
 from splatkit.utils.files import atomic_write, ensure_writable_dir, write_json
 
 logger = logging.getLogger("splatkit")
 
-CSV_FIELDS = ("step", "psnr", "ssim", "lpips", "num_gaussians", "train_seconds", "peak_memory_mb", "render_fps",
-              "num_images")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA allocator memory on a GPU, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """``[..., 3]`` floats in [0, 1] (clamped) as a uint8 NumPy image."""
-    return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-
-
-def side_by_side(render: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
-    """``[H, 3W, 3]`` uint8: ground truth | render | absolute error x5 (grey)."""
-    err = ((render - gt).abs().mean(dim=-1, keepdim=True) * 5).expand_as(gt)
-    return to_uint8(torch.cat([gt, render, err], dim=1))
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
-
-
-@torch.no_grad()
-def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None,
-                    on_image=None) -> list[dict]:
-    """Per-image metrics. ``render_fn(frames) -> [B, H, W, 3]`` renders the given frames.
-
-    Returns one dict per image: name, psnr, ssim, lpips (None without a metric) and
-    seconds (render time). ``on_image(name, render, gt)``, if given, receives each
-    clamped render and its ground truth (``[H, W, 3]``, on the device) as they are made.
-    """
-    rows = []
-    for f in frames:
-        f = f.to(device)
-        _sync(device)
-        t0 = time.perf_counter()
-        img = render_fn(f).clamp(0, 1)
-        _sync(device)
-        seconds = (time.perf_counter() - t0) / len(f.cameras)
-        p = psnr(img, f.images, f.masks)
-        s = ssim(img, f.images)
-        lp = lpips(img, f.images) if lpips is not None else None
-        for i, name in enumerate(f.names):
-            rows.append({"name": name, "psnr": float(p[i]), "ssim": float(s[i]),
-                         "lpips": None if lp is None else float(lp[i]), "seconds": seconds})
-            if on_image is not None:
-                on_image(name, img[i], f.images[i])
-    return rows
-
-
-def summarize(rows: list[dict]) -> dict:
-    """Means over images (PSNR averaged in dB, as papers report it)."""
-    if not rows:
-        return {"psnr": float("nan"), "ssim": float("nan"), "lpips": None, "num_images": 0, "render_fps": None}
-    lp = [r["lpips"] for r in rows]
-    return {
-        "psnr": statistics.fmean(r["psnr"] for r in rows),
-        "ssim": statistics.fmean(r["ssim"] for r in rows),
-        "lpips": None if any(v is None for v in lp) else statistics.fmean(lp),
-        "num_images": len(rows),
-        "render_fps": 1.0 / max(statistics.median(r["seconds"] for r in rows), 1e-9),
-    }
+CSV_FIELDS = (
+    "step",
+    "psnr",
+    "ssim",
+    "lpips",
+    "num_gaussians",
+    "train_seconds",
+    "peak_memory_mb",
+    "render_fps",
+    "num_images",
+)
 
 
 class SplatEvaluator(SplatBaseModule):
@@ -127,8 +57,14 @@ class SplatEvaluator(SplatBaseModule):
             default: torch hub's checkpoint folder.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, eval_steps: Iterable[int], save_images: bool = True,
-                 lpips_net: str | None = "alex", lpips_weights: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        eval_steps: Iterable[int],
+        save_images: bool = True,
+        lpips_net: str | None = "alex",
+        lpips_weights: str | os.PathLike | None = None,
+    ) -> None:
         if lpips_net not in ("alex", "vgg", None):
             raise ValueError(f"lpips_net must be 'alex', 'vgg' or None, got {lpips_net!r}")
         self.output_dir = Path(output_dir)
@@ -179,18 +115,24 @@ class SplatEvaluator(SplatBaseModule):
 
     def evaluate_trainer(self, trainer, step: int) -> dict:
         """Evaluate ``trainer``'s current state on its provider's test split and write the files."""
-        return self.evaluate(lambda f: trainer.render_view(f.cameras).images, trainer.data_provider.test_frames(),
-                             step, trainer.num_gaussians, trainer.device)
+        return self.evaluate(
+            lambda f: trainer.render_view(f.cameras).images,
+            trainer.data_provider.test_frames(),
+            step,
+            trainer.num_gaussians,
+            trainer.device,
+        )
 
-    def evaluate(self, render_fn, frames: Iterable, step: int, num_gaussians: int,
-                 device: torch.device | str = "cpu") -> dict:
+    def evaluate(
+        self, render_fn, frames: Iterable, step: int, num_gaussians: int, device: torch.device | str = "cpu"
+    ) -> dict:
         """Evaluate rendered ``frames`` and write ``stats/step_XXXXXX.json`` (and the rest)."""
         device = torch.device(device)
         self._prepare_lpips(device)
         renders_dir = self.output_dir / "renders" / f"step_{step:06d}"
 
         def save(name, render, gt):
-            _write_png(renders_dir / f"{Path(name).stem}.png", side_by_side(render, gt))
+            write_png(renders_dir / f"{Path(name).stem}.png", side_by_side(render, gt))
 
         rows = evaluate_frames(render_fn, frames, device, self._lpips, save if self.save_images else None)
         summary = summarize(rows)
@@ -224,8 +166,15 @@ class SplatEvaluator(SplatBaseModule):
         self._write_csv(stats_dir / "metrics.csv")
         self._write_plot(stats_dir / "metrics.png")
         lp = f"{row['lpips']:.4f}" if row["lpips"] is not None else "unavailable"
-        logger.info("eval step %d: PSNR %.2f SSIM %.4f LPIPS %s on %d images, %d Gaussians", step, stats["psnr"],
-                    stats["ssim"], lp, stats["num_images"], stats["num_gaussians"])
+        logger.info(
+            "eval step %d: PSNR %.2f SSIM %.4f LPIPS %s on %d images, %d Gaussians",
+            step,
+            stats["psnr"],
+            stats["ssim"],
+            lp,
+            stats["num_images"],
+            stats["num_gaussians"],
+        )
         return stats
 
     def _write_csv(self, path: Path) -> None:

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import numbers
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
 from splatkit.modules.base import SplatBaseModule
 from splatkit.splat.formats import FORMATS, dropped_information, write_splat
+from splatkit.splat.model import SplatModel
 from splatkit.splat.transform import transform_model
 from splatkit.utils.files import ensure_writable_dir
 
-SPLAT_FORMATS = tuple(FORMATS)
 FRAMES = ("training", "input")
 _logger = logging.getLogger(__name__)
 
@@ -71,13 +71,14 @@ class SplatExporter(SplatBaseModule):
                 raise TypeError(f"SplatExporter {name} must be True or False, got {flag!r}")
         names = [splat_format] if isinstance(splat_format, str) else splat_format
         if not isinstance(names, Sequence) or len(names) == 0:
-            raise TypeError(f"SplatExporter splat_format must be a format name or a non-empty list of them, "
-                            f"got {splat_format!r}")
+            raise TypeError(
+                f"SplatExporter splat_format must be a format name or a non-empty list of them, got {splat_format!r}"
+            )
         for name in names:
-            if name not in SPLAT_FORMATS:
+            if name not in FORMATS:
                 raise ValueError(
                     f"SplatExporter splat_format {name!r} is not supported; supported: "
-                    + ", ".join(repr(f) for f in SPLAT_FORMATS)
+                    + ", ".join(repr(f) for f in FORMATS)
                 )
         if frame not in FRAMES:
             raise ValueError(f"SplatExporter frame must be 'training' or 'input', got {frame!r}")
@@ -111,8 +112,14 @@ class SplatExporter(SplatBaseModule):
     def ckpt_path(self, step: int) -> Path:
         return self.ckpt_dir / f"step_{step:06d}.ckpt"
 
-    def on_setup(self, world_rank: int = 0, max_steps: int | None = None,
-                 logger: logging.Logger | None = None, trainer=None, **kwargs) -> None:
+    def on_setup(
+        self,
+        world_rank: int = 0,
+        max_steps: int | None = None,
+        logger: logging.Logger | None = None,
+        trainer=None,
+        **kwargs,
+    ) -> None:
         if world_rank != 0:
             return
         if self.frame == "input" and self.save_splat:  # fails here, before step 1, without a transform
@@ -123,13 +130,14 @@ class SplatExporter(SplatBaseModule):
             ensure_writable_dir(self.ckpt_dir, "SplatExporter output_dir")
         late = [s for s in self.export_steps if max_steps is not None and s > max_steps]
         if late and logger is not None:
-            logger.warning("SplatExporter: export steps %s are after max_steps=%s and will not be reached",
-                           late, max_steps)
+            logger.warning(
+                "SplatExporter: export steps %s are after max_steps=%s and will not be reached", late, max_steps
+            )
 
     @staticmethod
     def _input_frame_inverse(trainer) -> torch.Tensor:
-        provider = getattr(trainer, "data_provider", None)
-        T = getattr(provider, "transform", None)
+        provider = trainer.data_provider
+        T = provider.transform
         if T is None:
             raise ValueError(
                 f"SplatExporter frame='input' needs a data provider with a 'transform' (input frame -> training "
@@ -147,12 +155,13 @@ class SplatExporter(SplatBaseModule):
             for what in dropped_information(model, fmt):
                 log.warning("SplatExporter: %s export drops information: %s", fmt, what)
 
-    def post_step(self, step: int, training_state, trainer, world_rank: int = 0,
-                  logger: logging.Logger | None = None, **kwargs) -> None:
+    def post_step(
+        self, step: int, training_state, trainer, world_rank: int = 0, logger: logging.Logger | None = None, **kwargs
+    ) -> None:
         if world_rank != 0 or step not in self.export_steps:
             return
         if self.save_splat:
-            model = training_state.to_model()
+            model = SplatModel.from_training_state(training_state)
             if self._to_input is not None:
                 model = transform_model(model, self._to_input)
             self._warn_dropped(model, logger)  # of the model as written, in its frame

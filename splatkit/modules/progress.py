@@ -9,7 +9,6 @@ from typing import TextIO
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
 
-
 # Whole step over one render's forward + backward at the start (loss, optimiser, densification,
 # data), and how much slower the average step is than the first as densification adds Gaussians;
 # measured on the scenes of docs/quality.md (benchmarks/recipe_parity.py).
@@ -30,9 +29,11 @@ def estimate_line(trainer, steps: int) -> str:
     per_step = trainer.probe_step_seconds() * STEP_OVERHEAD
     lo, hi = (per_step * steps * g for g in GROWTH_RANGE)
     frames = trainer.data_provider.train_batch(trainer.step + 1, trainer.config.batch_size, trainer.config.seed)
-    return (f"splatkit: {steps} steps on this CPU: about {_duration(lo)} to {_duration(hi)} "
-            f"({per_step:.3f} s per step now, {trainer.num_gaussians} Gaussians at {frames.cameras.width}x"
-            f"{frames.cameras.height}; steps slow down as densification adds Gaussians)")
+    return (
+        f"splatkit: {steps} steps on this CPU: about {_duration(lo)} to {_duration(hi)} "
+        f"({per_step:.3f} s per step now, {trainer.num_gaussians} Gaussians at {frames.cameras.width}x"
+        f"{frames.cameras.height}; steps slow down as densification adds Gaussians)"
+    )
 
 
 class SplatProgressTracker(SplatBaseModule):
@@ -80,17 +81,24 @@ class SplatProgressTracker(SplatBaseModule):
             return
         if self._tty and step % self.update_every == 0:
             loss, img, gt, mask = self._last
-            self._bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{float(psnr(img, gt, mask).mean()):.2f}",
-                                  gaussians=training_state.num_gaussians, refresh=False)
+            self._bar.set_postfix(
+                loss=f"{float(loss):.4f}",
+                psnr=f"{float(psnr(img, gt, mask).mean()):.2f}",
+                gaussians=training_state.num_gaussians,
+                refresh=False,
+            )
             self._bar.update(step - self._bar.n)
         elif not self._tty and (step % self._every_line == 0 or step == max_steps):
             loss, img, gt, mask = self._last
             elapsed = time.perf_counter() - self._t0
             rate = (step - self._step0) / max(elapsed, 1e-9)
             eta = (max_steps - step) / max(rate, 1e-9)
-            print(f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt, mask).mean()):.2f} "
-                  f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
-                  file=self._out, flush=True)
+            print(
+                f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt, mask).mean()):.2f} "
+                f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
+                file=self._out,
+                flush=True,
+            )
 
     def on_cleanup(self, **kwargs) -> None:
         if self._bar is not None:

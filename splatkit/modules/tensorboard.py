@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from splatkit.evaluation import peak_memory_mb, side_by_side
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
-from splatkit.modules.evaluator import peak_memory_mb, side_by_side
 from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.utils.files import ensure_writable_dir
 
@@ -45,8 +45,9 @@ class SplatTensorboard(SplatBaseModule):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ImportError("SplatTensorboard needs the tensorboard package: pip install 'splatkit[tensorboard]'"
-                              ) from e
+            raise ImportError(
+                "SplatTensorboard needs the tensorboard package: pip install 'splatkit[tensorboard]'"
+            ) from e
         ensure_writable_dir(self.log_dir, "SplatTensorboard log_dir")
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step else None)
         self._t, self._step_t = time.perf_counter(), step
@@ -74,8 +75,9 @@ class SplatTensorboard(SplatBaseModule):
             self._t, self._step_t = now, step
             p = training_state.params
             w.add_histogram("gaussians/opacity", opacity_activation(p["opacities"].detach()).cpu(), step)
-            w.add_histogram("gaussians/scale_max",
-                            scale_activation(p["scales"].detach()).max(dim=-1).values.log10().cpu(), step)
+            w.add_histogram(
+                "gaussians/scale_max", scale_activation(p["scales"].detach()).max(dim=-1).values.log10().cpu(), step
+            )
             self._last = None
         if step % self.image_every == 0 and trainer is not None:
             self._log_test_image(trainer, step)

@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
+from splatkit.evaluation import to_uint8
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
 from splatkit.splat.cameras import SplatCameras
-from splatkit.modules.evaluator import to_uint8
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w, quat_to_rotmat, viewmat_to_c2w
 
 logger = logging.getLogger("splatkit")
@@ -48,8 +48,14 @@ class SplatViewer(SplatBaseModule):
 
     supports_sharded = False
 
-    def __init__(self, port: int = 8080, mode: str = "training", host: str = "127.0.0.1",
-                 resolution: int | None = None, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        port: int = 8080,
+        mode: str = "training",
+        host: str = "127.0.0.1",
+        resolution: int | None = None,
+        refresh_seconds: float = 1.0,
+    ) -> None:
         if mode not in ("training", "rendering"):
             raise ValueError(f"mode must be 'training' or 'rendering', got {mode!r}")
         if not 0 < int(port) < 65536:
@@ -83,9 +89,14 @@ class SplatViewer(SplatBaseModule):
         if self.server.get_port() != self.port:
             logger.warning("port %d is busy; the viewer uses %d", self.port, self.server.get_port())
         gui = self.server.gui
-        self._gui_res = gui.add_slider("Resolution", min=64, max=2048, step=32,
-                                       initial_value=int(self.resolution or default_resolution),
-                                       hint="Longest side of rendered frames, in pixels")
+        self._gui_res = gui.add_slider(
+            "Resolution",
+            min=64,
+            max=2048,
+            step=32,
+            initial_value=int(self.resolution or default_resolution),
+            hint="Longest side of rendered frames, in pixels",
+        )
         self._gui_res.on_update(lambda _: self._mark_all_dirty())
         self._gui_step = gui.add_text("Step", initial_value="0", disabled=True)
         self._gui_gaussians = gui.add_text("Gaussians", initial_value="0", disabled=True)
@@ -142,8 +153,9 @@ class SplatViewer(SplatBaseModule):
         older than ``refresh_seconds``); returns the number of frames sent."""
         now = time.perf_counter()
         with self._clients_lock:
-            todo = [c for c in self._clients.values()
-                    if c["dirty"] or (training and now - c["last"] > self.refresh_seconds)]
+            todo = [
+                c for c in self._clients.values() if c["dirty"] or (training and now - c["last"] > self.refresh_seconds)
+            ]
         sent = 0
         for c in todo:
             cam = c["client"].camera
@@ -200,9 +212,16 @@ class SplatViewer(SplatBaseModule):
             self.server = None
 
     # ---------------------------------------------------------------- rendering mode
-    def serve_forever(self, params: dict, sh_degree: int, renderer, device: torch.device | str = "cpu",
-                      background: tuple[float, float, float] = (0.0, 0.0, 0.0), poll_seconds: float = 0.02,
-                      stop_event: threading.Event | None = None) -> None:
+    def serve_forever(
+        self,
+        params: dict,
+        sh_degree: int,
+        renderer,
+        device: torch.device | str = "cpu",
+        background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        poll_seconds: float = 0.02,
+        stop_event: threading.Event | None = None,
+    ) -> None:
         """Show a fixed model until interrupted (or ``stop_event`` is set)."""
         device = torch.device(device)
         bg = torch.tensor([background], dtype=torch.float32, device=device)
@@ -229,13 +248,16 @@ class SplatViewer(SplatBaseModule):
         self._enabled = world_rank == 0 and self.mode == "training"
         if not self._enabled:
             return
+
         def render_fn(cams):
             return trainer.render_view(cams, trainer.active_sh_degree(max(trainer.step, 1))).images[0]
 
         first = trainer.data_provider.train_frame(0).cameras
-        self.start(render_fn, viewmat_to_c2w(first.viewmats[0].double()),
-                   default_resolution=1024 if trainer.device.type == "cuda" else min(512, max(first.width,
-                                                                                             first.height)))
+        self.start(
+            render_fn,
+            viewmat_to_c2w(first.viewmats[0].double()),
+            default_resolution=1024 if trainer.device.type == "cuda" else min(512, max(first.width, first.height)),
+        )
         self.update_status(force=True, step=step, gaussians=training_state.num_gaussians)
 
     def post_compute_loss(self, render=None, frames=None, **kwargs) -> None:
@@ -247,8 +269,9 @@ class SplatViewer(SplatBaseModule):
             return
         if self._last_batch is not None and self._status_due():  # the PSNR costs a sync: only when shown
             img, gt, mask = self._last_batch
-            self.update_status(step=step, gaussians=training_state.num_gaussians,
-                               psnr=float(psnr(img, gt, mask).mean()))
+            self.update_status(
+                step=step, gaussians=training_state.num_gaussians, psnr=float(psnr(img, gt, mask).mean())
+            )
         self._last_batch = None
         self.serve_pending(training=True)
         while self.paused.is_set() and self.server is not None:

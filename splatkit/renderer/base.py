@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 
@@ -60,6 +61,9 @@ class SplatRenderer(ABC):
     """
 
     gaussian_kind: ClassVar[str] = "3dgs"
+    sparse_grad = False
+    """Whether renders carry the rendered ids for sparse gradients (gsplat's packed mode);
+    the trainer then steps with ``SparseAdam``. Renderers that can do it make it a field."""
 
     @abstractmethod
     def render(

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splatkit.renderer.backends import (
-    BACKENDS,
-    BACKENDS_2DGS,
-    GSPLAT_OPTIONS,
-    resolve_backend_name,
-    resolve_backend_name_2dgs,
-)
+from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings, resolve
 from splatkit.renderer.projection import expected_depth
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -22,41 +16,76 @@ def _check(cond: bool, message: str) -> None:
 
 
 def _validate(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-    backgrounds, render_mode, render_modes=RENDER_MODES, scale_dims=(3,),
+    means,
+    quats,
+    scales,
+    opacities,
+    colors,
+    viewmats,
+    Ks,
+    width,
+    height,
+    sh_degree,
+    backgrounds,
+    render_mode,
+    render_modes=RENDER_MODES,
+    scale_dims=(3,),
 ) -> None:
     _check(means.dim() == 2 and means.shape[-1] == 3, f"means must be [N, 3], got {tuple(means.shape)}")
     N = means.shape[0]
     _check(tuple(quats.shape) == (N, 4), f"quats must be [N, 4] = [{N}, 4] (wxyz), got {tuple(quats.shape)}")
-    _check(scales.dim() == 2 and tuple(scales.shape) in [(N, d) for d in scale_dims],
-           f"scales must be [N, {scale_dims[0]}] = [{N}, {scale_dims[0]}]"
-           + (" (surfel tangent scales; a third column is ignored)" if len(scale_dims) > 1 else "")
-           + f", got {tuple(scales.shape)}")
+    _check(
+        scales.dim() == 2 and tuple(scales.shape) in [(N, d) for d in scale_dims],
+        f"scales must be [N, {scale_dims[0]}] = [{N}, {scale_dims[0]}]"
+        + (" (surfel tangent scales; a third column is ignored)" if len(scale_dims) > 1 else "")
+        + f", got {tuple(scales.shape)}",
+    )
     _check(tuple(opacities.shape) == (N,), f"opacities must be [N] = [{N}], got {tuple(opacities.shape)}")
-    _check(viewmats.dim() == 3 and viewmats.shape[1:] == (4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}")
+    _check(
+        viewmats.dim() == 3 and viewmats.shape[1:] == (4, 4), f"viewmats must be [C, 4, 4], got {tuple(viewmats.shape)}"
+    )
     C = viewmats.shape[0]
     _check(tuple(Ks.shape) == (C, 3, 3), f"Ks must be [C, 3, 3] = [{C}, 3, 3], got {tuple(Ks.shape)}")
-    _check(isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0,
-           f"width and height must be positive ints, got {width!r} x {height!r}")
+    _check(
+        isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0,
+        f"width and height must be positive ints, got {width!r} x {height!r}",
+    )
     if sh_degree is not None:
-        _check(colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3,
-               f"with sh_degree={sh_degree}, colors must be SH coefficients [N, K, 3], got {tuple(colors.shape)}")
-        _check(0 <= sh_degree and (sh_degree + 1) ** 2 <= colors.shape[1],
-               f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {colors.shape[1]}")
+        _check(
+            colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3,
+            f"with sh_degree={sh_degree}, colors must be SH coefficients [N, K, 3], got {tuple(colors.shape)}",
+        )
+        _check(
+            0 <= sh_degree and (sh_degree + 1) ** 2 <= colors.shape[1],
+            f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {colors.shape[1]}",
+        )
     else:
-        _check((colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)),
-               f"without sh_degree, colors must be [N, D] or [C, N, D], got {tuple(colors.shape)}")
+        _check(
+            (colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)),
+            f"without sh_degree, colors must be [N, D] or [C, N, D], got {tuple(colors.shape)}",
+        )
     _check(render_mode in render_modes, f"render_mode must be one of {render_modes}, got {render_mode!r}")
-    named = {"quats": quats, "scales": scales, "opacities": opacities, "colors": colors, "viewmats": viewmats,
-             "Ks": Ks, "backgrounds": backgrounds}
+    named = {
+        "quats": quats,
+        "scales": scales,
+        "opacities": opacities,
+        "colors": colors,
+        "viewmats": viewmats,
+        "Ks": Ks,
+        "backgrounds": backgrounds,
+    }
     for name, t in named.items():
         if t is not None and (t.dtype != means.dtype or t.device != means.device):
-            raise ValueError(f"{name} is {t.dtype} on {t.device} but means is {means.dtype} on {means.device}; "
-                             "all tensors must share one dtype and device")
+            raise ValueError(
+                f"{name} is {t.dtype} on {t.device} but means is {means.dtype} on {means.device}; "
+                "all tensors must share one dtype and device"
+            )
     if backgrounds is not None:
         n_color = 3 if sh_degree is not None else colors.shape[-1]
-        _check(tuple(backgrounds.shape) == (C, n_color),
-               f"backgrounds must be [C, D] = [{C}, {n_color}], got {tuple(backgrounds.shape)}")
+        _check(
+            tuple(backgrounds.shape) == (C, n_color),
+            f"backgrounds must be [C, D] = [{C}, {n_color}], got {tuple(backgrounds.shape)}",
+        )
 
 
 def rasterize(
@@ -115,31 +144,31 @@ def rasterize(
         ``radii [C, N, 2]`` (int32, 0 where culled), ``depths [C, N]``, ``width``,
         ``height``, ``n_cameras`` and backend details.
     """
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-              backgrounds, render_mode)
-    name = resolve_backend_name(backend, means.device, means.dtype)
-    if name != "gsplat":
-        asked = [k for k in GSPLAT_OPTIONS if backend_options.get(k)]
-        if asked:
-            raise ValueError(f"{', '.join(asked)} {'is a gsplat option' if len(asked) == 1 else 'are gsplat options'}; "
-                             f"backend {name!r} does not support {'it' if len(asked) == 1 else 'them'}")
-        backend_options = {k: v for k, v in backend_options.items() if k not in GSPLAT_OPTIONS}
+    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, render_mode)
+    chosen = resolve(backend, means.device, means.dtype, "3dgs", sharded=distributed)
+    known = set().union(*(b.options for b in BACKENDS.values()))
+    stray = [k for k in backend_options if k not in known]
+    if stray:
+        raise TypeError(f"rasterize() got unexpected keyword arguments {stray}; backend options are {sorted(known)}")
+    asked = [k for k, v in backend_options.items() if v]
+    unsupported = [k for k in asked if k not in chosen.options]
+    if unsupported:
+        owners = "/".join(sorted({b.name for k in unsupported for b in BACKENDS.values() if k in b.options}))
+        one = len(unsupported) == 1
+        raise ValueError(
+            f"{', '.join(unsupported)} {'is a' if one else 'are'} {owners} option{'' if one else 's'}; "
+            f"backend {chosen.name!r} does not support {'it' if one else 'them'}"
+        )
+    options = {k: v for k, v in backend_options.items() if k in chosen.options}
+    inputs = RasterInputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
+    settings = RasterSettings(near_plane, far_plane, eps2d, radius_clip, rasterize_mode, render_mode, tile_size)
     if distributed:
-        asked = [k for k in GSPLAT_OPTIONS if backend_options.get(k)]
         if asked:
             raise ValueError(f"{', '.join(asked)} cannot be used with distributed (sharded) rendering")
         from splatkit.renderer.sharded import rasterize_sharded
 
-        return rasterize_sharded(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
-            backgrounds=backgrounds, backend=name, near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-            radius_clip=radius_clip, rasterize_mode=rasterize_mode, render_mode=render_mode, tile_size=tile_size)
-    return BACKENDS[name](
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-        sh_degree=sh_degree, backgrounds=backgrounds, near_plane=near_plane, far_plane=far_plane,
-        eps2d=eps2d, radius_clip=radius_clip, rasterize_mode=rasterize_mode,
-        render_mode=render_mode, tile_size=tile_size, **backend_options,
-    )
+        return rasterize_sharded(inputs, settings, chosen)
+    return chosen.rasterize(inputs, settings, **options)
 
 
 RENDER_MODES_2DGS = ("RGB", "RGB+D", "RGB+ED")
@@ -150,8 +179,9 @@ def depth_to_normals(depths: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Ten
     differences of the back-projected pixel centres; they face the camera; 0 on the border."""
     C, H, W, _ = depths.shape
     dev, dt = depths.device, depths.dtype
-    ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=dt) + 0.5, torch.arange(W, device=dev, dtype=dt) + 0.5,
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(H, device=dev, dtype=dt) + 0.5, torch.arange(W, device=dev, dtype=dt) + 0.5, indexing="ij"
+    )
     fx, fy = Ks[:, 0, 0, None, None], Ks[:, 1, 1, None, None]
     cx, cy = Ks[:, 0, 2, None, None], Ks[:, 1, 2, None, None]
     z = depths[..., 0]
@@ -200,21 +230,33 @@ def rasterize_2dgs(
         ``distort [C, H, W, 1], median_depth [C, H, W, 1], meta)``; ``meta`` holds
         ``means2d`` (``.grad`` for densification), ``radii``, ``depths``, ``width``, ``height``.
     """
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
-              render_mode, render_modes=RENDER_MODES_2DGS, scale_dims=(2, 3))
+    _validate(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        backgrounds,
+        render_mode,
+        render_modes=RENDER_MODES_2DGS,
+        scale_dims=(2, 3),
+    )
     if depth_mode not in ("expected", "median"):
         raise ValueError(f"depth_mode must be 'expected' or 'median', got {depth_mode!r}")
-    name = resolve_backend_name_2dgs(backend, means.device, means.dtype)
+    chosen = resolve(backend, means.device, means.dtype, "2dgs", sharded=distributed)
+    inputs = RasterInputs(means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree)
+    settings = RasterSettings(near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
     if distributed:
         from splatkit.renderer.sharded import rasterize_sharded_2dgs
 
-        out = rasterize_sharded_2dgs(
-            means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
-            backend=name, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
+        out = rasterize_sharded_2dgs(inputs, settings, chosen)
     else:
-        out = BACKENDS_2DGS[name](
-            means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree=sh_degree,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
+        out = chosen.rasterize_2dgs(inputs, settings)
     alphas = out["alphas"]
     renders = out["colors"]
     if backgrounds is not None:
@@ -227,7 +269,10 @@ def rasterize_2dgs(
     c2w_rot = viewmats[:, :3, :3].transpose(-1, -2)
     normals = torch.einsum("cij,chwj->chwi", c2w_rot, out["normals_camera"])
     normals_from_depth = depth_to_normals(expected if depth_mode == "expected" else out["median_depth"], viewmats, Ks)
-    meta = {k: v for k, v in out.items() if k not in ("colors", "alphas", "normals_camera", "depth_sum", "distort",
-                                                      "median_depth")}
-    meta.update(width=width, height=height, n_cameras=viewmats.shape[0], tile_size=tile_size, backend=name)
+    meta = {
+        k: v
+        for k, v in out.items()
+        if k not in ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median_depth")
+    }
+    meta.update(width=width, height=height, n_cameras=viewmats.shape[0], tile_size=tile_size, backend=chosen.name)
     return renders, alphas, normals, normals_from_depth, out["distort"], out["median_depth"], meta

@@ -83,9 +83,9 @@ def project_gaussians(
     jx = tz * torch.clamp(tx / tz, min=-lim_x_neg, max=lim_x_pos)
     jy = tz * torch.clamp(ty / tz, min=-lim_y_neg, max=lim_y_pos)
     zeros = torch.zeros_like(tz)
-    J = torch.stack(
-        [fx / tz, zeros, -fx * jx / tz**2, zeros, fy / tz, -fy * jy / tz**2], dim=-1
-    ).reshape(C, means.shape[0], 2, 3)
+    J = torch.stack([fx / tz, zeros, -fx * jx / tz**2, zeros, fy / tz, -fy * jy / tz**2], dim=-1).reshape(
+        C, means.shape[0], 2, 3
+    )
     cov2d = J @ covars_c @ J.transpose(-1, -2)
 
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)
@@ -125,12 +125,7 @@ def project_gaussians(
         feats = camera_features(colors, C)
 
     return Projected(
-        means2d=means2d,
-        conics=conics,
-        opacities=opac,
-        depths=means_c[..., 2],
-        radii=radii,
-        colors=feats.to(dtype),
+        means2d=means2d, conics=conics, opacities=opac, depths=means_c[..., 2], radii=radii, colors=feats.to(dtype)
     )
 
 
@@ -158,7 +153,6 @@ def tile_bounds(
     return lo, hi
 
 
-
 def features_for_mode(colors: torch.Tensor, depths: torch.Tensor, render_mode: str) -> torch.Tensor:
     """What is composited for ``render_mode``: colours ``[C, N, D]``, depth alone, or both."""
     if render_mode in ("D", "ED"):
@@ -168,14 +162,15 @@ def features_for_mode(colors: torch.Tensor, depths: torch.Tensor, render_mode: s
     return colors
 
 
-def background_for_mode(backgrounds: torch.Tensor | None, feats: torch.Tensor,
-                        render_mode: str) -> torch.Tensor | None:
+def background_for_mode(backgrounds: torch.Tensor | None, feats: torch.Tensor, render_mode: str) -> torch.Tensor | None:
     """The ``[C, D]`` colour to composite ``feats [C, N, D]`` over: ``backgrounds`` for the
     colour channels, 0 for a depth channel, None (black) for depth alone or no background."""
     if backgrounds is None or render_mode in ("D", "ED"):
         return None
     extra = feats.shape[-1] - backgrounds.shape[-1]
-    return torch.cat([backgrounds, backgrounds.new_zeros(backgrounds.shape[0], extra)], dim=-1) if extra else backgrounds
+    return (
+        torch.cat([backgrounds, backgrounds.new_zeros(backgrounds.shape[0], extra)], dim=-1) if extra else backgrounds
+    )
 
 
 def projection_meta(proj: Projected, width: int, height: int, tile_size: int) -> dict:

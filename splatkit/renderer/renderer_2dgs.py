@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
@@ -45,15 +45,39 @@ class Splat2DGSRenderer(SplatRenderer):
     ) -> SplatRenderOutput:
         colors = torch.cat([params["sh0"], params["shN"]], dim=1)
         renders, alphas, normals, from_depth, distort, median, meta = rasterize_2dgs(
-            params["means"], params["quats"], scale_activation(params["scales"]), opacity_activation(params["opacities"]),
-            colors, cameras.viewmats, cameras.Ks, cameras.width, cameras.height, sh_degree=sh_degree,
-            backgrounds=backgrounds, backend=self.backend, near_plane=self.near_plane, far_plane=self.far_plane,
-            radius_clip=self.radius_clip, render_mode="RGB+ED", depth_mode=self.depth_mode, tile_size=self.tile_size,
+            params["means"],
+            params["quats"],
+            scale_activation(params["scales"]),
+            opacity_activation(params["opacities"]),
+            colors,
+            cameras.viewmats,
+            cameras.Ks,
+            cameras.width,
+            cameras.height,
+            sh_degree=sh_degree,
+            backgrounds=backgrounds,
+            backend=self.backend,
+            near_plane=self.near_plane,
+            far_plane=self.far_plane,
+            radius_clip=self.radius_clip,
+            render_mode="RGB+ED",
+            depth_mode=self.depth_mode,
+            tile_size=self.tile_size,
             distributed=self.distributed,
         )
         return SplatRenderOutput(
-            images=renders[..., :3], alphas=alphas, means2d=meta["means2d"], radii=meta["radii"],
-            width=cameras.width, height=cameras.height, depths=renders[..., 3:4], backgrounds=backgrounds,
-            extras={"normals": normals, "normals_from_depth": from_depth, "distortion": distort,
-                    "median_depth": median},
+            images=renders[..., :3],
+            alphas=alphas,
+            means2d=meta["means2d"],
+            radii=meta["radii"],
+            width=cameras.width,
+            height=cameras.height,
+            depths=renders[..., 3:4],
+            backgrounds=backgrounds,
+            extras={
+                "normals": normals,
+                "normals_from_depth": from_depth,
+                "distortion": distort,
+                "median_depth": median,
+            },
         )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
-from splatkit.renderer.backends import GSPLAT_OPTIONS
 from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize
 from splatkit.splat.cameras import SplatCameras
@@ -72,7 +71,9 @@ class Splat3DGSRenderer(SplatRenderer):
             render_mode="RGB+ED" if self.render_depth else "RGB",
             tile_size=self.tile_size,
             distributed=self.distributed,
-            **{k: True for k in GSPLAT_OPTIONS if getattr(self, k)},
+            packed=self.packed,
+            absgrad=self.absgrad,
+            sparse_grad=self.sparse_grad,
         )
         return SplatRenderOutput(
             images=renders[..., :3],

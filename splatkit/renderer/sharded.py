@@ -7,7 +7,7 @@ cameras (any number, zero included; ranks may differ in count and image size):
 
 1. the ranks' cameras are gathered (all-gather);
 2. each rank projects its shard into every rank's cameras (the backend's projection
-   stage, :data:`~splatkit.renderer.backends.STAGES`);
+   stage, :class:`~splatkit.renderer.backends.base.Backend`);
 3. the projections go to the ranks that own the cameras with one all-to-all, whose
    backward pass sends the gradients back the same way; a Gaussian culled in all of a
    rank's cameras is not sent to it (Grendel's saving: each rank receives only what its
@@ -29,7 +29,7 @@ import dataclasses
 import torch
 import torch.distributed as dist
 
-from splatkit.renderer.backends import STAGES, STAGES_2DGS
+from splatkit.renderer.backends.base import Backend, RasterInputs, RasterSettings
 from splatkit.renderer.projection import (
     Projected,
     background_for_mode,
@@ -39,6 +39,7 @@ from splatkit.renderer.projection import (
 )
 from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
 from splatkit.utils.distributed import gather_ranks, guard
+
 
 def world() -> tuple[int, int]:
     """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
@@ -104,23 +105,41 @@ def _concat(items: list):
 
 def _check_colors(sh_degree, colors) -> None:
     if sh_degree is None and colors.dim() != 2:
-        raise ValueError("sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
-                         f"got {tuple(colors.shape)}")
+        raise ValueError(
+            "sharded rendering takes per-Gaussian colours [N, D] or SH coefficients [N, K, 3], "
+            f"got {tuple(colors.shape)}"
+        )
 
 
 def _pack(p: Projected) -> torch.Tensor:
     """``[C, N, F]``: centre 2, conic 3, opacity 1, depth 1, radii 2, features D."""
-    return torch.cat([p.means2d, p.conics, p.opacities[..., None], p.depths[..., None],
-                      p.radii.to(p.means2d.dtype), p.colors.to(p.means2d.dtype)], dim=-1)
+    return torch.cat(
+        [
+            p.means2d,
+            p.conics,
+            p.opacities[..., None],
+            p.depths[..., None],
+            p.radii.to(p.means2d.dtype),
+            p.colors.to(p.means2d.dtype),
+        ],
+        dim=-1,
+    )
 
 
 def _unpack(t: torch.Tensor) -> Projected:
-    return Projected(means2d=t[..., 0:2], conics=t[..., 2:5], opacities=t[..., 5], depths=t[..., 6],
-                     radii=t[..., 7:9].detach().round().to(torch.int32), colors=t[..., 9:])
+    return Projected(
+        means2d=t[..., 0:2],
+        conics=t[..., 2:5],
+        opacities=t[..., 5],
+        depths=t[..., 6],
+        radii=t[..., 7:9].detach().round().to(torch.int32),
+        colors=t[..., 9:],
+    )
 
 
-def exchange(packed: torch.Tensor, radii: torch.Tensor, cameras: list, c_mine: int, rank: int,
-             world_size: int) -> torch.Tensor:
+def exchange(
+    packed: torch.Tensor, radii: torch.Tensor, cameras: list, c_mine: int, rank: int, world_size: int
+) -> torch.Tensor:
     """Step 3: ``packed [C_all, N_local, F]`` (this shard in every rank's cameras, in rank
     order) -> ``[c_mine, N_received, F]`` (every shard in this rank's cameras). A Gaussian
     goes to a rank only if ``radii`` shows it in at least one of that rank's cameras."""
@@ -145,111 +164,97 @@ def exchange(packed: torch.Tensor, radii: torch.Tensor, cameras: list, c_mine: i
 
 
 def rasterize_sharded(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    backend: str = "cpu",
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    radius_clip: float = 0.0,
-    rasterize_mode: str = "classic",
-    render_mode: str = "RGB",
-    tile_size: int = 16,
+    inputs: RasterInputs, settings: RasterSettings, backend: Backend
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """:func:`splatkit.renderer.rasterize` of this rank's cameras over all ranks' shards.
 
     A collective: every rank of the default process group must call it at the same
     time (a rank with nothing to render passes zero cameras), and, when gradients are
-    on, call ``backward`` on a loss of the result. ``backend`` is a concrete name of
-    :data:`~splatkit.renderer.backends.STAGES`. Returns ``(renders, alphas, meta)`` for this rank's
+    on, call ``backward`` on a loss of the result. ``backend``'s projection and
+    compositing stages do the work. Returns ``(renders, alphas, meta)`` for this rank's
     cameras; ``meta`` is described in the module docstring. Without a process group
     it is a plain single-process render (through the same two stages).
     """
-    if backend not in STAGES:
-        raise ValueError(f"sharded rendering needs a backend with separate projection and compositing stages "
-                         f"({', '.join(STAGES)}), got {backend!r}")
-    _check_colors(sh_degree, colors)
-    project, composite = STAGES[backend]
-    rank, world_size, cameras = _all_cameras(viewmats, Ks, width, height)
-    stats = _concat(_project_everywhere(
-        lambda vm, K, w, h: project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree=sh_degree,
-                                    near_plane=near_plane, far_plane=far_plane, eps2d=eps2d,
-                                    radius_clip=radius_clip, rasterize_mode=rasterize_mode),
-        cameras, viewmats, Ks, width, height))
-    C = viewmats.shape[0]
+    _check_colors(inputs.sh_degree, inputs.colors)
+    g, mode, width, height = inputs, settings.render_mode, inputs.width, inputs.height
+    rank, world_size, cameras = _all_cameras(g.viewmats, g.Ks, width, height)
+    stats = _concat(
+        _project_everywhere(
+            lambda vm, K, w, h: backend.project(g.with_cameras(vm, K, w, h), settings),
+            cameras,
+            g.viewmats,
+            g.Ks,
+            width,
+            height,
+        )
+    )
+    C = g.n_cameras
     # 3-4. every shard's footprints in this rank's cameras, composited
     mine = stats if world_size == 1 else _unpack(exchange(_pack(stats), stats.radii, cameras, C, rank, world_size))
-    feats = features_for_mode(mine.colors, mine.depths, render_mode)
-    renders, alphas = composite(mine, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
-                                tile_size)
-    return finish_depth(renders, alphas, render_mode), alphas, projection_meta(stats, width, height, tile_size)
+    feats = features_for_mode(mine.colors, mine.depths, mode)
+    bg = background_for_mode(g.backgrounds, feats, mode)
+    renders, alphas = backend.composite(mine, feats, width, height, bg, settings.tile_size)
+    tile = backend.fixed_tile_size or settings.tile_size
+    return finish_depth(renders, alphas, mode), alphas, projection_meta(stats, width, height, tile)
 
 
 def _pack_surfels(p: ProjectedSurfels, extra: torch.Tensor) -> torch.Tensor:
     """``[C, N, F]``: centre 2, M 9, normal 3, opacity 1, depth 1, radii 2, backend extra E, features D."""
     C, N = p.depths.shape
-    return torch.cat([p.means2d, p.ray_transforms.reshape(C, N, 9), p.normals, p.opacities[..., None],
-                      p.depths[..., None], p.radii.to(p.means2d.dtype), extra.to(p.means2d.dtype),
-                      p.colors.to(p.means2d.dtype)], dim=-1)
+    return torch.cat(
+        [
+            p.means2d,
+            p.ray_transforms.reshape(C, N, 9),
+            p.normals,
+            p.opacities[..., None],
+            p.depths[..., None],
+            p.radii.to(p.means2d.dtype),
+            extra.to(p.means2d.dtype),
+            p.colors.to(p.means2d.dtype),
+        ],
+        dim=-1,
+    )
 
 
 def _unpack_surfels(t: torch.Tensor, n_extra: int) -> tuple[ProjectedSurfels, torch.Tensor]:
     C, N = t.shape[:2]
     e = 18 + n_extra
-    return ProjectedSurfels(means2d=t[..., 0:2], ray_transforms=t[..., 2:11].reshape(C, N, 3, 3),
-                            normals=t[..., 11:14], opacities=t[..., 14], depths=t[..., 15],
-                            radii=t[..., 16:18].detach().round().to(torch.int32), colors=t[..., e:]), t[..., 18:e]
+    return ProjectedSurfels(
+        means2d=t[..., 0:2],
+        ray_transforms=t[..., 2:11].reshape(C, N, 3, 3),
+        normals=t[..., 11:14],
+        opacities=t[..., 14],
+        depths=t[..., 15],
+        radii=t[..., 16:18].detach().round().to(torch.int32),
+        colors=t[..., e:],
+    ), t[..., 18:e]
 
 
-def rasterize_sharded_2dgs(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backend: str = "cpu",
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    tile_size: int = 16,
-) -> dict:
+def rasterize_sharded_2dgs(inputs: RasterInputs, settings: RasterSettings, backend: Backend) -> dict:
     """The 2DGS counterpart of :func:`rasterize_sharded`: the surfel rasterizers' output
-    dict (see :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`) for this
+    dict (see :meth:`splatkit.renderer.backends.base.Backend.rasterize_2dgs`) for this
     rank's cameras. ``means2d`` is the zero screen translation of this shard in every
     camera of the call (:func:`~splatkit.renderer.projection_2dgs.screen_translation`),
     whose gradient densification reads."""
-    if backend not in STAGES_2DGS:
-        raise ValueError(f"sharded 2DGS rendering needs a backend with separate projection and compositing stages "
-                         f"({', '.join(STAGES_2DGS)}), got {backend!r}")
-    _check_colors(sh_degree, colors)
-    project, composite = STAGES_2DGS[backend]
-    rank, world_size, cameras = _all_cameras(viewmats, Ks, width, height)
+    _check_colors(inputs.sh_degree, inputs.colors)
+    g, width, height = inputs, inputs.width, inputs.height
+    rank, world_size, cameras = _all_cameras(g.viewmats, g.Ks, width, height)
     parts = _project_everywhere(
-        lambda vm, K, w, h: project(means, quats, scales, opacities, colors, vm, K, w, h, sh_degree, near_plane,
-                                    far_plane, radius_clip),
-        cameras, viewmats, Ks, width, height)
+        lambda vm, K, w, h: backend.project_2dgs(g.with_cameras(vm, K, w, h), settings),
+        cameras,
+        g.viewmats,
+        g.Ks,
+        width,
+        height,
+    )
     stats, extra = _concat([p for p, _ in parts]), torch.cat([e for _, e in parts])
     offset, M, means2d = screen_translation(stats.ray_transforms, stats.means2d)
     stats = dataclasses.replace(stats, ray_transforms=M, means2d=means2d)
-    C = viewmats.shape[0]
+    C = g.n_cameras
     if world_size == 1:
         mine, mine_extra = stats, extra
     else:
         recv = exchange(_pack_surfels(stats, extra), stats.radii, cameras, C, rank, world_size)
         mine, mine_extra = _unpack_surfels(recv, extra.shape[-1])
-    out = composite(mine, mine_extra, width, height, tile_size)
+    out = backend.composite_2dgs(mine, mine_extra, width, height, settings.tile_size)
     return {**out, "means2d": offset, "radii": stats.radii, "depths": stats.depths}

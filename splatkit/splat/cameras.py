@@ -38,19 +38,18 @@ class SplatCameras:
         """Camera centres ``[C, 3]`` in world space."""
         return camera_centers(self.viewmats)
 
-    def to(self, device: torch.device | str) -> "SplatCameras":
+    def to(self, device: torch.device | str) -> SplatCameras:
         return SplatCameras(self.viewmats.to(device), self.Ks.to(device), self.width, self.height)
 
-    def __getitem__(self, idx) -> "SplatCameras":
+    def __getitem__(self, idx) -> SplatCameras:
         sel = torch.as_tensor(idx).reshape(-1)
         return SplatCameras(self.viewmats[sel], self.Ks[sel], self.width, self.height)
 
     @staticmethod
-    def cat(items: list["SplatCameras"]) -> "SplatCameras":
+    def cat(items: list[SplatCameras]) -> SplatCameras:
         sizes = {(c.width, c.height) for c in items}
         if len(sizes) != 1:
             raise ValueError(f"cameras of one batch must share an image size, got {sorted(sizes)}")
         return SplatCameras(
-            torch.cat([c.viewmats for c in items]), torch.cat([c.Ks for c in items]),
-            items[0].width, items[0].height,
+            torch.cat([c.viewmats for c in items]), torch.cat([c.Ks for c in items]), items[0].width, items[0].height
         )

@@ -62,9 +62,15 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     """Rotation matrices ``[..., 3, 3]`` from wxyz quaternions ``[..., 4]`` (normalised here)."""
     w, x, y, z = normalize_quat(quats).unbind(-1)
     rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
     )
     return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
 
@@ -74,15 +80,7 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     m = R.reshape(-1, 3, 3)
     m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
     # Largest-component-first extraction is stable for every rotation.
-    cands = torch.stack(
-        [
-            1 + m00 + m11 + m22,
-            1 + m00 - m11 - m22,
-            1 - m00 + m11 - m22,
-            1 - m00 - m11 + m22,
-        ],
-        dim=-1,
-    )
+    cands = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1)
     best = cands.argmax(dim=-1)
     q = torch.empty(m.shape[0], 4, dtype=R.dtype, device=R.device)
     s = torch.sqrt(cands.gather(1, best[:, None]).clamp_min(1e-12))[:, 0] * 2  # 4 * |component|
@@ -92,23 +90,51 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
             continue
         a, ss = m[sel], s[sel]
         if k == 0:
-            q[sel] = torch.stack([ss / 4, (a[:, 2, 1] - a[:, 1, 2]) / ss,
-                                  (a[:, 0, 2] - a[:, 2, 0]) / ss, (a[:, 1, 0] - a[:, 0, 1]) / ss], -1)
+            q[sel] = torch.stack(
+                [
+                    ss / 4,
+                    (a[:, 2, 1] - a[:, 1, 2]) / ss,
+                    (a[:, 0, 2] - a[:, 2, 0]) / ss,
+                    (a[:, 1, 0] - a[:, 0, 1]) / ss,
+                ],
+                -1,
+            )
         elif k == 1:
-            q[sel] = torch.stack([(a[:, 2, 1] - a[:, 1, 2]) / ss, ss / 4,
-                                  (a[:, 0, 1] + a[:, 1, 0]) / ss, (a[:, 0, 2] + a[:, 2, 0]) / ss], -1)
+            q[sel] = torch.stack(
+                [
+                    (a[:, 2, 1] - a[:, 1, 2]) / ss,
+                    ss / 4,
+                    (a[:, 0, 1] + a[:, 1, 0]) / ss,
+                    (a[:, 0, 2] + a[:, 2, 0]) / ss,
+                ],
+                -1,
+            )
         elif k == 2:
-            q[sel] = torch.stack([(a[:, 0, 2] - a[:, 2, 0]) / ss, (a[:, 0, 1] + a[:, 1, 0]) / ss,
-                                  ss / 4, (a[:, 1, 2] + a[:, 2, 1]) / ss], -1)
+            q[sel] = torch.stack(
+                [
+                    (a[:, 0, 2] - a[:, 2, 0]) / ss,
+                    (a[:, 0, 1] + a[:, 1, 0]) / ss,
+                    ss / 4,
+                    (a[:, 1, 2] + a[:, 2, 1]) / ss,
+                ],
+                -1,
+            )
         else:
-            q[sel] = torch.stack([(a[:, 1, 0] - a[:, 0, 1]) / ss, (a[:, 0, 2] + a[:, 2, 0]) / ss,
-                                  (a[:, 1, 2] + a[:, 2, 1]) / ss, ss / 4], -1)
+            q[sel] = torch.stack(
+                [
+                    (a[:, 1, 0] - a[:, 0, 1]) / ss,
+                    (a[:, 0, 2] + a[:, 2, 0]) / ss,
+                    (a[:, 1, 2] + a[:, 2, 1]) / ss,
+                    ss / 4,
+                ],
+                -1,
+            )
     q = torch.where(q[:, :1] < 0, -q, q)
     return q.reshape(R.shape[:-2] + (4,))
 
 
 def gaussian_kind(scales: torch.Tensor) -> str:
-    """"2dgs" for surfel scales ``[N, 2]``, "3dgs" for ``[N, 3]``."""
+    """ "2dgs" for surfel scales ``[N, 2]``, "3dgs" for ``[N, 3]``."""
     return "2dgs" if scales.shape[-1] == 2 else "3dgs"
 
 

@@ -42,8 +42,9 @@ HULL_AGREEMENT = 0.95
 count as inside the visual hull; below 1 so that a few imprecise poses or masks do not carve it away."""
 
 
-def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, sizes: torch.Tensor,
-             near: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _project(
+    points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, sizes: torch.Tensor, near: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(seen, u, v)``, each ``[M, C]``: whether camera c sees point m (in front, inside the
     image) and where it lands in pixels."""
     cam = torch.einsum("cij,mj->mci", viewmats[:, :3, :3], points) + viewmats[:, :3, 3]  # [M, C, 3]
@@ -55,8 +56,9 @@ def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, siz
     return seen, u, v
 
 
-def view_counts(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, sizes: torch.Tensor,
-                near: float) -> torch.Tensor:
+def view_counts(
+    points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, sizes: torch.Tensor, near: float
+) -> torch.Tensor:
     """How many cameras see each point ``[M]``: in front (depth > ``near``) and inside the image.
 
     points ``[M, 3]``; viewmats ``[C, 4, 4]`` world-to-camera (OpenCV); Ks ``[C, 3, 3]``;
@@ -65,8 +67,9 @@ def view_counts(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, 
     return _project(points, viewmats, Ks, sizes, near)[0].sum(dim=1)
 
 
-def _covered(seen: torch.Tensor, u: torch.Tensor, v: torch.Tensor, alphas: list[torch.Tensor],
-             threshold: float) -> torch.Tensor:
+def _covered(
+    seen: torch.Tensor, u: torch.Tensor, v: torch.Tensor, alphas: list[torch.Tensor], threshold: float
+) -> torch.Tensor:
     """``[M, C]``: camera c sees point m on a pixel whose alpha exceeds ``threshold``."""
     covered = torch.zeros_like(seen)
     for c, alpha in enumerate(alphas):
@@ -135,14 +138,16 @@ def view_volume_points(
 
     def draw(lo, hi, m):
         pts = lo + (hi - lo) * torch.rand(m, 3, generator=generator, dtype=torch.float64)
-        return pts, torch.cat([counts_of(pts[i:i + chunk]) for i in range(0, m, chunk)])
+        return pts, torch.cat([counts_of(pts[i : i + chunk]) for i in range(0, m, chunk)])
 
     # A first look over the whole cube: how well the best point is seen, and where the kept region is.
     probe, counts = draw(lo, hi, max(16 * chunk, 4 * num_points))
     best = int(counts.max())
     if best == 0:
-        raise ValueError("no camera sees any point near where the cameras point; check the poses "
-                         "(camera-to-world, OpenCV axes) and the intrinsics")
+        raise ValueError(
+            "no camera sees any point near where the cameras point; check the poses "
+            "(camera-to-world, OpenCV axes) and the intrinsics"
+        )
     need = max(1, math.ceil(coverage * best))
     kept = probe[counts >= need]
     cube_volume = float((hi - lo).prod())

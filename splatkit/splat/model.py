@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -41,8 +41,7 @@ class SplatModel:
     def __post_init__(self) -> None:
         N = self.means.shape[0]
         n_scales = self.scales.shape[1] if self.scales.dim() == 2 and self.scales.shape[1] == 2 else 3
-        expected = {"means": (N, 3), "scales": (N, n_scales), "quats": (N, 4), "opacities": (N,),
-                    "sh0": (N, 1, 3)}
+        expected = {"means": (N, 3), "scales": (N, n_scales), "quats": (N, 4), "opacities": (N,), "sh0": (N, 1, 3)}
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"{name} must have shape {list(shape)}, got {list(getattr(self, name).shape)}")
@@ -56,7 +55,7 @@ class SplatModel:
 
     @property
     def kind(self) -> str:
-        """"2dgs" for surfels (two scales), else "3dgs"."""
+        """ "2dgs" for surfels (two scales), else "3dgs"."""
         return gaussian_kind(self.scales)
 
     @property
@@ -71,7 +70,7 @@ class SplatModel:
     def params(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def to(self, device: torch.device | str) -> "SplatModel":
+    def to(self, device: torch.device | str) -> SplatModel:
         return SplatModel(**{n: t.to(device) for n, t in self.params().items()})
 
     def activated(self) -> dict[str, torch.Tensor]:
@@ -93,7 +92,7 @@ class SplatModel:
         init_opacity: float = 0.1,
         init_scale: float = 1.0,
         generator: torch.Generator | None = None,
-    ) -> "SplatModel":
+    ) -> SplatModel:
         """Isotropic Gaussians on a point cloud, sized by their 3 nearest neighbours.
 
         points ``[P, 3]``, colors ``[P, 3]`` in [0, 1]. Rotations are random (as in gsplat),
@@ -118,7 +117,7 @@ class SplatModel:
         )
 
     @classmethod
-    def load_ply(cls, path: str | os.PathLike) -> "SplatModel":
+    def load_ply(cls, path: str | os.PathLike) -> SplatModel:
         """Read an INRIA-layout PLY; the SH degree comes from the ``f_rest_*`` count."""
         return cls(**read_ply(path))
 
@@ -157,6 +156,11 @@ class SplatModel:
         """Trainable copy with Adam optimisers (default rates for names not given)."""
         return SplatTrainingState(self.params(), learning_rates, batch_size, device=device, sparse_grad=sparse_grad)
 
+    @classmethod
+    def from_training_state(cls, state: SplatTrainingState) -> SplatModel:
+        """Detached copy of a training state's parameters."""
+        return cls(**{n: p.detach().clone() for n, p in state.params.items()})
+
 
 def knn_mean_distance(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Root mean squared distance ``[P]`` of each point to its ``k`` nearest neighbours.
@@ -169,4 +173,3 @@ def knn_mean_distance(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     pts = points.detach().cpu().double().numpy()
     dist, _ = cKDTree(pts).query(pts, k=k + 1, workers=-1)  # the first is the point itself
     return torch.from_numpy((dist[:, 1:] ** 2).mean(axis=1) ** 0.5).to(points.dtype)
-

@@ -16,12 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.errors import SplatFileError
 from splatkit.splat.sh import f_rest_to_shN, num_sh_bases, sh_degree_from_bases, shN_to_f_rest
 from splatkit.utils.files import atomic_write
-
-
-class SplatFileError(ValueError):
-    """A splat or checkpoint file that cannot be read; the message names the file."""
 
 
 def ply_property_names(sh_degree: int, n_scales: int = 3) -> list[str]:
@@ -29,7 +26,9 @@ def ply_property_names(sh_degree: int, n_scales: int = 3) -> list[str]:
     return (
         ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
         + [f"f_rest_{i}" for i in range(n_rest)]
-        + ["opacity"] + [f"scale_{i}" for i in range(n_scales)] + ["rot_0", "rot_1", "rot_2", "rot_3"]
+        + ["opacity"]
+        + [f"scale_{i}" for i in range(n_scales)]
+        + ["rot_0", "rot_1", "rot_2", "rot_3"]
     )
 
 
@@ -74,12 +73,27 @@ def _check_size(path: Path) -> None:
     end = head.find(b"end_header\n")
     if end < 0:
         raise SplatFileError(f"{path}: PLY header has no 'end_header' line (file truncated or not a PLY)")
-    header = head[: end].decode("ascii", errors="replace").splitlines()
+    header = head[:end].decode("ascii", errors="replace").splitlines()
     if not any(line.strip() == "format binary_little_endian 1.0" for line in header):
         return  # ascii and big-endian files are left to plyfile's own checks
-    sizes = {"float": 4, "float32": 4, "double": 8, "float64": 8, "uchar": 1, "uint8": 1,
-             "char": 1, "int8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
-             "int": 4, "int32": 4, "uint": 4, "uint32": 4}
+    sizes = {
+        "float": 4,
+        "float32": 4,
+        "double": 8,
+        "float64": 8,
+        "uchar": 1,
+        "uint8": 1,
+        "char": 1,
+        "int8": 1,
+        "short": 2,
+        "int16": 2,
+        "ushort": 2,
+        "uint16": 2,
+        "int": 4,
+        "int32": 4,
+        "uint": 4,
+        "uint32": 4,
+    }
     total, count, row = 0, 0, 0
     for line in header + ["element end 0"]:
         parts = line.split()
@@ -127,8 +141,10 @@ def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     required = [n for n in ply_property_names(sh_degree, n_scales) if n not in ("nx", "ny", "nz")]
     missing = [n for n in required if n not in names]
     if missing:
-        raise SplatFileError(f"{path}: PLY vertex element lacks propert{'y' if len(missing) == 1 else 'ies'} "
-                             f"{', '.join(missing)} required by the 3DGS layout")
+        raise SplatFileError(
+            f"{path}: PLY vertex element lacks propert{'y' if len(missing) == 1 else 'ies'} "
+            f"{', '.join(missing)} required by the 3DGS layout"
+        )
 
     def col(*keys: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1))

@@ -17,10 +17,16 @@ import torch
 MAX_SH_DEGREE = 3
 SH_C0 = 0.28209479177387814
 _C1 = 0.4886025119029199
-_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005,
-       -1.0925484305920792, 0.5462742152960396)
-_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-       -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
 
 
 def num_sh_bases(degree: int) -> int:
@@ -32,9 +38,7 @@ def sh_degree_from_bases(num_bases: int) -> int:
     """Inverse of :func:`num_sh_bases`; raises ``ValueError`` if ``num_bases`` is not a square."""
     degree = math.isqrt(num_bases) - 1
     if degree < 0 or num_sh_bases(degree) != num_bases or degree > MAX_SH_DEGREE:
-        raise ValueError(
-            f"{num_bases} SH coefficients per channel is not (d+1)^2 for a degree d in 0..{MAX_SH_DEGREE}"
-        )
+        raise ValueError(f"{num_bases} SH coefficients per channel is not (d+1)^2 for a degree d in 0..{MAX_SH_DEGREE}")
     return degree
 
 
@@ -58,13 +62,7 @@ def eval_sh_bases(degree: int, dirs: torch.Tensor) -> torch.Tensor:
         out += [-_C1 * y, _C1 * z, -_C1 * x]
     if degree >= 2:
         xx, yy, zz = x * x, y * y, z * z
-        out += [
-            _C2[0] * x * y,
-            _C2[1] * y * z,
-            _C2[2] * (2 * zz - xx - yy),
-            _C2[3] * x * z,
-            _C2[4] * (xx - yy),
-        ]
+        out += [_C2[0] * x * y, _C2[1] * y * z, _C2[2] * (2 * zz - xx - yy), _C2[3] * x * z, _C2[4] * (xx - yy)]
     if degree >= 3:
         out += [
             _C3[0] * y * (3 * xx - yy),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -81,8 +81,11 @@ class SplatTrainingState:
     def _batch_scaled(self, lr: float) -> dict:
         """Adam's rate, eps and betas for ``batch_size`` images per step, as gsplat scales them."""
         bs = self.batch_size
-        return {"lr": lr * math.sqrt(bs), "eps": 1e-15 / math.sqrt(bs),
-                "betas": (1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999))}
+        return {
+            "lr": lr * math.sqrt(bs),
+            "eps": 1e-15 / math.sqrt(bs),
+            "betas": (1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)),
+        }
 
     @property
     def num_gaussians(self) -> int:
@@ -131,12 +134,6 @@ class SplatTrainingState:
         for opt in self.optimizers.values():
             opt.step()
 
-    def to_model(self):
-        """Detached copy as a :class:`~splatkit.splat.model.SplatModel`."""
-        from splatkit.splat.model import SplatModel
-
-        return SplatModel(**{n: p.detach().clone() for n, p in self.params.items()})
-
     def state_dict(self) -> dict:
         """Parameters and optimiser states, loadable with ``torch.load(weights_only=True)``."""
         return {
@@ -148,9 +145,14 @@ class SplatTrainingState:
         }
 
     @classmethod
-    def from_state_dict(cls, state: Mapping, device: torch.device | str | None = None) -> "SplatTrainingState":
-        ts = cls(state["params"], state["learning_rates"], state["batch_size"], device=device,
-                 sparse_grad=state.get("sparse_grad", False))
+    def from_state_dict(cls, state: Mapping, device: torch.device | str | None = None) -> SplatTrainingState:
+        ts = cls(
+            state["params"],
+            state["learning_rates"],
+            state["batch_size"],
+            device=device,
+            sparse_grad=state.get("sparse_grad", False),
+        )
         for name, opt in ts.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         return ts

@@ -72,12 +72,18 @@ class SplatTrainerConfig:
             ("init_extent", math.isfinite(self.init_extent) and self.init_extent > 0, "a positive number"),
             ("init_coverage", 0 < self.init_coverage <= 1, "in (0, 1]"),
             ("init_opacity", self.init_opacity is None or 0 < self.init_opacity < 1, "None or in (0, 1)"),
-            ("init_scale", self.init_scale is None or (math.isfinite(self.init_scale) and self.init_scale > 0),
-             "None or a positive number"),
+            (
+                "init_scale",
+                self.init_scale is None or (math.isfinite(self.init_scale) and self.init_scale > 0),
+                "None or a positive number",
+            ),
             ("lr_means_final_ratio", 0 < self.lr_means_final_ratio <= 1, "in (0, 1]"),
-            ("background", self.background is None or (
-                len(self.background) == 3 and all(math.isfinite(c) and 0 <= c <= 1 for c in self.background)),
-             "None or three numbers in [0, 1] (RGB)"),
+            (
+                "background",
+                self.background is None
+                or (len(self.background) == 3 and all(math.isfinite(c) and 0 <= c <= 1 for c in self.background)),
+                "None or three numbers in [0, 1] (RGB)",
+            ),
             ("dist_mode", self.dist_mode in ("replicate", "shard"), "'replicate' or 'shard'"),
         ]
         for name, ok, expected in checks:

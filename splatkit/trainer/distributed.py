@@ -47,8 +47,10 @@ def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, tor
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} unset; launch with torchrun "
-                           "(torchrun --nproc_per_node=K -m splatkit train ...)")
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} unset; launch with torchrun "
+            "(torchrun --nproc_per_node=K -m splatkit train ...)"
+        )
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -73,7 +75,7 @@ def average_gradients(params: dict[str, torch.nn.Parameter], rank: int, step: in
     offset = 0
     for g in present:
         n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
+        g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
 
 
@@ -81,10 +83,10 @@ def check_in_sync(params: dict[str, torch.Tensor], rank: int, step: int) -> None
     """Raise if the ranks' splats differ (same count and a float64 checksum of the means);
     a cheap guard against anything that would let replicas drift apart."""
     means = params["means"].detach()
-    mine = torch.tensor([float(means.shape[0]), float(means.double().sum())], dtype=torch.float64,
-                        device=means.device)
+    mine = torch.tensor([float(means.shape[0]), float(means.double().sum())], dtype=torch.float64, device=means.device)
     allv = gather_ranks(mine[None], rank, step)
     if not bool((allv == allv[0]).all()):
         raise SplatDistributedError(
             f"rank {rank}: the ranks' Gaussians diverged by step {step} (count, checksum per rank: "
-            f"{allv.tolist()}); a component made rank-dependent random draws or decisions")
+            f"{allv.tolist()}); a component made rank-dependent random draws or decisions"
+        )

@@ -21,8 +21,8 @@ re-splits the rows evenly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import accumulate
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -61,8 +61,9 @@ def _map_rows(ts_state: dict, dens_state: dict, fn: Callable) -> tuple[dict, dic
     per-Gaussian tensor (parameters, Adam moments, densification statistics), always in
     the same order, so ``fn`` may be a collective."""
     ts = {**ts_state, "params": {n: fn(p) for n, p in ts_state["params"].items()}}
-    ts["optimizers"] = {n: {**o, "state": {pid: dict(st) for pid, st in o["state"].items()}}
-                        for n, o in ts_state["optimizers"].items()}
+    ts["optimizers"] = {
+        n: {**o, "state": {pid: dict(st) for pid, st in o["state"].items()}} for n, o in ts_state["optimizers"].items()
+    }
     for name, pid, key, t in list(_per_gaussian_optimizer_tensors(ts_state)):
         ts["optimizers"][name]["state"][pid][key] = fn(t)
     dens = {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in dens_state.items()}
@@ -169,8 +170,10 @@ class ShardedRun:
 
     def _require_leading(self, what: str) -> None:
         if not self.leading:
-            raise RuntimeError(f"{what} in a sharded run needs every rank: call it from a module hook or inside "
-                               "SplatTrainer.lead(...), not from rank 0 alone")
+            raise RuntimeError(
+                f"{what} in a sharded run needs every rank: call it from a module hook or inside "
+                "SplatTrainer.lead(...), not from rank 0 alone"
+            )
 
     def render(self, trainer, cameras: SplatCameras, sh_degree: int, backgrounds: torch.Tensor):
         """Rank 0 (leading): render ``cameras`` from every shard (the others join with none)."""
@@ -187,7 +190,6 @@ class ShardedRun:
             self._broadcast_header([OP_GATHER])
             self._gathered = self._gather_state(trainer.training_state.state_dict(), trainer.densification_state)
         return self._gathered
-
 
     def gathered_training_state(self, trainer):
         """Rank 0 (leading): the whole splat as a CPU ``SplatTrainingState``, once per lead."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import random
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +28,8 @@ from splatkit.splat.initialization import view_volume_points
 from splatkit.splat.model import SplatModel
 from splatkit.splat.training_state import SplatTrainingState
 from splatkit.trainer import distributed
+from splatkit.trainer.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from splatkit.trainer.config import SplatTrainerConfig
 from splatkit.trainer.sharded import (
     ShardedRun,
     ShardedTrainingStateView,
@@ -37,13 +38,6 @@ from splatkit.trainer.sharded import (
     shard_seed,
     slice_rows,
 )
-from splatkit.trainer.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from splatkit.trainer.config import SplatTrainerConfig
 from splatkit.utils.files import ensure_writable_dir, write_json
 
 logger = logging.getLogger("splatkit")
@@ -56,7 +50,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"SplatTrainerConfig.device {name!r} is not a device name ('auto', 'cpu', 'cuda', 'cuda:1')") from e
+        raise ValueError(
+            f"SplatTrainerConfig.device {name!r} is not a device name ('auto', 'cpu', 'cuda', 'cuda:1')"
+        ) from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"SplatTrainerConfig.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'")
     return device
@@ -66,7 +62,13 @@ def _describe(component) -> dict:
     """JSON-able description of a component: its class and dataclass fields."""
     out = {"class": f"{type(component).__module__}.{type(component).__qualname__}"}
     if dataclasses.is_dataclass(component):
-        out.update({k: v for k, v in dataclasses.asdict(component).items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))})
+        out.update(
+            {
+                k: v
+                for k, v in dataclasses.asdict(component).items()
+                if isinstance(v, (int, float, str, bool, list, tuple, type(None)))
+            }
+        )
     return out
 
 
@@ -118,8 +120,10 @@ class SplatTrainer:
         if config.dist_mode == "shard" and self.world_size > 1:
             self._setup_sharding()
         elif config.dist_mode == "shard":
-            logger.warning("dist_mode='shard' in a single process: the whole splat is on this one; launch "
-                           "several processes with torchrun to shard it")
+            logger.warning(
+                "dist_mode='shard' in a single process: the whole splat is on this one; launch "
+                "several processes with torchrun to shard it"
+            )
         self.step = 0
         self.step_timings: dict[str, float] = {}
         """Phase times of the last step, when ``config.profile_steps`` is on."""
@@ -137,38 +141,50 @@ class SplatTrainer:
             return tuple(float(c) for c in data) if data is not None else (0.0, 0.0, 0.0)
         given = tuple(float(c) for c in given)
         if data is not None and any(abs(a - b) > 1e-6 for a, b in zip(given, data)):
-            raise ValueError(f"SplatTrainerConfig.background {given} differs from the colour the RGBA images of "
-                             f"{type(self.data_provider).__name__} were composited over {tuple(data)}: renders would "
-                             "not match their targets. Leave background unset (None) to use the data's, or set the "
-                             "provider's background to the colour you want")
+            raise ValueError(
+                f"SplatTrainerConfig.background {given} differs from the colour the RGBA images of "
+                f"{type(self.data_provider).__name__} were composited over {tuple(data)}: renders would "
+                "not match their targets. Leave background unset (None) to use the data's, or set the "
+                "provider's background to the colour you want"
+            )
         return given
 
     # ----------------------------------------------------------------- setup
     def _setup_sharding(self) -> None:
         if not (dataclasses.is_dataclass(self.renderer) and hasattr(self.renderer, "distributed")):
-            raise ValueError(f"SplatTrainerConfig.dist_mode='shard' needs a renderer with a 'distributed' field "
-                             f"(Splat3DGSRenderer, Splat2DGSRenderer), got {type(self.renderer).__name__}")
-        from splatkit.renderer.backends import STAGES, STAGES_2DGS, resolve_backend_name, resolve_backend_name_2dgs
+            raise ValueError(
+                f"SplatTrainerConfig.dist_mode='shard' needs a renderer with a 'distributed' field "
+                f"(Splat3DGSRenderer, Splat2DGSRenderer), got {type(self.renderer).__name__}"
+            )
+        from splatkit.renderer.backends import resolve
 
-        kind = self.renderer.gaussian_kind
-        name = (resolve_backend_name_2dgs if kind == "2dgs" else resolve_backend_name)(self.renderer.backend,
-                                                                                       self.device)
-        stages = STAGES_2DGS if kind == "2dgs" else STAGES
-        if name not in stages:
-            raise ValueError(f"dist_mode='shard' draws {kind} with a backend split into projection and compositing "
-                             f"({', '.join(stages)}); the renderer's backend {self.renderer.backend!r} is {name!r} "
-                             "here. Use dist_mode='replicate'")
+        try:
+            resolve(self.renderer.backend, self.device, kind=self.renderer.gaussian_kind, sharded=True)
+        except ValueError as e:
+            raise ValueError(f"dist_mode='shard': {e}. Use dist_mode='replicate'") from e
         unsupported = [type(m).__name__ for m in self.modules if not getattr(m, "supports_sharded", True)]
         if unsupported:
-            raise ValueError(f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "
-                             "leave it out, or train with dist_mode='replicate'")
+            raise ValueError(
+                f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "
+                "leave it out, or train with dist_mode='replicate'"
+            )
         self.renderer = dataclasses.replace(self.renderer, distributed=True)
         self.densification = self.densification.for_shard(self.world_rank, self.world_size)
         self.sharded = ShardedRun(self.world_rank, self.world_size, self.device)
         # The hooks some module overrides: only those are led (and served) each step.
-        self._led_hooks = {h for h in ("on_setup", "pre_step", "pre_compute_loss", "post_compute_loss", "on_optimize",
-                                       "post_step", "on_cleanup")
-                           if any(getattr(type(m), h) is not getattr(SplatBaseModule, h) for m in self.modules)}
+        self._led_hooks = {
+            h
+            for h in (
+                "on_setup",
+                "pre_step",
+                "pre_compute_loss",
+                "post_compute_loss",
+                "on_optimize",
+                "post_step",
+                "on_cleanup",
+            )
+            if any(getattr(type(m), h) is not getattr(SplatBaseModule, h) for m in self.modules)
+        }
 
     def _seed(self) -> None:
         seed = self.config.seed
@@ -183,22 +199,37 @@ class SplatTrainer:
         points, colors = (None, None) if cfg.init_type == "random" else self.data_provider.initial_points()
         if points is not None and points.shape[0] < 2:
             if cfg.init_type == "points":
-                raise ValueError(f"SplatTrainerConfig.init_type is 'points' but {provider} has no point cloud "
-                                 f"({points.shape[0]} points); use init_type='random' or 'auto'")
+                raise ValueError(
+                    f"SplatTrainerConfig.init_type is 'points' but {provider} has no point cloud "
+                    f"({points.shape[0]} points); use init_type='random' or 'auto'"
+                )
             points = None
         if points is not None:
             self.init_report = {"type": "points", "num_points": int(points.shape[0])}
             logger.info("initialising %d Gaussians on the point cloud of %s", points.shape[0], provider)
         else:
-            points, report = view_volume_points(self.data_provider.train_cameras(), cfg.init_num_points, gen,
-                                                cfg.init_extent, cfg.init_coverage, self.data_provider.train_alphas())
+            points, report = view_volume_points(
+                self.data_provider.train_cameras(),
+                cfg.init_num_points,
+                gen,
+                cfg.init_extent,
+                cfg.init_coverage,
+                self.data_provider.train_alphas(),
+            )
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
             self.init_report = {"type": "random", "num_points": cfg.init_num_points, **report}
             why = "" if cfg.init_type == "random" else f" ({provider} has no point cloud)"
-            logger.info("initialising %d Gaussians at random in the volume the cameras see%s: seen by >= %d of %d "
-                        "cameras%s, within %s .. %s", cfg.init_num_points, why, report["min_views"],
-                        report["num_cameras"], " inside the visual hull of the RGBA images" if report["visual_hull"]
-                        else "", report["bounds"][0], report["bounds"][1])
+            logger.info(
+                "initialising %d Gaussians at random in the volume the cameras see%s: seen by >= %d of %d "
+                "cameras%s, within %s .. %s",
+                cfg.init_num_points,
+                why,
+                report["min_views"],
+                report["num_cameras"],
+                " inside the visual hull of the RGBA images" if report["visual_hull"] else "",
+                report["bounds"][0],
+                report["bounds"][1],
+            )
         opacity = cfg.init_opacity if cfg.init_opacity is not None else self.densification.init_opacity
         scale = cfg.init_scale if cfg.init_scale is not None else self.densification.init_scale
         self.init_report.update(opacity=opacity, scale=scale)
@@ -214,13 +245,15 @@ class SplatTrainer:
         if self._resume is None:
             model = self._initial_model()
             if self.sharded is not None:  # this rank's rows of the (identical) initial splat
-                lo, hi = shard_bounds(model.num_gaussians, self.world_size)[self.world_rank:self.world_rank + 2]
+                lo, hi = shard_bounds(model.num_gaussians, self.world_size)[self.world_rank : self.world_rank + 2]
                 model = type(model)(**{k: v[lo:hi].clone() for k, v in model.params().items()})
                 # Shards are different Gaussians: give each rank its own random stream.
                 torch.manual_seed(shard_seed(cfg.seed, self.world_rank))
             self.training_state = model.to_training_state(
-                cfg.learning_rates(self.scene_scale), self.device, cfg.batch_size * self.world_size,
-                sparse_grad=bool(getattr(self.renderer, "sparse_grad", False)),
+                cfg.learning_rates(self.scene_scale),
+                self.device,
+                cfg.batch_size * self.world_size,
+                sparse_grad=bool(self.renderer.sparse_grad),
             )
             self.densification_state = self.densification.initialize_state(self.scene_scale)
             self.step = 0
@@ -228,22 +261,34 @@ class SplatTrainer:
             self._restore(self._resume)
             self._resume = None
             if self.training_state.batch_size != cfg.batch_size * self.world_size:
-                logger.info("resuming a batch of %d images per step as %d (%d process%s)",
-                            self.training_state.batch_size, cfg.batch_size * self.world_size, self.world_size,
-                            "" if self.world_size == 1 else "es")
+                logger.info(
+                    "resuming a batch of %d images per step as %d (%d process%s)",
+                    self.training_state.batch_size,
+                    cfg.batch_size * self.world_size,
+                    self.world_size,
+                    "" if self.world_size == 1 else "es",
+                )
                 self.training_state.set_batch_size(cfg.batch_size * self.world_size)
             kind = gaussian_kind(self.training_state.params["scales"])
             wanted = self.renderer.gaussian_kind
             if kind != wanted:
-                raise ValueError(f"the checkpoint holds {kind} Gaussians but the renderer "
-                                 f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind")
+                raise ValueError(
+                    f"the checkpoint holds {kind} Gaussians but the renderer "
+                    f"{type(self.renderer).__name__} draws {wanted}; resume with the same model kind"
+                )
         if self.sharded is not None:
             self.sharded.update_sizes(self.training_state.num_gaussians, self.step)
         if self.world_rank == 0:
             given, data = cfg.background is not None, self.data_provider.background is not None
-            logger.info("background %s (%s)", self.background,
-                        "SplatTrainerConfig.background" if given else
-                        "the colour the RGBA images are composited over" if data else "black: the images have no alpha")
+            logger.info(
+                "background %s (%s)",
+                self.background,
+                "SplatTrainerConfig.background"
+                if given
+                else "the colour the RGBA images are composited over"
+                if data
+                else "black: the images have no alpha",
+            )
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
             record = {
                 "trainer": dataclasses.asdict(cfg),
@@ -264,22 +309,28 @@ class SplatTrainer:
         current = dataclasses.asdict(self.config)
         differing = sorted(k for k in current if k in saved_cfg and _plain(saved_cfg[k]) != _plain(current[k]))
         if differing:
-            logger.warning("resuming with settings that differ from the checkpoint's: %s; the run will not "
-                           "match an uninterrupted one", ", ".join(differing))
+            logger.warning(
+                "resuming with settings that differ from the checkpoint's: %s; the run will not "
+                "match an uninterrupted one",
+                ", ".join(differing),
+            )
         ts_state, dens_state, rng = ckpt["training_state"], ckpt["densification"], ckpt["rng"]
         if self.sharded is not None:
             n = ts_state["params"]["means"].shape[0]
             sizes = ckpt.get("shards")
             same = sizes is not None and len(sizes) == self.world_size
             bounds = bounds_from_sizes(sizes) if same else shard_bounds(n, self.world_size)
-            lo, hi = bounds[self.world_rank:self.world_rank + 2]
+            lo, hi = bounds[self.world_rank : self.world_rank + 2]
             ts_state, dens_state = slice_rows(ts_state, dens_state, lo, hi)
             if same:  # the same ranks continue exactly where each left off
                 rng = ckpt["rng_ranks"][self.world_rank]
             else:
                 if self.world_rank == 0:
-                    logger.info("re-splitting a checkpoint of %s into %d shards",
-                                "1 process" if sizes is None else f"{len(sizes)} shards", self.world_size)
+                    logger.info(
+                        "re-splitting a checkpoint of %s into %d shards",
+                        "1 process" if sizes is None else f"{len(sizes)} shards",
+                        self.world_size,
+                    )
                 torch.manual_seed(shard_seed(self.config.seed, self.world_rank, int(ckpt["step"])))
                 rng = None
         self.training_state = SplatTrainingState.from_state_dict(ts_state, self.device)
@@ -345,8 +396,13 @@ class SplatTrainer:
 
     def _run_hooks(self, hook: str, training_state, **kwargs) -> None:
         common = dict(
-            step=self.step, max_steps=self.config.max_steps, training_state=training_state,
-            world_rank=self.world_rank, world_size=self.world_size, logger=logger, trainer=self,
+            step=self.step,
+            max_steps=self.config.max_steps,
+            training_state=training_state,
+            world_rank=self.world_rank,
+            world_size=self.world_size,
+            logger=logger,
+            trainer=self,
         )
         common.update(kwargs)
         for module in self.modules:
@@ -398,11 +454,13 @@ class SplatTrainer:
         clock = _PhaseClock(cfg.profile_steps, self.device)
         self._call("pre_step")
         clock.lap("modules")
-        frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed, self.world_rank,
-                                                self.world_size).to(self.device)
+        frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed, self.world_rank, self.world_size).to(
+            self.device
+        )
         clock.lap("data")
-        render = self.renderer.render(ts.params, frames.cameras, self.active_sh_degree(step),
-                                      self.backgrounds(len(frames.cameras)))
+        render = self.renderer.render(
+            ts.params, frames.cameras, self.active_sh_degree(step), self.backgrounds(len(frames.cameras))
+        )
         self.densification.step_pre_backward(ts, self.densification_state, step, render)
         clock.lap("render")
         self._call("pre_compute_loss", frames=frames, render=render)
@@ -477,16 +535,19 @@ class SplatTrainer:
         parameter, optimiser or random state of the run. The fastest of ``repeats``."""
         ts = self.training_state
         step = self.step + 1
-        frames = self.data_provider.train_batch(step, self.config.batch_size, self.config.seed,
-                                                self.world_rank, self.world_size).to(self.device)
-        copy = SplatTrainingState({k: v.detach() for k, v in ts.params.items()}, ts.learning_rates, ts.batch_size,
-                                  self.device, ts.sparse_grad)
+        frames = self.data_provider.train_batch(
+            step, self.config.batch_size, self.config.seed, self.world_rank, self.world_size
+        ).to(self.device)
+        copy = SplatTrainingState(
+            {k: v.detach() for k, v in ts.params.items()}, ts.learning_rates, ts.batch_size, self.device, ts.sparse_grad
+        )
         best = float("inf")
         with _deterministic_on_cpu(self.device):
             for _ in range(max(1, repeats)):
                 t0 = time.perf_counter()
-                render = self.renderer.render(copy.params, frames.cameras, self.active_sh_degree(step),
-                                              self.backgrounds(len(frames.cameras)))
+                render = self.renderer.render(
+                    copy.params, frames.cameras, self.active_sh_degree(step), self.backgrounds(len(frames.cameras))
+                )
                 self.loss_fn(render, frames, step, copy).loss.backward()
                 copy.optimizer_step(render.gaussian_ids)
                 copy.zero_grad()
@@ -513,16 +574,20 @@ class SplatTrainer:
         PSNR counts only pixels inside a frame's mask when it has one. For LPIPS, files
         and renders use :class:`~splatkit.modules.SplatEvaluator`.
         """
-        from splatkit.modules.evaluator import evaluate_frames, summarize
+        from splatkit.evaluation import evaluate_frames, summarize
 
-        summary = summarize(evaluate_frames(lambda f: self.render_view(f.cameras).images,
-                                            frames if frames is not None else self.data_provider.test_frames(),
-                                            self.device))
+        summary = summarize(
+            evaluate_frames(
+                lambda f: self.render_view(f.cameras).images,
+                frames if frames is not None else self.data_provider.test_frames(),
+                self.device,
+            )
+        )
         return {k: summary[k] for k in ("psnr", "ssim", "num_images")}
 
 
 def _transform_or_none(provider) -> torch.Tensor | None:
-    T = getattr(provider, "transform", None)
+    T = provider.transform
     return None if T is None else torch.as_tensor(T, dtype=torch.float64).detach().cpu().clone()
 
 

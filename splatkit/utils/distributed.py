@@ -7,9 +7,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-
-class SplatDistributedError(RuntimeError):
-    """A collective failed: another rank died or hung. Files already written are intact."""
+from splatkit.errors import SplatDistributedError
 
 
 @contextlib.contextmanager

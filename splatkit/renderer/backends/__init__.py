@@ -1,52 +1,63 @@
-"""Rasterizer backends. Each knows only Gaussians and cameras, nothing of training.
+"""Rasterizer backends: one registry of :class:`~splatkit.renderer.backends.base.Backend`
+entries and one resolver. Each backend knows only Gaussians and cameras, nothing of training.
 
-A backend is a function with the signature of :func:`splatkit.renderer.rasterize`
-(minus ``backend``). ``"auto"`` picks the fastest one that runs on the tensors' device:
-gsplat on CUDA (when installed and built), the compiled kernels on the CPU, and the
-PyTorch reference otherwise.
+``"auto"`` picks the fastest backend that runs on the tensors' device: gsplat on CUDA (when
+installed and built), the compiled kernels for float32 on the CPU, and the PyTorch
+reference otherwise. Renderers, the trainer and the command line ask :func:`resolve`;
+nothing else reads the registry.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple
 
 import torch
 
 from splatkit.renderer.backends import cpu, gsplat_backend, torch_ref, torch_ref_2dgs
-from splatkit.renderer.projection import project_gaussians
+from splatkit.renderer.backends.base import Backend, RasterInputs, RasterSettings
+
+__all__ = ["BACKENDS", "Backend", "RasterInputs", "RasterSettings", "available_backends", "resolve"]
 
 logger = logging.getLogger("splatkit")
 
-BACKENDS: dict[str, Callable] = {"torch": torch_ref.rasterize, "cpu": cpu.rasterize, "gsplat": gsplat_backend.rasterize}
-# Switches only gsplat implements; asking another backend for them is an error.
-GSPLAT_OPTIONS = ("packed", "absgrad", "sparse_grad")
-# 2DGS (surfel) rasterizers: same arguments, outputs as torch_ref_2dgs.rasterize_2dgs.
-BACKENDS_2DGS: dict[str, Callable] = {"torch": torch_ref_2dgs.rasterize_2dgs, "cpu": cpu.rasterize_2dgs,
-                                      "gsplat": gsplat_backend.rasterize_2dgs}
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "torch",
+            "the reference in plain PyTorch: any device, any float dtype; the oracle",
+            project=torch_ref.project,
+            composite=torch_ref.composite_over,
+            project_2dgs=torch_ref_2dgs.project,
+            composite_2dgs=torch_ref_2dgs.composite,
+            options=frozenset({"max_chunk_elements"}),
+        ),
+        Backend(
+            "cpu",
+            "compiled C++ kernels, float32 on the CPU, all cores",
+            project=cpu.project,
+            composite=cpu.composite,
+            project_2dgs=cpu.project_2dgs,
+            composite_2dgs=cpu.composite_2dgs,
+            device="cpu",
+            fixed_tile_size=16,
+            unavailable_reason=cpu.unavailable_reason,
+        ),
+        Backend(
+            "gsplat",
+            "gsplat's CUDA kernels (pip install 'splatkit[cuda]')",
+            project=gsplat_backend.project,
+            composite=gsplat_backend.composite,
+            fused=gsplat_backend.rasterize,
+            fused_2dgs=gsplat_backend.rasterize_2dgs,
+            options=frozenset(gsplat_backend.OPTIONS),
+            device="cuda",
+            unavailable_reason=gsplat_backend.unavailable_reason,
+        ),
+    )
+}
+"""Every backend by name."""
 
-
-class Stages(NamedTuple):
-    """A 3DGS backend split in two, for sharded (multi-process) rendering.
-
-    ``project(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-    sh_degree, near_plane, far_plane, eps2d, radius_clip, rasterize_mode)`` returns a
-    :class:`~splatkit.renderer.projection.Projected`; ``composite(proj, feats, width,
-    height, backgrounds, tile_size)`` returns ``(renders, alphas)``.
-    """
-
-    project: Callable
-    composite: Callable
-
-
-STAGES: dict[str, Stages] = {"torch": Stages(project_gaussians, torch_ref.composite_over),
-                             "cpu": Stages(cpu.project, cpu.composite),
-                             "gsplat": Stages(gsplat_backend.project, gsplat_backend.composite)}
-# 2DGS: project(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-# sh_degree, near_plane, far_plane, radius_clip) -> (ProjectedSurfels, extra [C, N, E])
-# and composite(proj, extra, width, height, tile_size) -> the rasterizers' output dict.
-STAGES_2DGS: dict[str, Stages] = {"torch": Stages(torch_ref_2dgs.project, torch_ref_2dgs.composite),
-                                  "cpu": Stages(cpu.project_2dgs, cpu.composite_2dgs)}
 _warned: set[str] = set()
 
 
@@ -55,44 +66,49 @@ def available_backends() -> list[str]:
 
 
 def _auto(device: torch.device | str, dtype: torch.dtype) -> str:
-    """What ``"auto"`` means for tensors on ``device`` of ``dtype``, for 3DGS and 2DGS alike:
-    gsplat on CUDA, the compiled kernels for float32 on the CPU, else the reference, with
-    one warning naming why a faster backend is unavailable."""
+    """What ``"auto"`` means for tensors on ``device`` of ``dtype``: gsplat on CUDA, the
+    compiled kernels for float32 on the CPU, else the reference, with one warning naming
+    why a faster backend is unavailable."""
     kind = torch.device(device).type
-    if kind == "cuda":
-        if gsplat_backend.is_available():
-            return "gsplat"
-        if "gsplat" not in _warned:
-            _warned.add("gsplat")
-            logger.warning("rendering on CUDA without gsplat (%s); using the reference PyTorch rasterizer on "
-                           "the GPU, which is much slower", gsplat_backend.unavailable_reason())
-    elif kind == "cpu" and dtype == torch.float32:
-        if cpu.is_available():
-            return "cpu"
-        if "cpu" not in _warned:
-            _warned.add("cpu")
-            logger.warning("the compiled CPU rasterizer is unavailable (%s); using the reference PyTorch "
-                           "rasterizer, which is much slower", cpu.unavailable_reason())
+    fast = "gsplat" if kind == "cuda" else "cpu" if (kind == "cpu" and dtype == torch.float32) else None
+    if fast is None:
+        return "torch"
+    reason = BACKENDS[fast].unavailable_reason()
+    if reason is None:
+        return fast
+    if fast not in _warned:
+        _warned.add(fast)
+        logger.warning(
+            "the %s rasterizer is unavailable (%s); using the reference PyTorch rasterizer, which is much slower",
+            fast,
+            reason,
+        )
     return "torch"
 
 
-def resolve_backend_name(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """The concrete backend ``name`` stands for with tensors on ``device`` of ``dtype``.
+def resolve(
+    name: str,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    kind: str = "3dgs",
+    sharded: bool = False,
+) -> Backend:
+    """The backend ``name`` (or ``"auto"``) stands for, for ``kind`` (``"3dgs"`` or ``"2dgs"``)
+    Gaussians held as ``dtype`` tensors on ``device``, sharded across ranks or not.
 
-    ``"auto"`` on the CPU is the compiled backend (built on first use), or the
-    reference with one warning if it cannot be built; float64 always uses the reference.
+    An unknown name, or a backend that cannot render ``kind`` that way, is a ValueError
+    naming the backends that can. ``"auto"`` on the CPU builds the compiled kernels on
+    first use, or falls back to the reference with one warning.
     """
-    if name == "auto":
-        return _auto(device, dtype)
-    if name not in BACKENDS:
+    if kind not in ("3dgs", "2dgs"):
+        raise ValueError(f"kind must be '3dgs' or '2dgs', got {kind!r}")
+    concrete = _auto(device, dtype) if name == "auto" else name
+    if concrete not in BACKENDS:
         raise ValueError(f"unknown rasterizer backend {name!r}; available: {', '.join(available_backends())}")
-    return name
-
-
-def resolve_backend_name_2dgs(name: str, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """Like :func:`resolve_backend_name` for the 2DGS rasterizers."""
-    if name == "auto":
-        return _auto(device, dtype)
-    if name not in BACKENDS_2DGS:
-        raise ValueError(f"unknown 2DGS rasterizer backend {name!r}; available: {', '.join(BACKENDS_2DGS)}")
-    return name
+    backend = BACKENDS[concrete]
+    if not backend.supports(kind, sharded):
+        able = [n for n, b in BACKENDS.items() if b.supports(kind, sharded)]
+        what = f"{'sharded ' if sharded else ''}{kind.upper()} rendering"
+        hint = " (it has no separate projection and compositing stages)" if sharded else ""
+        raise ValueError(f"backend {concrete!r} does not support {what}{hint}; backends that do: {', '.join(able)}")
+    return backend

@@ -13,6 +13,8 @@ Both stages work in chunks of at most ``max_chunk_elements``, so memory stays bo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -21,19 +23,17 @@ from splatkit.renderer.projection import (
     ALPHA_THRESHOLD,
     TRANSMITTANCE_MIN,
     Projected,
-    background_for_mode,
-    features_for_mode,
-    finish_depth,
     project_gaussians,
-    projection_meta,
     tile_bounds,
 )
+
+if TYPE_CHECKING:
+    from splatkit.renderer.backends.base import RasterInputs, RasterSettings
 
 
 @torch.no_grad()
 def bin_gaussians(
-    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, tile_size: int,
-    tiles_x: int, tiles_y: int,
+    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tile-Gaussian intersection list sorted by (camera, tile, depth).
 
@@ -78,8 +78,15 @@ def _alpha(pix: torch.Tensor, mean: torch.Tensor, conic: torch.Tensor, opac: tor
 
 @torch.no_grad()
 def tile_pairs(
-    means2d: torch.Tensor, radii: torch.Tensor, depths: torch.Tensor, width: int, height: int, tile_size: int,
-    max_chunk_elements: int, hit_fn, temporaries: int = 1,
+    means2d: torch.Tensor,
+    radii: torch.Tensor,
+    depths: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int,
+    max_chunk_elements: int,
+    hit_fn,
+    temporaries: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (pixel, Gaussian) pair ``hit_fn`` accepts, grouped by pixel, front to back.
 
@@ -140,8 +147,9 @@ def tile_pairs(
 
 def tile_pixels(tile_size: int, device: torch.device) -> torch.Tensor:
     """``[P, 2]`` integer (x, y) offsets of a tile's pixels, row-major."""
-    py, px = torch.meshgrid(torch.arange(tile_size, device=device), torch.arange(tile_size, device=device),
-                            indexing="ij")
+    py, px = torch.meshgrid(
+        torch.arange(tile_size, device=device), torch.arange(tile_size, device=device), indexing="ij"
+    )
     return torch.stack([px.reshape(-1), py.reshape(-1)], dim=-1)
 
 
@@ -171,8 +179,15 @@ def _contributing_pairs(
         a, b, c = conic[g].unbind(-1)
         mx, my = m.unbind(-1)
         coef = torch.stack(
-            [0.5 * a, b, 0.5 * c, -a * mx - b * my, -c * my - b * mx,
-             0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my], dim=-1,
+            [
+                0.5 * a,
+                b,
+                0.5 * c,
+                -a * mx - b * my,
+                -c * my - b * mx,
+                0.5 * a * mx * mx + 0.5 * c * my * my + b * mx * my,
+            ],
+            dim=-1,
         )  # [T, K, 6]
         sigma = torch.matmul(feats, coef.transpose(1, 2))  # [T, P, K]
         return (sigma <= log_thresh[g][:, None, :]) & (opac[g] >= ALPHA_THRESHOLD)[:, None, :]
@@ -217,8 +232,15 @@ def pair_weights(pix: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def _composite_pairs(
-    pix: torch.Tensor, gauss: torch.Tensor, means2d: torch.Tensor, conics: torch.Tensor,
-    opacities: torch.Tensor, feats: torch.Tensor, width: int, height: int, n_pixels: int,
+    pix: torch.Tensor,
+    gauss: torch.Tensor,
+    means2d: torch.Tensor,
+    conics: torch.Tensor,
+    opacities: torch.Tensor,
+    feats: torch.Tensor,
+    width: int,
+    height: int,
+    n_pixels: int,
 ) -> torch.Tensor:
     """Front-to-back compositing over contributing pairs grouped by pixel.
 
@@ -254,12 +276,25 @@ def composite(
     D = feats.shape[-1]
     n_pixels = C * height * width
     pix, gauss = _contributing_pairs(
-        Projected(proj.means2d.detach(), proj.conics.detach(), proj.opacities.detach(),
-                  proj.depths.detach(), proj.radii, proj.colors),
-        width, height, tile_size, max_chunk_elements,
+        Projected(
+            proj.means2d.detach(),
+            proj.conics.detach(),
+            proj.opacities.detach(),
+            proj.depths.detach(),
+            proj.radii,
+            proj.colors,
+        ),
+        width,
+        height,
+        tile_size,
+        max_chunk_elements,
     )
-    args = (proj.means2d.reshape(C * N, 2), proj.conics.reshape(C * N, 3),
-            proj.opacities.reshape(C * N), feats.reshape(C * N, D))
+    args = (
+        proj.means2d.reshape(C * N, 2),
+        proj.conics.reshape(C * N, 3),
+        proj.opacities.reshape(C * N),
+        feats.reshape(C * N, D),
+    )
     bounds = [0]
     while bounds[-1] < pix.numel():
         end = min(bounds[-1] + max_chunk_elements, pix.numel())
@@ -296,34 +331,23 @@ def composite_over(
     return renders, alphas
 
 
-def rasterize(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    radius_clip: float = 0.0,
-    rasterize_mode: str = "classic",
-    render_mode: str = "RGB",
-    tile_size: int = 16,
-    max_chunk_elements: int = 1 << 22,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reference implementation of :func:`splatkit.renderer.rasterize` (arguments there)."""
-    proj = project_gaussians(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-        near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, radius_clip=radius_clip,
-        rasterize_mode=rasterize_mode,
+def project(inputs: RasterInputs, settings: RasterSettings) -> Projected:
+    """The projection stage: :func:`~splatkit.renderer.projection.project_gaussians`."""
+    g = inputs
+    return project_gaussians(
+        g.means,
+        g.quats,
+        g.scales,
+        g.opacities,
+        g.colors,
+        g.viewmats,
+        g.Ks,
+        g.width,
+        g.height,
+        g.sh_degree,
+        near_plane=settings.near_plane,
+        far_plane=settings.far_plane,
+        eps2d=settings.eps2d,
+        radius_clip=settings.radius_clip,
+        rasterize_mode=settings.rasterize_mode,
     )
-    feats = features_for_mode(proj.colors, proj.depths, render_mode)
-    renders, alphas = composite_over(proj, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
-                                     tile_size, max_chunk_elements)
-    return finish_depth(renders, alphas, render_mode), alphas, projection_meta(proj, width, height, tile_size)

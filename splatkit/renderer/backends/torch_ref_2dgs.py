@@ -12,17 +12,21 @@ surfel reached while the transmittance is still above 0.5).
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from splatkit.renderer.backends.torch_ref import pair_weights, tile_pairs, tile_pixels
-from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, screen_translation, surfel_alpha
+from splatkit.renderer.projection_2dgs import ProjectedSurfels, project_surfels, surfel_alpha
+
+if TYPE_CHECKING:
+    from splatkit.renderer.backends.base import RasterInputs, RasterSettings
 
 
 @torch.no_grad()
-def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_size: int,
-                        max_chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _contributing_pairs(
+    proj: ProjectedSurfels, width: int, height: int, tile_size: int, max_chunk_elements: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pixel [M], camera * N + surfel [M])`` with alpha >= 1/255, grouped by pixel, front to back."""
     C, N = proj.depths.shape
     mean = proj.means2d.reshape(C * N, 2)
@@ -35,20 +39,34 @@ def _contributing_pairs(proj: ProjectedSurfels, width: int, height: int, tile_si
         return surfel_alpha(pix, mean[g][:, None], M[g][:, None], opac[g][:, None]) > 0
 
     # ~12 temporaries per candidate in the intersection test
-    return tile_pairs(proj.means2d, proj.radii, proj.depths, width, height, tile_size, max_chunk_elements, hit,
-                      temporaries=12)
+    return tile_pairs(
+        proj.means2d, proj.radii, proj.depths, width, height, tile_size, max_chunk_elements, hit, temporaries=12
+    )
 
 
-def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, height: int, tile_size: int = 16,
-                      max_chunk_elements: int = 1 << 22) -> dict[str, torch.Tensor]:
+def composite_surfels(
+    proj: ProjectedSurfels,
+    feats: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int = 16,
+    max_chunk_elements: int = 1 << 22,
+) -> dict[str, torch.Tensor]:
     """Composite projected surfels front to back. Returns per-pixel ``[C, H, W, k]``
     tensors: ``feats``, ``alphas``, ``normals`` (camera space), ``depth_sum`` (sum of
     w d), ``distort`` and ``median`` (0 where no surfel reaches T < 0.5 first)."""
     C, N = proj.depths.shape
     D = feats.shape[-1]
     n_pixels = C * height * width
-    detached = ProjectedSurfels(proj.means2d.detach(), proj.ray_transforms.detach(), proj.normals.detach(),
-                                proj.opacities.detach(), proj.depths.detach(), proj.radii, proj.colors)
+    detached = ProjectedSurfels(
+        proj.means2d.detach(),
+        proj.ray_transforms.detach(),
+        proj.normals.detach(),
+        proj.opacities.detach(),
+        proj.depths.detach(),
+        proj.radii,
+        proj.colors,
+    )
     pix, gauss = _contributing_pairs(detached, width, height, tile_size, max_chunk_elements)
     dtype = feats.dtype
     local = pix % (width * height)
@@ -63,9 +81,16 @@ def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, h
     depth = proj.depths.reshape(C * N)[gauss]
     wd_before = segments.exclusive_cumsum((w * depth).double()).to(dtype)
     distort = 2.0 * w * (depth * (1.0 - T_before) - wd_before)
-    contrib = torch.cat([w[:, None] * feats.reshape(C * N, D)[gauss], w[:, None],
-                         w[:, None] * proj.normals.reshape(C * N, 3)[gauss], (w * depth)[:, None], distort[:, None]],
-                        dim=-1)
+    contrib = torch.cat(
+        [
+            w[:, None] * feats.reshape(C * N, D)[gauss],
+            w[:, None],
+            w[:, None] * proj.normals.reshape(C * N, 3)[gauss],
+            (w * depth)[:, None],
+            distort[:, None],
+        ],
+        dim=-1,
+    )
     out = torch.zeros(n_pixels, contrib.shape[1], dtype=dtype, device=feats.device).index_add(0, pix, contrib)
 
     # Median: the last pair per pixel reached with T > 0.5 (before termination).
@@ -78,51 +103,54 @@ def composite_surfels(proj: ProjectedSurfels, feats: torch.Tensor, width: int, h
     median = median.index_put((torch.nonzero(has)[:, 0],), depth[last[has]])
 
     out = out.reshape(C, height, width, contrib.shape[1])
-    return {"feats": out[..., :D], "alphas": out[..., D:D + 1], "normals": out[..., D + 1:D + 4],
-            "depth_sum": out[..., D + 4:D + 5], "distort": out[..., D + 5:D + 6],
-            "median": median.reshape(C, height, width, 1)}
+    return {
+        "feats": out[..., :D],
+        "alphas": out[..., D : D + 1],
+        "normals": out[..., D + 1 : D + 4],
+        "depth_sum": out[..., D + 4 : D + 5],
+        "distort": out[..., D + 5 : D + 6],
+        "median": median.reshape(C, height, width, 1),
+    }
 
 
-def rasterize_2dgs(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    tile_size: int = 16,
-    max_chunk_elements: int = 1 << 22,
-) -> dict:
-    """Reference implementation of :func:`splatkit.renderer.rasterize_2dgs` (arguments there)."""
-    proj, extra = project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                          near_plane, far_plane, radius_clip)
-    offset, M, means2d = screen_translation(proj.ray_transforms, proj.means2d)
-    proj = dataclasses.replace(proj, ray_transforms=M, means2d=means2d)
-    out = composite(proj, extra, width, height, tile_size, max_chunk_elements)
-    return {**out, "means2d": offset, "radii": proj.radii, "depths": proj.depths}
-
-
-def project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None, near_plane=0.01,
-            far_plane=1e10, radius_clip=0.0) -> tuple[ProjectedSurfels, torch.Tensor]:
+def project(inputs: RasterInputs, settings: RasterSettings) -> tuple[ProjectedSurfels, torch.Tensor]:
     """The projection stage: :func:`~splatkit.renderer.projection_2dgs.project_surfels` and
     no backend-specific extra (``[C, N, 0]``)."""
-    proj = project_surfels(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                           near_plane, far_plane, radius_clip)
+    g = inputs
+    proj = project_surfels(
+        g.means,
+        g.quats,
+        g.scales,
+        g.opacities,
+        g.colors,
+        g.viewmats,
+        g.Ks,
+        g.width,
+        g.height,
+        g.sh_degree,
+        settings.near_plane,
+        settings.far_plane,
+        settings.radius_clip,
+    )
     return proj, proj.depths.new_zeros(*proj.depths.shape, 0)
 
 
-def composite(proj: ProjectedSurfels, extra: torch.Tensor, width: int, height: int, tile_size: int = 16,
-              max_chunk_elements: int = 1 << 22) -> dict:
+def composite(
+    proj: ProjectedSurfels,
+    extra: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int = 16,
+    max_chunk_elements: int = 1 << 22,
+) -> dict:
     """The compositing stage: the outputs of :func:`rasterize_2dgs` but ``means2d``/``radii``/``depths``."""
     del extra
     out = composite_surfels(proj, proj.colors, width, height, tile_size, max_chunk_elements)
-    return {"colors": out["feats"], "alphas": out["alphas"], "normals_camera": out["normals"],
-            "depth_sum": out["depth_sum"], "distort": out["distort"], "median_depth": out["median"]}
+    return {
+        "colors": out["feats"],
+        "alphas": out["alphas"],
+        "normals_camera": out["normals"],
+        "depth_sum": out["depth_sum"],
+        "distort": out["distort"],
+        "median_depth": out["median"],
+    }

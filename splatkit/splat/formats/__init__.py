@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +34,11 @@ from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.splat.formats import compressed_ply as _compressed_ply
 from splatkit.splat.formats import splat as _splat
 from splatkit.splat.formats import spz as _spz
+from splatkit.splat.formats.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError, read_ply, write_ply
 from splatkit.splat.sh import SH_C0
 from splatkit.splat.transform import transform_model
-
-CHECKPOINT_SUFFIX = ".ckpt"
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,46 @@ FORMATS: dict[str, SplatFormat] = {
     f.name: f
     for f in (
         SplatFormat("ply", ".ply", "INRIA 3DGS PLY (float32, lossless)", read_ply, write_ply, 3),
-        SplatFormat("splat", ".splat", "antimatter15 .splat (32 bytes per Gaussian, no SH)",
-                    _splat.read_splat_file, _splat.write_splat_file, 0, _splat.write_order),
-        SplatFormat("spz", ".spz", "Niantic .spz (gzipped, quantised, version 3)",
-                    _spz.read_spz_file, _spz.write_spz_file, 3),
-        SplatFormat("compressed_ply", ".compressed.ply", "PlayCanvas/SuperSplat compressed PLY",
-                    _compressed_ply.read_compressed_ply_file, _compressed_ply.write_compressed_ply_file, 3,
-                    _compressed_ply.write_order),
+        SplatFormat(
+            "splat",
+            ".splat",
+            "antimatter15 .splat (32 bytes per Gaussian, no SH)",
+            _splat.read_splat_file,
+            _splat.write_splat_file,
+            0,
+            _splat.write_order,
+        ),
+        SplatFormat(
+            "spz", ".spz", "Niantic .spz (gzipped, quantised, version 3)", _spz.read_spz_file, _spz.write_spz_file, 3
+        ),
+        SplatFormat(
+            "compressed_ply",
+            ".compressed.ply",
+            "PlayCanvas/SuperSplat compressed PLY",
+            _compressed_ply.read_compressed_ply_file,
+            _compressed_ply.write_compressed_ply_file,
+            3,
+            _compressed_ply.write_order,
+        ),
     )
 }
+
+
+def register_format(fmt: SplatFormat) -> SplatFormat:
+    """Add ``fmt`` to :data:`FORMATS`, so ``read_splat``, ``write_splat``, ``convert``,
+    ``splatkit export`` and ``SplatExporter(splat_formats=...)`` know it by name and suffix.
+    A name or suffix already taken is a ValueError (formats are not replaced silently)."""
+    if not isinstance(fmt, SplatFormat):
+        raise TypeError(f"register_format takes a SplatFormat, got {type(fmt).__name__}")
+    if fmt.name in FORMATS:
+        raise ValueError(f"splat format {fmt.name!r} is already registered")
+    taken = [f.name for f in FORMATS.values() if f.suffix.lower() == fmt.suffix.lower()]
+    if taken or fmt.suffix.lower() == CHECKPOINT_SUFFIX:
+        raise ValueError(f"suffix {fmt.suffix!r} is already used by {taken[0] if taken else 'checkpoints'!r}")
+    if not fmt.suffix.startswith("."):
+        raise ValueError(f"a format suffix starts with '.', got {fmt.suffix!r}")
+    FORMATS[fmt.name] = fmt
+    return fmt
 
 
 def _supported() -> str:
@@ -94,8 +124,10 @@ def format_from_path(path: str | os.PathLike) -> str:
     for fmt in sorted(FORMATS.values(), key=lambda f: -len(f.suffix)):
         if name.endswith(fmt.suffix):
             return fmt.name
-    raise ValueError(f"{path}: cannot tell the splat format from the file name; use one of the suffixes "
-                     f"{', '.join(f.suffix for f in FORMATS.values())} or name the format")
+    raise ValueError(
+        f"{path}: cannot tell the splat format from the file name; use one of the suffixes "
+        f"{', '.join(f.suffix for f in FORMATS.values())} or name the format"
+    )
 
 
 def model_from_checkpoint(ckpt: dict, path: Path) -> SplatModel:
@@ -107,8 +139,6 @@ def model_from_checkpoint(ckpt: dict, path: Path) -> SplatModel:
 
 
 def _model_from_checkpoint(path: Path) -> SplatModel:
-    from splatkit.trainer.checkpoint import load_checkpoint
-
     return model_from_checkpoint(load_checkpoint(path), path)
 
 
@@ -195,8 +225,10 @@ def dropped_information(model: SplatModel, format: str) -> list[str]:
         outside(model.shN, -1.0, 1.0, "higher SH coefficients")
         bits = _spz.fractional_bits_for(model.means.detach().double().cpu().numpy())
         if bits < _spz.FRACTIONAL_BITS:
-            out.append(f"positions reach {float(model.means.abs().max()):.4g}, so .spz stores them with "
-                       f"{bits} instead of {_spz.FRACTIONAL_BITS} fractional bits (resolution {2.0 ** -bits:g})")
+            out.append(
+                f"positions reach {float(model.means.abs().max()):.4g}, so .spz stores them with "
+                f"{bits} instead of {_spz.FRACTIONAL_BITS} fractional bits (resolution {2.0**-bits:g})"
+            )
     elif fmt.name == "compressed_ply":
         outside(model.scales, -20.0, 20.0, "log scales")
         outside(model.shN, -_compressed_ply.SH_RANGE, _compressed_ply.SH_RANGE, "higher SH coefficients")
@@ -225,8 +257,6 @@ def describe_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     extra = {}
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
-        from splatkit.trainer.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt, path)
         extra = {"step": ckpt["step"], "max_steps": ckpt["config"].get("max_steps")}
@@ -301,9 +331,11 @@ def convert(
     opaque = opacity_activation(model.opacities.detach().double().cpu()) >= float(min_opacity)
     keep = in_box & opaque
     if not bool(keep.any()):
-        raise ValueError(f"{src}: no Gaussians are left after the crop box and min_opacity={min_opacity} "
-                         f"({int((~in_box).sum())} outside the box, {int((in_box & ~opaque).sum())} too "
-                         f"transparent, of {num_in}); nothing written")
+        raise ValueError(
+            f"{src}: no Gaussians are left after the crop box and min_opacity={min_opacity} "
+            f"({int((~in_box).sum())} outside the box, {int((in_box & ~opaque).sum())} too "
+            f"transparent, of {num_in}); nothing written"
+        )
     model = filter_model(model, keep)
     warnings = dropped_information(model, fmt.name)
     path = write_splat(model, dst, fmt.name)
@@ -335,5 +367,6 @@ __all__ = [
     "format_from_path",
     "get_format",
     "read_splat",
+    "register_format",
     "write_splat",
 ]

@@ -80,8 +80,9 @@ def encode(params: dict[str, torch.Tensor]) -> bytes:
 def write_splat_file(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
     """Write stored parameters as antimatter15 ``.splat`` to ``path`` atomically."""
     if params["means"].shape[0] == 0:
-        raise ValueError(f"cannot write {path}: a .splat file needs at least one Gaussian (an empty "
-                         "file is not a valid .splat)")
+        raise ValueError(
+            f"cannot write {path}: a .splat file needs at least one Gaussian (an empty file is not a valid .splat)"
+        )
     data = encode(params)
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 

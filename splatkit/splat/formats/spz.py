@@ -114,8 +114,10 @@ def fractional_bits_for(means: np.ndarray) -> int:
         return FRACTIONAL_BITS
     bits = math.floor(math.log2(((1 << 23) - 1) / extent)) if extent > 0 else FRACTIONAL_BITS
     if bits < 0:
-        raise ValueError(f"positions reach {extent:.4g}; .spz stores coordinates as 24-bit fixed point, "
-                         f"which holds at most {(1 << 23) - 1}")
+        raise ValueError(
+            f"positions reach {extent:.4g}; .spz stores coordinates as 24-bit fixed point, "
+            f"which holds at most {(1 << 23) - 1}"
+        )
     return bits
 
 
@@ -242,8 +244,9 @@ class _Inflater:
         while not self._d.eof and extra <= limit:
             chunk = self.read(1 << 20)
             if not chunk:
-                raise SplatFileError(f"{self.path}: truncated .spz: the gzip stream ends without its end marker "
-                                     "(the file was cut off)")
+                raise SplatFileError(
+                    f"{self.path}: truncated .spz: the gzip stream ends without its end marker (the file was cut off)"
+                )
             extra += len(chunk)
 
 
@@ -251,22 +254,31 @@ def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.
     """Stored (log/logit) parameters in the RDF frame from ``.spz`` bytes; ``path`` names the file in errors."""
     if len(data) < 2 or data[:2] != b"\x1f\x8b":
         if data[:4] == b"NGSP":
-            raise SplatFileError(f"{path}: this .spz uses the uncompressed NGSP container of spz version 4 or "
-                                 "later; splatkit reads the gzipped versions 2 and 3")
-        raise SplatFileError(f"{path}: not an .spz file: it does not start with the gzip magic bytes 1f 8b "
-                             f"(starts with {data[:4].hex(' ') or 'nothing: the file is empty'})")
+            raise SplatFileError(
+                f"{path}: this .spz uses the uncompressed NGSP container of spz version 4 or "
+                "later; splatkit reads the gzipped versions 2 and 3"
+            )
+        raise SplatFileError(
+            f"{path}: not an .spz file: it does not start with the gzip magic bytes 1f 8b "
+            f"(starts with {data[:4].hex(' ') or 'nothing: the file is empty'})"
+        )
     inflater = _Inflater(data, path)
     head = inflater.read(HEADER.size)
     if len(head) < HEADER.size:
-        raise SplatFileError(f"{path}: truncated .spz: the stream holds {len(head)} bytes, less than the "
-                             f"{HEADER.size}-byte header")
+        raise SplatFileError(
+            f"{path}: truncated .spz: the stream holds {len(head)} bytes, less than the {HEADER.size}-byte header"
+        )
     magic, version, N, sh_degree, bits, flags, _ = HEADER.unpack(head)
     if magic != MAGIC:
-        raise SplatFileError(f"{path}: wrong magic number 0x{magic:08x} in the .spz header (expected 0x{MAGIC:08x}, "
-                             "'NGSP'): not an .spz file")
+        raise SplatFileError(
+            f"{path}: wrong magic number 0x{magic:08x} in the .spz header (expected 0x{MAGIC:08x}, "
+            "'NGSP'): not an .spz file"
+        )
     if version not in READ_VERSIONS:
-        raise SplatFileError(f"{path}: .spz version {version} is not supported (splatkit reads versions "
-                             f"{', '.join(map(str, READ_VERSIONS))})")
+        raise SplatFileError(
+            f"{path}: .spz version {version} is not supported (splatkit reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})"
+        )
     if sh_degree > _MAX_FILE_SH_DEGREE:
         raise SplatFileError(f"{path}: .spz header declares SH degree {sh_degree}; the format allows 0..4")
     if bits > 23:
@@ -279,10 +291,11 @@ def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.
         rest = inflater.read(expected + (1 << 24))
         if len(rest) < expected:
             raise _short(path, N, sh_degree, version, expected, len(rest))
-        extension_bytes, body = rest[: len(rest) - expected], rest[len(rest) - expected:]
+        extension_bytes, body = rest[: len(rest) - expected], rest[len(rest) - expected :]
         if len(extension_bytes) >= 4 and struct.unpack("<I", extension_bytes[:4])[0] == _EXT_SH_QUANTIZATION:
-            raise SplatFileError(f"{path}: .spz uses the Adobe SH min/max quantisation extension, which splatkit "
-                                 "does not decode")
+            raise SplatFileError(
+                f"{path}: .spz uses the Adobe SH min/max quantisation extension, which splatkit does not decode"
+            )
         if extension_bytes:
             logger.warning("%s: skipping %d bytes of .spz extensions", path, len(extension_bytes))
     else:
@@ -304,11 +317,17 @@ def _unpack(body: bytes, N: int, sh_degree: int, version: int, bits: int, path) 
     buf = np.frombuffer(body, dtype=np.uint8)
     sh_dim = _sh_dim(sh_degree)
     rot_bytes = 4 if version >= 3 else 3
-    sizes = [("positions", 9), ("alphas", 1), ("colors", 3), ("scales", 3), ("rotations", rot_bytes),
-             ("sh", 3 * sh_dim)]
+    sizes = [
+        ("positions", 9),
+        ("alphas", 1),
+        ("colors", 3),
+        ("scales", 3),
+        ("rotations", rot_bytes),
+        ("sh", 3 * sh_dim),
+    ]
     parts, offset = {}, 0
     for name, per in sizes:
-        parts[name] = buf[offset: offset + N * per].reshape(N, per)
+        parts[name] = buf[offset : offset + N * per].reshape(N, per)
         offset += N * per
 
     p = parts["positions"].reshape(N, 3, 3).astype(np.int32)

@@ -1,34 +1,38 @@
 """Compiled CPU backend: the reference maths in multithreaded C++ (``splatkit_cpu.cpp``).
 
-:func:`rasterize` renders 3D Gaussians (3DGS), :func:`rasterize_2dgs` 2D Gaussian
-surfels (2DGS). Differences from the references that do not change results: 16x16
-tiles are tested against each splat's exact alpha >= 1/255 region (not its bounding
-box), rows and pixel vectors of a tile the region misses are skipped, tiles stop as
-soon as every pixel is saturated, and the backward pass only revisits the pixel
-vectors in which the forward pass found a contributing splat. Computation is float32
-(the surfel projection runs in double and rounds its outputs to float32).
+:func:`project` / :func:`composite` are the 3DGS stages, :func:`project_2dgs` /
+:func:`composite_2dgs` those of 2D Gaussian surfels (2DGS). Differences from the
+references that do not change results: 16x16 tiles are tested against each splat's exact
+alpha >= 1/255 region (not its bounding box), rows and pixel vectors of a tile the region
+misses are skipped, tiles stop as soon as every pixel is saturated, and the backward pass
+only revisits the pixel vectors in which the forward pass found a contributing splat.
+Computation is float32 (the surfel projection runs in double and rounds its outputs to
+float32).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 
 from splatkit.renderer.backends.cpu.build import KernelBuildError, load
 from splatkit.renderer.backends.cpu.kernels import Project2DGSFn, ProjectFn, Rasterize2DGSFn, RasterizeFn
-from splatkit.renderer.projection import (
-    Projected,
-    background_for_mode,
-    camera_features,
-    features_for_mode,
-    finish_depth,
-    projection_meta,
-)
-from splatkit.renderer.projection_2dgs import ProjectedSurfels, screen_translation
+from splatkit.renderer.projection import Projected, camera_features
+from splatkit.renderer.projection_2dgs import ProjectedSurfels
 
-__all__ = ["KernelBuildError", "composite", "is_available", "project", "rasterize", "rasterize_2dgs",
-           "unavailable_reason"]
+if TYPE_CHECKING:
+    from splatkit.renderer.backends.base import RasterInputs, RasterSettings
+
+__all__ = [
+    "KernelBuildError",
+    "composite",
+    "composite_2dgs",
+    "is_available",
+    "project",
+    "project_2dgs",
+    "unavailable_reason",
+]
 
 
 def is_available() -> bool:
@@ -48,38 +52,40 @@ def unavailable_reason() -> str | None:
 def _check_tensors(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.device.type != "cpu" or t.dtype != torch.float32:
-            raise ValueError(f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
-                             "(use backend='torch' for float64, or a GPU backend on CUDA)")
+            raise ValueError(
+                f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
+                "(use backend='torch' for float64, or a GPU backend on CUDA)"
+            )
 
 
-def project(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    radius_clip: float = 0.0,
-    rasterize_mode: str = "classic",
-    num_threads: int | None = None,
-) -> Projected:
-    """Compiled :func:`splatkit.renderer.projection.project_gaussians` (same arguments and result)."""
-    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-                   Ks=Ks)
+def project(inputs: RasterInputs, settings: RasterSettings, num_threads: int | None = None) -> Projected:
+    """Compiled :func:`splatkit.renderer.projection.project_gaussians` (same result); the projection stage."""
+    means, quats, scales, opacities, colors = inputs.means, inputs.quats, inputs.scales, inputs.opacities, inputs.colors
+    viewmats, Ks, width, height, sh_degree = inputs.viewmats, inputs.Ks, inputs.width, inputs.height, inputs.sh_degree
+    rasterize_mode = settings.rasterize_mode
+    _check_tensors(
+        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
+    )
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     C = viewmats.shape[0]
     use_sh = sh_degree is not None
     means2d, conics, opac, depths, radii, sh_colors = ProjectFn.apply(
-        means, quats, scales, opacities, colors if use_sh else None, viewmats, Ks, width, height,
-        sh_degree if use_sh else -1, near_plane, far_plane, eps2d, radius_clip, rasterize_mode == "antialiased",
+        means,
+        quats,
+        scales,
+        opacities,
+        colors if use_sh else None,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree if use_sh else -1,
+        settings.near_plane,
+        settings.far_plane,
+        settings.eps2d,
+        settings.radius_clip,
+        rasterize_mode == "antialiased",
         num_threads or torch.get_num_threads(),
     )
     feats = sh_colors if use_sh else camera_features(colors, C)
@@ -98,94 +104,46 @@ def composite(
     """Compiled compositing of projected Gaussians over ``backgrounds [C, D]`` (None: black):
     ``(renders [C, H, W, D], alphas [C, H, W, 1])``. ``tile_size`` is ignored (16)."""
     bg = None if backgrounds is None else backgrounds.contiguous()
-    return RasterizeFn.apply(proj.means2d, proj.conics, feats.contiguous(), proj.opacities, bg, proj.radii,
-                             proj.depths, width, height, num_threads or torch.get_num_threads())
+    return RasterizeFn.apply(
+        proj.means2d,
+        proj.conics,
+        feats.contiguous(),
+        proj.opacities,
+        bg,
+        proj.radii,
+        proj.depths,
+        width,
+        height,
+        num_threads or torch.get_num_threads(),
+    )
 
 
-def rasterize(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    radius_clip: float = 0.0,
-    rasterize_mode: str = "classic",
-    render_mode: str = "RGB",
-    tile_size: int = 16,
-    num_threads: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Compiled implementation of :func:`splatkit.renderer.rasterize` (arguments there).
-
-    ``tile_size`` only matters for speed and is ignored (16); ``num_threads`` defaults
-    to ``torch.get_num_threads()``.
-    """
-    proj = project(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, near_plane,
-                   far_plane, eps2d, radius_clip, rasterize_mode, num_threads)
-    feats = features_for_mode(proj.colors, proj.depths, render_mode)
-    renders, alphas = composite(proj, feats, width, height, background_for_mode(backgrounds, feats, render_mode),
-                                num_threads=num_threads)
-    renders = finish_depth(renders, alphas, render_mode)
-    return renders, alphas, projection_meta(proj, width, height, 16)
-
-
-def rasterize_2dgs(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    sh_degree: int | None = None,
-    backgrounds: torch.Tensor | None = None,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    radius_clip: float = 0.0,
-    tile_size: int = 16,
-    max_chunk_elements: int | None = None,
-    num_threads: int | None = None,
-) -> dict:
-    """Compiled implementation of
-    :func:`splatkit.renderer.backends.torch_ref_2dgs.rasterize_2dgs`: same arguments and
-    output dict (``colors``, ``alphas``, ``normals_camera``, ``depth_sum``, ``distort``,
-    ``median_depth``, ``means2d``, ``radii``, ``depths``).
-
-    ``backgrounds`` is ignored, as in the reference (the caller composites it);
-    ``tile_size`` (16) and ``max_chunk_elements`` only matter to other backends;
-    ``num_threads`` defaults to ``torch.get_num_threads()``. Features are 1 to 4 channels.
-    """
-    proj, shift = project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
-                               near_plane, far_plane, radius_clip, num_threads)
-    # The recentred transform composes with a screen translation like the full one.
-    offset, Ms, means2d = screen_translation(proj.ray_transforms, proj.means2d)
-    proj = dataclasses.replace(proj, ray_transforms=Ms, means2d=means2d)
-    out = composite_2dgs(proj, shift, width, height, num_threads=num_threads)
-    return {**out, "means2d": offset, "radii": proj.radii, "depths": proj.depths}
-
-
-def project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree=None,
-                 near_plane=0.01, far_plane=1e10, radius_clip=0.0, num_threads=None):
+def project_2dgs(inputs: RasterInputs, settings: RasterSettings, num_threads: int | None = None):
     """The compiled 2DGS projection stage: ``(ProjectedSurfels, shift [C, N, 2])``, where
     ``shift`` is the pixel the kernel recentred each surfel's ``M`` on (for float32 accuracy)."""
-    _check_tensors(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats,
-                   Ks=Ks)
+    means, quats, scales, opacities, colors = inputs.means, inputs.quats, inputs.scales, inputs.opacities, inputs.colors
+    viewmats, Ks, width, height, sh_degree = inputs.viewmats, inputs.Ks, inputs.width, inputs.height, inputs.sh_degree
+    _check_tensors(
+        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
+    )
     nthreads = num_threads or torch.get_num_threads()
     C, N = viewmats.shape[0], means.shape[0]
     use_sh = sh_degree is not None
     means2d, Ms, shift, normals, depths, radii, sh_colors = Project2DGSFn.apply(
-        means, quats, scales[:, :2], opacities.detach(), colors if use_sh else None, viewmats, Ks, width, height,
-        sh_degree if use_sh else -1, near_plane, far_plane, radius_clip, nthreads,
+        means,
+        quats,
+        scales[:, :2],
+        opacities.detach(),
+        colors if use_sh else None,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree if use_sh else -1,
+        settings.near_plane,
+        settings.far_plane,
+        settings.radius_clip,
+        nthreads,
     )
     feats = sh_colors if use_sh else camera_features(colors, C)
     # opacities are shared by the cameras; autograd sums their per-camera gradients
@@ -193,12 +151,28 @@ def project_2dgs(means, quats, scales, opacities, colors, viewmats, Ks, width, h
     return ProjectedSurfels(means2d, Ms, normals, opac, depths, radii, feats), shift
 
 
-def composite_2dgs(proj, shift: torch.Tensor, width: int, height: int, tile_size: int = 16,
-                   num_threads: int | None = None) -> dict:
+def composite_2dgs(
+    proj, shift: torch.Tensor, width: int, height: int, tile_size: int = 16, num_threads: int | None = None
+) -> dict:
     """The compiled 2DGS compositing stage (``tile_size`` is ignored: 16)."""
     img, alpha, normal_img, depth_sum, distort, median = Rasterize2DGSFn.apply(
-        proj.means2d, proj.ray_transforms, proj.normals, proj.depths, proj.opacities.contiguous(),
-        proj.colors.contiguous(), shift.contiguous(), proj.radii, width, height,
-        num_threads or torch.get_num_threads())
-    return {"colors": img, "alphas": alpha, "normals_camera": normal_img, "depth_sum": depth_sum,
-            "distort": distort, "median_depth": median}
+        proj.means2d,
+        proj.ray_transforms,
+        proj.normals,
+        proj.depths,
+        proj.opacities.contiguous(),
+        proj.colors.contiguous(),
+        shift.contiguous(),
+        proj.radii,
+        width,
+        height,
+        num_threads or torch.get_num_threads(),
+    )
+    return {
+        "colors": img,
+        "alphas": alpha,
+        "normals_camera": normal_img,
+        "depth_sum": depth_sum,
+        "distort": distort,
+        "median_depth": median,
+    }

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from splatkit.errors import KernelBuildError
+
 logger = logging.getLogger("splatkit")
 
 SOURCE = Path(__file__).with_name("splatkit_cpu.cpp")
@@ -30,10 +32,6 @@ _lib: ctypes.CDLL | None = None
 _error: str | None = None
 build_seconds: float | None = None
 """Time the last compile in this process took (None when the cached library was used)."""
-
-
-class KernelBuildError(RuntimeError):
-    """The compiled CPU backend could not be built or loaded; the message says why."""
 
 
 def _compiler() -> str:
@@ -58,7 +56,10 @@ def library_path() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode() + _cpu_signature().encode()
+        SOURCE.read_bytes()
+        + " ".join(FLAGS).encode()
+        + version.encode()
+        + _cpu_signature().encode()
         + platform.machine().encode()
     ).hexdigest()[:16]
     root = Path(os.environ.get("SPLATKIT_CACHE") or Path.home() / ".cache" / "splatkit")
@@ -106,8 +107,38 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i, f, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
     lib.sk_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, f, i, p, p, p, p, p, p, i]
     lib.sk_project_fwd.restype = None
-    lib.sk_project_bwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, i, p, p, p, p, p, p, p, p, p,
-                                   p, p, p, i]
+    lib.sk_project_bwd.argtypes = [
+        i,
+        i,
+        p,
+        p,
+        p,
+        p,
+        p,
+        i,
+        i,
+        p,
+        p,
+        i,
+        i,
+        f,
+        f,
+        f,
+        i,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        i,
+    ]
     lib.sk_project_bwd.restype = None
     lib.sk_pack.argtypes = [i64, i, p, p, p, p, p, i]
     lib.sk_pack.restype = None

@@ -31,8 +31,25 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 
 class ProjectFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, coeffs, viewmats, Ks, width, height, sh_degree,
-                near_plane, far_plane, eps2d, radius_clip, antialiased, nthreads):
+    def forward(
+        ctx,
+        means,
+        quats,
+        scales,
+        opacities,
+        coeffs,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        near_plane,
+        far_plane,
+        eps2d,
+        radius_clip,
+        antialiased,
+        nthreads,
+    ):
         lib = load()
         C, N = viewmats.shape[0], means.shape[0]
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
@@ -46,14 +63,48 @@ class ProjectFn(torch.autograd.Function):
         depths = torch.empty(C, N)
         radii = torch.empty(C, N, 2, dtype=torch.int32)
         colors = torch.empty(C, N, 3) if use_sh else torch.zeros(0)
-        lib.sk_project_fwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities), _ptr(coeffs_c), K,
-                           sh_degree if use_sh else -1, _ptr(viewmats), _ptr(Ks), width, height, near_plane,
-                           far_plane, eps2d, radius_clip, int(antialiased), _ptr(means2d), _ptr(conics),
-                           _ptr(opac), _ptr(depths), _ptr(radii), _ptr(colors) if use_sh else None, nthreads)
-        ctx.save_for_backward(means, quats, scales, opacities, coeffs_c if use_sh else torch.zeros(0), viewmats,
-                              Ks, radii)
-        ctx.cfg = (width, height, sh_degree if use_sh else -1, K, near_plane, far_plane, eps2d, antialiased,
-                   nthreads, use_sh)
+        lib.sk_project_fwd(
+            C,
+            N,
+            _ptr(means),
+            _ptr(quats),
+            _ptr(scales),
+            _ptr(opacities),
+            _ptr(coeffs_c),
+            K,
+            sh_degree if use_sh else -1,
+            _ptr(viewmats),
+            _ptr(Ks),
+            width,
+            height,
+            near_plane,
+            far_plane,
+            eps2d,
+            radius_clip,
+            int(antialiased),
+            _ptr(means2d),
+            _ptr(conics),
+            _ptr(opac),
+            _ptr(depths),
+            _ptr(radii),
+            _ptr(colors) if use_sh else None,
+            nthreads,
+        )
+        ctx.save_for_backward(
+            means, quats, scales, opacities, coeffs_c if use_sh else torch.zeros(0), viewmats, Ks, radii
+        )
+        ctx.cfg = (
+            width,
+            height,
+            sh_degree if use_sh else -1,
+            K,
+            near_plane,
+            far_plane,
+            eps2d,
+            antialiased,
+            nthreads,
+            use_sh,
+        )
         ctx.mark_non_differentiable(radii)
         return means2d, conics, opac, depths, radii, colors
 
@@ -77,13 +128,56 @@ class ProjectFn(torch.autograd.Function):
         out_scales = torch.zeros(N, 3)
         out_opac = torch.zeros(N)
         out_coeffs = torch.zeros(N, K, 3) if use_sh else None
-        lib.sk_project_bwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities),
-                           _ptr(coeffs) if use_sh else None, K, sh_degree, _ptr(viewmats), _ptr(Ks), width, height,
-                           near_plane, far_plane, eps2d, int(antialiased), _ptr(radii), None, _ptr(g_means2d),
-                           _ptr(g_conics), _ptr(g_opac), _ptr(g_colors), _ptr(g_depths), _ptr(out_means),
-                           _ptr(out_quats), _ptr(out_scales), _ptr(out_opac), _ptr(out_coeffs), nthreads)
-        return (out_means, out_quats, out_scales, out_opac, out_coeffs, None, None, None, None, None, None, None,
-                None, None, None, None)
+        lib.sk_project_bwd(
+            C,
+            N,
+            _ptr(means),
+            _ptr(quats),
+            _ptr(scales),
+            _ptr(opacities),
+            _ptr(coeffs) if use_sh else None,
+            K,
+            sh_degree,
+            _ptr(viewmats),
+            _ptr(Ks),
+            width,
+            height,
+            near_plane,
+            far_plane,
+            eps2d,
+            int(antialiased),
+            _ptr(radii),
+            None,
+            _ptr(g_means2d),
+            _ptr(g_conics),
+            _ptr(g_opac),
+            _ptr(g_colors),
+            _ptr(g_depths),
+            _ptr(out_means),
+            _ptr(out_quats),
+            _ptr(out_scales),
+            _ptr(out_opac),
+            _ptr(out_coeffs),
+            nthreads,
+        )
+        return (
+            out_means,
+            out_quats,
+            out_scales,
+            out_opac,
+            out_coeffs,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def pack(means2d, conics, opac, colors, nthreads):
@@ -109,17 +203,31 @@ class RasterizeFn(torch.autograd.Function):
             raise ValueError(f"the cpu backend composites 1 to 4 channels, got {D}")
         packed = pack(_f32(means2d), _f32(conics), _f32(opac), _f32(colors), nthreads)
         bg = None if backgrounds is None else _f32(backgrounds)
-        ids, tile_offsets = intersect(packed, radii.contiguous(), depths.detach().contiguous(), width, height,
-                                      nthreads)
+        ids, tile_offsets = intersect(packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads)
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         T_final = torch.empty(C, height, width)
         last = torch.empty(C, height, width, dtype=torch.int32)
         vecmask = torch.zeros(ids.numel(), dtype=torch.int64)
-        lib.sk_raster_fwd(C, width, height, D, _ptr(packed), _ptr(bg), _ptr(ids), _ptr(tile_offsets), _ptr(img),
-                          _ptr(alpha), _ptr(T_final), _ptr(last), _ptr(vecmask), nthreads)
-        ctx.save_for_backward(packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, last,
-                              vecmask)
+        lib.sk_raster_fwd(
+            C,
+            width,
+            height,
+            D,
+            _ptr(packed),
+            _ptr(bg),
+            _ptr(ids),
+            _ptr(tile_offsets),
+            _ptr(img),
+            _ptr(alpha),
+            _ptr(T_final),
+            _ptr(last),
+            _ptr(vecmask),
+            nthreads,
+        )
+        ctx.save_for_backward(
+            packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, last, vecmask
+        )
         ctx.cfg = (width, height, nthreads, bg is not None, N, D)
         return img, alpha
 
@@ -135,10 +243,27 @@ class RasterizeFn(torch.autograd.Function):
         out_conics = torch.empty(C, N, 3)
         out_colors = torch.empty(C, N, D)
         out_opac = torch.empty(C, N)
-        lib.sk_raster_bwd(C, N, width, height, D, _ptr(packed), _ptr(bg) if has_bg else None,
-                          _ptr(ids), _ptr(tile_offsets), _ptr(T_final), _ptr(last), _ptr(vecmask), _ptr(g_img),
-                          _ptr(g_alpha), _ptr(out_means2d), _ptr(out_conics), _ptr(out_colors), _ptr(out_opac),
-                          nthreads)
+        lib.sk_raster_bwd(
+            C,
+            N,
+            width,
+            height,
+            D,
+            _ptr(packed),
+            _ptr(bg) if has_bg else None,
+            _ptr(ids),
+            _ptr(tile_offsets),
+            _ptr(T_final),
+            _ptr(last),
+            _ptr(vecmask),
+            _ptr(g_img),
+            _ptr(g_alpha),
+            _ptr(out_means2d),
+            _ptr(out_conics),
+            _ptr(out_colors),
+            _ptr(out_opac),
+            nthreads,
+        )
         return out_means2d, out_conics, out_colors, out_opac, None, None, None, None, None, None
 
 
@@ -152,8 +277,23 @@ class RasterizeFn(torch.autograd.Function):
 
 class Project2DGSFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, coeffs, viewmats, Ks, width, height, sh_degree, near_plane,
-                far_plane, radius_clip, nthreads):
+    def forward(
+        ctx,
+        means,
+        quats,
+        scales,
+        opacities,
+        coeffs,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        near_plane,
+        far_plane,
+        radius_clip,
+        nthreads,
+    ):
         lib = load()
         C, N = viewmats.shape[0], means.shape[0]
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
@@ -168,10 +308,32 @@ class Project2DGSFn(torch.autograd.Function):
         depths = torch.empty(C, N)
         radii = torch.empty(C, N, 2, dtype=torch.int32)
         colors = torch.empty(C, N, 3) if use_sh else torch.zeros(0)
-        lib.sk2_project_fwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(opacities), _ptr(coeffs_c), K,
-                            sh_degree if use_sh else -1, _ptr(viewmats), _ptr(Ks), width, height, near_plane,
-                            far_plane, radius_clip, _ptr(means2d), _ptr(Ms), _ptr(shift), _ptr(normals), _ptr(depths),
-                            _ptr(radii), _ptr(colors) if use_sh else None, nthreads)
+        lib.sk2_project_fwd(
+            C,
+            N,
+            _ptr(means),
+            _ptr(quats),
+            _ptr(scales),
+            _ptr(opacities),
+            _ptr(coeffs_c),
+            K,
+            sh_degree if use_sh else -1,
+            _ptr(viewmats),
+            _ptr(Ks),
+            width,
+            height,
+            near_plane,
+            far_plane,
+            radius_clip,
+            _ptr(means2d),
+            _ptr(Ms),
+            _ptr(shift),
+            _ptr(normals),
+            _ptr(depths),
+            _ptr(radii),
+            _ptr(colors) if use_sh else None,
+            nthreads,
+        )
         ctx.save_for_backward(means, quats, scales, coeffs_c if use_sh else torch.zeros(0), viewmats, Ks, shift)
         ctx.cfg = (sh_degree if use_sh else -1, K, nthreads, use_sh)
         ctx.mark_non_differentiable(radii, shift)
@@ -191,12 +353,45 @@ class Project2DGSFn(torch.autograd.Function):
         out_quats = torch.zeros(N, 4)
         out_scales = torch.zeros(N, 2)
         out_coeffs = torch.zeros(N, K, 3) if use_sh else None
-        lib.sk2_project_bwd(C, N, _ptr(means), _ptr(quats), _ptr(scales), _ptr(coeffs) if use_sh else None, K,
-                            sh_degree, _ptr(viewmats), _ptr(Ks), _ptr(shift), _ptr(g_means2d), _ptr(g_Ms),
-                            _ptr(g_normals), _ptr(g_depths), _ptr(g_colors), _ptr(out_means), _ptr(out_quats),
-                            _ptr(out_scales), _ptr(out_coeffs), nthreads)
-        return (out_means, out_quats, out_scales, None, out_coeffs, None, None, None, None, None, None, None, None,
-                None)
+        lib.sk2_project_bwd(
+            C,
+            N,
+            _ptr(means),
+            _ptr(quats),
+            _ptr(scales),
+            _ptr(coeffs) if use_sh else None,
+            K,
+            sh_degree,
+            _ptr(viewmats),
+            _ptr(Ks),
+            _ptr(shift),
+            _ptr(g_means2d),
+            _ptr(g_Ms),
+            _ptr(g_normals),
+            _ptr(g_depths),
+            _ptr(g_colors),
+            _ptr(out_means),
+            _ptr(out_quats),
+            _ptr(out_scales),
+            _ptr(out_coeffs),
+            nthreads,
+        )
+        return (
+            out_means,
+            out_quats,
+            out_scales,
+            None,
+            out_coeffs,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def pack_2dgs(means2d, Ms, shift, opac, normals, depths, feats, nthreads):
@@ -204,8 +399,19 @@ def pack_2dgs(means2d, Ms, shift, opac, normals, depths, feats, nthreads):
     ``[C, N, 32]``."""
     C, N, D = feats.shape
     packed = torch.empty(C, N, 32)
-    load().sk2_pack(C * N, D, _ptr(means2d), _ptr(Ms), _ptr(shift), _ptr(opac), _ptr(normals), _ptr(depths),
-                    _ptr(feats), _ptr(packed), nthreads)
+    load().sk2_pack(
+        C * N,
+        D,
+        _ptr(means2d),
+        _ptr(Ms),
+        _ptr(shift),
+        _ptr(opac),
+        _ptr(normals),
+        _ptr(depths),
+        _ptr(feats),
+        _ptr(packed),
+        nthreads,
+    )
     return packed
 
 
@@ -219,11 +425,13 @@ def _intersect(fn, packed, radii, depths, width, height, nthreads):
     tiles = ((width + 15) // 16) * ((height + 15) // 16)
     tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
     out = ctypes.c_void_p()
-    M = fn(C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out), _ptr(tile_offsets),
-           nthreads)
+    M = fn(
+        C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out), _ptr(tile_offsets), nthreads
+    )
     try:
-        ids = torch.from_numpy(np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)),
-                                                     shape=(max(M, 1),))[:M].copy())
+        ids = torch.from_numpy(
+            np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)), shape=(max(M, 1),))[:M].copy()
+        )
     finally:
         load().sk_free(out)
     return ids, tile_offsets
@@ -237,10 +445,12 @@ class Rasterize2DGSFn(torch.autograd.Function):
         if not 1 <= D <= 4:
             raise ValueError(f"the cpu backend composites 1 to 4 feature channels, got {D}")
         Ms = _f32(Ms)
-        packed = pack_2dgs(_f32(means2d), Ms, shift.contiguous(), _f32(opac), _f32(normals), _f32(depths),
-                           _f32(feats), nthreads)
-        ids, tile_offsets = intersect_2dgs(packed, radii.contiguous(), depths.detach().contiguous(), width, height,
-                                           nthreads)
+        packed = pack_2dgs(
+            _f32(means2d), Ms, shift.contiguous(), _f32(opac), _f32(normals), _f32(depths), _f32(feats), nthreads
+        )
+        ids, tile_offsets = intersect_2dgs(
+            packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads
+        )
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         normal_img = torch.empty(C, height, width, 3)
@@ -251,9 +461,26 @@ class Rasterize2DGSFn(torch.autograd.Function):
         last = torch.empty(C, height, width, dtype=torch.int32)
         med = torch.empty(C, height, width, dtype=torch.int32)
         vecmask = torch.zeros(ids.numel(), dtype=torch.int64)
-        lib.sk2_raster_fwd(C, width, height, D, _ptr(packed), _ptr(ids), _ptr(tile_offsets), _ptr(img), _ptr(alpha),
-                           _ptr(normal_img), _ptr(depth_sum), _ptr(distort), _ptr(median), _ptr(T_final), _ptr(last),
-                           _ptr(med), _ptr(vecmask), nthreads)
+        lib.sk2_raster_fwd(
+            C,
+            width,
+            height,
+            D,
+            _ptr(packed),
+            _ptr(ids),
+            _ptr(tile_offsets),
+            _ptr(img),
+            _ptr(alpha),
+            _ptr(normal_img),
+            _ptr(depth_sum),
+            _ptr(distort),
+            _ptr(median),
+            _ptr(T_final),
+            _ptr(last),
+            _ptr(med),
+            _ptr(vecmask),
+            nthreads,
+        )
         # The backward pass needs sum w d per pixel: the output itself (autograd's version
         # counter reports any in-place edit of it before backward).
         ctx.save_for_backward(packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum, vecmask)
@@ -275,8 +502,28 @@ class Rasterize2DGSFn(torch.autograd.Function):
         out_opac = torch.empty(C, N)
         out_feats = torch.empty(C, N, D)
         grads = [_contiguous(g) for g in (g_img, g_alpha, g_normals, g_depth, g_distort, g_median)]
-        lib.sk2_raster_bwd(C, N, width, height, D, _ptr(packed), _ptr(Ms), _ptr(ids), _ptr(tile_offsets),
-                           _ptr(T_final), _ptr(last), _ptr(med), _ptr(depth_sum), _ptr(vecmask),
-                           *[_ptr(g) for g in grads], _ptr(out_means2d), _ptr(out_Ms), _ptr(out_normals),
-                           _ptr(out_depths), _ptr(out_opac), _ptr(out_feats), nthreads)
+        lib.sk2_raster_bwd(
+            C,
+            N,
+            width,
+            height,
+            D,
+            _ptr(packed),
+            _ptr(Ms),
+            _ptr(ids),
+            _ptr(tile_offsets),
+            _ptr(T_final),
+            _ptr(last),
+            _ptr(med),
+            _ptr(depth_sum),
+            _ptr(vecmask),
+            *[_ptr(g) for g in grads],
+            _ptr(out_means2d),
+            _ptr(out_Ms),
+            _ptr(out_normals),
+            _ptr(out_depths),
+            _ptr(out_opac),
+            _ptr(out_feats),
+            nthreads,
+        )
         return out_means2d, out_Ms, out_normals, out_depths, out_opac, out_feats, None, None, None, None, None

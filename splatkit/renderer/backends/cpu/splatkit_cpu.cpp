@@ -854,6 +854,62 @@ void sk_free(void* p) { std::free(p); }
 // ============================================================================ compositing
 namespace {
 
+// The tile machinery every compositing pass (3DGS and 2DGS, forward and backward) shares:
+// which tiles exist, the order they run in, the pixel vectors of one tile, and when a
+// tile is saturated. The passes differ only in what they do for one (tile, splat) pair.
+
+static inline int64_t num_tiles(int C, int W, int H) {
+    return (int64_t)C * ((W + TILE - 1) / TILE) * ((H + TILE - 1) / TILE);
+}
+
+// One TILE x TILE tile of camera c, as a pass sees it.
+struct Tile {
+    int64_t index;     // over all cameras: tile_offsets[index] .. [index + 1] are its pairs
+    int c, x0, y0;     // camera, top-left pixel
+    int rows_in;       // rows inside the image (the last tile row may be cut)
+    vf xs[NV];         // pixel-centre x of each vector of L pixels in a row
+    vi outside_x[NV];  // lanes beyond the image's right border (-1)
+};
+
+// body(const Tile&) for every tile of C cameras of W x H, on nthreads threads, tiles with
+// the most pairs first so the dynamic schedule ends on cheap ones. Which thread runs a
+// tile never changes a result: passes write per-pixel or per-pair slots only.
+template <class F>
+void for_each_tile_heavy_first(int C, int W, int H, const int64_t* tile_offsets, int nthreads, F&& body) {
+    const int tiles_x = (W + TILE - 1) / TILE;
+    const int64_t per_cam = (int64_t)tiles_x * ((H + TILE - 1) / TILE);
+    const int64_t ntiles = num_tiles(C, W, H);
+    std::vector<int64_t> order(ntiles);
+    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
+    });
+    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
+        Tile tl;
+        tl.index = order[oi];
+        tl.c = (int)(tl.index / per_cam);
+        const int t = (int)(tl.index % per_cam);
+        tl.x0 = (t % tiles_x) * TILE;
+        tl.y0 = (t / tiles_x) * TILE;
+        tl.rows_in = std::min(TILE, H - tl.y0);
+        for (int j = 0; j < NV; ++j)
+            for (int l = 0; l < L; ++l) {
+                const int x = j * L + l;
+                tl.xs[j][l] = tl.x0 + x + 0.5f;
+                tl.outside_x[j][l] = (tl.x0 + x >= W) ? -1 : 0;
+            }
+        body(tl);
+    });
+}
+
+// Whether every pixel of a tile is done (saturated or outside the image).
+static inline bool tile_saturated(const vi done[TILE][NV]) {
+    vi all = vi{} - 1;
+    for (int r = 0; r < TILE; ++r)
+        for (int j = 0; j < NV; ++j) all &= done[r][j];
+    return vall(all);
+}
+
 // alpha of one Gaussian on one vector of pixels, with the skip rule (valid mask).
 struct VAlpha {
     vf alpha, raw, e, dx;
@@ -875,28 +931,11 @@ template <int D>
 void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
                 float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
                 int nthreads) {
-    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
-    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
-    int64_t ntiles = C * T_per_cam;
-    std::vector<int64_t> order(ntiles);
-    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
-    });
-    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
-        int64_t tile = order[oi];
-        int c = (int)(tile / T_per_cam);
-        int t = (int)(tile % T_per_cam);
-        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
-        int rows_in = std::min(TILE, H - y0);
-        vf xs[NV];
-        vi outside_x[NV];
-        for (int j = 0; j < NV; ++j)
-            for (int l = 0; l < L; ++l) {
-                int x = j * L + l;
-                xs[j][l] = x0 + x + 0.5f;
-                outside_x[j][l] = (x0 + x >= W) ? -1 : 0;
-            }
+    for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
+        const int64_t tile = tl.index;
+        const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
+        const vf* xs = tl.xs;
+        const vi* outside_x = tl.outside_x;
         vf T[TILE][NV], acc[D][TILE][NV];
         vi done[TILE][NV], lastk[TILE][NV];
         for (int r = 0; r < TILE; ++r)
@@ -940,12 +979,7 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
                 }
             }
             vecmask[k] = mask;
-            if (vany(any_stop)) {
-                vi all = vi{} - 1;
-                for (int r = 0; r < TILE; ++r)
-                    for (int j = 0; j < NV; ++j) all &= done[r][j];
-                all_done = vall(all);
-            }
+            if (vany(any_stop)) all_done = tile_saturated(done);
         }
         const float* bg = backgrounds ? backgrounds + c * D : nullptr;
         for (int r = 0; r < rows_in; ++r) {
@@ -968,9 +1002,7 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 const float* T_final, const int32_t* last, const uint64_t* vecmask, const float* g_img,
                 const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors, float* g_opac,
                 int nthreads) {
-    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
-    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
-    int64_t ntiles = C * T_per_cam;
+    int64_t ntiles = num_tiles(C, W, H);
     int64_t CN = (int64_t)C * N;
     constexpr int G = 6 + D;  // per Gaussian: mx, my, A, B, C, o, colour[D]
     // Each (tile, Gaussian) pair writes its gradient to its own slot; slots are then
@@ -978,21 +1010,11 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
     // which tile.
     int64_t M = tile_offsets[ntiles];
     std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
-    std::vector<int64_t> order(ntiles);
-    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
-    });
-    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
-        int64_t tile = order[oi];
-        int c = (int)(tile / T_per_cam);
-        int t = (int)(tile % T_per_cam);
-        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
-        int rows_in = std::min(TILE, H - y0);
+    for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
+        const int64_t tile = tl.index;
+        const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
+        const vf* xs = tl.xs;
         const float* bg = backgrounds ? backgrounds + c * D : nullptr;
-        vf xs[NV];
-        for (int j = 0; j < NV; ++j)
-            for (int l = 0; l < L; ++l) xs[j][l] = x0 + j * L + l + 0.5f;
         vf T[TILE][NV], S[D][TILE][NV], gC[D][TILE][NV], Kp[TILE][NV];
         vi lastk[TILE][NV];
         int32_t max_last = -1;
@@ -1392,28 +1414,11 @@ void raster2_fwd(int C, int W, int H, const Surfel2D* splats, const int32_t* ids
                  float* out_median, float* out_T, int32_t* out_last, int32_t* out_med, uint64_t* vecmask,
                  int nthreads) {
     constexpr int P = D + 4;  // composited channels: features, normal, depth (last)
-    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
-    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
-    int64_t ntiles = C * T_per_cam;
-    std::vector<int64_t> order(ntiles);
-    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
-    });
-    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
-        int64_t tile = order[oi];
-        int c = (int)(tile / T_per_cam);
-        int t = (int)(tile % T_per_cam);
-        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
-        int rows_in = std::min(TILE, H - y0);
-        vf xs[NV];
-        vi outside_x[NV];
-        for (int j = 0; j < NV; ++j)
-            for (int l = 0; l < L; ++l) {
-                int x = j * L + l;
-                xs[j][l] = x0 + x + 0.5f;
-                outside_x[j][l] = (x0 + x >= W) ? -1 : 0;
-            }
+    for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
+        const int64_t tile = tl.index;
+        const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
+        const vf* xs = tl.xs;
+        const vi* outside_x = tl.outside_x;
         vf T[TILE][NV], acc[P][TILE][NV], dist[TILE][NV], med[TILE][NV];
         vi done[TILE][NV], lastk[TILE][NV], medk[TILE][NV];
         for (int r = 0; r < TILE; ++r)
@@ -1464,12 +1469,7 @@ void raster2_fwd(int C, int W, int H, const Surfel2D* splats, const int32_t* ids
                 }
             }
             vecmask[k] = mask;
-            if (vany(any_stop)) {
-                vi all = vi{} - 1;
-                for (int r = 0; r < TILE; ++r)
-                    for (int j = 0; j < NV; ++j) all &= done[r][j];
-                all_done = vall(all);
-            }
+            if (vany(any_stop)) all_done = tile_saturated(done);
         }
         for (int r = 0; r < rows_in; ++r) {
             int py = y0 + r;
@@ -1508,28 +1508,16 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
                  float* out_feat, int nthreads) {
     constexpr int P = D + 4;
     constexpr int G = 16 + D;  // per pair: c0, c1, c2 [9], mx, my, o, features [D], normal [3], depth
-    int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
-    int64_t T_per_cam = (int64_t)tiles_x * tiles_y;
-    int64_t ntiles = C * T_per_cam;
+    int64_t ntiles = num_tiles(C, W, H);
     int64_t CN = (int64_t)C * N;
     // Each (tile, surfel) pair writes its gradient to its own slot; slots are then summed
     // per surfel in pair order, so results do not depend on which thread ran which tile.
     int64_t M = tile_offsets[ntiles];
     std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
-    std::vector<int64_t> order(ntiles);
-    for (int64_t i = 0; i < ntiles; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return tile_offsets[a + 1] - tile_offsets[a] > tile_offsets[b + 1] - tile_offsets[b];
-    });
-    parallel_for(ntiles, nthreads, [&](int64_t oi, int) {
-        int64_t tile = order[oi];
-        int c = (int)(tile / T_per_cam);
-        int t = (int)(tile % T_per_cam);
-        int x0 = (t % tiles_x) * TILE, y0 = (t / tiles_x) * TILE;
-        int rows_in = std::min(TILE, H - y0);
-        vf xs[NV];
-        for (int j = 0; j < NV; ++j)
-            for (int l = 0; l < L; ++l) xs[j][l] = x0 + j * L + l + 0.5f;
+    for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
+        const int64_t tile = tl.index;
+        const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
+        const vf* xs = tl.xs;
         // per pixel: transmittance and running sums of the walk, then output gradients
         vf T[TILE][NV], Rs[TILE][NV], Aa[TILE][NV], Da[TILE][NV], Dtot[TILE][NV];
         vf gA[TILE][NV], gDs[TILE][NV], gDi[TILE][NV], gMe[TILE][NV], gF[D][TILE][NV], gN[3][TILE][NV];
