@@ -29,13 +29,20 @@ def test_2dgs_resume_is_exact(tmp_path, small_demo, strategy):
     def densification():
         if strategy == "mcmc":
             return SplatMCMCDensification(refine_start_iter=2, refine_every=4, cap_max=900, min_opacity=0.05)
-        return SplatDefaultDensification(refine_start_iter=2, refine_every=8, reset_every=20, grow_grad2d=2e-5)
+        return SplatDefaultDensification(
+            refine_start_iter=2, refine_every=8, reset_every=20, grow_grad2d=2e-5, opacity_reset=True
+        )
 
     def trainer(out, ckpt=None, modules=()):
-        return SplatTrainer(SplatTrainerConfig(max_steps=2 * N, output_dir=str(out), seed=5), small_demo,
-                            renderer=Splat2DGSRenderer(), loss_fn=Splat2DGSLossFn(normal_start_iter=6, dist_start_iter=3),
-                            densification=densification(), modules=[SplatExporter(out, [N, 2 * N]), *modules],
-                            ckpt_path=ckpt)
+        return SplatTrainer(
+            SplatTrainerConfig(max_steps=2 * N, output_dir=str(out), seed=5),
+            small_demo,
+            renderer=Splat2DGSRenderer(),
+            loss_fn=Splat2DGSLossFn(normal_start_iter=6, dist_start_iter=3),
+            densification=densification(),
+            modules=[SplatExporter(out, [N, 2 * N]), *modules],
+            ckpt_path=ckpt,
+        )
 
     terms = Terms()
     straight = trainer(tmp_path / "a", modules=[terms])
@@ -60,11 +67,20 @@ def test_2dgs_resume_is_exact(tmp_path, small_demo, strategy):
 
 
 def test_three_dgs_checkpoint_is_refused_by_the_2dgs_renderer(tmp_path, small_demo):
-    SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path / "a")), small_demo,
-                 modules=[SplatExporter(tmp_path / "a", [2])]).run()
-    t = SplatTrainer(SplatTrainerConfig(max_steps=4, output_dir=str(tmp_path / "b")), small_demo,
-                     renderer=Splat2DGSRenderer(), ckpt_path=tmp_path / "a" / "ckpts" / "step_000002.ckpt")
-    with pytest.raises(ValueError, match="checkpoint holds 3dgs Gaussians but the renderer Splat2DGSRenderer draws 2dgs"):
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=2, output_dir=str(tmp_path / "a")),
+        small_demo,
+        modules=[SplatExporter(tmp_path / "a", [2])],
+    ).run()
+    t = SplatTrainer(
+        SplatTrainerConfig(max_steps=4, output_dir=str(tmp_path / "b")),
+        small_demo,
+        renderer=Splat2DGSRenderer(),
+        ckpt_path=tmp_path / "a" / "ckpts" / "step_000002.ckpt",
+    )
+    with pytest.raises(
+        ValueError, match="checkpoint holds 3dgs Gaussians but the renderer Splat2DGSRenderer draws 2dgs"
+    ):
         t.run()
 
 
@@ -73,12 +89,48 @@ def test_three_dgs_checkpoint_is_refused_by_the_2dgs_renderer(tmp_path, small_de
 def test_every_model_strategy_combination_from_the_command_line(tmp_path, capsys, model, strategy):
     out = tmp_path / "run"
     summary = tmp_path / "summary.json"
-    assert main(["train", "--data", "demo", "--model", model, "--strategy", strategy, "--max-steps", "8",
-                 "--demo.num-cameras", "16", "--demo.image-size", "24", "--demo.supersample", "1",
-                 "--demo.num-init-points", "300", "--mcmc.refine-start-iter", "2", "--mcmc.refine-every", "2",
-                 "--mcmc.cap-max", "400", "--densification.refine-start-iter", "2", "--densification.refine-every",
-                 "4", "--output-dir", str(out), "--no-progress", "--summary-json", str(summary),
-                 "--splat-format", "ply", "spz"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "demo",
+                "--model",
+                model,
+                "--strategy",
+                strategy,
+                "--max-steps",
+                "8",
+                "--demo.num-cameras",
+                "16",
+                "--demo.image-size",
+                "24",
+                "--demo.supersample",
+                "1",
+                "--demo.num-init-points",
+                "300",
+                "--mcmc.refine-start-iter",
+                "2",
+                "--mcmc.refine-every",
+                "2",
+                "--mcmc.cap-max",
+                "400",
+                "--densification.refine-start-iter",
+                "2",
+                "--densification.refine-every",
+                "4",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--summary-json",
+                str(summary),
+                "--splat-format",
+                "ply",
+                "spz",
+            ]
+        )
+        == 0
+    )
     result = json.loads(summary.read_text())
     assert result["model"] == model and result["strategy"] == strategy and result["test_psnr"] > 5
     saved = SplatModel.load_ply(out / "splats" / "step_000008.ply")

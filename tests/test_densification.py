@@ -11,9 +11,12 @@ from splatkit.splat import SplatModel
 def _state(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     model = SplatModel(
-        means=torch.randn(n, 3, generator=g), scales=torch.log(torch.rand(n, 3, generator=g) * 0.1 + 0.01),
-        quats=torch.randn(n, 4, generator=g), opacities=torch.randn(n, generator=g),
-        sh0=torch.randn(n, 1, 3, generator=g), shN=torch.zeros(n, 3, 3),
+        means=torch.randn(n, 3, generator=g),
+        scales=torch.log(torch.rand(n, 3, generator=g) * 0.1 + 0.01),
+        quats=torch.randn(n, 4, generator=g),
+        opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g),
+        shN=torch.zeros(n, 3, 3),
     )
     ts = model.to_training_state()
     for p in ts.params.values():  # one step with distinct gradients: distinct moments
@@ -94,8 +97,9 @@ def _render_with_grad(ts, grad_norm_px, W=100, H=50):
     means2d.grad = torch.zeros(1, n, 2)
     means2d.grad[0, :, 0] = grad_norm_px / (W / 2)  # NDC gradient of exactly grad_norm_px
     radii = torch.full((1, n, 2), 3, dtype=torch.int32)
-    return SplatRenderOutput(images=torch.zeros(1, H, W, 3), alphas=torch.zeros(1, H, W, 1),
-                             means2d=means2d, radii=radii, width=W, height=H)
+    return SplatRenderOutput(
+        images=torch.zeros(1, H, W, 3), alphas=torch.zeros(1, H, W, 1), means2d=means2d, radii=radii, width=W, height=H
+    )
 
 
 def test_default_strategy_clones_splits_and_prunes():
@@ -123,7 +127,7 @@ def test_opacity_reset_schedule():
     ts = _state(n=3)
     with torch.no_grad():
         ts.params["opacities"][:] = 3.0
-    strategy = SplatDefaultDensification(refine_start_iter=100, reset_every=5)
+    strategy = SplatDefaultDensification(refine_start_iter=100, reset_every=5, opacity_reset=True)
     state = strategy.initialize_state(1.0)
     # Resets at gsplat's iterations 5, 10, ...: the trainer's steps 6, 11, ...
     for step in range(1, 6):
@@ -148,13 +152,21 @@ def test_packed_render_output_feeds_the_same_statistics():
     radii[0, [0, 2, 4]] = 3
     radii[1, [2, 3]] = 2
     g = torch.randn(C, 5, 2) * 1e-3
-    unpacked = SplatRenderOutput(torch.zeros(C, H, W, 3), torch.zeros(C, H, W, 1),
-                                 torch.zeros(C, 5, 2, requires_grad=True), radii, W, H)
+    unpacked = SplatRenderOutput(
+        torch.zeros(C, H, W, 3), torch.zeros(C, H, W, 1), torch.zeros(C, 5, 2, requires_grad=True), radii, W, H
+    )
     unpacked.means2d.grad = g.clone()
     cam, gs = torch.nonzero(radii.gt(0).any(-1), as_tuple=True)
-    packed = SplatRenderOutput(torch.zeros(C, H, W, 3), torch.zeros(C, H, W, 1),
-                               torch.zeros(len(gs), 2, requires_grad=True), radii[cam, gs], W, H,
-                               gaussian_ids=gs, camera_ids=cam)
+    packed = SplatRenderOutput(
+        torch.zeros(C, H, W, 3),
+        torch.zeros(C, H, W, 1),
+        torch.zeros(len(gs), 2, requires_grad=True),
+        radii[cam, gs],
+        W,
+        H,
+        gaussian_ids=gs,
+        camera_ids=cam,
+    )
     packed.means2d.grad = g[cam, gs].clone()
     states = []
     for render in (unpacked, packed):
@@ -179,7 +191,7 @@ def test_absgrad_needs_the_renderer_to_provide_it():
 
 
 def test_sparse_adam_moves_only_rendered_gaussians_and_survives_surgery():
-    model = _state(n=6).to_model()
+    model = SplatModel.from_training_state(_state(n=6))
     ts = model.to_training_state(sparse_grad=True)
     assert all(isinstance(o, torch.optim.SparseAdam) for o in ts.optimizers.values())
     before = {n: p.detach().clone() for n, p in ts.params.items()}

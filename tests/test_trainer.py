@@ -12,7 +12,9 @@ from splatkit.trainer.checkpoint import load_checkpoint
 
 def _densification():
     # Small schedule so 40 steps see refinements (10, 20, 30, 40) and a reset (30).
-    return SplatDefaultDensification(refine_start_iter=5, refine_every=10, reset_every=30, grow_grad2d=2e-5)
+    return SplatDefaultDensification(
+        refine_start_iter=5, refine_every=10, reset_every=30, grow_grad2d=2e-5, opacity_reset=True
+    )
 
 
 class Recorder(SplatBaseModule):
@@ -21,15 +23,24 @@ class Recorder(SplatBaseModule):
         self.counts = {}
 
     def __getattribute__(self, name):
-        hooks = ("on_setup", "pre_step", "pre_compute_loss", "post_compute_loss", "on_optimize", "post_step",
-                 "on_cleanup")
+        hooks = (
+            "on_setup",
+            "pre_step",
+            "pre_compute_loss",
+            "post_compute_loss",
+            "on_optimize",
+            "post_step",
+            "on_cleanup",
+        )
         if name in hooks:
+
             def hook(**kwargs):
                 self.calls.append((name, kwargs["step"]))
                 if name == "post_step":
                     self.counts[kwargs["step"]] = kwargs["training_state"].num_gaussians
                 if name == "on_optimize":
                     assert kwargs["training_state"].params["means"].grad is not None
+
             return hook
         return object.__getattribute__(self, name)
 
@@ -38,16 +49,21 @@ def test_resume_matches_uninterrupted_run(tmp_path, small_demo):
     N = 20
     rec = Recorder()
     straight = SplatTrainer(
-        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "a"), seed=3), small_demo,
-        densification=_densification(), modules=[rec, SplatExporter(tmp_path / "a", [N, 2 * N])],
+        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "a"), seed=3),
+        small_demo,
+        densification=_densification(),
+        modules=[rec, SplatExporter(tmp_path / "a", [N, 2 * N])],
     )
     straight.run()
     # The resumed half contains a densification event and an opacity reset.
     assert rec.counts[40] != rec.counts[N]
     ckpt = tmp_path / "a" / "ckpts" / f"step_{N:06d}.ckpt"
     resumed = SplatTrainer(
-        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "b"), seed=3), small_demo,
-        densification=_densification(), modules=[SplatExporter(tmp_path / "b", [2 * N])], ckpt_path=ckpt,
+        SplatTrainerConfig(max_steps=2 * N, output_dir=str(tmp_path / "b"), seed=3),
+        small_demo,
+        densification=_densification(),
+        modules=[SplatExporter(tmp_path / "b", [2 * N])],
+        ckpt_path=ckpt,
     )
     resumed.run()
     a, b = straight.training_state, resumed.training_state
@@ -65,8 +81,11 @@ def test_resume_matches_uninterrupted_run(tmp_path, small_demo):
 
 
 def test_checkpoint_contents_load_weights_only(tmp_path, small_demo):
-    SplatTrainer(SplatTrainerConfig(max_steps=3, output_dir=str(tmp_path)), small_demo,
-                 modules=[SplatExporter(tmp_path, [3], save_splat=False)]).run()
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=3, output_dir=str(tmp_path)),
+        small_demo,
+        modules=[SplatExporter(tmp_path, [3], save_splat=False)],
+    ).run()
     path = tmp_path / "ckpts" / "step_000003.ckpt"
     raw = torch.load(path, weights_only=True)
     assert raw["step"] == 3 and raw["format"] == "splatkit.checkpoint"
@@ -93,8 +112,7 @@ def test_cleanup_runs_after_an_error(tmp_path, small_demo):
 
     rec = Recorder()
     with pytest.raises(RuntimeError, match="boom"):
-        SplatTrainer(SplatTrainerConfig(max_steps=5, output_dir=str(tmp_path)), small_demo,
-                     modules=[rec, Boom()]).run()
+        SplatTrainer(SplatTrainerConfig(max_steps=5, output_dir=str(tmp_path)), small_demo, modules=[rec, Boom()]).run()
     assert rec.calls[-1] == ("on_cleanup", 2)
 
 
