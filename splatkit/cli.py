@@ -21,12 +21,13 @@ from splatkit.data_provider import (
     SplatDemoDataProvider,
     SplatDemoDataProviderConfig,
 )
-from splatkit.data_provider.detect import provider_from_path
+from splatkit.data_provider.detect import detect_data, provider_from_path, provider_from_record
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
 from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve
+from splatkit.splat.conventions import viewmat_to_c2w
 from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
@@ -41,9 +42,14 @@ from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 class TrainCommand:
     """Train a splat and export it (PLY + checkpoint) into --output-dir."""
 
-    data: str = "demo"
+    data: str | None = None
     """Training data: "demo" for the built-in scene, a COLMAP scene folder (sparse/0 + images), or a
-    transforms.json capture (file or folder); the format is detected."""
+    transforms.json capture (file or folder); the format is detected. With --resume and no --data,
+    the data the checkpoint records; otherwise required."""
+    data_factor: int | None = None
+    """Downscale the photos by this factor, whatever the data format (gsplat's --data_factor;
+    the same as --colmap.factor / --blender.factor). Default: the smallest power of two that
+    brings them to 1600 px or less."""
     model: Literal["3dgs", "2dgs"] = "3dgs"
     """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS; settings under --renderer-2dgs, --loss-2dgs)."""
     strategy: Literal["default", "mcmc"] = "default"
@@ -58,6 +64,8 @@ class TrainCommand:
     save_ckpt: bool = True
     resume: str | None = None
     """Checkpoint (.ckpt) to resume from."""
+    overwrite: bool = False
+    """Train into an output folder that already holds another run's files (refused otherwise)."""
     progress: bool = True
     """Show a progress bar (plain lines when not on a terminal)."""
     summary_json: str | None = None
@@ -118,8 +126,8 @@ class EvalCommand:
 
     path: tyro.conf.Positional[str]
     """A .ckpt or .ply file."""
-    data: str = "demo"
-    """The scene it was trained on (as for train --data)."""
+    data: str | None = None
+    """The scene to score on (as for train --data); default: the data a checkpoint records."""
     output_dir: str = "results/eval"
     """Where stats/ and renders/ are written."""
     step: int | None = None
@@ -146,7 +154,8 @@ class ViewCommand:
     """Interface to listen on; 0.0.0.0 makes it reachable from other machines."""
     device: str = "auto"
     backend: str = "auto"
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    background: tuple[float, float, float] | None = None
+    """Colour behind the splat (default: the one a checkpoint was trained over, else black)."""
 
 
 @dataclass
@@ -220,13 +229,82 @@ def demo_command(
 
 
 def components(cmd: TrainCommand):
-    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy."""
+    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy.
+
+    With MCMC the loss gets gsplat's regularisers (``--mcmc-opacity-reg``, ``--mcmc-scale-reg``)
+    unless ``--loss.opacity-reg`` / ``--loss.scale-reg`` were set: a flag the user gave is never
+    overridden, and giving both differently is an error."""
     renderer = cmd.renderer_2dgs if cmd.model == "2dgs" else cmd.renderer
     loss = cmd.loss_2dgs if cmd.model == "2dgs" else cmd.loss
     densification = cmd.mcmc if cmd.strategy == "mcmc" else cmd.densification
     if cmd.strategy == "mcmc":
-        loss = dataclasses.replace(loss, opacity_reg=cmd.mcmc_opacity_reg, scale_reg=cmd.mcmc_scale_reg)
+        prefix = "--loss-2dgs" if cmd.model == "2dgs" else "--loss"
+        default_loss = type(loss)()
+        chosen = {}
+        for name, preset, preset_default in (
+            ("opacity_reg", cmd.mcmc_opacity_reg, TrainCommand.mcmc_opacity_reg),
+            ("scale_reg", cmd.mcmc_scale_reg, TrainCommand.mcmc_scale_reg),
+        ):
+            given = getattr(loss, name)
+            if given == getattr(default_loss, name):
+                chosen[name] = preset
+            elif preset != preset_default and preset != given:
+                flag = name.replace("_", "-")
+                raise ValueError(f"{prefix}.{flag} {given} and --mcmc-{flag} {preset} disagree; give one of them")
+            else:
+                chosen[name] = given
+        loss = dataclasses.replace(loss, **chosen)
     return renderer, loss, densification
+
+
+# Settings groups that only one model kind, strategy or data format uses.
+_EXCLUSIVE_GROUPS = (
+    ("densification", lambda c: c.strategy == "default", "--strategy default"),
+    ("mcmc", lambda c: c.strategy == "mcmc", "--strategy mcmc"),
+    ("renderer", lambda c: c.model == "3dgs", "--model 3dgs"),
+    ("loss", lambda c: c.model == "3dgs", "--model 3dgs"),
+    ("renderer_2dgs", lambda c: c.model == "2dgs", "--model 2dgs"),
+    ("loss_2dgs", lambda c: c.model == "2dgs", "--model 2dgs"),
+)
+
+
+def _changed(given, default) -> list[str]:
+    return [f.name for f in dataclasses.fields(given) if getattr(given, f.name) != getattr(default, f.name)]
+
+
+def check_unused_flags(cmd: TrainCommand) -> None:
+    """A ValueError naming every flag given for a model kind or strategy this run does not use
+    (e.g. ``--densification.*`` with ``--strategy mcmc``), instead of ignoring it."""
+    reference = TrainCommand()
+    unused = []
+    for group, used, needs in _EXCLUSIVE_GROUPS:
+        if not used(cmd):
+            for name in _changed(getattr(cmd, group), getattr(reference, group)):
+                unused.append(f"--{group.replace('_', '-')}.{name.replace('_', '-')} (used with {needs})")
+    if cmd.strategy != "mcmc":
+        for name in ("mcmc_opacity_reg", "mcmc_scale_reg"):
+            if getattr(cmd, name) != getattr(reference, name):
+                unused.append(f"--{name.replace('_', '-')} (used with --strategy mcmc)")
+    if unused:
+        raise ValueError(f"flags this run would ignore: {'; '.join(unused)}")
+
+
+def _check_data_flags(cmd: TrainCommand, kind: str) -> None:
+    """Flags of another data format than the one detected are an error, not ignored."""
+    reference = TrainCommand()
+    others = {"demo": ("colmap", "blender"), "colmap": ("blender", "demo"), "blender": ("colmap", "demo")}[kind]
+    unused = [
+        f"--{g}.{name.replace('_', '-')}"
+        for g in others
+        for name in _changed(getattr(cmd, g), getattr(reference, g))
+        if name != "background"  # --background sets it for every format
+    ]
+    if kind == "demo" and cmd.data_factor is not None:
+        unused.append("--data-factor (the demo scene is rendered at --demo.image-size)")
+    if unused:
+        raise ValueError(
+            f"--data is {kind} data; these flags are for other data and would be ignored: {', '.join(unused)}"
+        )
 
 
 def _data_provider(
@@ -251,11 +329,60 @@ def _data_provider(
     return provider
 
 
-def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, SplatExporter]:
+def _recorded_provider(path, ckpt: dict | None, background=None):
+    """The provider of the data checkpoint ``path`` records (``ckpt`` is its content, None for
+    a splat file), or a ValueError asking for ``--data``."""
+    record = (ckpt or {}).get("data")
+    if record is None:
+        raise ValueError(
+            f"{path} does not record the data it was trained on (a splat file, a run on your own provider, "
+            "or a checkpoint of an older splatkit); pass --data"
+        )
+    provider = provider_from_record(record, background)
+    print(f"splatkit: data recorded in {path}: {provider.describe()}", file=sys.stderr)
+    return provider
+
+
+def _run_dir(cmd: TrainCommand) -> str:
+    """``--output-dir`` if given; else, resuming, the run folder the checkpoint is in; else a new
+    folder per run, ``results/<scene>/<date>_<time>`` (nerfstudio's scheme), so runs never collide."""
+    if cmd.trainer.output_dir != SplatTrainerConfig.output_dir:
+        return cmd.trainer.output_dir
+    if cmd.resume is not None:
+        ckpt = Path(cmd.resume).resolve()
+        return str(ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent)
+    scene = "demo" if cmd.data in (None, "demo") else Path(cmd.data).resolve()
+    if not isinstance(scene, str):
+        scene = (scene.parent if scene.is_file() else scene).name or "scene"
+    path = Path(SplatTrainerConfig.output_dir) / scene / time.strftime("%Y-%m-%d_%H%M%S")
+    print(f"splatkit: output folder {path}", file=sys.stderr)
+    return str(path)
+
+
+def build_trainer(
+    cmd: TrainCommand, data_provider=None, check_flags: bool = True
+) -> tuple[SplatTrainer, SplatExporter]:
     """The trainer ``splatkit train`` runs for ``cmd`` (and its exporter), on ``data_provider`` if
-    given, else on the provider ``cmd.data`` names."""
+    given, else on the provider ``cmd.data`` names. With ``check_flags``, settings this run would
+    not use (another strategy's, model's or data format's) are an error."""
+    if check_flags:
+        check_unused_flags(cmd)
+        if cmd.data is not None:
+            _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
+    if data_provider is None and cmd.data is None:
+        if cmd.resume is None:
+            raise ValueError("--data is required: a capture folder, a transforms.json file, or 'demo'")
+        data_provider = _recorded_provider(cmd.resume, load_checkpoint(cmd.resume), cmd.trainer.background)
     if data_provider is None:
-        data_provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender, cmd.trainer.background)
+        colmap, blender = cmd.colmap, cmd.blender
+        if cmd.data_factor is not None:
+            for flag, cfg in (("--colmap.factor", colmap), ("--blender.factor", blender)):
+                if cfg.factor is not None and cfg.factor != cmd.data_factor:
+                    raise ValueError(f"--data-factor {cmd.data_factor} and {flag} {cfg.factor} disagree; give one")
+            colmap = dataclasses.replace(colmap, factor=cmd.data_factor)
+            blender = dataclasses.replace(blender, factor=cmd.data_factor)
+        data_provider = _data_provider(cmd.data, cmd.demo, colmap, blender, cmd.trainer.background)
+    cmd = dataclasses.replace(cmd, trainer=dataclasses.replace(cmd.trainer, output_dir=_run_dir(cmd)))
     steps = cmd.export_steps or (cmd.trainer.max_steps,)
     exporter = SplatExporter(
         cmd.trainer.output_dir,
@@ -277,28 +404,37 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     if cmd.viewer:
         modules.append(SplatViewer(port=cmd.viewer_port, host=cmd.viewer_host))
     renderer, loss, densification = components(cmd)
-    trainer = SplatTrainer(cmd.trainer, data_provider, renderer, loss, densification, modules, ckpt_path=cmd.resume)
+    trainer = SplatTrainer(
+        cmd.trainer,
+        data_provider,
+        renderer,
+        loss,
+        densification,
+        modules,
+        ckpt_path=cmd.resume,
+        overwrite=cmd.overwrite,
+    )
     return trainer, exporter
 
 
-def _train(cmd: TrainCommand) -> dict:
-    trainer, exporter = build_trainer(cmd)
-    steps = exporter.export_steps
+def _train(cmd: TrainCommand, check_flags: bool = True) -> dict:
+    if cmd.summary_json:  # before training, not after hours of it
+        ensure_writable_dir(Path(cmd.summary_json).resolve().parent, "--summary-json")
+    trainer, exporter = build_trainer(cmd, check_flags=check_flags)
     renderer = trainer.renderer
     t0 = time.perf_counter()
-    trainer.run()
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        ckpts = [p for p in exporter.written if p.suffix == ".ckpt"]
+        last = f"the last checkpoint is {ckpts[-1]}" if ckpts else "no checkpoint was written in this run"
+        print(f"splatkit: interrupted at step {trainer.step}; {last}", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - t0
     metrics = trainer.lead(trainer.evaluate)  # rank 0 (in a sharded run the others render with it)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
-    written = [
-        str(p)
-        for s in steps
-        if s <= cmd.trainer.max_steps
-        for p in (
-            (exporter.splat_paths(s) if cmd.save_splat else []) + ([exporter.ckpt_path(s)] if cmd.save_ckpt else [])
-        )
-    ]
+    written = [str(p) for p in exporter.written]  # only what this run wrote
     result = {
         "test_psnr": metrics["psnr"],
         "test_ssim": metrics["ssim"],
@@ -329,7 +465,9 @@ def _demo(cmd: DemoCommand) -> dict:
             batch_size=cmd.batch_size,
             dist_mode=cmd.dist_mode,
             progress=cmd.progress,
-        )
+            overwrite=True,  # the demo replaces its own earlier results
+        ),
+        check_flags=False,  # the demo sets every strategy's and model's schedules
     )
     if result.get("rank", 0) != 0:
         return result
@@ -367,9 +505,11 @@ def _eval(cmd: EvalCommand) -> dict:
             evaluator.load_state_dict(state)
     # The training run's colour, if known, is also what RGBA targets are composited over.
     background = cmd.background or (ckpt or {}).get("background") or config.get("background")
-    provider = _data_provider(
-        cmd.data, cmd.demo, cmd.colmap, cmd.blender, None if background is None else tuple(background)
-    )
+    background = None if background is None else tuple(background)
+    if cmd.data is None:
+        provider = _recorded_provider(cmd.path, ckpt, background)
+    else:
+        provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender, background)
     background = background or provider.background or (0.0, 0.0, 0.0)
     renderer = _renderer_for(model, cmd.backend)
     params = {k: v.to(device) for k, v in model.params().items()}
@@ -384,8 +524,17 @@ def _eval(cmd: EvalCommand) -> dict:
 
 
 def _view(cmd: ViewCommand) -> dict:
-    model = read_splat(cmd.path)
+    model, ckpt = _load_model(cmd.path)
     device = resolve_device(cmd.device)
+    background = cmd.background or (ckpt or {}).get("background") or (0.0, 0.0, 0.0)
+    start = None  # a training camera of the recorded data, else one guessed from the Gaussians
+    if ckpt is not None and ckpt.get("data") is not None:
+        try:
+            provider = provider_from_record(ckpt["data"])
+            start = viewmat_to_c2w(provider.train_cameras()[0].viewmats[0].double())
+            provider.close()
+        except Exception as e:  # the data moved or is gone: the model still opens
+            print(f"splatkit: the recorded data cannot be opened ({e}); the view starts from a guess", file=sys.stderr)
     params = {k: v.to(device) for k, v in model.params().items()}
     viewer = SplatViewer(port=cmd.port, mode="rendering", host=cmd.host)
     print(
@@ -393,7 +542,15 @@ def _view(cmd: ViewCommand) -> dict:
         "Ctrl-C to stop",
         file=sys.stderr,
     )
-    viewer.serve_forever(params, model.sh_degree, _renderer_for(model, cmd.backend), device, cmd.background)
+    viewer.serve_forever(
+        params,
+        model.sh_degree,
+        _renderer_for(model, cmd.backend),
+        device,
+        tuple(background),
+        initial_c2w=start,
+        step=None if ckpt is None else int(ckpt["step"]),
+    )
     return {}
 
 
@@ -434,6 +591,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else list(argv))[:1] in (["--version"], ["-V"]):
+        from splatkit import __version__
+
+        print(f"splatkit {__version__} (torch {torch.__version__})")
+        return 0
     cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="splatkit")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -449,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
             result = _export(cmd)
         else:
             result = _info(cmd)
+    except BrokenPipeError:  # `splatkit info X | head`: the reader left; not an error of ours
+        _quiet_stdout()
+        return 0
     except (ValueError, TypeError, OSError, SplatFileError) as e:
         print(f"splatkit: error: {e}", file=sys.stderr)
         return 2
@@ -460,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(3)
+    except ImportError as e:  # an optional extra that is not installed
+        print(f"splatkit: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("splatkit: interrupted", file=sys.stderr)
         return 130
@@ -468,6 +636,21 @@ def main(argv: list[str] | None = None) -> int:
             torch.distributed.destroy_process_group()
     if isinstance(cmd, ViewCommand) or result.get("rank", 0) != 0:
         return 0
+    try:
+        _print_result(cmd, result)
+    except BrokenPipeError:
+        _quiet_stdout()
+    return 0
+
+
+def _quiet_stdout() -> None:
+    """After the reader of our stdout went away: point stdout at /dev/null so the
+    interpreter's final flush does not fail again (Python's documented recipe)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _print_result(cmd, result: dict) -> None:
     if isinstance(cmd, (InfoCommand, EvalCommand, ExportCommand)):
         print(json.dumps(json_safe(result), indent=2, default=str))
     else:
@@ -477,4 +660,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         for f in result["files"]:
             print(f"wrote {f}")
-    return 0

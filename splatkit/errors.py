@@ -23,4 +23,9 @@ class KernelBuildError(RuntimeError):
     """The compiled CPU backend could not be built or loaded; the message says why."""
 
 
-__all__ = ["DataError", "KernelBuildError", "SplatDistributedError", "SplatFileError"]
+class SplatNumericError(ValueError):
+    """Training produced NaN or Inf; the message names the step and the likely causes.
+    Nothing was written from the diverged state."""
+
+
+__all__ = ["DataError", "KernelBuildError", "SplatDistributedError", "SplatFileError", "SplatNumericError"]

@@ -109,16 +109,12 @@ def test_every_model_strategy_combination_from_the_command_line(tmp_path, capsys
                 "1",
                 "--demo.num-init-points",
                 "300",
-                "--mcmc.refine-start-iter",
-                "2",
-                "--mcmc.refine-every",
-                "2",
-                "--mcmc.cap-max",
-                "400",
-                "--densification.refine-start-iter",
-                "2",
-                "--densification.refine-every",
-                "4",
+                # only the selected strategy's settings: the other's would be refused as unused
+                *(
+                    ["--mcmc.refine-start-iter", "2", "--mcmc.refine-every", "2", "--mcmc.cap-max", "400"]
+                    if strategy == "mcmc"
+                    else ["--densification.refine-start-iter", "2", "--densification.refine-every", "4"]
+                ),
                 "--output-dir",
                 str(out),
                 "--no-progress",

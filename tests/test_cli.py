@@ -150,6 +150,8 @@ def test_train_detects_and_reports_a_colmap_scene(tmp_path, capsys, monkeypatch)
 def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, capsys):
     import torch
 
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+
     out = tmp_path / "run"
     demo = [
         "--demo.num-cameras",
@@ -231,7 +233,8 @@ def test_export_every_format_with_crop_and_opacity_filter_then_info(tmp_path, ca
     T[:3, :3] *= 0.5
     T[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
     state["input_transform"] = T
-    torch.save(state, tmp_path / "with_T.ckpt")
+    del state["blake2b"]  # edited by hand: written again with a new checksum
+    save_checkpoint(tmp_path / "with_T.ckpt", state)
     assert main(["export", str(tmp_path / "with_T.ckpt"), str(tmp_path / "e.ply"), "--frame", "input"]) == 0
     capsys.readouterr()
     back = SplatModel.load_ply(tmp_path / "e.ply")

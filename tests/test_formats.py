@@ -129,7 +129,7 @@ def test_splat_records_are_in_viewer_order_and_layout(tmp_path):
         means=torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
         scales=torch.log(torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]])),
         quats=torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]),
-        opacities=torch.logit(torch.tensor([1.0, 0.5])),
+        opacities=torch.logit(torch.tensor([0.999, 0.5])),  # byte 255; 1.0 (logit inf) is refused
         sh0=((torch.tensor([[[1.0, 0.0, 0.5]], [[0.2, 0.4, 0.6]]]) - 0.5) / SH_C0),
         shN=torch.zeros(2, 0, 3),
     )

@@ -118,7 +118,9 @@ def test_cleanup_runs_after_an_error(tmp_path, small_demo):
 
 def test_seeded_runs_are_identical_and_learn(tmp_path, small_demo):
     def run(seed):
-        t = SplatTrainer(SplatTrainerConfig(max_steps=80, output_dir=str(tmp_path), seed=seed), small_demo)
+        t = SplatTrainer(
+            SplatTrainerConfig(max_steps=80, output_dir=str(tmp_path), seed=seed), small_demo, overwrite=True
+        )
         t.setup()
         start = t.evaluate()["psnr"]
         for s in range(1, 81):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -196,6 +197,8 @@ class SplatCaptureDataProvider(SplatDataProvider):
         """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""
         self._loader = loader
         has_alpha = self._check_image_sizes()
+        if len(background) != 3 or not all(math.isfinite(float(c)) and 0 <= float(c) <= 1 for c in background):
+            raise DataError(f"background must be three numbers in [0, 1] (RGB), got {tuple(background)!r}")
         self._background = tuple(float(c) for c in background) if has_alpha else None
         # One undistortion map per distinct camera, computed once.
         self._undistorters: dict[CameraIntrinsics, Undistorter] = {}
@@ -242,13 +245,23 @@ class SplatCaptureDataProvider(SplatDataProvider):
         mask = None
         if r.mask_path is not None:
             m = read_mask(r.mask_path)
-            if m.shape != (r.intrinsics.height, r.intrinsics.width):
+            H, W = r.intrinsics.height, r.intrinsics.width
+            if m.shape != (H, W):
                 import cv2
 
-                # A mask folder may hold masks at the original resolution for images_N.
+                # A mask folder may hold masks at the original resolution for images_N: the
+                # same picture an integer factor larger. Any other size is a different picture.
+                fy, fx = m.shape[0] / H, m.shape[1] / W
+                if not (round(fx) >= 2 and abs(fx - round(fx)) < 0.05 and abs(fy - fx) < 0.02 * fx):
+                    raise DataError(
+                        f"mask {r.mask_path} is {m.shape[1]}x{m.shape[0]}; its image {r.image_path.name} is "
+                        f"{W}x{H} (a mask must have the image's size, or the original photo's before downscaling)"
+                    )
                 m = cv2.resize(
                     m.astype(np.uint8), (r.intrinsics.width, r.intrinsics.height), interpolation=cv2.INTER_NEAREST
                 ).astype(bool)
+            if not m.any():
+                raise DataError(f"mask {r.mask_path} keeps no pixel (all black): nothing of {r.image_path.name} counts")
             mask = und.mask(m)
         return img, mask
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 from splatkit.data_provider.base import SplatDataProvider
 from splatkit.data_provider.blender import SplatBlenderDataProvider, SplatBlenderDataProviderConfig
 from splatkit.data_provider.colmap import SplatColmapDataProvider, SplatColmapDataProviderConfig, find_model_dir
+from splatkit.data_provider.demo import SplatDemoDataProvider, SplatDemoDataProviderConfig
 from splatkit.data_provider.images import DataError
 
 
@@ -56,3 +58,64 @@ def provider_from_path(
         provider = SplatColmapDataProvider(cfg)
         found += f", images in {images}{hint}"
     return provider, f"{found}: {provider.describe()}"
+
+
+# ----------------------------------------------------------------------------- data records
+# What a run was trained on, stored in trainer_config.json and checkpoints so that `eval`,
+# `view` and `--resume` can rebuild the provider without the data flags being retyped. Only
+# these classes are ever rebuilt from a record (a checkpoint is data, not code to import).
+_PROVIDERS = {
+    "demo": (SplatDemoDataProvider, SplatDemoDataProviderConfig),
+    "colmap": (SplatColmapDataProvider, SplatColmapDataProviderConfig),
+    "blender": (SplatBlenderDataProvider, SplatBlenderDataProviderConfig),
+}
+_PATH_FIELDS = ("colmap_dir", "images_dir", "masks_dir", "data_path")
+
+
+def data_record(provider: SplatDataProvider) -> dict | None:
+    """``{"kind", "config"}`` describing ``provider`` well enough to rebuild it (paths made
+    absolute), or None for providers splatkit cannot rebuild (your own classes)."""
+    for kind, (cls, config_cls) in _PROVIDERS.items():
+        if type(provider) is cls and isinstance(getattr(provider, "config", None), config_cls):
+            config = dataclasses.asdict(provider.config)
+            for name in _PATH_FIELDS:
+                if isinstance(config.get(name), str) and config[name]:
+                    config[name] = str(Path(config[name]).resolve())
+            return {"kind": kind, "config": config}
+    return None
+
+
+def _build(cls, values: dict):
+    """Dataclass ``cls`` from ``asdict`` output, nested dataclasses included; unknown keys are an error."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise DataError(f"the recorded {cls.__name__} has fields this splatkit does not know: {unknown}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints.get(name)
+        while typing.get_origin(hint) is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def provider_from_record(record: dict, background: tuple[float, float, float] | None = None) -> SplatDataProvider:
+    """Rebuild the provider a :func:`data_record` describes (``background``, if given, replaces
+    the recorded compositing colour); a DataError names what is missing or unknown."""
+    if (
+        not isinstance(record, dict)
+        or record.get("kind") not in _PROVIDERS
+        or not isinstance(record.get("config"), dict)
+    ):
+        raise DataError(f"not a splatkit data record: {record!r:.200}")
+    cls, config_cls = _PROVIDERS[record["kind"]]
+    config = _build(config_cls, record["config"])
+    if background is not None and hasattr(config, "background"):
+        config = dataclasses.replace(config, background=tuple(background))
+    return cls(config)

@@ -14,6 +14,19 @@ from splatkit.errors import DataError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".webp", ".bmp", ".tif", ".tiff")
 
 
+# Grey images with more than 8 bits per pixel, as Pillow opens them: Pillow's own
+# convert("RGB") clips them to 255 (a 16-bit photo turns white), so they are scaled here.
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """8-bit grey from a 16-bit (``I;16*``, and ``I`` as Pillow gives 16-bit PNGs) or float (``F``, in
+    [0, 1]) image."""
+    x = values.astype(np.float64)
+    x = x if mode == "F" else x / 65535.0
+    return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def read_pixels(path: Path) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB, or ``[H, W, 4]`` RGBA when the file has an alpha channel,
     with EXIF orientation applied."""
@@ -22,6 +35,8 @@ def read_pixels(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
+            if im.mode in _WIDE_GREY:
+                return np.repeat(_to_uint8(np.asarray(im), im.mode)[..., None], 3, axis=-1)
             has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
             return np.array(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
     except FileNotFoundError:
@@ -79,6 +94,8 @@ def read_mask(path: Path) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA"):
                 gray = np.asarray(im.getchannel("A"))
+            elif im.mode in _WIDE_GREY:
+                gray = _to_uint8(np.asarray(im), im.mode)
             else:
                 gray = np.asarray(im.convert("L"))
     except FileNotFoundError:

@@ -88,6 +88,8 @@ class SplatExporter(SplatBaseModule):
         self.save_ckpt = save_ckpt
         self.splat_formats: tuple[str, ...] = tuple(dict.fromkeys(names))
         """The formats written at each export step, in order, without repeats."""
+        self.written: list[Path] = []
+        """Files this exporter wrote in this process, in order."""
         self.frame = frame
         self._to_input: torch.Tensor | None = None
         self._warned: set[str] = set()
@@ -160,6 +162,7 @@ class SplatExporter(SplatBaseModule):
     ) -> None:
         if world_rank != 0 or step not in self.export_steps:
             return
+        trainer.check_finite()  # never write a diverged state
         if self.save_splat:
             model = SplatModel.from_training_state(training_state)
             if self._to_input is not None:
@@ -167,9 +170,11 @@ class SplatExporter(SplatBaseModule):
             self._warn_dropped(model, logger)  # of the model as written, in its frame
             for fmt in self.splat_formats:
                 path = write_splat(model, self.splat_path(step, fmt), fmt)
+                self.written.append(path)
                 if logger is not None:
                     logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)
         if self.save_ckpt:
             path = trainer.save_checkpoint(self.ckpt_path(step))
+            self.written.append(path)
             if logger is not None:
                 logger.info("saved checkpoint %s", path)

@@ -54,6 +54,7 @@ class SplatProgressTracker(SplatBaseModule):
         self.log_every = log_every
         self.stream = stream
         self._bar = None
+        self._redirect = None
         self._last = None
 
     def on_setup(self, step: int, max_steps: int, world_rank: int = 0, trainer=None, **kwargs) -> None:
@@ -66,10 +67,17 @@ class SplatProgressTracker(SplatBaseModule):
             print(estimate_line(trainer, max_steps - step), file=out, flush=True)
         self._tty = hasattr(out, "isatty") and out.isatty()
         self._t0, self._step0 = time.perf_counter(), step
+        self._recent = (self._t0, step)  # rate and ETA from the steps since the last line
         if self._tty:
+            import logging
+
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=max_steps, initial=step, file=out, dynamic_ncols=True, unit="step")
+            # log lines go above the bar instead of through it
+            self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("splatkit")])
+            self._redirect.__enter__()
         self._every_line = self.log_every or max(self.update_every, max_steps // 20)
 
     def post_compute_loss(self, step: int, max_steps: int, loss, render, frames, **kwargs) -> None:
@@ -90,9 +98,11 @@ class SplatProgressTracker(SplatBaseModule):
             self._bar.update(step - self._bar.n)
         elif not self._tty and (step % self._every_line == 0 or step == max_steps):
             loss, img, gt, mask = self._last
-            elapsed = time.perf_counter() - self._t0
-            rate = (step - self._step0) / max(elapsed, 1e-9)
-            eta = (max_steps - step) / max(rate, 1e-9)
+            now = time.perf_counter()
+            t_prev, s_prev = self._recent
+            rate = (step - s_prev) / max(now - t_prev, 1e-9)  # steps slow down as Gaussians are added:
+            eta = (max_steps - step) / max(rate, 1e-9)  # the recent rate, not the run's average
+            self._recent = (now, step)
             print(
                 f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt, mask).mean()):.2f} "
                 f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
@@ -101,6 +111,9 @@ class SplatProgressTracker(SplatBaseModule):
             )
 
     def on_cleanup(self, **kwargs) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -10,6 +10,11 @@ per ``refresh_seconds``) at a resolution the user picks in the panel, so the vie
 usable on a CPU. Renders happen on the training thread between steps, so they never see
 half-updated parameters and need no locking; while paused, that thread keeps serving
 renders. The server listens on loopback unless ``host`` says otherwise.
+
+Nothing a browser sends can stop training: camera messages are checked (finite numbers, a
+field of view in (0, 180) degrees, a resolution within the panel's 64-2048 px) and bad ones
+are dropped with one log line; a render that fails is logged and skipped; viser's share-URL
+requests, which would open the server to the internet through an outside relay, are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w, quat_to_rotmat, viewmat_to_c2w
 
 logger = logging.getLogger("splatkit")
+
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
+"""The range of the resolution slider, enforced on the server whatever a client sends."""
+
+
+class _BadCamera(ValueError):
+    """A client's camera message that cannot be rendered (the message says which field)."""
 
 
 class SplatViewer(SplatBaseModule):
@@ -73,6 +85,9 @@ class SplatViewer(SplatBaseModule):
         self._status = {"step": 0, "gaussians": 0, "psnr": float("nan")}
         self._last_batch = None
         self._last_status_update = 0.0
+        self._warned: set[str] = set()
+        self.dropped_messages = 0
+        self.failed_renders = 0
 
     # ---------------------------------------------------------------- server
     def start(self, render_fn, initial_c2w: torch.Tensor | None = None, default_resolution: int = 512) -> None:
@@ -112,9 +127,32 @@ class SplatViewer(SplatBaseModule):
             self.server.initial_camera.position = c2w[:3, 3]
             self.server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
             self.server.initial_camera.up = -c2w[:3, 1]
+        self._refuse_share_requests()
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)
         logger.info("viewer at http://%s:%d", self.host, self.server.get_port())
+
+    def _refuse_share_requests(self) -> None:
+        """Hide the share button and drop viser's share-URL handler: a share URL relays the
+        server through an outside host, which a viewer of a training run must never do."""
+        try:
+            self.server.gui.configure_theme(show_share_button=False)
+        except Exception as e:  # an older viser without the switch
+            logger.debug("viewer: cannot hide the share button: %s", e)
+        try:
+            from viser import _messages
+
+            self.server._websock_server.unregister_handler(_messages.ShareUrlRequest)
+            self.server._websock_server.register_handler(
+                _messages.ShareUrlRequest, lambda client_id, msg: logger.warning("viewer: refused a share-URL request")
+            )
+        except Exception as e:  # viser's internals moved: say so once instead of failing
+            logger.warning("viewer: could not disable viser's share-URL requests (%s)", e)
+
+    def _warn_once(self, key: str, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
 
     @property
     def url(self) -> str:
@@ -162,12 +200,22 @@ class SplatViewer(SplatBaseModule):
             if cam.update_timestamp == 0.0:  # the browser has not reported its camera yet
                 continue
             c["dirty"], c["last"] = False, time.perf_counter()
-            cams = self._camera(cam)
+            try:
+                cams = self._camera(cam)
+            except _BadCamera as e:
+                self.dropped_messages += 1
+                self._warn_once(f"camera:{e}", "viewer: dropped a camera message from a client: %s", e)
+                continue
             w, h = cams.width, cams.height
             t0 = time.perf_counter()
-            with torch.no_grad():
-                img = self._render_fn(cams)
-            image = to_uint8(img)
+            try:
+                with torch.no_grad():
+                    img = self._render_fn(cams)
+                image = to_uint8(img)
+            except Exception as e:  # a viewer frame must never end the run it shows
+                self.failed_renders += 1
+                self._warn_once(f"render:{type(e).__name__}", "viewer: a %dx%d render failed (%r); skipped", w, h, e)
+                continue
             dt = time.perf_counter() - t0
             try:
                 c["client"].scene.set_background_image(image, format="jpeg", jpeg_quality=85)
@@ -181,14 +229,24 @@ class SplatViewer(SplatBaseModule):
 
     def _camera(self, cam) -> SplatCameras:
         """viser camera (OpenCV axes, camera-to-world wxyz + position, vertical fov) ->
-        splatkit camera at the chosen resolution."""
-        res = int(self._gui_res.value)
-        aspect = float(cam.aspect) if cam.aspect and cam.aspect > 0 else 1.0
+        splatkit camera at the chosen resolution; :class:`_BadCamera` for values no camera has."""
+        res = _number(self._gui_res.value, "resolution")
+        res = int(min(max(res, MIN_RESOLUTION), MAX_RESOLUTION))
+        aspect = _number(cam.aspect, "aspect") if cam.aspect is not None else 1.0
+        if not 1e-3 <= aspect <= 1e3:
+            raise _BadCamera(f"aspect ratio {aspect!r} is outside [0.001, 1000]")
+        fov = _number(cam.fov, "fov")
+        if not 1e-4 < fov < math.pi - 1e-4:
+            raise _BadCamera(f"fov {fov!r} rad is outside (0, pi)")
+        wxyz = _vector(cam.wxyz, 4, "wxyz")
+        if float(np.linalg.norm(wxyz)) < 1e-8:
+            raise _BadCamera("wxyz is a zero quaternion")
+        position = _vector(cam.position, 3, "position")
         w, h = (res, max(1, round(res / aspect))) if aspect >= 1 else (max(1, round(res * aspect)), res)
         c2w = torch.eye(4, dtype=torch.float64)
-        c2w[:3, :3] = quat_to_rotmat(torch.tensor(np.asarray(cam.wxyz), dtype=torch.float64))
-        c2w[:3, 3] = torch.tensor(np.asarray(cam.position), dtype=torch.float64)
-        f = 0.5 * h / math.tan(0.5 * float(cam.fov))
+        c2w[:3, :3] = quat_to_rotmat(torch.tensor(wxyz / np.linalg.norm(wxyz), dtype=torch.float64))
+        c2w[:3, 3] = torch.tensor(position, dtype=torch.float64)
+        f = 0.5 * h / math.tan(0.5 * fov)
         K = torch.tensor([[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], dtype=torch.float64)
         return SplatCameras(c2w_to_viewmat(c2w)[None].float(), K[None].float(), w, h)
 
@@ -221,8 +279,12 @@ class SplatViewer(SplatBaseModule):
         background: tuple[float, float, float] = (0.0, 0.0, 0.0),
         poll_seconds: float = 0.02,
         stop_event: threading.Event | None = None,
+        initial_c2w: torch.Tensor | None = None,
+        step: int | None = None,
     ) -> None:
-        """Show a fixed model until interrupted (or ``stop_event`` is set)."""
+        """Show a fixed model until interrupted (or ``stop_event`` is set), starting from
+        ``initial_c2w`` (camera-to-world, OpenCV axes; default: a view of the whole model) and
+        showing ``step`` in the panel when known."""
         device = torch.device(device)
         bg = torch.tensor([background], dtype=torch.float32, device=device)
         means = params["means"].detach()
@@ -230,12 +292,14 @@ class SplatViewer(SplatBaseModule):
         radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
         eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
         c2w = look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+        if initial_c2w is not None:
+            c2w = initial_c2w
 
         def render_fn(cams):
             return renderer.render(params, cams.to(device), sh_degree, bg).images[0]
 
         self.start(render_fn, c2w, default_resolution=1024 if device.type == "cuda" else 512)
-        self.update_status(force=True, step="-", gaussians=int(means.shape[0]), psnr=None)
+        self.update_status(force=True, step="-" if step is None else step, gaussians=int(means.shape[0]), psnr=None)
         try:
             while stop_event is None or not stop_event.is_set():
                 if not self.serve_pending():
@@ -281,3 +345,24 @@ class SplatViewer(SplatBaseModule):
 
     def on_cleanup(self, **kwargs) -> None:
         self.stop()
+
+
+def _number(value, field: str) -> float:
+    """A finite float from a client's message, or :class:`_BadCamera` naming the field."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise _BadCamera(f"{field} {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise _BadCamera(f"{field} {value!r} is not finite")
+    return x
+
+
+def _vector(value, n: int, field: str) -> np.ndarray:
+    try:
+        v = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise _BadCamera(f"{field} {value!r} is not a vector of numbers") from None
+    if v.shape != (n,) or not np.isfinite(v).all():
+        raise _BadCamera(f"{field} {value!r} is not {n} finite numbers")
+    return v

@@ -64,15 +64,26 @@ def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
     return atomic_write(path, write)
 
 
+_MAX_HEADER = 16 << 20
+
+
 def _check_size(path: Path) -> None:
     """Compare the header's vertex count with the bytes actually present."""
     with open(path, "rb") as f:
-        head = f.read(65536)
-    if not head.startswith(b"ply"):
-        raise SplatFileError(f"{path}: not a PLY file (it does not start with 'ply')")
-    end = head.find(b"end_header\n")
+        head = f.read(4)
+        if not head.startswith(b"ply"):
+            raise SplatFileError(f"{path}: not a PLY file (it does not start with 'ply')")
+        # Headers are small, but comments may make them long: read up to 16 MB for the end.
+        while (end := head.find(b"end_header\n")) < 0 and len(head) < _MAX_HEADER:
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            head += chunk
     if end < 0:
-        raise SplatFileError(f"{path}: PLY header has no 'end_header' line (file truncated or not a PLY)")
+        raise SplatFileError(
+            f"{path}: PLY header has no 'end_header' line in its first {min(len(head), _MAX_HEADER):,} bytes "
+            "(file truncated or not a PLY)"
+        )
     header = head[:end].decode("ascii", errors="replace").splitlines()
     if not any(line.strip() == "format binary_little_endian 1.0" for line in header):
         return  # ascii and big-endian files are left to plyfile's own checks

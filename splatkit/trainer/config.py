@@ -78,6 +78,14 @@ class SplatTrainerConfig:
                 "None or a positive number",
             ),
             ("lr_means_final_ratio", 0 < self.lr_means_final_ratio <= 1, "in (0, 1]"),
+            *[
+                (
+                    f"lr_{n}",
+                    math.isfinite(getattr(self, f"lr_{n}")) and getattr(self, f"lr_{n}") >= 0,
+                    "finite and >= 0",
+                )
+                for n in ("means", "scales", "quats", "opacities", "sh0", "shN")
+            ],
             (
                 "background",
                 self.background is None

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from splatkit.data_provider.base import SplatDataProvider
+from splatkit.data_provider.detect import data_record
 from splatkit.densification.base import SplatDensification, state_to
 from splatkit.densification.default import SplatDefaultDensification
+from splatkit.errors import SplatNumericError
 from splatkit.loss_fn.base import SplatLossFn
 from splatkit.loss_fn.loss_3dgs import Splat3DGSLossFn
 from splatkit.modules.base import SplatBaseModule
@@ -38,7 +40,11 @@ from splatkit.trainer.sharded import (
     shard_seed,
     slice_rows,
 )
+from splatkit.utils import run_folder
 from splatkit.utils.files import ensure_writable_dir, write_json
+
+FINITE_CHECK_EVERY = 100
+"""On a GPU, losses and parameters are checked for NaN/Inf this often (and before any write)."""
 
 logger = logging.getLogger("splatkit")
 
@@ -84,6 +90,9 @@ class SplatTrainer:
         modules: plug-in modules; their hooks run in list order.
         ckpt_path: resume from a checkpoint written by :class:`~splatkit.modules.SplatExporter`;
             training continues at the step after the checkpoint's.
+        overwrite: train into an ``output_dir`` that already holds another run's files
+            (otherwise refused; a resume may always write into its folder). A folder another
+            live run is training into is always refused (its ``.splatkit.lock``).
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class SplatTrainer:
         densification: SplatDensification | None = None,
         modules: Sequence[SplatBaseModule] | None = None,
         ckpt_path: str | os.PathLike | None = None,
+        overwrite: bool = False,
     ) -> None:
         if not isinstance(config, SplatTrainerConfig):
             raise TypeError(f"config must be a SplatTrainerConfig, got {type(config).__name__}")
@@ -134,6 +144,10 @@ class SplatTrainer:
         """The colour renders are drawn over (RGB in [0, 1]): the config's, else the data's, else black."""
         self.init_report: dict | None = None
         """How the initial Gaussians were made (set by :meth:`setup` on a fresh start)."""
+        self.overwrite = overwrite
+        self._lock: Path | None = None  # the output folder's lock while this run holds it
+        self._loss_finite: torch.Tensor | None = None  # all losses since the last check finite
+        self._last_finite_step = 0
 
     def _resolve_background(self) -> tuple[float, float, float]:
         given, data = self.config.background, self.data_provider.background
@@ -290,11 +304,13 @@ class SplatTrainer:
                 else "black: the images have no alpha",
             )
             ensure_writable_dir(cfg.output_dir, "SplatTrainerConfig.output_dir")
+            self._lock = run_folder.claim(cfg.output_dir, resuming=self.ckpt_path is not None, overwrite=self.overwrite)
             record = {
                 "trainer": dataclasses.asdict(cfg),
                 "background": list(self.background),
                 "initialization": self.init_report,
                 "data_provider": _describe(self.data_provider),
+                "data": data_record(self.data_provider),
                 "renderer": _describe(self.renderer),
                 "loss_fn": _describe(self.loss_fn),
                 "densification": _describe(self.densification),
@@ -314,7 +330,29 @@ class SplatTrainer:
                 "match an uninterrupted one",
                 ", ".join(differing),
             )
+        saved_data, data = ckpt.get("data"), data_record(self.data_provider)
+        if saved_data is not None and data is not None:
+            where = ("kind", *(f"config.{k}" for k in ("colmap_dir", "images_dir", "data_path", "masks_dir", "seed")))
+
+            def pick(record, key):
+                return record.get("kind") if key == "kind" else record.get("config", {}).get(key[7:])
+
+            moved = [k for k in where if pick(saved_data, k) != pick(data, k)]
+            if moved:
+                then = ", ".join(f"{k}: {pick(saved_data, k)!r}" for k in moved)
+                now = ", ".join(f"{k}: {pick(data, k)!r}" for k in moved)
+                raise ValueError(
+                    f"{self.ckpt_path} was trained on other data ({then}) than this run's ({now}); resume "
+                    "without --data to use the checkpoint's, or start a new run"
+                )
         ts_state, dens_state, rng = ckpt["training_state"], ckpt["densification"], ckpt["rng"]
+        expected = set(self.densification.initialize_state(float(ckpt["scene_scale"])))
+        if set(dens_state) != expected:
+            raise ValueError(
+                f"{self.ckpt_path}: the checkpoint's densification state ({', '.join(sorted(dens_state)) or 'empty'}) "
+                f"is not what {type(self.densification).__name__} keeps ({', '.join(sorted(expected)) or 'nothing'}): "
+                "it was trained with another densification strategy; resume with that one (--strategy)"
+            )
         if self.sharded is not None:
             n = ts_state["params"]["means"].shape[0]
             sizes = ckpt.get("shards")
@@ -334,17 +372,30 @@ class SplatTrainer:
                 torch.manual_seed(shard_seed(self.config.seed, self.world_rank, int(ckpt["step"])))
                 rng = None
         self.training_state = SplatTrainingState.from_state_dict(ts_state, self.device)
+        if self.training_state.sh_degree < self.config.sh_degree:
+            raise ValueError(
+                f"{self.ckpt_path}: the checkpoint's Gaussians have SH degree {self.training_state.sh_degree}, "
+                f"this run asks for {self.config.sh_degree} (sh_degree); resume with --sh-degree "
+                f"{self.training_state.sh_degree}"
+            )
         self.densification_state = state_to(dens_state, self.device)
         self.scene_scale = float(ckpt["scene_scale"])
         self.step = int(ckpt["step"])
         self.data_provider.load_state_dict(ckpt["data_provider"])
-        names = [type(m).__name__ for m in self.modules]
-        for module, (name, state) in zip(self.modules, ckpt["modules"]):
-            if type(module).__name__ == name:
-                module.load_state_dict(state)
-        skipped = [n for n, _ in ckpt["modules"] if n not in names]
+        # Matched by class name (the k-th module of a class gets the k-th saved state of that
+        # class), so reordering modules or adding/removing a stateless one loses nothing.
+        saved: dict[str, list] = {}
+        for name, state in ckpt["modules"]:
+            saved.setdefault(name, []).append(state)
+        for module in self.modules:
+            states = saved.get(type(module).__name__)
+            if states:
+                module.load_state_dict(states.pop(0))
+            elif type(module).state_dict is not SplatBaseModule.state_dict:
+                logger.warning("%s starts afresh: the checkpoint holds no state for it", type(module).__name__)
+        skipped = [name for name, states in saved.items() for s in states if s]
         if skipped:
-            logger.warning("checkpoint holds state of modules not in this run: %s", skipped)
+            logger.warning("the checkpoint holds state of modules not in this run, not restored: %s", skipped)
         if rng is not None:
             restore_rng_state(rng)
 
@@ -370,6 +421,7 @@ class SplatTrainer:
             "config": dataclasses.asdict(self.config),
             "scene_scale": self.scene_scale,
             "background": list(self.background),
+            "data": data_record(self.data_provider),  # what it trains on (eval/view/resume rebuild it)
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
@@ -377,8 +429,37 @@ class SplatTrainer:
         }
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`checkpoint_state` atomically to ``path``."""
+        """Write :meth:`checkpoint_state` atomically to ``path`` (never a diverged state)."""
+        self.check_finite()
         return save_checkpoint(path, self.checkpoint_state())
+
+    def check_finite(self) -> None:
+        """Raise :class:`~splatkit.errors.SplatNumericError` if a loss since the last check, or
+        any parameter now, is NaN or Inf. Called every ``FINITE_CHECK_EVERY`` steps (on a GPU
+        each check is one host sync), at the last step and before anything is written, so no
+        file ever holds a diverged state; on the CPU also as soon as a loss is not finite."""
+        ts = self.training_state
+        if ts is None:
+            return
+        bad = []
+        if self._loss_finite is not None and not bool(self._loss_finite):
+            bad.append("the loss")
+        if not bad:  # the parameters only matter while the losses looked fine
+            sums = {name: p.detach().float().sum() for name, p in ts.params.items()}
+            bad = [name for name, s in sums.items() if not torch.isfinite(s)]
+            bad = [name for name in bad if not torch.isfinite(ts.params[name].detach()).all()]
+        self._loss_finite = None
+        if bad:
+            cfg = self.config
+            raise SplatNumericError(
+                f"step {self.step}: training diverged: {', '.join(bad)} became NaN or Inf after step "
+                f"{self._last_finite_step} (the last step checked finite); nothing was written from the "
+                "diverged state and earlier checkpoints are intact. Likely causes: a learning rate too large "
+                f"or not finite (lr_means={cfg.lr_means}, lr_scales={cfg.lr_scales}, lr_quats={cfg.lr_quats}, "
+                f"lr_opacities={cfg.lr_opacities}, lr_sh0={cfg.lr_sh0}, lr_shN={cfg.lr_shN}), or damaged "
+                "input images"
+            )
+        self._last_finite_step = self.step
 
     # ------------------------------------------------------------ the loop
     def _call(self, hook: str, **kwargs) -> None:
@@ -484,6 +565,12 @@ class SplatTrainer:
         ts.set_learning_rate("means", self.means_learning_rate(step))
         ts.optimizer_step(render.gaussian_ids)
         ts.zero_grad()
+        ok = torch.isfinite(loss.loss.detach())
+        self._loss_finite = ok if self._loss_finite is None else self._loss_finite & ok
+        # The loss is checked every step on the CPU (free there); the parameters, and on a GPU
+        # the loss too (a host sync), every FINITE_CHECK_EVERY steps and before any write.
+        if (self.device.type != "cuda" and not bool(ok)) or step % FINITE_CHECK_EVERY == 0 or step == cfg.max_steps:
+            self.check_finite()
         clock.lap("optimizer")
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
@@ -526,7 +613,11 @@ class SplatTrainer:
             error = e
             raise
         finally:
-            self._call("on_cleanup", error=error)
+            try:
+                self._call("on_cleanup", error=error)
+            finally:
+                run_folder.release(self._lock)
+                self._lock = None
         return self.training_state
 
     def probe_step_seconds(self, repeats: int = 3) -> float:

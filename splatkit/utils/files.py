@@ -39,6 +39,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
+    except OSError as e:  # a full disk, a file-size limit, ...: name the user's file, not ours
+        tmp_path.unlink(missing_ok=True)
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from e
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -175,6 +175,13 @@ def read_splat(path: str | os.PathLike) -> SplatModel:
 def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None = None) -> Path:
     """Write ``model`` to ``path`` atomically in ``format`` (a name of :data:`FORMATS`; default from the suffix)."""
     fmt = get_format(format) if format is not None else FORMATS[format_from_path(path)]
+    for name, value in model.params().items():
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise ValueError(
+                f"{path}: refusing to write a splat with {bad} NaN or Inf values in {name!r} "
+                "(the model diverged or the source file holds them); nothing was written"
+            )
     if model.kind == "2dgs" and fmt.name != "ply":
         model = flat_3dgs(model)
     return fmt.write(Path(path), model.params())

@@ -250,6 +250,12 @@ class _Inflater:
             extra += len(chunk)
 
 
+_MAX_RATIO = 100
+"""Inflated / file size above which a count is not believed (real .spz files: about 4x)."""
+_ALWAYS_INFLATE = 256 << 20
+"""Bodies up to this size are read whatever the ratio (small, highly regular test files)."""
+
+
 def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.Tensor]:
     """Stored (log/logit) parameters in the RDF frame from ``.spz`` bytes; ``path`` names the file in errors."""
     if len(data) < 2 or data[:2] != b"\x1f\x8b":
@@ -284,6 +290,12 @@ def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.
     if bits > 23:
         raise SplatFileError(f"{path}: .spz header declares {bits} fractional bits; 24-bit coordinates allow 0..23")
     expected = _body_size(N, sh_degree, version)
+    if expected > max(_ALWAYS_INFLATE, _MAX_RATIO * len(data)):
+        raise SplatFileError(
+            f"{path}: the .spz header declares {N} Gaussians ({expected:,} bytes once inflated) in a "
+            f"{len(data):,}-byte file: {expected / max(len(data), 1):.0f} times its size, more than real "
+            f".spz data compresses ({_MAX_RATIO}x at most accepted); refusing to inflate it"
+        )
     extension_bytes = b""
     if flags & FLAG_EXTENSIONS:
         # Extension records sit between header and data; their total size is what the

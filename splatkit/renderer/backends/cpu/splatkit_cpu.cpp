@@ -902,6 +902,34 @@ void for_each_tile_heavy_first(int C, int W, int H, const int64_t* tile_offsets,
     });
 }
 
+// Gradients of a backward pass are written per (tile, splat) pair into slots [M, G], then
+// summed per splat in pair order, so results never depend on which thread ran which tile:
+// fixed chunks of pairs go into per-chunk buffers, the buffers are added in chunk order,
+// and emit(g, sums) receives splat g's G sums (g over the C * N camera-splat pairs).
+template <int G, class F>
+void reduce_pair_grads(int64_t M, int64_t CN, const float* pair_grad, const int32_t* ids, int nthreads, F&& emit) {
+    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
+    std::vector<std::vector<float>> bufs(nchunks);
+    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
+        auto& buf = bufs[ci];
+        buf.assign(CN * G, 0.0f);
+        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
+        for (int64_t k = b; k < e; ++k) {
+            const float* src = pair_grad + k * G;
+            float* dst = buf.data() + (int64_t)ids[k] * G;
+            for (int i = 0; i < G; ++i) dst[i] += src[i];
+        }
+    });
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g) {
+            float acc[G] = {0};
+            for (auto& buf : bufs)
+                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
+            emit(g, acc);
+        }
+    });
+}
+
 // Whether every pixel of a tile is done (saturated or outside the image).
 static inline bool tile_saturated(const vi done[TILE][NV]) {
     vi all = vi{} - 1;
@@ -1098,33 +1126,14 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
             for (int ch = 0; ch < D; ++ch) out[6 + ch] = vsum(v_col[ch]);
         }
     });
-    // Sum the pair slots per Gaussian: fixed chunks of pairs into per-chunk buffers,
-    // then the buffers in chunk order.
-    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
-    std::vector<std::vector<float>> bufs(nchunks);
-    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
-        auto& buf = bufs[ci];
-        buf.assign(CN * G, 0.0f);
-        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
-        for (int64_t k = b; k < e; ++k) {
-            const float* src = pair_grad.get() + k * G;
-            float* dst = buf.data() + (int64_t)ids[k] * G;
-            for (int i = 0; i < G; ++i) dst[i] += src[i];
-        }
-    });
-    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
-        for (int64_t g = b; g < e; ++g) {
-            float acc[G] = {0};
-            for (auto& buf : bufs)
-                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
-            g_means2d[2 * g] = acc[0];
-            g_means2d[2 * g + 1] = acc[1];
-            g_conics[3 * g] = acc[2];
-            g_conics[3 * g + 1] = acc[3];
-            g_conics[3 * g + 2] = acc[4];
-            g_opac[g] = acc[5];
-            for (int ch = 0; ch < D; ++ch) g_colors[g * D + ch] = acc[6 + ch];
-        }
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nthreads, [&](int64_t g, const float* acc) {
+        g_means2d[2 * g] = acc[0];
+        g_means2d[2 * g + 1] = acc[1];
+        g_conics[3 * g] = acc[2];
+        g_conics[3 * g + 1] = acc[3];
+        g_conics[3 * g + 2] = acc[4];
+        g_opac[g] = acc[5];
+        for (int ch = 0; ch < D; ++ch) g_colors[g * D + ch] = acc[6 + ch];
     });
 }
 
@@ -1614,60 +1623,41 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
             out[15 + D] = vsum(v_d);
         }
     });
-    // Sum the pair slots per surfel: fixed chunks of pairs into per-chunk buffers, then
-    // the buffers in chunk order.
-    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
-    std::vector<std::vector<float>> bufs(nchunks);
-    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
-        auto& buf = bufs[ci];
-        buf.assign(CN * G, 0.0f);
-        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
-        for (int64_t k = b; k < e; ++k) {
-            const float* src = pair_grad.get() + k * G;
-            float* dst = buf.data() + (int64_t)ids[k] * G;
-            for (int i = 0; i < G; ++i) dst[i] += src[i];
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nthreads, [&](int64_t g, const float* acc) {
+        out_means2d[2 * g] = acc[9];
+        out_means2d[2 * g + 1] = acc[10];
+        out_opac[g] = acc[11];
+        for (int ch = 0; ch < D; ++ch) out_feat[g * D + ch] = acc[12 + ch];
+        for (int i = 0; i < 3; ++i) out_normals[3 * g + i] = acc[12 + D + i];
+        out_depths[g] = acc[15 + D];
+        // c0 = r1 x m2, c1 = m2 x r0, c2 = r0 x r1 with r0, r1, m2 the rows of Ms; the
+        // packed c's were divided by c_scale, a constant of the parametrisation like s
+        const float* Mg = Ms + 9 * g;
+        double inv_k = 1.0 / splats[g].c_scale;
+        double m2[3], r0[3], r1[3], gc0[3], gc1[3], gc2[3];
+        for (int i = 0; i < 3; ++i) {
+            r0[i] = Mg[i];
+            r1[i] = Mg[3 + i];
+            m2[i] = Mg[6 + i];
+            gc0[i] = acc[i] * inv_k;
+            gc1[i] = acc[3 + i] * inv_k;
+            gc2[i] = acc[6 + i] * inv_k;
         }
-    });
-    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
-        for (int64_t g = b; g < e; ++g) {
-            float acc[G] = {0};
-            for (auto& buf : bufs)
-                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
-            out_means2d[2 * g] = acc[9];
-            out_means2d[2 * g + 1] = acc[10];
-            out_opac[g] = acc[11];
-            for (int ch = 0; ch < D; ++ch) out_feat[g * D + ch] = acc[12 + ch];
-            for (int i = 0; i < 3; ++i) out_normals[3 * g + i] = acc[12 + D + i];
-            out_depths[g] = acc[15 + D];
-            // c0 = r1 x m2, c1 = m2 x r0, c2 = r0 x r1 with r0, r1, m2 the rows of Ms; the
-            // packed c's were divided by c_scale, a constant of the parametrisation like s
-            const float* Mg = Ms + 9 * g;
-            double inv_k = 1.0 / splats[g].c_scale;
-            double m2[3], r0[3], r1[3], gc0[3], gc1[3], gc2[3];
-            for (int i = 0; i < 3; ++i) {
-                r0[i] = Mg[i];
-                r1[i] = Mg[3 + i];
-                m2[i] = Mg[6 + i];
-                gc0[i] = acc[i] * inv_k;
-                gc1[i] = acc[3 + i] * inv_k;
-                gc2[i] = acc[6 + i] * inv_k;
-            }
-            double t1[3], t2[3], gr0[3], gr1[3], gm2[3];
-            cross3(gc1, m2, t1);  // d(a x b)/da = b x g, d(a x b)/db = g x a
-            cross3(r1, gc2, t2);
-            for (int i = 0; i < 3; ++i) gr0[i] = t1[i] + t2[i];
-            cross3(gc2, r0, t1);
-            cross3(m2, gc0, t2);
-            for (int i = 0; i < 3; ++i) gr1[i] = t1[i] + t2[i];
-            cross3(gc0, r1, t1);
-            cross3(r0, gc1, t2);
-            for (int i = 0; i < 3; ++i) gm2[i] = t1[i] + t2[i];
-            float* gM = out_Ms + 9 * g;
-            for (int i = 0; i < 3; ++i) {
-                gM[i] = (float)gr0[i];
-                gM[3 + i] = (float)gr1[i];
-                gM[6 + i] = (float)gm2[i];
-            }
+        double t1[3], t2[3], gr0[3], gr1[3], gm2[3];
+        cross3(gc1, m2, t1);  // d(a x b)/da = b x g, d(a x b)/db = g x a
+        cross3(r1, gc2, t2);
+        for (int i = 0; i < 3; ++i) gr0[i] = t1[i] + t2[i];
+        cross3(gc2, r0, t1);
+        cross3(m2, gc0, t2);
+        for (int i = 0; i < 3; ++i) gr1[i] = t1[i] + t2[i];
+        cross3(gc0, r1, t1);
+        cross3(r0, gc1, t2);
+        for (int i = 0; i < 3; ++i) gm2[i] = t1[i] + t2[i];
+        float* gM = out_Ms + 9 * g;
+        for (int i = 0; i < 3; ++i) {
+            gM[i] = (float)gr0[i];
+            gM[3 + i] = (float)gr1[i];
+            gM[6 + i] = (float)gm2[i];
         }
     });
 }

@@ -1,0 +1,332 @@
+"""Faults a user, a crash or a hostile client can cause must not cost a run or its files:
+viewer messages, NaN/Inf, decompression bombs, two runs into one folder, false "wrote"."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import struct
+import types
+
+import pytest
+import torch
+
+from splatkit.cli import main
+from splatkit.errors import SplatFileError, SplatNumericError
+from splatkit.modules import SplatExporter
+from splatkit.modules.viewer import SplatViewer, _BadCamera
+from splatkit.splat import SplatModel
+from splatkit.splat.formats import spz, write_splat
+from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+from splatkit.utils import run_folder
+
+# ----------------------------------------------------------------------------- viewer
+
+
+class _Widget:
+    def __init__(self, value=None):
+        self.value = value
+
+
+def _client(**camera):
+    cam = dict(aspect=1.0, fov=0.8, wxyz=(1.0, 0.0, 0.0, 0.0), position=(0.0, 0.0, -4.0), update_timestamp=1.0)
+    cam.update(camera)
+    scene = types.SimpleNamespace(set_background_image=lambda *a, **k: None)
+    return {
+        "client": types.SimpleNamespace(camera=types.SimpleNamespace(**cam), scene=scene),
+        "dirty": True,
+        "last": 0.0,
+    }
+
+
+def _viewer(render_fn, resolution=64):
+    v = SplatViewer()
+    v._render_fn = render_fn
+    v._gui_res, v._gui_fps = _Widget(resolution), _Widget()
+    return v
+
+
+BAD_CAMERAS = [
+    {"fov": 0.0},
+    {"fov": float("nan")},
+    {"fov": -1.0},
+    {"fov": 4.0},
+    {"fov": "wide"},
+    {"aspect": 0.0},
+    {"aspect": float("inf")},
+    {"position": (float("nan"), 0.0, 0.0)},
+    {"position": (1.0, 2.0)},
+    {"wxyz": (0.0, 0.0, 0.0, 0.0)},
+    {"wxyz": None},
+]
+
+
+@pytest.mark.parametrize("camera", BAD_CAMERAS, ids=[str(c) for c in BAD_CAMERAS])
+def test_viewer_drops_bad_camera_messages(camera):
+    rendered = []
+    v = _viewer(lambda cams: rendered.append(cams) or torch.zeros(cams.height, cams.width, 3))
+    with pytest.raises(_BadCamera):
+        v._camera(_client(**camera)["client"].camera)
+    v._clients = {0: _client(**camera)}
+    assert v.serve_pending() == 0  # no exception reaches the caller (the training thread)
+    assert v.dropped_messages == 1 and rendered == []
+
+
+@pytest.mark.parametrize("resolution", [-5, 0, 10_000_000, float("nan"), "big"])
+def test_viewer_enforces_the_resolution_range(resolution):
+    sizes = []
+    v = _viewer(lambda cams: sizes.append((cams.width, cams.height)) or torch.zeros(cams.height, cams.width, 3))
+    v._gui_res.value = resolution
+    v._clients = {0: _client()}
+    v.serve_pending()
+    if sizes:  # a number: clamped into the slider's range
+        assert all(64 <= s <= 2048 for s in sizes[0])
+    else:  # not a number: dropped
+        assert v.dropped_messages == 1
+
+
+def test_a_failing_render_never_reaches_the_training_thread():
+    def broken(cams):
+        raise RuntimeError("out of memory")
+
+    v = _viewer(broken)
+    v._clients = {0: _client(), 1: _client(fov=1.2)}
+    assert v.serve_pending(training=True) == 0
+    assert v.failed_renders == 2
+
+
+# ----------------------------------------------------------------------------- NaN / Inf
+
+
+def _model(n=10, value=0.0):
+    return SplatModel(
+        means=torch.zeros(n, 3) + value,
+        scales=torch.zeros(n, 3),
+        quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+        opacities=torch.zeros(n),
+        sh0=torch.zeros(n, 1, 3),
+        shN=torch.zeros(n, 0, 3),
+    )
+
+
+@pytest.mark.parametrize("fmt", ["ply", "splat", "spz", "compressed_ply"])
+def test_writers_refuse_non_finite_values(tmp_path, fmt):
+    model = _model()
+    model.means[3, 1] = float("nan")
+    path = tmp_path / f"m.{fmt}"
+    with pytest.raises(ValueError, match="refusing to write a splat with 1 NaN or Inf values in 'means'"):
+        write_splat(model, path, fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("field", ["lr_means", "lr_scales", "lr_opacities", "lr_shN"])
+def test_non_finite_learning_rates_are_refused(field):
+    with pytest.raises(ValueError, match=f"SplatTrainerConfig.{field} must be finite and >= 0"):
+        SplatTrainerConfig(**{field: float("nan")})
+
+
+def test_a_diverging_run_stops_and_writes_nothing(tmp_path, small_demo):
+    exporter = SplatExporter(tmp_path, export_steps=[10, 40], save_splat=True, save_ckpt=True)
+    config = SplatTrainerConfig(max_steps=40, output_dir=str(tmp_path), lr_scales=1e4, lr_means=10.0)
+    trainer = SplatTrainer(config, small_demo, modules=[exporter])
+    with pytest.raises(SplatNumericError, match=r"step \d+: training diverged: .* became NaN or Inf after step \d+"):
+        trainer.run()
+    for path in exporter.written:  # whatever was written before the divergence is finite
+        if path.suffix == ".ply":
+            from splatkit.splat.formats import read_splat
+
+            assert all(torch.isfinite(v).all() for v in read_splat(path).params().values())
+    assert trainer.step < 40
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_spz_decompression_bomb_is_refused_before_inflating(tmp_path):
+    header = struct.pack("<IIIBBBB", spz.MAGIC, 2, 20_000_000, 3, 12, 0, 0)
+    path = tmp_path / "bomb.spz"
+    path.write_bytes(gzip.compress(header + bytes(1 << 20)))
+    with pytest.raises(SplatFileError, match="declares 20000000 Gaussians"):
+        spz.read_spz_file(path)
+
+
+# ----------------------------------------------------------------------------- output folders
+
+
+def test_an_output_folder_belongs_to_one_run(tmp_path, small_demo):
+    out = tmp_path / "run"
+    SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo).run()
+    assert not (out / run_folder.LOCK_NAME).exists()  # released at the end
+    with pytest.raises(ValueError, match="already holds a run .*--resume CKPT .*--overwrite"):
+        SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo).run()
+    SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo, overwrite=True).run()
+
+
+def test_a_folder_another_live_run_trains_into_is_refused(tmp_path, small_demo):
+    out = tmp_path / "busy"
+    out.mkdir()
+    import socket
+
+    holder = {"pid": 1, "host": socket.gethostname(), "started": "earlier"}  # pid 1 is always alive
+    (out / run_folder.LOCK_NAME).write_text(json.dumps(holder))
+    with pytest.raises(ValueError, match="in use by another splatkit run .pid 1"):
+        SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo, overwrite=True).run()
+    # a lock whose process is gone is taken over
+    holder["pid"] = 2**22 + 12345
+    (out / run_folder.LOCK_NAME).write_text(json.dumps(holder))
+    SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo).run()
+
+
+def test_wrote_lists_only_files_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["train", "--data", "demo", "--max-steps", "5", "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "wrote" in first and "step_000005.ckpt" in first
+    ckpt = out / "ckpts" / "step_000005.ckpt"
+    assert main(args[:4] + ["1", "--output-dir", str(out), "--no-progress", "--resume", str(ckpt)]) == 0
+    assert "wrote" not in capsys.readouterr().out
+    assert math.isfinite(os.path.getsize(ckpt))
+
+
+def test_resuming_with_another_strategy_is_a_clear_error(tmp_path, small_demo):
+    from splatkit.densification import SplatMCMCDensification
+
+    out = tmp_path / "mcmc"
+    exporter = SplatExporter(out, export_steps=[3], save_splat=False, save_ckpt=True)
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=3, output_dir=str(out)),
+        small_demo,
+        densification=SplatMCMCDensification(cap_max=2000),
+        modules=[exporter],
+    ).run()
+    with pytest.raises(ValueError, match="trained with another densification strategy"):
+        SplatTrainer(
+            SplatTrainerConfig(max_steps=5, output_dir=str(out)), small_demo, ckpt_path=out / "ckpts/step_000003.ckpt"
+        ).run()
+
+
+def test_info_into_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch):
+    """`splatkit info X | head`: the reader leaves; exit 0 with no traceback."""
+    import splatkit.cli as cli
+
+    def closed_pipe(cmd, result):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    quieted = []
+    monkeypatch.setattr(cli, "_print_result", closed_pipe)
+    monkeypatch.setattr(cli, "_quiet_stdout", lambda: quieted.append(True))
+    path = write_splat(_model(n=50), tmp_path / "m.ply")
+    assert main(["info", str(path)]) == 0
+    assert quieted == [True]
+
+
+def test_checkpoints_carry_a_checksum(tmp_path):
+    from splatkit.splat.formats.checkpoint import load_checkpoint, save_checkpoint
+
+    content = {k: {} for k in ("training_state", "densification", "data_provider", "config", "rng")}
+    content.update(step=1, modules=[], training_state={"params": {"means": torch.arange(3000.0)}})
+    path = save_checkpoint(tmp_path / "a.ckpt", content)
+    data = bytearray(path.read_bytes())
+    at = data.find(torch.arange(3000.0)[1000:1002].numpy().tobytes())  # inside the tensor's bytes
+    assert at > 0
+    data[at] ^= 0x10
+    (tmp_path / "b.ckpt").write_bytes(bytes(data))
+    with pytest.raises(SplatFileError, match="does not match its checksum"):
+        load_checkpoint(tmp_path / "b.ckpt")
+    assert torch.equal(load_checkpoint(path)["training_state"]["params"]["means"], torch.arange(3000.0))
+
+
+def test_16_bit_grey_png_keeps_its_values(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from splatkit.data_provider.images import read_pixels
+
+    grey = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    pixels = read_pixels(tmp_path / "g.png")
+    assert pixels.shape == (8, 8, 3)
+    assert np.abs(pixels[..., 0].astype(int) - np.round(grey / 257.0)).max() <= 1
+
+
+def test_bad_masks_are_named(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from splatkit.data_provider import SplatBlenderDataProvider, SplatBlenderDataProviderConfig
+    from splatkit.data_provider.demo import write_synthetic_capture
+    from splatkit.data_provider.images import DataError
+
+    write_synthetic_capture(tmp_path, num_train=3, num_test=1, image_size=16, supersample=1)
+    frames = json.loads((tmp_path / "transforms_train.json").read_text())
+    for i, f in enumerate(frames["frames"]):
+        f["mask_path"] = f"mask_{i}.png"
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / f"mask_{i}.png")
+    Image.fromarray(np.full((12, 16), 255, np.uint8)).save(tmp_path / "mask_1.png")  # another picture
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "mask_2.png")  # keeps nothing
+    (tmp_path / "transforms_train.json").write_text(json.dumps(frames))
+    provider = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(tmp_path), factor=1))
+    provider.train_frame(0)
+    with pytest.raises(DataError, match=r"mask_1.png is 16x12; its image r_1.png is 16x16"):
+        provider.train_frame(1)
+    with pytest.raises(DataError, match="mask_2.png keeps no pixel"):
+        provider.train_frame(2)
+
+
+def test_a_lower_sh_checkpoint_is_refused_at_resume(tmp_path, small_demo):
+    out = tmp_path / "sh1"
+    exporter = SplatExporter(out, export_steps=[2], save_splat=False, save_ckpt=True)
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=2, output_dir=str(out), sh_degree=1), small_demo, modules=[exporter]
+    ).run()
+    with pytest.raises(ValueError, match="SH degree 1, this run asks for 3"):
+        SplatTrainer(
+            SplatTrainerConfig(max_steps=4, output_dir=str(out)), small_demo, ckpt_path=out / "ckpts/step_000002.ckpt"
+        ).run()
+
+
+def test_a_ply_with_a_long_header_reads(tmp_path):
+    from splatkit.splat.formats import read_splat
+
+    data = write_splat(_model(n=5), tmp_path / "a.ply").read_bytes()
+    at = data.index(b"element")
+    comments = b"".join(b"comment " + b"x" * 100 + b"\n" for _ in range(1000))  # a 100 KB header
+    (tmp_path / "b.ply").write_bytes(data[:at] + comments + data[at:])
+    assert read_splat(tmp_path / "b.ply").means.shape == (5, 3)
+
+
+def test_a_checkpoint_of_other_data_is_refused(tmp_path, small_demo):
+    from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
+
+    out = tmp_path / "a"
+    exporter = SplatExporter(out, export_steps=[2], save_splat=False, save_ckpt=True)
+    SplatTrainer(SplatTrainerConfig(max_steps=2, output_dir=str(out)), small_demo, modules=[exporter]).run()
+    other = SplatDemoDataProvider(SplatDemoDataProviderConfig(num_cameras=8, image_size=16, supersample=1, seed=7))
+    with pytest.raises(ValueError, match="was trained on other data .config.seed: 0. than this run's .config.seed: 7"):
+        SplatTrainer(
+            SplatTrainerConfig(max_steps=4, output_dir=str(out)), other, ckpt_path=out / "ckpts/step_000002.ckpt"
+        ).run()
+
+
+def test_leftover_temp_files_are_removed_by_the_next_run(tmp_path, small_demo):
+    out = tmp_path / "run"
+    (out / "ckpts").mkdir(parents=True)
+    leftovers = [out / ".trainer_config.json.abc123.tmp", out / "ckpts" / ".step_000002.ckpt.k9x.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half")
+    keep = out / "ckpts" / "notes.tmp"  # not ours: not touched
+    keep.write_text("mine")
+    SplatTrainer(SplatTrainerConfig(max_steps=1, output_dir=str(out)), small_demo).run()
+    assert not any(p.exists() for p in leftovers) and keep.exists()
+
+
+def test_summary_json_is_checked_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main(["train", "--data", "demo", "--max-steps", "1", "--output-dir", str(tmp_path / "o"),
+               "--summary-json", str(blocker / "s.json")])  # fmt: skip
+    assert rc == 2 and "--summary-json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

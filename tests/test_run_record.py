@@ -1,0 +1,124 @@
+"""A run records what it was trained on, so eval and resume need no data flags retyped,
+and nothing falls back silently to the demo scene."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from splatkit.cli import main
+from splatkit.data_provider import SplatBlenderDataProviderConfig, SplatDemoDataProviderConfig
+from splatkit.data_provider.demo import SplatDemoDataProvider, write_synthetic_capture
+from splatkit.data_provider.detect import data_record, provider_from_record
+from splatkit.data_provider.images import DataError
+
+SMALL = ["--demo.image-size", "32", "--demo.num-cameras", "16", "--demo.num-init-points", "400", "--no-progress"]
+
+
+def test_eval_and_resume_use_the_recorded_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "demo", *SMALL, "--max-steps", "20", "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    record = json.loads((out / "trainer_config.json").read_text())["data"]
+    assert record["kind"] == "demo" and record["config"]["image_size"] == 32
+    ckpt = out / "ckpts" / "step_000020.ckpt"
+    flags = ["eval", str(ckpt), "--output-dir"]
+    assert main([*flags, str(tmp_path / "recorded")]) == 0  # no --data: the checkpoint's
+    assert main([*flags, str(tmp_path / "given"), "--data", "demo", *SMALL[:-1]]) == 0
+    recorded = json.loads((tmp_path / "recorded/stats/step_000020.json").read_text())
+    given = json.loads((tmp_path / "given/stats/step_000020.json").read_text())
+    assert recorded["psnr"] == pytest.approx(given["psnr"], abs=1e-9) and recorded["num_images"] == 2
+    # resume without --data trains on the recorded scene
+    assert main(["train", "--resume", str(ckpt), "--max-steps", "25", "--output-dir", str(out), "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out and (out / "ckpts" / "step_000025.ckpt").is_file()
+
+
+def test_without_data_or_record_it_asks_for_data(tmp_path, capsys):
+    from splatkit.splat.formats import read_splat, write_splat
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "demo", *SMALL, "--max-steps", "5", "--output-dir", str(out)]) == 0
+    ply = write_splat(read_splat(out / "ckpts" / "step_000005.ckpt"), tmp_path / "m.ply")
+    capsys.readouterr()
+    assert main(["eval", str(ply), "--output-dir", str(tmp_path / "e")]) == 2
+    assert "does not record the data it was trained on" in capsys.readouterr().err
+    assert main(["train", "--max-steps", "5", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
+def test_records_rebuild_the_same_provider(tmp_path):
+    write_synthetic_capture(tmp_path / "cap", num_train=4, num_test=2, image_size=16, supersample=1)
+    from splatkit.data_provider import SplatBlenderDataProvider
+
+    provider = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(tmp_path / "cap"), factor=1))
+    record = data_record(provider)
+    assert record["kind"] == "blender" and record["config"]["data_path"] == str((tmp_path / "cap").resolve())
+    again = provider_from_record(json.loads(json.dumps(record)))
+    assert again.num_train_frames() == 4 and again.num_test_frames() == 2
+    assert (again.train_frame(1).images == provider.train_frame(1).images).all()
+    demo = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=16, num_cameras=8))
+    assert provider_from_record(data_record(demo)).config == demo.config
+    with pytest.raises(DataError, match="not a splatkit data record"):
+        provider_from_record({"kind": "os.system", "config": {}})
+
+
+def test_version(capsys):
+    from splatkit import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"splatkit {__version__}")
+
+
+def _cmd(*args):
+    import tyro
+
+    from splatkit.cli import TrainCommand
+
+    return tyro.cli(TrainCommand, args=list(args))
+
+
+def test_given_flags_are_never_overridden_or_ignored(capsys):
+    from splatkit.cli import check_unused_flags, components
+
+    _, loss, _ = components(_cmd("--strategy", "mcmc", "--loss.opacity-reg", "0.05"))
+    assert loss.opacity_reg == 0.05 and loss.scale_reg == 0.01  # the user's value; gsplat's preset for the other
+    with pytest.raises(ValueError, match="disagree"):
+        components(_cmd("--strategy", "mcmc", "--loss.opacity-reg", "0.05", "--mcmc-opacity-reg", "0.02"))
+    with pytest.raises(ValueError, match=r"--densification.grow-grad2d \(used with --strategy default\)"):
+        check_unused_flags(_cmd("--strategy", "mcmc", "--densification.grow-grad2d", "0.001"))
+    with pytest.raises(ValueError, match=r"--renderer-2dgs.backend \(used with --model 2dgs\)"):
+        check_unused_flags(_cmd("--renderer-2dgs.backend", "torch"))
+    assert main(["train", "--data", "demo", "--colmap.factor", "2", "--max-steps", "1", "--no-progress"]) == 2
+    assert "--colmap.factor" in capsys.readouterr().err
+
+
+def test_one_downscale_flag_for_every_format(tmp_path):
+    from splatkit.cli import build_trainer
+
+    write_synthetic_capture(tmp_path / "cap", num_train=4, num_test=2, image_size=32, supersample=1)
+    cmd = _cmd("--data", str(tmp_path / "cap"), "--data-factor", "2", "--output-dir", str(tmp_path / "o"))
+    trainer, _ = build_trainer(cmd)
+    assert trainer.data_provider.train_frame(0).images.shape[1:3] == (16, 16)
+    with pytest.raises(ValueError, match="disagree"):
+        build_trainer(_cmd("--data", str(tmp_path / "cap"), "--data-factor", "2", "--blender.factor", "4"))
+
+
+def test_module_state_follows_the_module_not_its_position(tmp_path, small_demo):
+    from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker
+    from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+
+    out = tmp_path / "run"
+    first = SplatEvaluator(out, eval_steps=[4], save_images=False, lpips_net=None)
+    exporter = SplatExporter(out, export_steps=[4], save_splat=False, save_ckpt=True)
+    modules = [SplatProgressTracker(stream=open(os.devnull, "w")), first, exporter]
+    SplatTrainer(SplatTrainerConfig(max_steps=4, output_dir=str(out)), small_demo, modules=modules).run()
+    again = SplatEvaluator(out, eval_steps=[6], save_images=False, lpips_net=None)
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=6, output_dir=str(out)),
+        small_demo,
+        modules=[again, SplatExporter(out, export_steps=[6], save_splat=False, save_ckpt=False)],
+        ckpt_path=out / "ckpts" / "step_000004.ckpt",
+    ).run()
+    assert [h["step"] for h in again.history] == [4, 6]
