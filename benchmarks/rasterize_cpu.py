@@ -1,4 +1,4 @@
-"""Forward+backward time of the CPU rasterizers on issue 4's random scenes; prints JSON.
+"""Forward+backward time of the CPU rasterizers on random scenes; prints JSON.
 
 Scene (seed 0): means uniform in [-1, 1]^3, scales exp(U(log 0.005, log 0.03)) per axis,
 random unit quaternions, opacities U(0.1, 0.9), RGB colours (SH degree 0), a pinhole
