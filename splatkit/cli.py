@@ -216,6 +216,7 @@ def demo_command(
     )
     loss_2dgs = Splat2DGSLossFn(normal_start_iter=round(7000 * frac), dist_start_iter=round(3000 * frac))
     return TrainCommand(
+        data="demo",
         model=model,
         strategy=strategy,
         trainer=config,

@@ -122,3 +122,11 @@ def test_module_state_follows_the_module_not_its_position(tmp_path, small_demo):
         ckpt_path=out / "ckpts" / "step_000004.ckpt",
     ).run()
     assert [h["step"] for h in again.history] == [4, 6]
+
+
+def test_the_demo_command_runs_twice_into_its_folder(tmp_path, capsys):
+    """The README's first command: `splatkit demo` needs no --data and replaces its own results."""
+    args = ["demo", "--steps", "10", "--output-dir", str(tmp_path / "demo"), "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "wrote" in capsys.readouterr().out
