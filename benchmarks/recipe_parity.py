@@ -11,8 +11,9 @@ followed step by step and written here independently of splatkit's trainer:
 - scene scale: largest distance of any camera from the cameras' centroid, times 1.1;
 - one Adam per parameter (lr x sqrt(batch), eps 1e-15 / sqrt(batch)), the paper's learning
   rates, the means' rate x scene scale decayed by ``ExponentialLR`` to 1% at the last step;
-- loss ``lerp(L1, 1 - SSIM, 0.2)`` with ``fused_ssim(padding="valid")``, ported below; with masks, L1 over masked-in
-  pixels and SSIM of images zeroed outside the mask, the render zeroed outside it (as upstream);
+- loss ``lerp(L1, 1 - SSIM, 0.2)`` with ``fused_ssim(padding="valid")`` (the same maths as
+  ``splatkit.metrics.ssim``, which is used); with masks, L1 over masked-in pixels and SSIM of
+  images zeroed outside the mask, the render zeroed outside it (as upstream);
 - SH degree ``min(step // 1000, 3)`` (0-based steps); images in seeded random order per epoch;
 - densification: gsplat's own ``DefaultStrategy`` / ``MCMCStrategy`` objects imported from the
   installed gsplat package, called with gsplat's ``info`` dict after the optimiser step.
@@ -56,7 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from splatkit.cli import TrainCommand, _data_provider, build_trainer  # noqa: E402
 from splatkit.data_provider import SplatBlenderDataProviderConfig, SplatColmapDataProviderConfig  # noqa: E402
 from splatkit.data_provider.demo import write_synthetic_capture  # noqa: E402
+from splatkit.metrics import psnr, ssim  # noqa: E402
 from splatkit.renderer import rasterize  # noqa: E402
+from splatkit.splat.conventions import quat_to_rotmat  # noqa: E402
+from splatkit.splat.model import knn_mean_distance  # noqa: E402
 from splatkit.trainer import SplatTrainerConfig  # noqa: E402
 
 SH_C0 = 0.28209479177387814
@@ -104,13 +108,7 @@ def score(render_fn, provider) -> dict:
         with torch.no_grad():
             img = render_fn(f.cameras).clamp(0, 1)
         gt = f.images
-        err = (img - gt).square()
-        if f.masks is not None:
-            m = f.masks.float()
-            mse = (err * m).sum() / (3 * m.sum()).clamp_min(1)
-        else:
-            mse = err.mean()
-        psnrs.append(float(-10 * torch.log10(mse)))
+        psnrs.append(float(psnr(img, gt, f.masks)[0]))
         ssims.append(float(tm_ssim(img.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2), data_range=1.0)))
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "num_test_images": len(psnrs)}
 
@@ -134,23 +132,8 @@ def _relocation_cpu(opacities, scales, ratios, binoms):
 
 def _quat_scale_to_covar_cpu(quats, scales, compute_covar=True, compute_preci=True, triu=False):
     """Port of gsplat's ``quat_scale_to_covar_preci`` (its PyTorch reference ``_quat_scale_to_covar_preci``):
-    ``R S S^T R^T`` from normalised wxyz quaternions."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    R = torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - w * z),
-            2 * (x * z + w * y),
-            2 * (x * y + w * z),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - w * x),
-            2 * (x * z - w * y),
-            2 * (y * z + w * x),
-            1 - 2 * (x * x + y * y),
-        ],
-        -1,
-    ).reshape(-1, 3, 3)
-    M = R * scales[:, None, :]
+    ``R S S^T R^T`` from normalised wxyz quaternions (MCMC uses only the covariance)."""
+    M = quat_to_rotmat(quats) * scales[:, None, :]
     covars = M @ M.transpose(-1, -2) if compute_covar else None
     return covars, None
 
@@ -160,36 +143,6 @@ def _install_cpu_ports() -> None:
 
     ops.compute_relocation = _relocation_cpu
     ops.quat_scale_to_covar_preci = _quat_scale_to_covar_cpu
-
-
-def _fused_ssim_valid(img: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Port of ``fused_ssim(img, gt, padding="valid")`` (the fused-ssim package gsplat trains with):
-    SSIM with an 11x11 Gaussian window (sigma 1.5), C1 = 0.01^2, C2 = 0.03^2, computed with zero
-    padding and averaged over the pixels whose window lies inside the image. ``[B, 3, H, W]``."""
-    x = torch.arange(11, dtype=img.dtype) - 5
-    g = torch.exp(-x * x / (2 * 1.5**2))
-    w = (g / g.sum())[:, None] * (g / g.sum())[None, :]
-    w = w.expand(3, 1, 11, 11)
-
-    def blur(t):
-        return F.conv2d(t, w, padding=5, groups=3)
-
-    mu1, mu2 = blur(img), blur(gt)
-    s11 = blur(img * img) - mu1 * mu1
-    s22 = blur(gt * gt) - mu2 * mu2
-    s12 = blur(img * gt) - mu1 * mu2
-    c1, c2 = 0.01**2, 0.03**2
-    smap = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1 * mu1 + mu2 * mu2 + c1) * (s11 + s22 + c2))
-    return smap[:, :, 5:-5, 5:-5].mean()
-
-
-def _knn_rms(points: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """RMS distance to the k nearest other points (gsplat's ``knn(points, 4)[:, 1:]``)."""
-    from scipy.spatial import cKDTree
-
-    p = points.double().numpy()
-    d, _ = cKDTree(p).query(p, k=k + 1)
-    return torch.from_numpy(np.sqrt((d[:, 1:] ** 2).mean(axis=1))).float()
 
 
 def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: int = 0) -> dict:
@@ -219,7 +172,7 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
         init = "random cube +-3 x scene scale"
         points = 3.0 * scene_scale * (torch.rand(100_000, 3) * 2 - 1)
         rgbs = torch.rand(100_000, 3)
-    scales = torch.log(_knn_rms(points) * init_scale)[:, None].repeat(1, 3)
+    scales = torch.log(knn_mean_distance(points.float()) * init_scale)[:, None].repeat(1, 3)  # gsplat's knn(x, 4)
     N = points.shape[0]
     quats = torch.rand(N, 4)
     opacities = torch.logit(torch.full((N,), init_opa))
@@ -302,7 +255,9 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
         else:
             l1 = F.l1_loss(colors_out, pixels)
             c_ssim, p_ssim = colors_out, pixels
-        ssim_loss = 1.0 - _fused_ssim_valid(c_ssim.permute(0, 3, 1, 2), p_ssim.permute(0, 3, 1, 2))
+        # fused_ssim(padding="valid"): 11x11 Gaussian window (sigma 1.5) over the pixels where it fits,
+        # which is splatkit.metrics.ssim (tested against torchmetrics)
+        ssim_loss = 1.0 - ssim(c_ssim, p_ssim).mean()
         loss = torch.lerp(l1, ssim_loss, 0.2)
         if opacity_reg > 0:
             loss = loss + opacity_reg * torch.sigmoid(splats["opacities"]).mean()

@@ -352,9 +352,8 @@ def _run_dir(cmd: TrainCommand) -> str:
     if cmd.resume is not None:
         ckpt = Path(cmd.resume).resolve()
         return str(ckpt.parent.parent if ckpt.parent.name == "ckpts" else ckpt.parent)
-    scene = "demo" if cmd.data in (None, "demo") else Path(cmd.data).resolve()
-    if not isinstance(scene, str):
-        scene = (scene.parent if scene.is_file() else scene).name or "scene"
+    data = Path(cmd.data or "demo").resolve()
+    scene = "demo" if cmd.data in (None, "demo") else (data.parent if data.is_file() else data).name or "scene"
     path = Path(SplatTrainerConfig.output_dir) / scene / time.strftime("%Y-%m-%d_%H%M%S")
     print(f"splatkit: output folder {path}", file=sys.stderr)
     return str(path)
@@ -370,10 +369,12 @@ def build_trainer(
         check_unused_flags(cmd)
         if cmd.data is not None:
             _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
+    checkpoint = None  # read once here when it names the data, then handed to the trainer
     if data_provider is None and cmd.data is None:
         if cmd.resume is None:
             raise ValueError("--data is required: a capture folder, a transforms.json file, or 'demo'")
-        data_provider = _recorded_provider(cmd.resume, load_checkpoint(cmd.resume), cmd.trainer.background)
+        checkpoint = load_checkpoint(cmd.resume)
+        data_provider = _recorded_provider(cmd.resume, checkpoint, cmd.trainer.background)
     if data_provider is None:
         colmap, blender = cmd.colmap, cmd.blender
         if cmd.data_factor is not None:
@@ -414,6 +415,7 @@ def build_trainer(
         modules,
         ckpt_path=cmd.resume,
         overwrite=cmd.overwrite,
+        checkpoint=checkpoint,
     )
     return trainer, exporter
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,8 @@ from splatkit.data_provider.images import (
     ByteLRUCache,
     DataError,
     _preview,
+    has_alpha,
+    is_rgb_colour,
     read_image,
     read_mask,
     read_pixels,
@@ -71,12 +72,12 @@ def image_header(path: Path) -> tuple[int, int, bool]:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+            alpha = has_alpha(im)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read image: {e}") from e
-    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)) + (has_alpha,)
+    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)) + (alpha,)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -197,7 +198,7 @@ class SplatCaptureDataProvider(SplatDataProvider):
         """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""
         self._loader = loader
         has_alpha = self._check_image_sizes()
-        if len(background) != 3 or not all(math.isfinite(float(c)) and 0 <= float(c) <= 1 for c in background):
+        if not is_rgb_colour(background):
             raise DataError(f"background must be three numbers in [0, 1] (RGB), got {tuple(background)!r}")
         self._background = tuple(float(c) for c in background) if has_alpha else None
         # One undistortion map per distinct camera, computed once.
@@ -257,9 +258,7 @@ class SplatCaptureDataProvider(SplatDataProvider):
                         f"mask {r.mask_path} is {m.shape[1]}x{m.shape[0]}; its image {r.image_path.name} is "
                         f"{W}x{H} (a mask must have the image's size, or the original photo's before downscaling)"
                     )
-                m = cv2.resize(
-                    m.astype(np.uint8), (r.intrinsics.width, r.intrinsics.height), interpolation=cv2.INTER_NEAREST
-                ).astype(bool)
+                m = cv2.resize(m.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST).astype(bool)
             if not m.any():
                 raise DataError(f"mask {r.mask_path} keeps no pixel (all black): nothing of {r.image_path.name} counts")
             mask = und.mask(m)

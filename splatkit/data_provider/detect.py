@@ -85,6 +85,13 @@ def data_record(provider: SplatDataProvider) -> dict | None:
     return None
 
 
+def data_identity(record: dict) -> dict:
+    """What makes two records the same data: the provider kind, its paths and (for the demo)
+    its seed. Other settings (resolution, split) may change between runs of one capture."""
+    config = record.get("config", {})
+    return {"kind": record.get("kind"), **{f"config.{k}": config.get(k) for k in (*_PATH_FIELDS, "seed")}}
+
+
 def _build(cls, values: dict):
     """Dataclass ``cls`` from ``asdict`` output, nested dataclasses included; unknown keys are an error."""
     hints = typing.get_type_hints(cls, include_extras=True)

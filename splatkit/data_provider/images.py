@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -27,6 +28,19 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def has_alpha(im) -> bool:
+    """Whether an open Pillow image has an alpha channel (or a transparent palette entry)."""
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
+def is_rgb_colour(value) -> bool:
+    """Three finite numbers in [0, 1]: a valid background colour."""
+    try:
+        return len(value) == 3 and all(math.isfinite(float(c)) and 0 <= float(c) <= 1 for c in value)
+    except (TypeError, ValueError):
+        return False
+
+
 def read_pixels(path: Path) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB, or ``[H, W, 4]`` RGBA when the file has an alpha channel,
     with EXIF orientation applied."""
@@ -37,8 +51,7 @@ def read_pixels(path: Path) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             if im.mode in _WIDE_GREY:
                 return np.repeat(_to_uint8(np.asarray(im), im.mode)[..., None], 3, axis=-1)
-            has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-            return np.array(im.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
+            return np.array(im.convert("RGBA" if has_alpha(im) else "RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except Exception as e:  # PIL raises several types for damaged files

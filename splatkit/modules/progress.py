@@ -15,8 +15,7 @@ from splatkit.modules.base import SplatBaseModule
 # capture 0.83x (1,000 steps) and 0.89x (7,000 steps); fox at 1/4 resolution 0.3-0.6x
 # (7,000 steps; its 100k transparent random start is the most expensive state it is ever in,
 # and its probe was timed with another job running, hence the range).
-STEP_OVERHEAD = 1.0
-GROWTH_RANGE = (0.4, 1.5)
+STEP_RANGE = (0.4, 1.5)
 
 
 def _duration(seconds: float) -> str:
@@ -29,8 +28,9 @@ def _duration(seconds: float) -> str:
 
 def estimate_line(trainer, steps: int) -> str:
     """One line estimating the run time of ``steps`` more steps, from a timed render now."""
-    per_step = trainer.probe_step_seconds() * STEP_OVERHEAD
-    lo, hi = (per_step * steps * g for g in GROWTH_RANGE)
+    per_step = trainer.probe_step_seconds()
+    lo, hi = (per_step * steps * g for g in STEP_RANGE)
+    # the batch the probe used (the loader's cache holds it: no second decode)
     frames = trainer.data_provider.train_batch(trainer.step + 1, trainer.config.batch_size, trainer.config.seed)
     return (
         f"splatkit: {steps} steps on this CPU: about {_duration(lo)} to {_duration(hi)} "
@@ -69,8 +69,7 @@ class SplatProgressTracker(SplatBaseModule):
         if trainer is not None and trainer.device.type == "cpu" and trainer.sharded is None and step < max_steps:
             print(estimate_line(trainer, max_steps - step), file=out, flush=True)
         self._tty = hasattr(out, "isatty") and out.isatty()
-        self._t0, self._step0 = time.perf_counter(), step
-        self._recent = (self._t0, step)  # rate and ETA from the steps since the last line
+        self._recent = (time.perf_counter(), step)  # rate and ETA from the steps since the last line
         if self._tty:
             import logging
 

@@ -106,8 +106,8 @@ class SplatViewer(SplatBaseModule):
         gui = self.server.gui
         self._gui_res = gui.add_slider(
             "Resolution",
-            min=64,
-            max=2048,
+            min=MIN_RESOLUTION,
+            max=MAX_RESOLUTION,
             step=32,
             initial_value=int(self.resolution or default_resolution),
             hint="Longest side of rendered frames, in pixels",
@@ -288,12 +288,7 @@ class SplatViewer(SplatBaseModule):
         device = torch.device(device)
         bg = torch.tensor([background], dtype=torch.float32, device=device)
         means = params["means"].detach()
-        centre = means.median(dim=0).values
-        radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
-        eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
-        c2w = look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
-        if initial_c2w is not None:
-            c2w = initial_c2w
+        c2w = initial_c2w if initial_c2w is not None else _overview_c2w(means)
 
         def render_fn(cams):
             return renderer.render(params, cams.to(device), sh_degree, bg).images[0]
@@ -366,3 +361,11 @@ def _vector(value, n: int, field: str) -> np.ndarray:
     if v.shape != (n,) or not np.isfinite(v).all():
         raise _BadCamera(f"{field} {value!r} is not {n} finite numbers")
     return v
+
+
+def _overview_c2w(means: torch.Tensor) -> torch.Tensor:
+    """A camera-to-world looking at the bulk of the Gaussians from outside them (+Z up)."""
+    centre = means.median(dim=0).values
+    radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
+    eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
+    return look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))

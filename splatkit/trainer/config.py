@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from splatkit.data_provider.images import is_rgb_colour
+
 
 @dataclass
 class SplatTrainerConfig:
@@ -88,8 +90,7 @@ class SplatTrainerConfig:
             ],
             (
                 "background",
-                self.background is None
-                or (len(self.background) == 3 and all(math.isfinite(c) and 0 <= c <= 1 for c in self.background)),
+                self.background is None or is_rgb_colour(self.background),
                 "None or three numbers in [0, 1] (RGB)",
             ),
             ("dist_mode", self.dist_mode in ("replicate", "shard"), "'replicate' or 'shard'"),

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from splatkit.data_provider.base import SplatDataProvider
-from splatkit.data_provider.detect import data_record
+from splatkit.data_provider.detect import data_identity, data_record
 from splatkit.densification.base import SplatDensification, state_to
 from splatkit.densification.default import SplatDefaultDensification
 from splatkit.errors import SplatNumericError
@@ -93,6 +93,8 @@ class SplatTrainer:
         overwrite: train into an ``output_dir`` that already holds another run's files
             (otherwise refused; a resume may always write into its folder). A folder another
             live run is training into is always refused (its ``.splatkit.lock``).
+        checkpoint: the content of ``ckpt_path`` when the caller has already read it with
+            :func:`~splatkit.trainer.checkpoint.load_checkpoint` (it is then not read again).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SplatTrainer:
         modules: Sequence[SplatBaseModule] | None = None,
         ckpt_path: str | os.PathLike | None = None,
         overwrite: bool = False,
+        checkpoint: dict | None = None,
     ) -> None:
         if not isinstance(config, SplatTrainerConfig):
             raise TypeError(f"config must be a SplatTrainerConfig, got {type(config).__name__}")
@@ -121,8 +124,13 @@ class SplatTrainer:
                 raise TypeError(f"modules must be SplatBaseModule instances, got {type(m).__name__}")
         self.device = resolve_device(config.device)
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
+        self.data = data_record(data_provider)
+        """What this run trains on (:func:`~splatkit.data_provider.detect.data_record`), recorded in
+        ``trainer_config.json`` and checkpoints; None for providers splatkit cannot rebuild."""
         # Read the checkpoint now so a bad path fails before any setup work.
-        self._resume = None if ckpt_path is None else load_checkpoint(ckpt_path)
+        if checkpoint is not None and ckpt_path is None:
+            raise ValueError("checkpoint (the content of ckpt_path) needs ckpt_path too")
+        self._resume = checkpoint if checkpoint is not None or ckpt_path is None else load_checkpoint(ckpt_path)
         # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training,
         # or sharded training with config.dist_mode="shard".
         self.world_rank, self.world_size, self.device = distributed.init_from_env(self.device, config.dist_timeout)
@@ -144,6 +152,7 @@ class SplatTrainer:
         """The colour renders are drawn over (RGB in [0, 1]): the config's, else the data's, else black."""
         self.init_report: dict | None = None
         """How the initial Gaussians were made (set by :meth:`setup` on a fresh start)."""
+        self._background_tensor: torch.Tensor | None = None
         self.overwrite = overwrite
         self._lock: Path | None = None  # the output folder's lock while this run holds it
         self._loss_finite: torch.Tensor | None = None  # all losses since the last check finite
@@ -310,7 +319,7 @@ class SplatTrainer:
                 "background": list(self.background),
                 "initialization": self.init_report,
                 "data_provider": _describe(self.data_provider),
-                "data": data_record(self.data_provider),
+                "data": self.data,
                 "renderer": _describe(self.renderer),
                 "loss_fn": _describe(self.loss_fn),
                 "densification": _describe(self.densification),
@@ -330,20 +339,15 @@ class SplatTrainer:
                 "match an uninterrupted one",
                 ", ".join(differing),
             )
-        saved_data, data = ckpt.get("data"), data_record(self.data_provider)
-        if saved_data is not None and data is not None:
-            where = ("kind", *(f"config.{k}" for k in ("colmap_dir", "images_dir", "data_path", "masks_dir", "seed")))
-
-            def pick(record, key):
-                return record.get("kind") if key == "kind" else record.get("config", {}).get(key[7:])
-
-            moved = [k for k in where if pick(saved_data, k) != pick(data, k)]
+        if ckpt.get("data") is not None and self.data is not None:
+            then, now = data_identity(ckpt["data"]), data_identity(self.data)
+            moved = [k for k in then if then[k] != now[k]]
             if moved:
-                then = ", ".join(f"{k}: {pick(saved_data, k)!r}" for k in moved)
-                now = ", ".join(f"{k}: {pick(data, k)!r}" for k in moved)
                 raise ValueError(
-                    f"{self.ckpt_path} was trained on other data ({then}) than this run's ({now}); resume "
-                    "without --data to use the checkpoint's, or start a new run"
+                    f"{self.ckpt_path} was trained on other data "
+                    f"({', '.join(f'{k}: {then[k]!r}' for k in moved)}) than this run's "
+                    f"({', '.join(f'{k}: {now[k]!r}' for k in moved)}); resume without --data to use the "
+                    "checkpoint's, or start a new run"
                 )
         ts_state, dens_state, rng = ckpt["training_state"], ckpt["densification"], ckpt["rng"]
         expected = set(self.densification.initialize_state(float(ckpt["scene_scale"])))
@@ -421,7 +425,7 @@ class SplatTrainer:
             "config": dataclasses.asdict(self.config),
             "scene_scale": self.scene_scale,
             "background": list(self.background),
-            "data": data_record(self.data_provider),  # what it trains on (eval/view/resume rebuild it)
+            "data": self.data,  # what it trains on (eval/view/resume rebuild it)
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
@@ -445,9 +449,7 @@ class SplatTrainer:
         if self._loss_finite is not None and not bool(self._loss_finite):
             bad.append("the loss")
         if not bad:  # the parameters only matter while the losses looked fine
-            sums = {name: p.detach().float().sum() for name, p in ts.params.items()}
-            bad = [name for name, s in sums.items() if not torch.isfinite(s)]
-            bad = [name for name in bad if not torch.isfinite(ts.params[name].detach()).all()]
+            bad = [name for name, p in ts.params.items() if not torch.isfinite(p.detach()).all()]
         self._loss_finite = None
         if bad:
             cfg = self.config
@@ -521,7 +523,9 @@ class SplatTrainer:
         return cfg.lr_means * self.scene_scale * decay
 
     def backgrounds(self, n: int) -> torch.Tensor:
-        return torch.tensor(self.background, dtype=torch.float32, device=self.device).expand(n, 3)
+        if self._background_tensor is None:  # made once: no host-to-device copy per step
+            self._background_tensor = torch.tensor(self.background, dtype=torch.float32, device=self.device)
+        return self._background_tensor.expand(n, 3)
 
     def train_step(self, step: int) -> None:
         """One optimisation step (1-based ``step``)."""

@@ -61,6 +61,12 @@ class RasterInputs:
     sh_degree: int | None = None
     backgrounds: torch.Tensor | None = None
 
+    def args(self) -> tuple:
+        """``(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)``:
+        the leading positional arguments of the projection functions."""
+        g = self
+        return (g.means, g.quats, g.scales, g.opacities, g.colors, g.viewmats, g.Ks, g.width, g.height, g.sh_degree)
+
     @property
     def n_cameras(self) -> int:
         return self.viewmats.shape[0]

@@ -115,8 +115,7 @@ def project(inputs: RasterInputs, settings: RasterSettings):
     """The projection half of gsplat's ``rasterization`` (unpacked), as a
     :class:`~splatkit.renderer.projection.Projected`: the stage sharded rendering
     exchanges between ranks."""
-    means, quats, scales, opacities, colors = inputs.means, inputs.quats, inputs.scales, inputs.opacities, inputs.colors
-    viewmats, Ks, width, height, sh_degree = inputs.viewmats, inputs.Ks, inputs.width, inputs.height, inputs.sh_degree
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     _require_cuda(means)
     import gsplat
 

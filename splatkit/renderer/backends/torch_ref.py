@@ -333,18 +333,8 @@ def composite_over(
 
 def project(inputs: RasterInputs, settings: RasterSettings) -> Projected:
     """The projection stage: :func:`~splatkit.renderer.projection.project_gaussians`."""
-    g = inputs
     return project_gaussians(
-        g.means,
-        g.quats,
-        g.scales,
-        g.opacities,
-        g.colors,
-        g.viewmats,
-        g.Ks,
-        g.width,
-        g.height,
-        g.sh_degree,
+        *inputs.args(),
         near_plane=settings.near_plane,
         far_plane=settings.far_plane,
         eps2d=settings.eps2d,

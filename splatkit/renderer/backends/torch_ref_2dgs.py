@@ -116,22 +116,7 @@ def composite_surfels(
 def project(inputs: RasterInputs, settings: RasterSettings) -> tuple[ProjectedSurfels, torch.Tensor]:
     """The projection stage: :func:`~splatkit.renderer.projection_2dgs.project_surfels` and
     no backend-specific extra (``[C, N, 0]``)."""
-    g = inputs
-    proj = project_surfels(
-        g.means,
-        g.quats,
-        g.scales,
-        g.opacities,
-        g.colors,
-        g.viewmats,
-        g.Ks,
-        g.width,
-        g.height,
-        g.sh_degree,
-        settings.near_plane,
-        settings.far_plane,
-        settings.radius_clip,
-    )
+    proj = project_surfels(*inputs.args(), settings.near_plane, settings.far_plane, settings.radius_clip)
     return proj, proj.depths.new_zeros(*proj.depths.shape, 0)
 
 

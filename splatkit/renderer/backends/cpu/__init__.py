@@ -60,8 +60,7 @@ def _check_tensors(**tensors: torch.Tensor) -> None:
 
 def project(inputs: RasterInputs, settings: RasterSettings, num_threads: int | None = None) -> Projected:
     """Compiled :func:`splatkit.renderer.projection.project_gaussians` (same result); the projection stage."""
-    means, quats, scales, opacities, colors = inputs.means, inputs.quats, inputs.scales, inputs.opacities, inputs.colors
-    viewmats, Ks, width, height, sh_degree = inputs.viewmats, inputs.Ks, inputs.width, inputs.height, inputs.sh_degree
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     rasterize_mode = settings.rasterize_mode
     _check_tensors(
         means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
@@ -121,8 +120,7 @@ def composite(
 def project_2dgs(inputs: RasterInputs, settings: RasterSettings, num_threads: int | None = None):
     """The compiled 2DGS projection stage: ``(ProjectedSurfels, shift [C, N, 2])``, where
     ``shift`` is the pixel the kernel recentred each surfel's ``M`` on (for float32 accuracy)."""
-    means, quats, scales, opacities, colors = inputs.means, inputs.quats, inputs.scales, inputs.opacities, inputs.colors
-    viewmats, Ks, width, height, sh_degree = inputs.viewmats, inputs.Ks, inputs.width, inputs.height, inputs.sh_degree
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     _check_tensors(
         means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
     )
