@@ -215,18 +215,14 @@ def demo_command(
         cap_max=30_000,
     )
     loss_2dgs = Splat2DGSLossFn(normal_start_iter=round(7000 * frac), dist_start_iter=round(3000 * frac))
-    return TrainCommand(
-        data="demo",
-        model=model,
-        strategy=strategy,
-        trainer=config,
-        densification=densification,
-        mcmc=mcmc,
-        renderer=Splat3DGSRenderer(backend=backend),
-        renderer_2dgs=Splat2DGSRenderer(backend=backend),
-        loss_2dgs=loss_2dgs,
-        **kwargs,
+    # Only the selected strategy's and model's settings are set, as a user would on the command line.
+    chosen = (
+        {"mcmc": mcmc} if strategy == "mcmc" else {"densification": densification},
+        {"renderer_2dgs": Splat2DGSRenderer(backend=backend), "loss_2dgs": loss_2dgs}
+        if model == "2dgs"
+        else {"renderer": Splat3DGSRenderer(backend=backend)},
     )
+    return TrainCommand(data="demo", model=model, strategy=strategy, trainer=config, **chosen[0], **chosen[1], **kwargs)
 
 
 def components(cmd: TrainCommand):
@@ -359,16 +355,13 @@ def _run_dir(cmd: TrainCommand) -> str:
     return str(path)
 
 
-def build_trainer(
-    cmd: TrainCommand, data_provider=None, check_flags: bool = True
-) -> tuple[SplatTrainer, SplatExporter]:
+def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, SplatExporter]:
     """The trainer ``splatkit train`` runs for ``cmd`` (and its exporter), on ``data_provider`` if
-    given, else on the provider ``cmd.data`` names. With ``check_flags``, settings this run would
-    not use (another strategy's, model's or data format's) are an error."""
-    if check_flags:
-        check_unused_flags(cmd)
-        if cmd.data is not None:
-            _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
+    given, else on the provider ``cmd.data`` names. Settings this run would not use (another
+    strategy's, model's or data format's) are an error."""
+    check_unused_flags(cmd)
+    if cmd.data is not None:
+        _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
     checkpoint = None  # read once here when it names the data, then handed to the trainer
     if data_provider is None and cmd.data is None:
         if cmd.resume is None:
@@ -420,10 +413,10 @@ def build_trainer(
     return trainer, exporter
 
 
-def _train(cmd: TrainCommand, check_flags: bool = True) -> dict:
+def _train(cmd: TrainCommand) -> dict:
     if cmd.summary_json:  # before training, not after hours of it
         ensure_writable_dir(Path(cmd.summary_json).resolve().parent, "--summary-json")
-    trainer, exporter = build_trainer(cmd, check_flags=check_flags)
+    trainer, exporter = build_trainer(cmd)
     renderer = trainer.renderer
     t0 = time.perf_counter()
     try:
@@ -469,8 +462,7 @@ def _demo(cmd: DemoCommand) -> dict:
             dist_mode=cmd.dist_mode,
             progress=cmd.progress,
             overwrite=True,  # the demo replaces its own earlier results
-        ),
-        check_flags=False,  # the demo sets every strategy's and model's schedules
+        )
     )
     if result.get("rank", 0) != 0:
         return result
