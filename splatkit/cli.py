@@ -35,6 +35,7 @@ from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
 from splatkit.trainer.distributed import SplatDistributedError
 from splatkit.trainer.trainer import resolve_device
+from splatkit.utils.distributed import guard
 from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 
 
@@ -606,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
             result = _export(cmd)
         else:
             result = _info(cmd)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank done before any tears its group down: gloo can abort a process
+            # ("terminate called without an active exception") whose peer is still in a collective.
+            with guard("end of the run", torch.distributed.get_rank()):
+                torch.distributed.barrier()
     except BrokenPipeError:  # `splatkit info X | head`: the reader left; not an error of ours
         _quiet_stdout()
         return 0
