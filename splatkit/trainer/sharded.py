@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import accumulate
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,10 @@ import torch.distributed as dist
 from splatkit.splat.cameras import SplatCameras
 from splatkit.trainer.checkpoint import capture_rng_state
 from splatkit.utils.distributed import gather_ranks, guard
+
+if TYPE_CHECKING:
+    from splatkit.renderer.base import SplatRenderer
+    from splatkit.splat.training_state import SplatTrainingState
 
 OP_DONE, OP_RENDER, OP_GATHER = 0, 1, 2
 _HEADER = 8
@@ -79,6 +84,24 @@ def shard_seed(seed: int, rank: int, step: int = 0) -> int:
     """The torch seed of rank ``rank``'s shard from ``step`` on: shards are different
     Gaussians, so each rank draws its own random numbers."""
     return seed + 1_000_003 * rank + step
+
+
+class ShardHost(Protocol):
+    """What a sharded run needs of the trainer that owns it (``SplatTrainer`` is one): the
+    rank's own shard and how to render it. Declared here so this module depends on an
+    interface, not on the trainer class."""
+
+    device: torch.device
+    renderer: SplatRenderer
+    training_state: SplatTrainingState
+    densification_state: dict
+
+    @property
+    def num_gaussians(self) -> int: ...
+
+    def backgrounds(self, n: int) -> torch.Tensor: ...
+
+    def gathered_training_state(self) -> SplatTrainingState: ...
 
 
 class ShardedRun:
@@ -137,7 +160,7 @@ class ShardedRun:
             dist.broadcast(header, src=0)
         return header.tolist()
 
-    def lead(self, fn: Callable, trainer) -> object:
+    def lead(self, fn: Callable, trainer: ShardHost) -> object:
         """Rank 0 runs ``fn()`` while the other ranks serve its renders and gathers.
 
         Returns ``fn()``'s result on rank 0 and None on the others. Every rank must call it.
@@ -153,7 +176,7 @@ class ShardedRun:
             self._gathered = self._gathered_ts = None
             self._broadcast_header([OP_DONE])
 
-    def _serve(self, trainer) -> None:
+    def _serve(self, trainer: ShardHost) -> None:
         while True:
             op, degree, *_ = self._broadcast_header()
             if op == OP_DONE:
@@ -175,14 +198,14 @@ class ShardedRun:
                 "SplatTrainer.lead(...), not from rank 0 alone"
             )
 
-    def render(self, trainer, cameras: SplatCameras, sh_degree: int, backgrounds: torch.Tensor):
+    def render(self, trainer: ShardHost, cameras: SplatCameras, sh_degree: int, backgrounds: torch.Tensor):
         """Rank 0 (leading): render ``cameras`` from every shard (the others join with none)."""
         self._require_leading("rendering")
         self._broadcast_header([OP_RENDER, sh_degree])  # the shards' colours need the same degree
         with torch.no_grad():
             return trainer.renderer.render(trainer.training_state.params, cameras, sh_degree, backgrounds)
 
-    def gathered(self, trainer) -> tuple[dict, dict, list]:
+    def gathered(self, trainer: ShardHost) -> tuple[dict, dict, list]:
         """Rank 0 (leading): ``(training state dict, densification state, random states per
         rank)`` of the whole splat, gathered once per lead."""
         self._require_leading("gathering the splat")
@@ -191,7 +214,7 @@ class ShardedRun:
             self._gathered = self._gather_state(trainer.training_state.state_dict(), trainer.densification_state)
         return self._gathered
 
-    def gathered_training_state(self, trainer):
+    def gathered_training_state(self, trainer: ShardHost) -> SplatTrainingState:
         """Rank 0 (leading): the whole splat as a CPU ``SplatTrainingState``, once per lead."""
         if self._gathered_ts is None:
             from splatkit.splat.training_state import SplatTrainingState
@@ -205,7 +228,7 @@ class ShardedTrainingStateView:
     splat, gathered on first use within a hook (a read-only CPU copy); ``num_gaussians``,
     ``device`` and ``sh_degree`` are answered without gathering."""
 
-    def __init__(self, trainer) -> None:
+    def __init__(self, trainer: ShardHost) -> None:
         self._trainer = trainer
 
     @property
