@@ -68,6 +68,12 @@ def _err(a, b):
     return (a.double() - b.double()).abs()
 
 
+def _alpha_bound(opacities):
+    """Opacity error bound of the 8-bit formats: 0.5/255, and up to 1/255 above 254/255,
+    which is the largest byte they write (byte 255 decodes to logit +inf elsewhere)."""
+    return torch.where(torch.sigmoid(opacities.double()) > 254 / 255, 1 / 255, 0.5 / 255) + F32
+
+
 def _psnr(a, b):
     mse = float(((a - b) ** 2).mean())
     return math.inf if mse == 0 else -10 * math.log10(mse)
@@ -118,7 +124,7 @@ def test_splat_round_trip_within_quantisation(tmp_path):
     assert torch.equal(loaded.means, ref.means)
     assert _err(loaded.scales, ref.scales).max() <= 1e-5
     assert _err(SH_C0 * loaded.sh0, SH_C0 * ref.sh0).max() <= 0.5 / 255 + F32
-    assert _err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)).max() <= 0.5 / 255 + F32
+    assert (_err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)) <= _alpha_bound(ref.opacities)).all()
     assert _err(_unit_aligned(loaded.quats, ref.quats), normalize_quat(ref.quats.double())).max() <= 4 / 128
 
 
@@ -129,7 +135,7 @@ def test_splat_records_are_in_viewer_order_and_layout(tmp_path):
         means=torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
         scales=torch.log(torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]])),
         quats=torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]),
-        opacities=torch.logit(torch.tensor([0.999, 0.5])),  # byte 255; 1.0 (logit inf) is refused
+        opacities=torch.logit(torch.tensor([0.999, 0.5])),  # stored as 254: byte 255 decodes to logit +inf
         sh0=((torch.tensor([[[1.0, 0.0, 0.5]], [[0.2, 0.4, 0.6]]]) - 0.5) / SH_C0),
         shN=torch.zeros(2, 0, 3),
     )
@@ -137,10 +143,10 @@ def test_splat_records_are_in_viewer_order_and_layout(tmp_path):
     first, second = raw[:32], raw[32:]
     assert struct.unpack("<6f", first[:24]) == pytest.approx((4, 5, 6, 1, 1, 1), rel=1e-6)
     assert list(first[24:]) == [51, 102, 153, 128, 128, 128, 128, 255]  # rgba, then w x y z of (0, 0, 0, 1)
-    assert list(second[24:]) == [255, 0, 128, 255, 255, 128, 128, 128]  # identity: w byte 255
+    assert list(second[24:]) == [255, 0, 128, 254, 255, 128, 128, 128]  # identity: w byte 255
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_spz_round_trip_within_quantisation(tmp_path, version):
     model = _model()
     path = tmp_path / "m.spz"
@@ -153,13 +159,14 @@ def test_spz_round_trip_within_quantisation(tmp_path, version):
     # degrees 2-3 in 4 bits, 8.5/128.
     assert _err(loaded.means, model.means).max() <= 2.0**-13 + F32
     assert _err(loaded.scales, model.scales).max() <= 1 / 32 + F32
-    assert _err(torch.sigmoid(loaded.opacities), torch.sigmoid(model.opacities)).max() <= 0.5 / 255 + F32
+    alpha_err = _err(torch.sigmoid(loaded.opacities), torch.sigmoid(model.opacities))
+    assert (alpha_err <= _alpha_bound(model.opacities)).all()
     assert _err(loaded.sh0, model.sh0).max() <= 0.5 / (0.15 * 255) + F32
     assert _err(loaded.shN[:, :3], model.shN[:, :3]).max() <= 4.5 / 128 + F32
     assert _err(loaded.shN[:, 3:], model.shN[:, 3:]).max() <= 8.5 / 128 + F32
     q = _unit_aligned(loaded.quats, model.quats)
     q_ref = normalize_quat(model.quats.double())
-    if version == 3:
+    if version >= 3:
         # Smallest three at 9 bits + sign: 0.5/511 * sqrt(1/2) each; the rebuilt largest within 3e-3.
         assert _err(q, q_ref).max() <= 3e-3
     else:
@@ -172,9 +179,10 @@ def test_spz_round_trip_within_quantisation(tmp_path, version):
         assert _err(q[:, 0], q_ref[:, 0]).max() <= math.sqrt(2 * math.sqrt(3) * e + 3 * e * e) + F32
 
 
-def test_spz_stores_rub_axes_like_niantics_ply_to_spz(tmp_path):
-    """spz keeps RUB on disk: y and z of positions, y and z of quaternions and the SH
-    coefficients odd in y or z change sign against PLY's RDF."""
+def test_spz_rub_axes_flip_y_and_z_like_niantics_from_rdf(tmp_path):
+    """With spz_axes="rub" (Niantic's library packing with from=RDF): y and z of positions,
+    y and z of quaternions and the SH coefficients odd in y or z change sign against PLY's
+    RDF; the default stores them as they are, as splat-transform, gsply and ply_to_spz do."""
     model = SplatModel(
         means=torch.tensor([[1.0, 2.0, -3.0]]),
         scales=torch.full((1, 3), -2.0),
@@ -184,7 +192,7 @@ def test_spz_stores_rub_axes_like_niantics_ply_to_spz(tmp_path):
         shN=torch.tensor([[[0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [0.125, 0.125, 0.125]]]),
     )
     path = tmp_path / "m.spz"
-    spz.write_spz_file(path, model.params(), version=2)
+    spz.write_spz_file(path, model.params(), version=2, axes="rub")
     raw = gzip.decompress(path.read_bytes())
     magic, version, n, degree, bits, flags, _ = struct.unpack("<IIIBBBB", raw[:16])
     assert (magic, version, n, degree, bits) == (0x5053474E, 2, 1, 1, 12)
@@ -194,7 +202,14 @@ def test_spz_stores_rub_axes_like_niantics_ply_to_spz(tmp_path):
     assert list(raw[body : body + 3]) == [128, 0, 128]  # quaternion (x, y, z) = (0, -1, 0)
     sh = list(raw[body + 3 : body + 12])
     assert sh == [64, 64, 64, 96, 96, 96, 144, 144, 144]  # degree 1 bases (-y, z, -x): -0.5, -0.25, 0.125
-    assert torch.allclose(read_splat(path).means, model.means)
+    assert torch.allclose(read_splat(path, spz_axes="rub").means, model.means)
+    assert torch.allclose(read_splat(path).means, model.means * torch.tensor([1.0, -1.0, -1.0]))
+
+    raw = gzip.decompress(write_splat(model, tmp_path / "plain.spz").read_bytes())  # the default: no conversion
+    pos = [int.from_bytes(raw[16 + 3 * i : 19 + 3 * i], "little", signed=True) / 4096 for i in range(3)]
+    assert pos == [1.0, 2.0, -3.0]
+    with pytest.raises(ValueError, match="spz_axes must be 'rdf' .* or 'rub' .*, got 'rfu'"):
+        read_splat(path, spz_axes="rfu")
 
 
 def test_spz_large_scenes_use_fewer_fractional_bits(tmp_path):
@@ -228,7 +243,7 @@ def test_compressed_ply_round_trip_within_quantisation(tmp_path):
         ):
             extent = want[sl].double().max(0).values - want[sl].double().min(0).values
             assert (_err(got[sl], want[sl]) <= extent / (2 * bits) + 1e-5).all()
-    assert _err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)).max() <= 0.5 / 255 + F32
+    assert (_err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)) <= _alpha_bound(ref.opacities)).all()
     assert _err(_unit_aligned(loaded.quats, ref.quats), normalize_quat(ref.quats.double())).max() <= 3e-3
     assert _err(loaded.shN, ref.shN).max() <= 1 / 32 + F32
 
@@ -309,9 +324,10 @@ def _spz_bytes(header_fields=None, n=5, body=None):
 
 
 BAD_FILES = {
-    "spz-empty": (".spz", b"", "does not start with the gzip magic"),
-    "spz-text": (".spz", b"hello world", "does not start with the gzip magic"),
-    "spz-ngsp-v4": (".spz", b"NGSP" + bytes(28), "uncompressed NGSP container of spz version 4"),
+    "spz-empty": (".spz", b"", "starts neither .* the file is empty"),
+    "spz-text": (".spz", b"hello world", "starts neither with the gzip magic bytes 1f 8b"),
+    "spz-ngsp-v0": (".spz", b"NGSP" + bytes(28), "uncompressed .spz \\(NGSP header\\) of version 0 is not supported"),
+    "spz-zstd": (".spz", b"\x28\xb5\x2f\xfd" + bytes(28), "bare zstd stream"),
     "spz-short-header": (".spz", gzip.compress(b"NGSP"), "truncated .spz: the stream holds 4 bytes"),
     "spz-magic": (".spz", _spz_bytes((0x12345678, 3, 5, 1, 12, 0, 0)), "wrong magic number 0x12345678"),
     "spz-version": (".spz", _spz_bytes((0x5053474E, 7, 5, 1, 12, 0, 0)), "version 7 is not supported"),
@@ -348,6 +364,41 @@ def test_bad_files_raise_clear_errors(tmp_path, case):
     with pytest.raises(SplatFileError, match=message) as info:
         read_splat(path)
     assert str(path) in str(info.value)
+
+
+def test_spz_containers_are_told_apart(tmp_path):
+    """Raw (not gzipped) version 2-3 streams read like gzipped ones; version 4 is an
+    uncompressed header with zstd streams, and a gzipped version 4 is named as such."""
+    model = _model(n=50, sh_degree=1)
+    ref = read_splat(write_splat(model, tmp_path / "ref.spz"))
+    raw = gzip.decompress(spz.encode(model.params()))
+    (tmp_path / "raw.spz").write_bytes(raw)
+    loaded = read_splat(tmp_path / "raw.spz")
+    for name, t in ref.params().items():
+        assert torch.equal(getattr(loaded, name), t), name
+    v4 = spz.encode(model.params(), version=4)
+    assert v4[:4] == b"NGSP" and struct.unpack_from("<I", v4, 4)[0] == 4
+    loaded = read_splat(write_splat(model, tmp_path / "v4.spz", spz_version=4))
+    for name, t in ref.params().items():
+        assert torch.equal(getattr(loaded, name), t), name
+    cases = {
+        "gzipped-v4": (gzip.compress(raw[:4] + struct.pack("<I", 4) + raw[8:]), "gzipped .spz declaring version 4"),
+        "v4-cut": (v4[: len(v4) - 10], "truncated .spz: stream 'sh' ends at byte"),
+        "v4-header": (v4[:20], "less than the 32-byte version-4 header"),
+        "v4-streams": (v4[:15] + bytes([5]) + v4[16:], "declares 5 zstd streams; 50 Gaussians of SH degree 1 take 6"),
+        "v4-count": (v4[:8] + struct.pack("<I", 51) + v4[12:], "stream 'positions' declares 450 bytes; 51 Gaussians"),
+        "v4-bomb": (
+            v4[:8] + struct.pack("<I", 40_000_000) + v4[12:],
+            "declares 40000000 Gaussians .* refusing to inflate it",
+        ),
+        "v4-corrupt": (v4[:140] + bytes(20) + v4[160:], "corrupt .spz: stream"),  # streams start at 128
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / f"{name}.spz"
+        path.write_bytes(content)
+        with pytest.raises(SplatFileError, match=message) as info:
+            read_splat(path)
+        assert str(path) in str(info.value), name
 
 
 def test_truncated_and_corrupt_spz(tmp_path):
