@@ -176,6 +176,14 @@ class ExportCommand:
     stored in the checkpoint or computed from --data."""
     data: str | None = None
     """Capture the model was trained on, for --frame input when the source holds no transform."""
+    spz_axes: Literal["rdf", "rub"] = "rdf"
+    """Axes of .spz files read or written: "rdf", the model's own axes as in its PLY (what splat-transform,
+    gsply, Spark and Niantic's ply_to_spz use), or "rub", Niantic's right-up-back (y and z flipped)."""
+    spz_version: Literal[2, 3, 4] = 3
+    """.spz version written: 3 (gzip; read everywhere), 4 (zstd; splat-transform's default) or 2."""
+    surfel_ply: bool = False
+    """Write a 2DGS model to PLY with two scales (the 2DGS reference layout, which 3DGS tools refuse)
+    instead of three with the third flattened."""
 
 
 @dataclass
@@ -564,7 +572,15 @@ def _export(cmd: ExportCommand) -> dict:
             )
         transform = torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
     result = convert(
-        cmd.src, cmd.dst, crop_min=cmd.crop_min, crop_max=cmd.crop_max, min_opacity=cmd.min_opacity, transform=transform
+        cmd.src,
+        cmd.dst,
+        crop_min=cmd.crop_min,
+        crop_max=cmd.crop_max,
+        min_opacity=cmd.min_opacity,
+        transform=transform,
+        spz_axes=cmd.spz_axes,
+        spz_version=cmd.spz_version,
+        surfel_ply=cmd.surfel_ply,
     )
     for w in result.get("warnings", []):
         print(f"splatkit: warning: {cmd.dst}: {w}", file=sys.stderr)

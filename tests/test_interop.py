@@ -220,3 +220,23 @@ def test_2dgs_ply_opens_in_3dgs_tools_and_reads_back_as_surfels(tmp_path):
     assert names == ["scale_0", "scale_1"]
     back = read_splat(surfel)
     assert back.kind == "2dgs" and torch.equal(back.scales, model.scales)
+
+
+def test_export_command_spz_axes_version_and_surfel_layout(tmp_path, capsys):
+    from splatkit.cli import main
+
+    model = _source(n=200)
+    src = write_splat(model, tmp_path / "m.ply")
+    assert main(["export", str(src), str(tmp_path / "rub.spz"), "--spz-axes", "rub", "--spz-version", "4"]) == 0
+    raw = (tmp_path / "rub.spz").read_bytes()
+    assert raw[:4] == b"NGSP" and int.from_bytes(raw[4:8], "little") == 4
+    as_is = read_splat(tmp_path / "rub.spz")  # read without conversion: y and z turned over
+    assert torch.allclose(as_is.means, model.means * torch.tensor([1.0, -1.0, -1.0]), atol=2.0**-12)
+    assert main(["export", str(tmp_path / "rub.spz"), str(tmp_path / "back.ply"), "--spz-axes", "rub"]) == 0
+    assert torch.allclose(read_splat(tmp_path / "back.ply").means, model.means, atol=2.0**-12)
+
+    surfels = write_splat(_surfels(), tmp_path / "s.ply")
+    assert main(["export", str(surfels), str(tmp_path / "surfel.ply"), "--surfel-ply"]) == 0
+    header = (tmp_path / "surfel.ply").read_bytes()[:2000]
+    assert b"scale_1" in header and b"scale_2" not in header
+    capsys.readouterr()
