@@ -81,6 +81,9 @@ class TrainCommand:
     """Formats of the exported splats (several allowed)."""
     export_frame: Literal["training", "input"] = "training"
     """Write splats in the normalised training frame or back in the capture's own frame."""
+    export_layout: Literal["splatkit", "inria"] = "splatkit"
+    """"inria": the PLY goes to point_cloud/iteration_N/point_cloud.ply, with cameras.json and cfg_args
+    beside it, as the INRIA reference code writes them (for its viewers and scripts)."""
     viewer: bool = False
     """Serve the live web viewer while training."""
     viewer_port: int = 8080
@@ -394,6 +397,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         cmd.save_ckpt,
         splat_format=list(cmd.splat_format),
         frame=cmd.export_frame,
+        layout=cmd.export_layout,
     )
     modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
     if cmd.eval_steps:

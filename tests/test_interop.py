@@ -5,6 +5,7 @@ and round-trip; splatkit's files open in their readers with the same coordinates
 no opacity byte that decoders turn into +inf, clamped non-finite values, and the
 3DGS-readable 2DGS PLY."""
 
+import json
 import logging
 import math
 
@@ -240,3 +241,67 @@ def test_export_command_spz_axes_version_and_surfel_layout(tmp_path, capsys):
     header = (tmp_path / "surfel.ply").read_bytes()[:2000]
     assert b"scale_1" in header and b"scale_2" not in header
     capsys.readouterr()
+
+
+def _inria_load_ply(path):
+    """The INRIA reference code's GaussianModel.load_ply, by its rules: plyfile, then the
+    f_rest_*, scale_* and rot_* properties sorted by their number."""
+    from plyfile import PlyData
+
+    v = PlyData.read(str(path)).elements[0]
+
+    def sorted_props(prefix):
+        names = sorted((p.name for p in v.properties if p.name.startswith(prefix)), key=lambda n: int(n.split("_")[-1]))
+        return np.stack([np.asarray(v[n]) for n in names], axis=1)
+
+    xyz = np.stack([np.asarray(v["x"]), np.asarray(v["y"]), np.asarray(v["z"])], axis=1)
+    return xyz, sorted_props("scale_"), sorted_props("rot"), np.asarray(v["opacity"]), sorted_props("f_rest_")
+
+
+def test_train_writes_the_inria_folder_layout(tmp_path, capsys):
+    from argparse import Namespace
+
+    from splatkit.cli import main
+    from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
+    from splatkit.splat.conventions import camera_centers
+
+    out = tmp_path / "run"
+    demo = ["--demo.num-cameras", "12", "--demo.image-size", "24", "--demo.supersample", "1"]
+    args = ["train", "--data", "demo", "--max-steps", "3", "--output-dir", str(out), "--no-progress", *demo]
+    assert main([*args, "--export-layout", "inria", "--splat-format", "ply", "spz"]) == 0
+    capsys.readouterr()
+    ply = out / "point_cloud" / "iteration_3" / "point_cloud.ply"
+    assert ply.is_file() and (out / "splats" / "step_000003.spz").is_file() and (out / "ckpts").is_dir()
+    xyz, scales, rots, opacity, f_rest = _inria_load_ply(ply)
+    model = read_splat(out / "ckpts" / "step_000003.ckpt")
+    assert np.array_equal(xyz, model.means.numpy()) and np.array_equal(scales, model.scales.numpy())
+    assert np.array_equal(rots, model.quats.numpy()) and np.array_equal(opacity, model.opacities.numpy())
+    assert f_rest.shape == (model.num_gaussians, 45)
+
+    cams = json.loads((out / "cameras.json").read_text())
+    provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(num_cameras=12, image_size=24, supersample=1))
+    train = provider.train_cameras()
+    assert len(cams) == len(train) and [c["id"] for c in cams] == list(range(len(train)))
+    assert set(cams[0]) == {"id", "img_name", "width", "height", "position", "rotation", "fx", "fy"}
+    for entry, cam in zip(cams, train):
+        assert (entry["width"], entry["height"]) == (24, 24)
+        assert np.allclose(entry["position"], camera_centers(cam.viewmats)[0].numpy(), atol=1e-6)
+        # INRIA's rotation is camera-to-world: its transpose is the world-to-camera block.
+        assert np.allclose(np.array(entry["rotation"]).T, cam.viewmats[0, :3, :3].numpy(), atol=1e-6)
+        assert entry["fx"] == pytest.approx(float(cam.Ks[0, 0, 0])) and entry["fy"] == pytest.approx(
+            float(cam.Ks[0, 1, 1])
+        )
+    assert cams[0]["img_name"] == provider.train_names()[0]
+    cfg = eval((out / "cfg_args").read_text(), {"Namespace": Namespace})  # as INRIA's render.py reads it
+    assert cfg.sh_degree == 3 and cfg.model_path == str(out.resolve())
+
+
+def test_inria_layout_validation():
+    from splatkit.modules import SplatExporter
+
+    with pytest.raises(ValueError, match="layout must be 'splatkit' or 'inria', got 'nerfstudio'"):
+        SplatExporter("out", [1], layout="nerfstudio")
+    with pytest.raises(ValueError, match="layout='inria' writes point_cloud.ply; add 'ply' to splat_format"):
+        SplatExporter("out", [1], splat_format="spz", layout="inria")
+    exporter = SplatExporter("out", [7], splat_format=["ply", "spz"], layout="inria")
+    assert exporter.splat_paths(7)[0].as_posix() == "out/point_cloud/iteration_7/point_cloud.ply"
