@@ -77,7 +77,7 @@ class TrainCommand:
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
     tensorboard: bool = False
     """Log to TensorBoard in OUTPUT_DIR/tb."""
-    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply"], ...] = ("ply",)
+    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply", "ksplat"], ...] = ("ply",)
     """Formats of the exported splats (several allowed)."""
     export_frame: Literal["training", "input"] = "training"
     """Write splats in the normalised training frame or back in the capture's own frame."""
@@ -163,10 +163,10 @@ class ViewCommand:
 
 @dataclass
 class ExportCommand:
-    """Convert a splat between .ply, .splat, .spz and .compressed.ply, or export a checkpoint."""
+    """Convert a splat between .ply, .splat, .spz, .compressed.ply and .ksplat, or export a checkpoint."""
 
     src: tyro.conf.Positional[str]
-    """A splat file (.ply, .splat, .spz, .compressed.ply) or a .ckpt."""
+    """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or a .ckpt."""
     dst: tyro.conf.Positional[str]
     """Output file; its suffix picks the format."""
     crop_min: tuple[float, float, float] | None = None
@@ -191,7 +191,7 @@ class ExportCommand:
 
 @dataclass
 class InfoCommand:
-    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply) or checkpoint: count, SH degree, bounds,
+    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or checkpoint: count, SH degree, bounds,
     opacity and scale statistics."""
 
     path: tyro.conf.Positional[str]

@@ -132,11 +132,24 @@ def test_a_flipped_spz_would_fail_the_orientation_check(tmp_path):
     assert _psnr(_render(read_splat(path, spz_axes="rub")), _render(model)) < 30.0  # measured 23 dB
 
 
-@pytest.mark.parametrize("suffix", [".ply", ".spz", ".compressed.ply"])
+def test_ksplat_written_by_gaussforge_opens_the_right_way_up(tmp_path):
+    """gaussforge's .ksplat writer stores SH in PLY's f_rest order, not GaussianSplats3D's
+    band-by-band order that splatkit and splat-transform read, so the check uses SH degree 0."""
+    model = _source(sh_degree=0)
+    path = tmp_path / "gaussforge.ksplat"
+    path.write_bytes(_gaussforge(write_splat(model, tmp_path / "s.ply").read_bytes(), "ply", "ksplat"))
+    loaded = read_splat(path)
+    assert torch.equal(loaded.means, model.means)
+    assert _psnr(_render(loaded), _render(model)) >= PSNR_FLOOR
+    again = read_splat(write_splat(loaded, tmp_path / "again.ksplat"))
+    assert _psnr(_render(again), _render(model)) >= PSNR_FLOOR
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".spz", ".compressed.ply", ".ksplat"])
 def test_splatkit_files_have_the_same_coordinates_in_niantics_reader(tmp_path, suffix):
     model = _source(n=300)
     path = write_splat(model, tmp_path / f"m{suffix}")
-    fmt = {".ply": "ply", ".spz": "spz", ".compressed.ply": "compressed.ply"}[suffix]
+    fmt = {".ply": "ply", ".spz": "spz", ".compressed.ply": "compressed.ply", ".ksplat": "ksplat"}[suffix]
     got = _gaussforge_positions(path.read_bytes(), fmt)
     # The same bytes decode to the same points in file order (a mirror would be off by ~1).
     assert np.abs(got - read_splat(path).means.numpy()).max() < 1e-5

@@ -8,6 +8,8 @@ name                suffix               format
 ``spz``             ``.spz``             Niantic, gzipped and quantised, SH kept (:mod:`.spz`)
 ``compressed_ply``  ``.compressed.ply``  PlayCanvas/SuperSplat, 16 bytes/Gaussian + SH bytes
                                          (:mod:`.compressed_ply`)
+``ksplat``          ``.ksplat``          GaussianSplats3D, float32 geometry, SH to degree 2
+                                         (:mod:`.ksplat`)
 =================== ==================== =====================================================
 
 Orientation: every file holds the Gaussians in the frame they were given (the training
@@ -37,6 +39,7 @@ import torch
 
 from splatkit.splat.conventions import SURFEL_LOG_THICKNESS, opacity_activation, scale_activation
 from splatkit.splat.formats import compressed_ply as _compressed_ply
+from splatkit.splat.formats import ksplat as _ksplat
 from splatkit.splat.formats import splat as _splat
 from splatkit.splat.formats import spz as _spz
 from splatkit.splat.formats.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
@@ -90,6 +93,14 @@ FORMATS: dict[str, SplatFormat] = {
             _compressed_ply.write_compressed_ply_file,
             3,
             _compressed_ply.write_order,
+        ),
+        SplatFormat(
+            "ksplat",
+            ".ksplat",
+            "GaussianSplats3D .ksplat (level 0 written; levels 0-2 read; SH up to degree 2)",
+            _ksplat.read_ksplat_file,
+            _ksplat.write_ksplat_file,
+            _ksplat.MAX_SH_DEGREE,
         ),
     )
 }
@@ -257,7 +268,7 @@ def dropped_information(model: SplatModel, format: str) -> list[str]:
         if bad:
             out.append(f"{bad} of {values.numel()} {what} outside [{lo:g}, {hi:g}] are clipped")
 
-    if fmt.name == "splat":
+    if fmt.name in ("splat", "ksplat"):
         outside(0.5 + SH_C0 * model.sh0, 0.0, 1.0, "base colour values (0.5 + SH_C0 * dc)")
     elif fmt.name == "spz":
         dc_max = 127.5 / (_spz.COLOR_SCALE * 255)
