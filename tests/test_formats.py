@@ -36,6 +36,7 @@ from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 # Slack for float32 storage of the decoded values.
 F32 = 2e-6
+WRITABLE = {name: fmt for name, fmt in FORMATS.items() if fmt.writable}
 
 
 def _model(n=600, sh_degree=3, seed=0, spread=1.0):
@@ -89,6 +90,7 @@ def test_format_names_suffixes_and_detection(tmp_path):
         "spz": ".spz",
         "compressed_ply": ".compressed.ply",
         "ksplat": ".ksplat",
+        "sog": ".sog",
     }
     assert format_from_path("a/scene.compressed.ply") == "compressed_ply"
     assert format_from_path("scene.PLY") == "ply"
@@ -301,7 +303,7 @@ def test_ksplat_round_trip_and_bucketed_levels(tmp_path):
 @pytest.mark.parametrize("sh_degree", [0, 1, 2])
 def test_lower_sh_degrees_round_trip(tmp_path, sh_degree):
     model = _model(n=40, sh_degree=sh_degree)
-    for name, fmt in FORMATS.items():
+    for name, fmt in WRITABLE.items():
         loaded = read_splat(write_splat(model, tmp_path / f"m{fmt.suffix}"))
         assert loaded.sh_degree == min(sh_degree, fmt.max_sh_degree), name
         assert loaded.num_gaussians == 40
@@ -342,7 +344,7 @@ def test_rendered_round_trips_stay_above_psnr_floor(tmp_path):
 
     reference = render(model)
     report = {}
-    for name, fmt in FORMATS.items():
+    for name, fmt in WRITABLE.items():
         report[name] = _psnr(render(read_splat(write_splat(model, tmp_path / f"m{fmt.suffix}"))), reference)
     print("round-trip render PSNR (dB):", {k: round(v, 2) for k, v in report.items()})
     for name, floor in PSNR_FLOOR.items():
@@ -483,7 +485,7 @@ def test_damaged_files_never_crash(tmp_path):
     """Truncations and random byte damage give a SplatFileError (or a readable model), never another error."""
     rng = np.random.default_rng(0)
     model = _model(n=300, sh_degree=2)
-    for _name, fmt in FORMATS.items():
+    for _name, fmt in WRITABLE.items():
         good = write_splat(model, tmp_path / f"good{fmt.suffix}").read_bytes()
         for trial in range(25):
             data = bytearray(good)
@@ -526,7 +528,7 @@ def test_dropped_information_names_what_is_lost():
 
 def test_describe_every_format(tmp_path):
     model = _model(n=500, sh_degree=2)
-    for name, fmt in FORMATS.items():
+    for name, fmt in WRITABLE.items():
         info = describe_file(write_splat(model, tmp_path / f"m{fmt.suffix}"))
         assert info["format"] == name and info["num_gaussians"] == 500
         assert info["sh_degree"] == min(2, fmt.max_sh_degree)
@@ -543,9 +545,9 @@ def test_describe_every_format(tmp_path):
 
 def test_convert_between_every_pair_with_crop_and_opacity_filter(tmp_path):
     model = _model(n=400, sh_degree=3)
-    sources = {name: write_splat(model, tmp_path / f"src{fmt.suffix}") for name, fmt in FORMATS.items()}
+    sources = {name: write_splat(model, tmp_path / f"src{fmt.suffix}") for name, fmt in WRITABLE.items()}
     for src_name, src in sources.items():
-        for name, fmt in FORMATS.items():
+        for name, fmt in WRITABLE.items():
             out = convert(src, tmp_path / f"{src_name}_to{fmt.suffix}")
             assert out["num_in"] == out["num_out"] == 400 and out["format"] == name and out["src_format"] == src_name
             assert read_splat(out["dst"]).num_gaussians == 400

@@ -82,10 +82,10 @@ class SplatExporter(SplatBaseModule):
                 f"SplatExporter splat_format must be a format name or a non-empty list of them, got {splat_format!r}"
             )
         for name in names:
-            if name not in FORMATS:
+            if name not in FORMATS or not FORMATS[name].writable:
                 raise ValueError(
                     f"SplatExporter splat_format {name!r} is not supported; supported: "
-                    + ", ".join(repr(f) for f in FORMATS)
+                    + ", ".join(repr(n) for n, f in FORMATS.items() if f.writable)
                 )
         if frame not in FRAMES:
             raise ValueError(f"SplatExporter frame must be 'training' or 'input', got {frame!r}")

@@ -10,6 +10,7 @@ name                suffix               format
                                          (:mod:`.compressed_ply`)
 ``ksplat``          ``.ksplat``          GaussianSplats3D, float32 geometry, SH to degree 2
                                          (:mod:`.ksplat`)
+``sog``             ``.sog``             PlayCanvas SOG, WebP images in a zip; read only (:mod:`.sog`)
 =================== ==================== =====================================================
 
 Orientation: every file holds the Gaussians in the frame they were given (the training
@@ -40,6 +41,7 @@ import torch
 from splatkit.splat.conventions import SURFEL_LOG_THICKNESS, opacity_activation, scale_activation
 from splatkit.splat.formats import compressed_ply as _compressed_ply
 from splatkit.splat.formats import ksplat as _ksplat
+from splatkit.splat.formats import sog as _sog
 from splatkit.splat.formats import splat as _splat
 from splatkit.splat.formats import spz as _spz
 from splatkit.splat.formats.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
@@ -57,7 +59,8 @@ class SplatFormat:
     ``write(path, params)`` writes them atomically. ``max_sh_degree`` is the highest SH
     degree the format keeps. ``write_order(params)``, where given, is the permutation
     ``[N]`` in which the writer stores the Gaussians (``None``: as given), so a file read
-    back can be compared Gaussian by Gaussian.
+    back can be compared Gaussian by Gaussian. ``writable`` is False for formats splatkit
+    only reads (``write`` then raises a ValueError saying so).
     """
 
     name: str
@@ -67,6 +70,7 @@ class SplatFormat:
     write: Callable[[Path, dict[str, torch.Tensor]], Path]
     max_sh_degree: int
     write_order: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    writable: bool = True
 
 
 FORMATS: dict[str, SplatFormat] = {
@@ -101,6 +105,15 @@ FORMATS: dict[str, SplatFormat] = {
             _ksplat.read_ksplat_file,
             _ksplat.write_ksplat_file,
             _ksplat.MAX_SH_DEGREE,
+        ),
+        SplatFormat(
+            "sog",
+            ".sog",
+            "PlayCanvas SOG bundle (version 2; read only)",
+            _sog.read_sog_file,
+            _sog.write_sog_file,
+            3,
+            writable=False,
         ),
     )
 }
@@ -220,6 +233,8 @@ def write_splat(
     """
     _check_spz_options(spz_axes, spz_version)
     fmt = get_format(format) if format is not None else FORMATS[format_from_path(path)]
+    if not fmt.writable:
+        return fmt.write(Path(path), model.params())  # raises, naming what to do instead
     for name, value in model.params().items():
         bad = int((~torch.isfinite(value)).sum())
         if bad:
