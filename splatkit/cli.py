@@ -78,10 +78,13 @@ class TrainCommand:
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
     tensorboard: bool = False
     """Log to TensorBoard in OUTPUT_DIR/tb."""
-    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply"], ...] = ("ply",)
+    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply", "ksplat"], ...] = ("ply",)
     """Formats of the exported splats (several allowed)."""
     export_frame: Literal["training", "input"] = "training"
     """Write splats in the normalised training frame or back in the capture's own frame."""
+    export_layout: Literal["splatkit", "inria"] = "splatkit"
+    """"inria": the PLY goes to point_cloud/iteration_N/point_cloud.ply, with cameras.json and cfg_args
+    beside it, as the INRIA reference code writes them (for its viewers and scripts)."""
     viewer: bool = False
     """Serve the live web viewer while training."""
     viewer_port: int = 8080
@@ -161,10 +164,10 @@ class ViewCommand:
 
 @dataclass
 class ExportCommand:
-    """Convert a splat between .ply, .splat, .spz and .compressed.ply, or export a checkpoint."""
+    """Convert a splat between .ply, .splat, .spz, .compressed.ply and .ksplat, or export a checkpoint."""
 
     src: tyro.conf.Positional[str]
-    """A splat file (.ply, .splat, .spz, .compressed.ply) or a .ckpt."""
+    """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or a .ckpt."""
     dst: tyro.conf.Positional[str]
     """Output file; its suffix picks the format."""
     crop_min: tuple[float, float, float] | None = None
@@ -177,11 +180,19 @@ class ExportCommand:
     stored in the checkpoint or computed from --data."""
     data: str | None = None
     """Capture the model was trained on, for --frame input when the source holds no transform."""
+    spz_axes: Literal["rdf", "rub"] = "rdf"
+    """Axes of .spz files read or written: "rdf", the model's own axes as in its PLY (what splat-transform,
+    gsply, Spark and Niantic's ply_to_spz use), or "rub", Niantic's right-up-back (y and z flipped)."""
+    spz_version: Literal[2, 3, 4] = 3
+    """.spz version written: 3 (gzip; read everywhere), 4 (zstd; splat-transform's default) or 2."""
+    surfel_ply: bool = False
+    """Write a 2DGS model to PLY with two scales (the 2DGS reference layout, which 3DGS tools refuse)
+    instead of three with the third flattened."""
 
 
 @dataclass
 class InfoCommand:
-    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply) or checkpoint: count, SH degree, bounds,
+    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or checkpoint: count, SH degree, bounds,
     opacity and scale statistics."""
 
     path: tyro.conf.Positional[str]
@@ -387,6 +398,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         cmd.save_ckpt,
         splat_format=list(cmd.splat_format),
         frame=cmd.export_frame,
+        layout=cmd.export_layout,
     )
     modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
     if cmd.eval_steps:
@@ -565,7 +577,15 @@ def _export(cmd: ExportCommand) -> dict:
             )
         transform = torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
     result = convert(
-        cmd.src, cmd.dst, crop_min=cmd.crop_min, crop_max=cmd.crop_max, min_opacity=cmd.min_opacity, transform=transform
+        cmd.src,
+        cmd.dst,
+        crop_min=cmd.crop_min,
+        crop_max=cmd.crop_max,
+        min_opacity=cmd.min_opacity,
+        transform=transform,
+        spz_axes=cmd.spz_axes,
+        spz_version=cmd.spz_version,
+        surfel_ply=cmd.surfel_ply,
     )
     for w in result.get("warnings", []):
         print(f"splatkit: warning: {cmd.dst}: {w}", file=sys.stderr)

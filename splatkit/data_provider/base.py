@@ -105,6 +105,13 @@ class SplatDataProvider(ABC):
         """
         return [self.train_frame(i).cameras for i in range(self.num_train_frames())]
 
+    def train_names(self) -> list[str]:
+        """The training frames' image names, in :meth:`train_cameras` order.
+
+        This default reads every training frame; providers with cheaper access override it.
+        """
+        return [self.train_frame(i).names[0] for i in range(self.num_train_frames())]
+
     def train_alphas(self) -> list[torch.Tensor] | None:
         """Coverage ``[H, W]`` (float in [0, 1]) of each training frame, in
         :meth:`train_cameras` order, for captures whose images have an alpha channel

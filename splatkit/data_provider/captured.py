@@ -317,6 +317,9 @@ class SplatCaptureDataProvider(SplatDataProvider):
     def train_cameras(self) -> list[SplatCameras]:
         return [self._camera(i) for i in self._train_ids]
 
+    def train_names(self) -> list[str]:
+        return [self.records[i].name for i in self._train_ids]
+
     def train_alphas(self) -> list[torch.Tensor] | None:
         if self._background is None:
             return None

@@ -197,6 +197,9 @@ class SplatDemoDataProvider(SplatDataProvider):
     def train_cameras(self) -> list[SplatCameras]:
         return [self._cameras[i] for i in self._train_ids]
 
+    def train_names(self) -> list[str]:
+        return [f"demo_{i:03d}" for i in self._train_ids]
+
     def test_frame(self, index: int) -> SplatFrames:
         return self._frame(self._test_ids[index])
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 
 from splatkit.modules.base import SplatBaseModule
-from splatkit.splat.formats import FORMATS, dropped_information, write_splat
+from splatkit.splat.formats import FORMATS, dropped_information, inria, write_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.transform import transform_model
 from splatkit.utils.files import ensure_writable_dir
 
 FRAMES = ("training", "input")
+LAYOUTS = ("splatkit", "inria")
 _logger = logging.getLogger(__name__)
 
 
@@ -31,13 +32,18 @@ class SplatExporter(SplatBaseModule):
         save_ckpt: write a checkpoint to resume from at each export step.
         splat_format: format of the splat model, or a list of formats to write side by
             side: ``"ply"`` (``step_XXXXXX.ply``), ``"splat"`` (``.splat``), ``"spz"``
-            (``.spz``) and ``"compressed_ply"`` (``.compressed.ply``); see
+            (``.spz``), ``"compressed_ply"`` (``.compressed.ply``) and ``"ksplat"`` (``.ksplat``); see
             :mod:`splatkit.splat.formats`. A format that cannot keep everything of the
             model (e.g. SH in ``.splat``) is reported once as a warning.
         frame: ``"training"`` writes splats in the normalised training frame;
             ``"input"`` maps them back to the capture's own frame (COLMAP's or
             transforms.json's) with the inverse of the data provider's ``transform``.
             Checkpoints always stay in the training frame.
+        layout: ``"splatkit"`` writes ``splats/step_XXXXXX.<fmt>``; ``"inria"`` writes the
+            PLY where the INRIA reference code does, ``point_cloud/iteration_N/point_cloud.ply``,
+            with ``cameras.json`` (the training cameras, in the PLY's frame) and ``cfg_args``
+            in ``output_dir`` (see :mod:`splatkit.splat.formats.inria`); other formats still
+            go to ``splats/``. Needs ``"ply"`` among the formats.
 
     Only rank 0 writes. Every file is written to a temporary name in the same folder
     and renamed when complete, so an interrupted export never leaves a partial
@@ -52,6 +58,7 @@ class SplatExporter(SplatBaseModule):
         save_ckpt: bool = True,
         splat_format: str | Sequence[str] = "ply",
         frame: str = "training",
+        layout: str = "splatkit",
     ) -> None:
         if not isinstance(output_dir, (str, os.PathLike)) or str(output_dir) == "":
             raise TypeError(f"SplatExporter output_dir must be a path, got {output_dir!r}")
@@ -75,13 +82,19 @@ class SplatExporter(SplatBaseModule):
                 f"SplatExporter splat_format must be a format name or a non-empty list of them, got {splat_format!r}"
             )
         for name in names:
-            if name not in FORMATS:
+            if name not in FORMATS or not FORMATS[name].writable:
                 raise ValueError(
                     f"SplatExporter splat_format {name!r} is not supported; supported: "
-                    + ", ".join(repr(f) for f in FORMATS)
+                    + ", ".join(repr(n) for n, f in FORMATS.items() if f.writable)
                 )
         if frame not in FRAMES:
             raise ValueError(f"SplatExporter frame must be 'training' or 'input', got {frame!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"SplatExporter layout must be 'splatkit' or 'inria', got {layout!r}")
+        if layout == "inria" and "ply" not in names:
+            raise ValueError(
+                f"SplatExporter layout='inria' writes point_cloud.ply; add 'ply' to splat_format (got {list(names)})"
+            )
         self.output_dir = Path(output_dir)
         self.export_steps = sorted(set(steps))
         self.save_splat = save_splat
@@ -91,6 +104,7 @@ class SplatExporter(SplatBaseModule):
         self.written: list[Path] = []
         """Files this exporter wrote in this process, in order."""
         self.frame = frame
+        self.layout = layout
         self._to_input: torch.Tensor | None = None
         self._warned: set[str] = set()
 
@@ -105,6 +119,8 @@ class SplatExporter(SplatBaseModule):
     def splat_path(self, step: int, splat_format: str | None = None) -> Path:
         """Path of the splat written at ``step`` in ``splat_format`` (default: the first format)."""
         fmt = FORMATS[splat_format if splat_format is not None else self.splat_formats[0]]
+        if self.layout == "inria" and fmt.name == "ply":
+            return inria.ply_path(self.output_dir, step)
         return self.splat_dir / f"step_{step:06d}{fmt.suffix}"
 
     def splat_paths(self, step: int) -> list[Path]:
@@ -127,7 +143,11 @@ class SplatExporter(SplatBaseModule):
         if self.frame == "input" and self.save_splat:  # fails here, before step 1, without a transform
             self._to_input = self._input_frame_inverse(trainer)
         if self.save_splat:
-            ensure_writable_dir(self.splat_dir, "SplatExporter output_dir")
+            ensure_writable_dir(
+                self.splat_dir if self.layout == "splatkit" else self.output_dir, "SplatExporter output_dir"
+            )
+            if self.layout == "inria":
+                self.written += self._write_inria_scene_files(trainer)
         if self.save_ckpt:
             ensure_writable_dir(self.ckpt_dir, "SplatExporter output_dir")
         late = [s for s in self.export_steps if max_steps is not None and s > max_steps]
@@ -146,6 +166,21 @@ class SplatExporter(SplatBaseModule):
                 f"frame); {type(provider).__name__} has none. Use frame='training' for this data."
             )
         return torch.linalg.inv(torch.as_tensor(T, dtype=torch.float64))
+
+    def _write_inria_scene_files(self, trainer) -> list[Path]:
+        """``cameras.json`` and ``cfg_args`` for the INRIA layout, in the frame the splats are written in."""
+        provider = trainer.data_provider
+        config = (trainer.data or {}).get("config", {})
+        source = next((config[k] for k in ("colmap_dir", "data_path") if config.get(k)), "")
+        return inria.write_scene_files(
+            self.output_dir,
+            provider.train_cameras(),
+            provider.train_names(),
+            trainer.config.sh_degree,
+            transform=self._to_input,
+            source_path=source,
+            white_background=provider.background == (1.0, 1.0, 1.0),
+        )
 
     def _warn_dropped(self, model, logger: logging.Logger | None) -> None:
         """Log, once per format over the run, what the format cannot keep of ``model``."""
@@ -169,7 +204,9 @@ class SplatExporter(SplatBaseModule):
                 model = transform_model(model, self._to_input)
             self._warn_dropped(model, logger)  # of the model as written, in its frame
             for fmt in self.splat_formats:
-                path = write_splat(model, self.splat_path(step, fmt), fmt)
+                target = self.splat_path(step, fmt)
+                target.parent.mkdir(parents=True, exist_ok=True)  # the INRIA layout's iteration_N/
+                path = write_splat(model, target, fmt)
                 self.written.append(path)
                 if logger is not None:
                     logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)

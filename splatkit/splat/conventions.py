@@ -32,6 +32,13 @@ import torch.nn.functional as F
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
+SURFEL_LOG_THICKNESS = -10.0
+"""Log scale given to a surfel's normal axis when it must be stored as a 3D Gaussian
+(``exp(-10) ~ 4.5e-5``: flat for any viewer, and inside every format's scale range)."""
+
+OPACITY_LOGIT_LIMIT = 13.815510557964274
+"""``logit(1 - 1e-6)``: where readers clamp infinite stored opacities (opacity exactly 0 or 1)."""
+
 
 def opacity_activation(raw: torch.Tensor) -> torch.Tensor:
     """Stored logit opacity ``[...]`` -> opacity in (0, 1)."""

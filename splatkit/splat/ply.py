@@ -4,12 +4,23 @@ One binary little-endian ``vertex`` element with float32 properties, in this ord
 ``x y z nx ny nz f_dc_0..2 f_rest_0..M-1 opacity scale_0..2 rot_0..3`` where
 ``M = 3 * ((d + 1) ** 2 - 1)`` for SH degree ``d``. ``f_rest`` is channel-major,
 opacity is a logit, scales are logs, rotations are wxyz quaternions; normals are
-written as zeros (viewers ignore them). 2DGS surfels have ``scale_0 scale_1`` only,
-as the 2DGS reference code writes them.
+written as zeros (viewers ignore them).
+
+2DGS surfels are written by default with three scales, the third (along the surfel's
+normal) flattened to :data:`~splatkit.splat.conventions.SURFEL_LOG_THICKNESS`, and the
+header comment :data:`SURFEL_COMMENT`, so 3DGS tools (INRIA-style plyfile readers,
+gsply, splat-transform, Spark) read them as flat Gaussians and splatkit reads them
+back as surfels. ``surfel_layout=True`` writes the 2DGS reference code's layout
+(``scale_0 scale_1`` only), which those tools reject; both are read.
+
+Readers clamp infinite stored opacities to ``+-OPACITY_LOGIT_LIMIT`` and ``-inf`` log
+scales (a zero extent) to ``SURFEL_LOG_THICKNESS``, with a warning naming the count;
+any other NaN or infinite value is a :class:`SplatFileError`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,8 +28,14 @@ import numpy as np
 import torch
 
 from splatkit.errors import SplatFileError
+from splatkit.splat.conventions import OPACITY_LOGIT_LIMIT, SURFEL_LOG_THICKNESS
 from splatkit.splat.sh import f_rest_to_shN, num_sh_bases, sh_degree_from_bases, shN_to_f_rest
 from splatkit.utils.files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+SURFEL_COMMENT = "splatkit 2dgs surfels: scale_2 is the flattened normal axis"
+"""PLY header comment marking a 2DGS model written in the three-scale layout."""
 
 
 def ply_property_names(sh_degree: int, n_scales: int = 3) -> list[str]:
@@ -32,12 +49,18 @@ def ply_property_names(sh_degree: int, n_scales: int = 3) -> list[str]:
     )
 
 
-def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
-    """Write stored (log/logit) parameters to ``path`` atomically."""
+def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor], surfel_layout: bool = False) -> Path:
+    """Write stored (log/logit) parameters to ``path`` atomically; 2DGS surfels (two scales)
+    as flat 3D Gaussians unless ``surfel_layout`` (see the module docstring)."""
     from plyfile import PlyData, PlyElement
 
     means = params["means"].detach().cpu().float()
     N = means.shape[0]
+    scales = params["scales"].detach().cpu().float()
+    comments = []
+    if scales.shape[1] == 2 and not surfel_layout:
+        scales = torch.cat([scales, torch.full((N, 1), SURFEL_LOG_THICKNESS)], dim=1)
+        comments = [SURFEL_COMMENT]
     shN = params["shN"].detach().cpu().float()
     sh_degree = sh_degree_from_bases(shN.shape[1] + 1)
     columns = torch.cat(
@@ -47,19 +70,19 @@ def write_ply(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
             params["sh0"].detach().cpu().float().reshape(N, 3),
             shN_to_f_rest(shN),
             params["opacities"].detach().cpu().float().reshape(N, 1),
-            params["scales"].detach().cpu().float(),
+            scales,
             params["quats"].detach().cpu().float(),
         ],
         dim=1,
     ).numpy()
-    names = ply_property_names(sh_degree, params["scales"].shape[1])
+    names = ply_property_names(sh_degree, scales.shape[1])
     data = np.empty(N, dtype=[(n, "<f4") for n in names])
     for i, n in enumerate(names):
         data[n] = columns[:, i]
     element = PlyElement.describe(data, "vertex")
 
     def write(tmp: Path) -> None:
-        PlyData([element], text=False, byte_order="<").write(str(tmp))
+        PlyData([element], text=False, byte_order="<", comments=comments).write(str(tmp))
 
     return atomic_write(path, write)
 
@@ -162,11 +185,51 @@ def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     N = len(v.data)
     f_rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(N, 0)
-    return {
-        "means": col("x", "y", "z"),
-        "scales": col(*[f"scale_{i}" for i in range(n_scales)]),
-        "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
-        "opacities": col("opacity")[:, 0].contiguous(),
-        "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :].contiguous(),
-        "shN": f_rest_to_shN(f_rest),
-    }
+    if n_scales == 3 and SURFEL_COMMENT in ply.comments:
+        n_scales = 2  # splatkit's 3DGS-readable 2DGS layout: the third scale is the flattened normal
+    return finite_params(
+        {
+            "means": col("x", "y", "z"),
+            "scales": col(*[f"scale_{i}" for i in range(n_scales)]),
+            "quats": col("rot_0", "rot_1", "rot_2", "rot_3"),
+            "opacities": col("opacity")[:, 0].contiguous(),
+            "sh0": col("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :].contiguous(),
+            "shN": f_rest_to_shN(f_rest),
+        },
+        path,
+    )
+
+
+def finite_params(params: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
+    """``params`` read from ``path`` with infinite opacities and ``-inf`` log scales clamped
+    (logging how many); any other NaN or infinite value raises :class:`SplatFileError`."""
+    out = dict(params)
+    for name, t in params.items():
+        bad = ~torch.isfinite(t)
+        if not bool(bad.any()):
+            continue
+        nan, total = int(torch.isnan(t).sum()), int(bad.sum())
+        if name == "opacities" and not nan:
+            out[name] = t.clamp(-OPACITY_LOGIT_LIMIT, OPACITY_LOGIT_LIMIT)
+            logger.warning(
+                "%s: %d of %d opacities are infinite (opacity exactly 0 or 1); clamped to logits +-%.4g",
+                path,
+                total,
+                t.numel(),
+                OPACITY_LOGIT_LIMIT,
+            )
+        elif name == "scales" and not nan and not bool((t == float("inf")).any()):
+            out[name] = t.clamp_min(SURFEL_LOG_THICKNESS)
+            logger.warning(
+                "%s: %d of %d log scales are -inf (zero extent); clamped to %g (flat)",
+                path,
+                total,
+                t.numel(),
+                SURFEL_LOG_THICKNESS,
+            )
+        else:
+            raise SplatFileError(
+                f"{path}: {total} of {t.numel()} values of {name!r} are NaN ({nan}) or infinite "
+                f"({total - nan}); the file cannot be rendered or trained from (a diverged model or a broken writer)"
+            )
+    return out

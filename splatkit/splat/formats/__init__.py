@@ -8,13 +8,20 @@ name                suffix               format
 ``spz``             ``.spz``             Niantic, gzipped and quantised, SH kept (:mod:`.spz`)
 ``compressed_ply``  ``.compressed.ply``  PlayCanvas/SuperSplat, 16 bytes/Gaussian + SH bytes
                                          (:mod:`.compressed_ply`)
+``ksplat``          ``.ksplat``          GaussianSplats3D, float32 geometry, SH to degree 2
+                                         (:mod:`.ksplat`)
+``sog``             ``.sog``             PlayCanvas SOG, WebP images in a zip; read only (:mod:`.sog`)
 =================== ==================== =====================================================
 
-Every file holds the Gaussians in the frame they were given (the training frame of a
-splatkit run, unless a ``transform`` moved them, see :func:`convert` and
-:mod:`splatkit.splat.transform`); ``.spz`` flips to its own axes on disk and back on
-reading. Each format module documents its quantisation errors; :func:`dropped_information`
-says what a format cannot keep of a given model. Every write is atomic, and every
+Orientation: every file holds the Gaussians in the frame they were given (the training
+frame of a splatkit run, unless a ``transform`` moved them, see :func:`convert` and
+:mod:`splatkit.splat.transform`), with no axis conversion, ``.spz`` included, as
+splat-transform, gsply, spz-js, Spark and Niantic's ``ply_to_spz`` do by default; so one
+model shows the same way up in one viewer whatever format it went through
+(docs/formats.md, "Orientation"). ``spz_axes="rub"`` reads and writes ``.spz`` in the
+right-up-back axes of Niantic's README instead. Each format module documents its
+quantisation errors; :func:`dropped_information` says what a format cannot keep of a
+given model. Every write is atomic, and every
 malformed file raises :class:`~splatkit.splat.ply.SplatFileError` naming the file and
 what is wrong with it.
 """
@@ -25,18 +32,21 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.splat.conventions import SURFEL_LOG_THICKNESS, opacity_activation, scale_activation
 from splatkit.splat.formats import compressed_ply as _compressed_ply
+from splatkit.splat.formats import ksplat as _ksplat
+from splatkit.splat.formats import sog as _sog
 from splatkit.splat.formats import splat as _splat
 from splatkit.splat.formats import spz as _spz
 from splatkit.splat.formats.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
 from splatkit.splat.model import SplatModel
-from splatkit.splat.ply import SplatFileError, read_ply, write_ply
+from splatkit.splat.ply import SplatFileError, finite_params, read_ply, write_ply
 from splatkit.splat.sh import SH_C0
 from splatkit.splat.transform import transform_model
 
@@ -49,7 +59,8 @@ class SplatFormat:
     ``write(path, params)`` writes them atomically. ``max_sh_degree`` is the highest SH
     degree the format keeps. ``write_order(params)``, where given, is the permutation
     ``[N]`` in which the writer stores the Gaussians (``None``: as given), so a file read
-    back can be compared Gaussian by Gaussian.
+    back can be compared Gaussian by Gaussian. ``writable`` is False for formats splatkit
+    only reads (``write`` then raises a ValueError saying so).
     """
 
     name: str
@@ -59,6 +70,7 @@ class SplatFormat:
     write: Callable[[Path, dict[str, torch.Tensor]], Path]
     max_sh_degree: int
     write_order: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    writable: bool = True
 
 
 FORMATS: dict[str, SplatFormat] = {
@@ -75,7 +87,7 @@ FORMATS: dict[str, SplatFormat] = {
             _splat.write_order,
         ),
         SplatFormat(
-            "spz", ".spz", "Niantic .spz (gzipped, quantised, version 3)", _spz.read_spz_file, _spz.write_spz_file, 3
+            "spz", ".spz", "Niantic .spz (quantised; versions 2-4)", _spz.read_spz_file, _spz.write_spz_file, 3
         ),
         SplatFormat(
             "compressed_ply",
@@ -85,6 +97,23 @@ FORMATS: dict[str, SplatFormat] = {
             _compressed_ply.write_compressed_ply_file,
             3,
             _compressed_ply.write_order,
+        ),
+        SplatFormat(
+            "ksplat",
+            ".ksplat",
+            "GaussianSplats3D .ksplat (level 0 written; levels 0-2 read; SH up to degree 2)",
+            _ksplat.read_ksplat_file,
+            _ksplat.write_ksplat_file,
+            _ksplat.MAX_SH_DEGREE,
+        ),
+        SplatFormat(
+            "sog",
+            ".sog",
+            "PlayCanvas SOG bundle (version 2; read only)",
+            _sog.read_sog_file,
+            _sog.write_sog_file,
+            3,
+            writable=False,
         ),
     )
 }
@@ -150,20 +179,34 @@ def _detect(path: Path) -> str:
     return fmt
 
 
-def read_splat(path: str | os.PathLike) -> SplatModel:
+def _check_spz_options(spz_axes: str, spz_version: int = _spz.DEFAULT_VERSION) -> None:
+    if spz_axes not in _spz.AXES:
+        raise ValueError(
+            f"spz_axes must be 'rdf' (the file holds the model's own axes, as PLY does) or 'rub' "
+            f"(Niantic's right-up-back axes), got {spz_axes!r}"
+        )
+    if spz_version not in _spz.WRITE_VERSIONS:
+        raise ValueError(f"spz_version must be one of {', '.join(map(str, _spz.WRITE_VERSIONS))}, got {spz_version!r}")
+
+
+def read_splat(path: str | os.PathLike, *, spz_axes: str = "rdf") -> SplatModel:
     """Read any supported splat file (or a splatkit ``.ckpt``) into a :class:`SplatModel`.
 
     The format comes from the suffix; a file named ``.ply`` that holds the compressed
-    layout is read as compressed PLY.
+    layout is read as compressed PLY. ``spz_axes`` is the axes convention of an ``.spz``
+    (module docstring). Infinite opacities are clamped with a warning; other NaN or
+    infinite values raise :class:`SplatFileError`.
     """
+    _check_spz_options(spz_axes)
     path = Path(path)
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
         return _model_from_checkpoint(path)
     fmt = _detect(path)
     if not path.is_file():
         raise FileNotFoundError(f"{fmt} file not found: {path}")
+    reader = partial(_spz.read_spz_file, axes=spz_axes) if fmt == "spz" else FORMATS[fmt].read
     try:
-        params = FORMATS[fmt].read(path)
+        params = finite_params(reader(path), path)
         return SplatModel(**params)
     except SplatFileError:
         raise
@@ -172,9 +215,26 @@ def read_splat(path: str | os.PathLike) -> SplatModel:
         raise SplatFileError(f"{path}: cannot read as {FORMATS[fmt].description}: {type(e).__name__}: {e}") from e
 
 
-def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically in ``format`` (a name of :data:`FORMATS`; default from the suffix)."""
+def write_splat(
+    model: SplatModel,
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    spz_axes: str = "rdf",
+    spz_version: int = _spz.DEFAULT_VERSION,
+    surfel_ply: bool = False,
+) -> Path:
+    """Write ``model`` to ``path`` atomically in ``format`` (a name of :data:`FORMATS`; default from the suffix).
+
+    ``spz_axes`` and ``spz_version`` (2, 3 or 4) choose the axes convention and container
+    of an ``.spz``. A 2DGS model goes to PLY with three scales (the third flattened,
+    which 3DGS tools read) unless ``surfel_ply`` asks for the two-scale surfel layout of
+    the 2DGS reference code; to other formats always as flat 3D Gaussians.
+    """
+    _check_spz_options(spz_axes, spz_version)
     fmt = get_format(format) if format is not None else FORMATS[format_from_path(path)]
+    if not fmt.writable:
+        return fmt.write(Path(path), model.params())  # raises, naming what to do instead
     for name, value in model.params().items():
         bad = int((~torch.isfinite(value)).sum())
         if bad:
@@ -182,14 +242,14 @@ def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None =
                 f"{path}: refusing to write a splat with {bad} NaN or Inf values in {name!r} "
                 "(the model diverged or the source file holds them); nothing was written"
             )
+    writer = fmt.write
+    if fmt.name == "ply":
+        writer = partial(write_ply, surfel_layout=surfel_ply)
+    elif fmt.name == "spz":
+        writer = partial(_spz.write_spz_file, version=spz_version, axes=spz_axes)
     if model.kind == "2dgs" and fmt.name != "ply":
         model = flat_3dgs(model)
-    return fmt.write(Path(path), model.params())
-
-
-SURFEL_LOG_THICKNESS = -10.0
-"""Log scale given to a surfel's normal axis when it must be stored as a 3D Gaussian
-(``exp(-10) ~ 4.5e-5``: flat for any viewer, and inside every format's scale range)."""
+    return writer(Path(path), model.params())
 
 
 def flat_3dgs(model: SplatModel) -> SplatModel:
@@ -223,7 +283,7 @@ def dropped_information(model: SplatModel, format: str) -> list[str]:
         if bad:
             out.append(f"{bad} of {values.numel()} {what} outside [{lo:g}, {hi:g}] are clipped")
 
-    if fmt.name == "splat":
+    if fmt.name in ("splat", "ksplat"):
         outside(0.5 + SH_C0 * model.sh0, 0.0, 1.0, "base colour values (0.5 + SH_C0 * dc)")
     elif fmt.name == "spz":
         dc_max = 127.5 / (_spz.COLOR_SCALE * 255)
@@ -299,6 +359,9 @@ def convert(
     min_opacity: float = 0.0,
     transform: torch.Tensor | np.ndarray | None = None,
     format: str | None = None,
+    spz_axes: str = "rdf",
+    spz_version: int = _spz.DEFAULT_VERSION,
+    surfel_ply: bool = False,
 ) -> dict:
     """Read ``src`` (any format or a ``.ckpt``), filter, and write ``dst`` atomically.
 
@@ -310,6 +373,8 @@ def convert(
         transform: optional 4x4 similarity applied first (see
             :func:`~splatkit.splat.transform.transform_model`), e.g. the inverse of a data
             provider's ``transform`` to write in the capture's own frame.
+        spz_axes, spz_version, surfel_ply: as in :func:`write_splat` (``spz_axes`` is
+            also how an ``.spz`` source is read).
 
     Returns:
         a summary: files and formats, Gaussians read / removed by the crop / removed by
@@ -322,8 +387,9 @@ def convert(
     lo, hi = _as_vec3(crop_min, "crop_min"), _as_vec3(crop_max, "crop_max")
     if lo is not None and hi is not None and bool((lo > hi).any()):
         raise ValueError(f"crop_min {lo.tolist()} must not exceed crop_max {hi.tolist()} on any axis")
+    _check_spz_options(spz_axes, spz_version)
     fmt = get_format(format) if format is not None else FORMATS[format_from_path(dst)]
-    model = read_splat(src)
+    model = read_splat(src, spz_axes=spz_axes)
     src_format = "checkpoint" if src.suffix.lower() == CHECKPOINT_SUFFIX else _detect(src)
     num_in = model.num_gaussians
     if transform is not None:
@@ -345,7 +411,7 @@ def convert(
         )
     model = filter_model(model, keep)
     warnings = dropped_information(model, fmt.name)
-    path = write_splat(model, dst, fmt.name)
+    path = write_splat(model, dst, fmt.name, spz_axes=spz_axes, spz_version=spz_version, surfel_ply=surfel_ply)
     return {
         "src": str(src),
         "dst": str(path),
@@ -365,6 +431,7 @@ def convert(
 
 __all__ = [
     "FORMATS",
+    "SURFEL_LOG_THICKNESS",
     "SplatFormat",
     "SplatFileError",
     "convert",

@@ -25,7 +25,8 @@ The frame is PLY's (RDF), the same as splatkit's. Gaussians are written in Morto
 - positions: a chunk's extent along the axis / (2 * 2047) for x, z and / (2 * 1023) for y;
 - log scales: the chunk's log-scale range along the axis / (2 * 2047) or / (2 * 1023);
 - base colour ``0.5 + SH_C0 * dc``: the chunk's colour range / (2 * 255);
-- opacity (``sigmoid``): 0.5 / 255;
+- opacity (``sigmoid``): 0.5 / 255 (1.5 / 255 above 254.5 / 255, stored as 254 so that
+  no decoder meets byte 255, whose logit is infinite);
 - quaternion components (unit, sign aligned): about 7e-4 for the three smallest
   (largest within 3e-3);
 - SH coefficients: 1/32 within [-4, 4] (values beyond are clipped).
@@ -67,6 +68,8 @@ _SCALE_CLAMP = 20.0
 _NORM = math.sqrt(2) * 0.5
 # Opacity bytes 0 and 255 decode half a step inside (0, 1) so their logits stay finite.
 _ALPHA_EPS = 0.5 / 255
+MAX_ALPHA_BYTE = 254
+"""Largest opacity byte written: decoders that convert to logits turn 255 into +inf."""
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
@@ -184,7 +187,7 @@ def encode(params: dict[str, torch.Tensor]) -> bytes:
         (_unorm(c[:, 0], 8) << np.uint32(24))
         | (_unorm(c[:, 1], 8) << np.uint32(16))
         | (_unorm(c[:, 2], 8) << np.uint32(8))
-        | _unorm(alpha, 8)
+        | np.minimum(_unorm(alpha, 8), MAX_ALPHA_BYTE)
     )
     chunks = np.concatenate([p_lo, p_hi, s_lo, s_hi, c_lo, c_hi], axis=1).astype("<f4")
     sh = np.clip(np.trunc((f_rest / (2 * SH_RANGE) + 0.5) * 256), 0, 255).astype(np.uint8)

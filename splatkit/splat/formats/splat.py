@@ -20,7 +20,9 @@ outside [0, 1] are clipped. Bytes are rounded to nearest (``convert.py`` truncat
 decoding is the same), so the quantisation errors are at most:
 
 - positions and scales: float32, exact up to ``log``/``exp`` rounding (< 1e-6 relative);
-- colour (``0.5 + SH_C0 * dc``) and opacity: 0.5 / 255 when inside [0, 1];
+- colour (``0.5 + SH_C0 * dc``) and opacity: 0.5 / 255 when inside [0, 1] (opacities
+  above 254.5 / 255 are stored as 254, so 1.5 / 255 there: byte 255 decodes to an
+  infinite logit in readers such as splat-transform);
 - each quaternion component: 1 / 128 before the reader renormalises (so at most about
   0.03 after it).
 """
@@ -42,6 +44,8 @@ RECORD_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "
 
 # Opacity bytes 0 and 255 decode half a step inside (0, 1) so their logits stay finite.
 _ALPHA_EPS = 0.5 / 255
+MAX_ALPHA_BYTE = 254
+"""Largest opacity byte written: readers that convert to logits (splat-transform) turn 255 into +inf."""
 
 
 def write_order(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -71,6 +75,7 @@ def encode(params: dict[str, torch.Tensor]) -> bytes:
     rgb = 0.5 + SH_C0 * dc
     alpha = 1.0 / (1.0 + np.exp(-opac))
     rec["rgba"] = _to_u8(np.concatenate([rgb, alpha[:, None]], axis=1) * 255)
+    rec["rgba"][:, 3] = np.minimum(rec["rgba"][:, 3], MAX_ALPHA_BYTE)
     norm = np.linalg.norm(quats, axis=1, keepdims=True)
     unit = np.divide(quats, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), where=norm > 0)
     rec["rot"] = _to_u8(unit * 128 + 128)
