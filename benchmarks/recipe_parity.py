@@ -291,14 +291,28 @@ def run_recipe(provider, steps: int, seed: int, strategy_name: str, log_every: i
 
 
 # ----------------------------------------------------------------------------- splatkit
-def run_splatkit(cmd: TrainCommand, provider, steps: int, seed: int, strategy_name: str, out_dir: Path) -> dict:
+def trainer_overrides(pairs: list[str]) -> dict:
+    """``["init_extent=2.5", ...]`` as typed ``SplatTrainerConfig`` fields (for experiments)."""
+    fields = {f.name: f for f in dataclasses.fields(SplatTrainerConfig)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a SplatTrainerConfig field")
+        out[key] = type(getattr(SplatTrainerConfig(), key))(value)
+    return out
+
+
+def run_splatkit(
+    cmd: TrainCommand, provider, steps: int, seed: int, strategy_name: str, out_dir: Path, overrides: dict
+) -> dict:
     cmd = dataclasses.replace(
         cmd,
         strategy=strategy_name,
         progress=False,
         save_splat=False,
         save_ckpt=False,
-        trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out_dir)),
+        trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out_dir), **overrides),
     )
     trainer, _ = build_trainer(cmd, provider)
     t0 = time.perf_counter()
@@ -329,6 +343,9 @@ def main() -> None:
     ap.add_argument("--only", choices=["recipe", "splatkit"], default=None, help="run one side only")
     ap.add_argument("--log-every", type=int, default=0, help="print the recipe's progress every N steps")
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="splatkit's side: SplatTrainerConfig overrides"
+    )
     args = ap.parse_args()
     report = {
         "steps": args.steps,
@@ -337,8 +354,10 @@ def main() -> None:
         "factor": args.factor,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "splatkit_overrides": args.set,
         "scenes": {},
     }
+    overrides = trainer_overrides(args.set)
     for name in args.scenes:
         cmd = scene_command(name, args)
         provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
@@ -352,7 +371,9 @@ def main() -> None:
         if args.only != "recipe":
             print(f"[{name}] splatkit ...", file=sys.stderr)
             with tempfile.TemporaryDirectory() as tmp:
-                entry["splatkit"] = run_splatkit(cmd, provider, args.steps, args.seed, args.strategy, Path(tmp))
+                entry["splatkit"] = run_splatkit(
+                    cmd, provider, args.steps, args.seed, args.strategy, Path(tmp), overrides
+                )
             print(f"[{name}] splatkit: {entry['splatkit']}", file=sys.stderr)
         if "recipe" in entry and "splatkit" in entry:
             entry["psnr_gap_db"] = round(entry["splatkit"]["psnr"] - entry["recipe"]["psnr"], 3)
