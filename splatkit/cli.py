@@ -23,6 +23,7 @@ from splatkit.data_provider import (
 )
 from splatkit.data_provider.detect import detect_data, provider_from_path, provider_from_record
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
+from splatkit.evaluation import video_writer_check
 from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
@@ -71,7 +72,13 @@ class TrainCommand:
     summary_json: str | None = None
     """Also write the run's figures (test PSNR/SSIM, Gaussians, seconds, files) as JSON here."""
     eval_steps: tuple[int, ...] = ()
-    """Steps at which SplatEvaluator writes stats/, renders/ (PSNR, SSIM, LPIPS) into --output-dir."""
+    """Steps at which to evaluate the test views (default: the last step): stats/, renders/,
+    preview.png and the training curves (stats/metrics.png) in the output folder."""
+    video: bool = False
+    """Also render videos/traj_STEP.mp4 at each eval step, along a path through the training
+    cameras (needs pip install 'splatkit[video]')."""
+    video_frames: int = 60
+    """Frames of each trajectory video (30 per second)."""
     lpips_net: Literal["alex", "vgg"] = "alex"
     lpips_weights: str | None = None
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
@@ -137,6 +144,9 @@ class EvalCommand:
     save_images: bool = True
     lpips_net: Literal["alex", "vgg"] = "alex"
     lpips_weights: str | None = None
+    video: bool = False
+    """Also render videos/traj_STEP.mp4 along a path through the training cameras."""
+    video_frames: int = 60
     device: str = "auto"
     backend: str = "auto"
     demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
@@ -360,6 +370,8 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     given, else on the provider ``cmd.data`` names. Settings this run would not use (another
     strategy's, model's or data format's) are an error."""
     check_unused_flags(cmd)
+    if cmd.video:
+        video_writer_check()  # a missing extra is said before the data is read
     if cmd.data is not None:
         _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
     checkpoint = None  # read once here when it names the data, then handed to the trainer
@@ -387,13 +399,15 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         splat_format=list(cmd.splat_format),
         frame=cmd.export_frame,
     )
-    modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
-    if cmd.eval_steps:
-        modules.append(
-            SplatEvaluator(
-                cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net, lpips_weights=cmd.lpips_weights
-            )
-        )
+    evaluator = SplatEvaluator(
+        cmd.trainer.output_dir,
+        cmd.eval_steps or (cmd.trainer.max_steps,),
+        lpips_net=cmd.lpips_net,
+        lpips_weights=cmd.lpips_weights,
+        video=cmd.video,
+        video_frames=cmd.video_frames,
+    )
+    modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter, evaluator]
     if cmd.tensorboard:
         modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
     if cmd.viewer:
@@ -427,10 +441,15 @@ def _train(cmd: TrainCommand) -> dict:
         print(f"splatkit: interrupted at step {trainer.step}; {last}", file=sys.stderr)
         raise
     seconds = time.perf_counter() - t0
-    metrics = trainer.lead(trainer.evaluate)  # rank 0 (in a sharded run the others render with it)
+    evaluator = next(m for m in trainer.modules if isinstance(m, SplatEvaluator))
+    final = [h for h in evaluator.history if h["step"] == trainer.step]
+    if final and trainer.world_size == 1:  # the evaluator scored the last step already
+        metrics = final[0]
+    else:  # every rank takes this branch: rank 0 evaluates (in a sharded run the others render with it)
+        metrics = trainer.lead(trainer.evaluate)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
-    written = [str(p) for p in exporter.written]  # only what this run wrote
+    written = [str(p) for p in exporter.written + evaluator.written]  # only what this run wrote
     result = {
         "test_psnr": metrics["psnr"],
         "test_ssim": metrics["ssim"],
@@ -494,7 +513,15 @@ def _eval(cmd: EvalCommand) -> dict:
     device = resolve_device(cmd.device)
     config = (ckpt or {}).get("config", {})
     step = cmd.step if cmd.step is not None else int((ckpt or {}).get("step", 0))
-    evaluator = SplatEvaluator(cmd.output_dir, [step], cmd.save_images, cmd.lpips_net, cmd.lpips_weights)
+    evaluator = SplatEvaluator(
+        cmd.output_dir,
+        [step],
+        cmd.save_images,
+        cmd.lpips_net,
+        cmd.lpips_weights,
+        video=cmd.video,
+        video_frames=cmd.video_frames,
+    )
     for name, state in (ckpt or {}).get("modules", []):
         if name == "SplatEvaluator":  # training time so far, as the training run counted it
             evaluator.load_state_dict(state)
@@ -510,11 +537,16 @@ def _eval(cmd: EvalCommand) -> dict:
     params = {k: v.to(device) for k, v in model.params().items()}
     bg = torch.tensor([background], dtype=torch.float32, device=device)
 
+    def render_fn_cameras(cameras):
+        return renderer.render(params, cameras.to(device), model.sh_degree, bg.expand(len(cameras), 3)).images
+
     def render_fn(f):
-        return renderer.render(params, f.cameras, model.sh_degree, bg.expand(len(f.cameras), 3)).images
+        return render_fn_cameras(f.cameras)
 
     ensure_writable_dir(cmd.output_dir, "--output-dir")
     stats = evaluator.evaluate(render_fn, provider.test_frames(), step, model.num_gaussians, device)
+    if cmd.video:
+        evaluator.write_video(render_fn_cameras, provider, step)
     return {k: v for k, v in stats.items() if k != "images"} | {"output_dir": cmd.output_dir}
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from splatkit.cli import demo_setup, main
+from splatkit.evaluation import LABEL_HEIGHT
 from splatkit.lpips import LPIPSUnavailable, backbone_shapes, load_lpips, tap_channels
 from splatkit.metrics import psnr, ssim
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatTensorboard
@@ -168,7 +169,7 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path):
     assert len(pngs) == 2
     from PIL import Image
 
-    assert Image.open(pngs[0]).size == (3 * 32, 32)  # ground truth | render | error
+    assert Image.open(pngs[0]).size == (3 * 32, LABEL_HEIGHT + 32)  # ground truth | render | error, labelled
 
     # The same numbers from the command line, on the checkpoint of that step.
     rc = main(
@@ -228,7 +229,7 @@ def test_tensorboard_events_hold_scalars_images_histograms(tmp_path):
     assert all(e.value > 0 for e in acc.Scalars("gaussians/count"))
     assert tags["images"] == ["test/render"] and [e.step for e in acc.Images("test/render")] == [10, 20]
     img = acc.Images("test/render")[0]
-    assert (img.width, img.height) == (96, 32)
+    assert (img.width, img.height) == (96, LABEL_HEIGHT + 32)
     assert {"gaussians/opacity", "gaussians/scale_max"} <= set(tags["histograms"])
 
 
