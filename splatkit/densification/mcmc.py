@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -11,6 +12,8 @@ from splatkit.densification.base import SplatDensification
 from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.conventions import opacity_activation
 from splatkit.splat.training_state import SplatTrainingState
+
+logger = logging.getLogger("splatkit")  # through the progress bar, not across it
 
 
 @dataclass
@@ -39,8 +42,11 @@ class SplatMCMCDensification(SplatDensification):
     noise_lr: float = 5e5
     """Position noise per unit of the means' learning rate."""
     refine_start_iter: int = 500
+    """Densification starts after this step."""
     refine_stop_iter: int = 25_000
+    """Densification stops at this step."""
     refine_every: int = 100
+    """Steps between densification rounds."""
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
     init_opacity: float = 0.5
@@ -50,6 +56,7 @@ class SplatMCMCDensification(SplatDensification):
     """Initial scales as a multiple of the nearest-point distance (when SplatTrainerConfig.init_scale
     is None), as the paper and gsplat's "mcmc" preset start."""
     verbose: bool = False
+    """Log the Gaussians added and removed at each round."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -92,8 +99,12 @@ class SplatMCMCDensification(SplatDensification):
             n_relocated = self._relocate(training_state, state)
             n_added = self._add(training_state, state)
             if self.verbose:
-                print(
-                    f"step {step}: {n_relocated} relocated, {n_added} added, {training_state.num_gaussians} Gaussians"
+                logger.info(
+                    "step %d: %d relocated, %d added, %d Gaussians",
+                    step,
+                    n_relocated,
+                    n_added,
+                    training_state.num_gaussians,
                 )
         lr = training_state.optimizers["means"].param_groups[0]["lr"]
         ops.inject_position_noise(training_state, self.noise_lr * lr)
