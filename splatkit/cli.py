@@ -480,7 +480,7 @@ def _train(cmd: TrainCommand) -> dict:
         metrics = trainer.lead(trainer.evaluate)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
-    written = [str(p) for p in exporter.written + evaluator.written]  # only what this run wrote
+    written = [str(p) for p in exporter.written]  # only what this run wrote
     result = {
         "test_psnr": metrics["psnr"],
         "test_ssim": metrics["ssim"],
@@ -493,6 +493,7 @@ def _train(cmd: TrainCommand) -> dict:
         "strategy": cmd.strategy,
         "backend": resolve(renderer.backend, trainer.device, kind=cmd.model).name,
         "files": written,
+        "pictures": [str(p) for p in evaluator.written],  # preview, curves, videos
     }
     _write_summary(cmd.summary_json, result)
     return result
@@ -803,6 +804,8 @@ def _print_result(cmd, result: dict) -> None:
         )
         for f in result["files"]:
             print(f"wrote {f}")
+        if result.get("pictures"):
+            print(f"to look at: {', '.join(result['pictures'])}")
 
 
 if __name__ == "__main__":

@@ -43,8 +43,10 @@ def test_a_run_leaves_preview_curves_labelled_renders_video_and_tensorboard(tmp_
     args = ["train", "--data", "demo", *DEMO_ARGS, "--max-steps", "10", "--output-dir", str(out), "--no-progress"]
     assert main([*args, "--eval-steps", "5", "10", "--video", "--video-frames", "6", "--tensorboard"]) == 0
     printed = capsys.readouterr().out
-    for name in ("preview.png", "stats/metrics.png", "videos/traj_000005.mp4", "videos/traj_000010.mp4"):
-        assert f"wrote {out / name}" in printed, name
+    looked = [line for line in printed.splitlines() if line.startswith("to look at: ")]
+    assert len(looked) == 1 and set(looked[0].removeprefix("to look at: ").split(", ")) == {
+        str(out / n) for n in ("preview.png", "stats/metrics.png", "videos/traj_000005.mp4", "videos/traj_000010.mp4")
+    }, printed
 
     stats = json.loads((out / "stats" / "step_000010.json").read_text())
     psnr_of = {r["name"]: r["psnr"] for r in stats["images"]}
