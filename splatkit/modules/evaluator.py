@@ -118,6 +118,7 @@ class SplatEvaluator(SplatBaseModule):
         self.last_preview: tuple[int, object] | None = None
         """``(step, [H, W, 3] uint8)`` of the latest ``preview.png``, for other modules (TensorBoard)."""
         self._log_every = log_every or 1  # set from max_steps at setup
+        self._logged = False  # whether this run added to the training log
         self._path_cameras: SplatCameras | None = None
         self.train_seconds = 0.0
         self._enabled = True
@@ -148,6 +149,7 @@ class SplatEvaluator(SplatBaseModule):
                 "num_gaussians": int(training_state.num_gaussians),
             }
             self.training_log = [r for r in self.training_log if r["step"] < step] + [row]
+            self._logged = True
 
     def post_step(self, step: int, trainer=None, **kwargs) -> None:
         if not self._enabled:
@@ -160,8 +162,8 @@ class SplatEvaluator(SplatBaseModule):
         self._t_last = time.perf_counter()  # evaluation time is not training time
 
     def on_cleanup(self, error=None, **kwargs) -> None:
-        # the curves up to the last step, also when it was not an eval step
-        if self._enabled and error is None and self.training_log:
+        # the curves up to the last step, also when it was not an eval step (if this run trained)
+        if self._enabled and error is None and self._logged:
             self._write_training_csv(self.output_dir / "stats" / "training.csv")
             self._write_plot(self.output_dir / "stats" / "metrics.png")
 
