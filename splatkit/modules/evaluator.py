@@ -152,9 +152,7 @@ class SplatEvaluator(SplatBaseModule):
             self._logged = True
 
     def post_step(self, step: int, trainer=None, **kwargs) -> None:
-        if not self._enabled:
-            return
-        if step not in self.eval_steps:
+        if not self._enabled or step not in self.eval_steps:
             return
         now = time.perf_counter()
         self.train_seconds += now - self._t_last
