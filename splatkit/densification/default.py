@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,6 @@ from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.splat.training_state import SplatTrainingState
 
-logger = logging.getLogger("splatkit")  # through the progress bar, not across it
 
 
 @dataclass
@@ -92,13 +90,9 @@ class SplatDefaultDensification(SplatDensification):
             n_dupli, n_split = self._grow(training_state, state, it)
             n_prune = self._prune(training_state, state, it)
             if self.verbose:
-                logger.info(
-                    "step %d: %d cloned, %d split, %d pruned, %d Gaussians",
-                    step,
-                    n_dupli,
-                    n_split,
-                    n_prune,
-                    training_state.num_gaussians,
+                print(
+                    f"step {step}: {n_dupli} cloned, {n_split} split, {n_prune} pruned, "
+                    f"{training_state.num_gaussians} Gaussians"
                 )
             state["grad2d"].zero_()
             state["count"].zero_()

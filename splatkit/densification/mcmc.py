@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -13,7 +12,6 @@ from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.conventions import opacity_activation
 from splatkit.splat.training_state import SplatTrainingState
 
-logger = logging.getLogger("splatkit")  # through the progress bar, not across it
 
 
 @dataclass
@@ -99,12 +97,8 @@ class SplatMCMCDensification(SplatDensification):
             n_relocated = self._relocate(training_state, state)
             n_added = self._add(training_state, state)
             if self.verbose:
-                logger.info(
-                    "step %d: %d relocated, %d added, %d Gaussians",
-                    step,
-                    n_relocated,
-                    n_added,
-                    training_state.num_gaussians,
+                print(
+                    f"step {step}: {n_relocated} relocated, {n_added} added, {training_state.num_gaussians} Gaussians"
                 )
         lr = training_state.optimizers["means"].param_groups[0]["lr"]
         ops.inject_position_noise(training_state, self.noise_lr * lr)
