@@ -13,7 +13,6 @@ from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.splat.training_state import SplatTrainingState
 
 
-
 @dataclass
 class SplatDefaultDensification(SplatDensification):
     """Clone small / split large Gaussians with high screen-space gradients, prune

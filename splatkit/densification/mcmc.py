@@ -13,7 +13,6 @@ from splatkit.splat.conventions import opacity_activation
 from splatkit.splat.training_state import SplatTrainingState
 
 
-
 @dataclass
 class SplatMCMCDensification(SplatDensification):
     """Treat the Gaussians as MCMC samples: no gradient thresholds, a fixed budget.
