@@ -1,5 +1,5 @@
 import sys
 
-from splatkit.cli import main
+from splatkit.launcher import main
 
 sys.exit(main())

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
+from splatkit import launcher
 from splatkit.data_provider import (
     SplatBlenderDataProviderConfig,
     SplatColmapDataProviderConfig,
@@ -23,11 +25,11 @@ from splatkit.data_provider import (
 )
 from splatkit.data_provider.detect import detect_data, provider_from_path, provider_from_record
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
+from splatkit.evaluation import video_writer_check
 from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve
-from splatkit.splat.conventions import viewmat_to_c2w
 from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
@@ -43,7 +45,7 @@ from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 class TrainCommand:
     """Train a splat and export it (PLY + checkpoint) into --output-dir."""
 
-    data: str | None = None
+    data: Annotated[str | None, tyro.conf.arg(metavar="PATH|demo")] = None
     """Training data: "demo" for the built-in scene, a COLMAP scene folder (sparse/0 + images), or a
     transforms.json capture (file or folder); the format is detected. With --resume and no --data,
     the data the checkpoint records; otherwise required."""
@@ -62,8 +64,10 @@ class TrainCommand:
     export_steps: tuple[int, ...] = ()
     """Steps to export at (default: the last step)."""
     save_splat: bool = True
+    """Write the splat (splats/step_N.ply) at each export step."""
     save_ckpt: bool = True
-    resume: str | None = None
+    """Write a checkpoint to resume from (ckpts/step_N.ckpt) at each export step."""
+    resume: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
     """Checkpoint (.ckpt) to resume from."""
     overwrite: bool = False
     """Train into an output folder that already holds another run's files (refused otherwise)."""
@@ -72,8 +76,15 @@ class TrainCommand:
     summary_json: str | None = None
     """Also write the run's figures (test PSNR/SSIM, Gaussians, seconds, files) as JSON here."""
     eval_steps: tuple[int, ...] = ()
-    """Steps at which SplatEvaluator writes stats/, renders/ (PSNR, SSIM, LPIPS) into --output-dir."""
+    """Steps at which to evaluate the test views (default: the last step): stats/, renders/,
+    preview.png and the training curves (stats/metrics.png) in the output folder."""
+    video: bool = False
+    """Also render videos/traj_STEP.mp4 at each eval step, along a path through the training
+    cameras (needs pip install 'splatkit[video]')."""
+    video_frames: int = 60
+    """Frames of each trajectory video (30 per second)."""
     lpips_net: Literal["alex", "vgg"] = "alex"
+    """Backbone of the LPIPS metric (AlexNet, as the 3DGS paper reports, or VGG)."""
     lpips_weights: str | None = None
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
     tensorboard: bool = False
@@ -88,14 +99,23 @@ class TrainCommand:
     viewer: bool = False
     """Serve the live web viewer while training."""
     viewer_port: int = 8080
+    """Port of the live viewer (http://HOST:PORT)."""
     viewer_host: str = "127.0.0.1"
+    """Interface the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
     trainer: Annotated[SplatTrainerConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SplatTrainerConfig)
+    """Training: seed, batch size, SH degree, initialisation, background, learning rates, multi-GPU."""
     renderer: Splat3DGSRenderer = field(default_factory=Splat3DGSRenderer)
+    """The 3DGS rasterizer (with --model 3dgs): backend, antialiasing, tiles."""
     loss: Splat3DGSLossFn = field(default_factory=Splat3DGSLossFn)
+    """The 3DGS loss (with --model 3dgs): L1 + D-SSIM weights, regularisers."""
     densification: SplatDefaultDensification = field(default_factory=SplatDefaultDensification)
+    """gsplat's default densification (with --strategy default): thresholds and schedule."""
     renderer_2dgs: Splat2DGSRenderer = field(default_factory=Splat2DGSRenderer)
+    """The 2DGS rasterizer (with --model 2dgs)."""
     loss_2dgs: Splat2DGSLossFn = field(default_factory=Splat2DGSLossFn)
+    """The 2DGS loss (with --model 2dgs): normal and distortion terms."""
     mcmc: SplatMCMCDensification = field(default_factory=SplatMCMCDensification)
+    """MCMC densification (with --strategy mcmc): Gaussian budget, noise, schedule."""
     demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
     """Settings of the built-in scene (with --data demo)."""
     colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
@@ -109,17 +129,23 @@ class DemoCommand:
     """Train the built-in demo scene (made at run time, no downloads) and report its test PSNR."""
 
     output_dir: str = "results/demo"
+    """Folder of the run (replaced by each demo run)."""
     steps: int = 1000
+    """Training steps; the schedules of the 30,000-step recipe are compressed to fit."""
     model: Literal["3dgs", "2dgs"] = "3dgs"
+    """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS)."""
     strategy: Literal["default", "mcmc"] = "default"
+    """Densification: gsplat's default or MCMC."""
     batch_size: int = 1
     """Images per step (per process, under torchrun)."""
     dist_mode: Literal["replicate", "shard"] = "replicate"
     """Under torchrun: every rank holds the whole splat, or each holds a shard of it (docs/distributed.md)."""
     device: str = "auto"
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ..."""
     backend: str = "auto"
     """Rasterizer backend ("auto", "torch", ...)."""
     progress: bool = True
+    """Show a progress bar (plain lines when not on a terminal)."""
     summary_json: str | None = None
     """Also write the run's figures as JSON here."""
 
@@ -128,7 +154,7 @@ class DemoCommand:
 class EvalCommand:
     """Evaluate a checkpoint or PLY on a scene's test split: what SplatEvaluator writes, without training."""
 
-    path: tyro.conf.Positional[str]
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]
     """A .ckpt or .ply file."""
     data: str | None = None
     """The scene to score on (as for train --data); default: the data a checkpoint records."""
@@ -139,10 +165,19 @@ class EvalCommand:
     background: tuple[float, float, float] | None = None
     """Colour behind the Gaussians (default: the checkpoint's; for a PLY the data's, else black)."""
     save_images: bool = True
+    """Write renders/step_N/<image>.png: ground truth | render | error, labelled."""
     lpips_net: Literal["alex", "vgg"] = "alex"
+    """Backbone of the LPIPS metric (AlexNet, as the 3DGS paper reports, or VGG)."""
     lpips_weights: str | None = None
+    """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
+    video: bool = False
+    """Also render videos/traj_STEP.mp4 along a path through the training cameras."""
+    video_frames: int = 60
+    """Frames of the trajectory video (30 per second)."""
     device: str = "auto"
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ..."""
     backend: str = "auto"
+    """Rasterizer backend ("auto", "torch", ...)."""
     demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
     colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
     blender: SplatBlenderDataProviderConfig = field(default_factory=lambda: SplatBlenderDataProviderConfig(""))
@@ -152,12 +187,16 @@ class EvalCommand:
 class ViewCommand:
     """Open a checkpoint or PLY in the web viewer (rendering mode) until Ctrl-C."""
 
-    path: tyro.conf.Positional[str]
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]
+    """A .ckpt or a splat file (.ply, .splat, .spz, .compressed.ply)."""
     port: int = 8080
+    """Port of the viewer (http://HOST:PORT)."""
     host: str = "127.0.0.1"
     """Interface to listen on; 0.0.0.0 makes it reachable from other machines."""
     device: str = "auto"
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ..."""
     backend: str = "auto"
+    """Rasterizer backend ("auto", "torch", ...)."""
     background: tuple[float, float, float] | None = None
     """Colour behind the splat (default: the one a checkpoint was trained over, else black)."""
 
@@ -166,13 +205,14 @@ class ViewCommand:
 class ExportCommand:
     """Convert a splat between .ply, .splat, .spz, .compressed.ply and .ksplat, or export a checkpoint."""
 
-    src: tyro.conf.Positional[str]
+    src: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
     """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or a .ckpt."""
-    dst: tyro.conf.Positional[str]
+    dst: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DST")]
     """Output file; its suffix picks the format."""
     crop_min: tuple[float, float, float] | None = None
     """Keep only Gaussians whose centre is inside this box (in the output frame)."""
     crop_max: tuple[float, float, float] | None = None
+    """Upper corner of that box (with --crop-min)."""
     min_opacity: float = 0.0
     """Drop Gaussians less opaque than this (0..1)."""
     frame: Literal["training", "input"] = "training"
@@ -195,7 +235,8 @@ class InfoCommand:
     """Summarise a splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or checkpoint: count, SH degree, bounds,
     opacity and scale statistics."""
 
-    path: tyro.conf.Positional[str]
+    path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]
+    """A splat file (.ply, .splat, .spz, .compressed.ply) or a .ckpt."""
 
 
 def demo_setup(steps: int) -> tuple[SplatTrainerConfig, SplatDefaultDensification]:
@@ -372,6 +413,8 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     given, else on the provider ``cmd.data`` names. Settings this run would not use (another
     strategy's, model's or data format's) are an error."""
     check_unused_flags(cmd)
+    if cmd.video:
+        video_writer_check()  # a missing extra is said before the data is read
     if cmd.data is not None:
         _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
     checkpoint = None  # read once here when it names the data, then handed to the trainer
@@ -400,13 +443,15 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         frame=cmd.export_frame,
         layout=cmd.export_layout,
     )
-    modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter]
-    if cmd.eval_steps:
-        modules.append(
-            SplatEvaluator(
-                cmd.trainer.output_dir, cmd.eval_steps, lpips_net=cmd.lpips_net, lpips_weights=cmd.lpips_weights
-            )
-        )
+    evaluator = SplatEvaluator(
+        cmd.trainer.output_dir,
+        cmd.eval_steps or (cmd.trainer.max_steps,),
+        lpips_net=cmd.lpips_net,
+        lpips_weights=cmd.lpips_weights,
+        video=cmd.video,
+        video_frames=cmd.video_frames,
+    )
+    modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter, evaluator]
     if cmd.tensorboard:
         modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
     if cmd.viewer:
@@ -440,7 +485,12 @@ def _train(cmd: TrainCommand) -> dict:
         print(f"splatkit: interrupted at step {trainer.step}; {last}", file=sys.stderr)
         raise
     seconds = time.perf_counter() - t0
-    metrics = trainer.lead(trainer.evaluate)  # rank 0 (in a sharded run the others render with it)
+    evaluator = next(m for m in trainer.modules if isinstance(m, SplatEvaluator))
+    final = [h for h in evaluator.history if h["step"] == trainer.step]
+    if final and trainer.world_size == 1:  # the evaluator scored the last step already
+        metrics = final[0]
+    else:  # every rank takes this branch: rank 0 evaluates (in a sharded run the others render with it)
+        metrics = trainer.lead(trainer.evaluate)
     if trainer.world_rank != 0:  # only rank 0 evaluates, reports and writes
         return {"rank": trainer.world_rank}
     written = [str(p) for p in exporter.written]  # only what this run wrote
@@ -456,6 +506,7 @@ def _train(cmd: TrainCommand) -> dict:
         "strategy": cmd.strategy,
         "backend": resolve(renderer.backend, trainer.device, kind=cmd.model).name,
         "files": written,
+        "pictures": [str(p) for p in evaluator.written],  # preview, curves, videos
     }
     _write_summary(cmd.summary_json, result)
     return result
@@ -507,9 +558,17 @@ def _eval(cmd: EvalCommand) -> dict:
     device = resolve_device(cmd.device)
     config = (ckpt or {}).get("config", {})
     step = cmd.step if cmd.step is not None else int((ckpt or {}).get("step", 0))
-    evaluator = SplatEvaluator(cmd.output_dir, [step], cmd.save_images, cmd.lpips_net, cmd.lpips_weights)
+    evaluator = SplatEvaluator(
+        cmd.output_dir,
+        [step],
+        cmd.save_images,
+        cmd.lpips_net,
+        cmd.lpips_weights,
+        video=cmd.video,
+        video_frames=cmd.video_frames,
+    )
     for name, state in (ckpt or {}).get("modules", []):
-        if name == "SplatEvaluator":  # training time so far, as the training run counted it
+        if name == evaluator.state_key:  # training time so far, as the training run counted it
             evaluator.load_state_dict(state)
     # The training run's colour, if known, is also what RGBA targets are composited over.
     background = cmd.background or (ckpt or {}).get("background") or config.get("background")
@@ -523,11 +582,16 @@ def _eval(cmd: EvalCommand) -> dict:
     params = {k: v.to(device) for k, v in model.params().items()}
     bg = torch.tensor([background], dtype=torch.float32, device=device)
 
+    def render_fn_cameras(cameras):
+        return renderer.render(params, cameras.to(device), model.sh_degree, bg.expand(len(cameras), 3)).images
+
     def render_fn(f):
-        return renderer.render(params, f.cameras, model.sh_degree, bg.expand(len(f.cameras), 3)).images
+        return render_fn_cameras(f.cameras)
 
     ensure_writable_dir(cmd.output_dir, "--output-dir")
     stats = evaluator.evaluate(render_fn, provider.test_frames(), step, model.num_gaussians, device)
+    if cmd.video:
+        evaluator.write_video(render_fn_cameras, provider, step)
     return {k: v for k, v in stats.items() if k != "images"} | {"output_dir": cmd.output_dir}
 
 
@@ -535,11 +599,11 @@ def _view(cmd: ViewCommand) -> dict:
     model, ckpt = _load_model(cmd.path)
     device = resolve_device(cmd.device)
     background = cmd.background or (ckpt or {}).get("background") or (0.0, 0.0, 0.0)
-    start = None  # a training camera of the recorded data, else one guessed from the Gaussians
+    cameras = None  # the recorded data's training cameras (start view and slider), else a view guessed from the model
     if ckpt is not None and ckpt.get("data") is not None:
         try:
             provider = provider_from_record(ckpt["data"])
-            start = viewmat_to_c2w(provider.train_cameras()[0].viewmats[0].double())
+            cameras = provider.train_cameras()
             provider.close()
         except Exception as e:  # the data moved or is gone: the model still opens
             print(f"splatkit: the recorded data cannot be opened ({e}); the view starts from a guess", file=sys.stderr)
@@ -556,8 +620,8 @@ def _view(cmd: ViewCommand) -> dict:
         _renderer_for(model, cmd.backend),
         device,
         tuple(background),
-        initial_c2w=start,
         step=None if ckpt is None else int(ckpt["step"]),
+        train_cameras=cameras,
     )
     return {}
 
@@ -605,13 +669,98 @@ COMMANDS = {
     "info": InfoCommand,
 }
 
+COMMON_FLAGS = {
+    "train": (
+        "--data",
+        "--output-dir",
+        "--max-steps",
+        "--data-factor",
+        "--model",
+        "--strategy",
+        "--device",
+        "--eval-steps",
+        "--export-steps",
+        "--resume",
+        "--overwrite",
+        "--video",
+        "--tensorboard",
+        "--viewer",
+    )
+}
+"""Flags ``splatkit train --help`` lists first, one line each; the rest are summarised by group."""
+
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def _plain(text: str) -> str:
+    """A docstring as one line of plain text: no reST roles or literals, no hard line breaks."""
+    text = _REST_ROLE.sub(lambda m: m.group(1).split(".")[-1] if "~" in m.group(0) else m.group(1), text)
+    return " ".join(text.replace("``", "").split())
+
+
+def flag_table() -> dict:
+    """Every command's flags as tyro parses them: name, value placeholder, description and
+    default, grouped as the config dataclasses nest. :mod:`splatkit.launcher` prints help from it
+    without importing torch."""
+    import warnings
+
+    commands = {}
+    for name, command in COMMANDS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # get_parser is deprecated, and still tyro's parser
+            parser = tyro.extras.get_parser(command, prog=f"splatkit {name}")
+        positionals, groups = [], []
+        for group in parser._action_groups:
+            flags = []
+            for action in group._group_actions:
+                if action.dest == "help":
+                    continue
+                help_text = _plain(action.help or "")
+                default = None
+                if "(default: " in help_text:
+                    help_text, default = help_text.rsplit("(default: ", 1)
+                    help_text, default = help_text.strip(), default.rstrip(")")
+                help_text = help_text.replace("(required)", "").strip()
+                metavar = (action.metavar or "").replace("{None}|", "")
+                metavar = re.sub(r"^\[(\S+) \[\1 \.\.\.\]\]$", r"\1 ...", metavar)  # [INT [INT ...]] -> INT ...
+                if metavar.startswith("{") and " " in metavar:  # {FLOAT FLOAT FLOAT}: not a choice
+                    metavar = metavar[1:-1]
+                if not action.option_strings:
+                    positionals.append({"name": action.dest, "metavar": action.metavar, "help": help_text})
+                    continue
+                name_, *aliases = action.option_strings
+                flags.append(
+                    {"name": name_, "aliases": aliases, "metavar": metavar, "help": help_text, "default": default}
+                )
+            if flags:
+                title = group.title.removesuffix(" options").removesuffix("options") or "options"
+                groups.append({"title": title, "description": _plain(group.description or ""), "flags": flags})
+        commands[name] = {
+            "description": _plain(command.__doc__ or ""),
+            "positionals": positionals,
+            "groups": groups,
+            "common": list(COMMON_FLAGS.get(name, ())),
+        }
+    return {"description": _plain(sys.modules["splatkit"].__doc__ or ""), "commands": commands}
+
+
+def write_flag_table(path: str | os.PathLike | None = None) -> Path:
+    """Write :func:`flag_table` where :mod:`splatkit.launcher` reads it (after changing a flag)."""
+    from splatkit.launcher import FLAG_TABLE
+
+    path = Path(path or FLAG_TABLE)
+    path.write_text(json.dumps(flag_table(), indent=1, ensure_ascii=False) + "\n")
+    return path
+
 
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else list(argv))[:1] in (["--version"], ["-V"]):
-        from splatkit import __version__
-
-        print(f"splatkit {__version__} (torch {torch.__version__})")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--write-flag-table"]:  # after changing a flag: python -m splatkit.cli --write-flag-table
+        print(f"wrote {write_flag_table()}")
         return 0
+    quick = launcher.quick(argv)  # --help and --version, as the entry point answers them
+    if quick is not None:
+        return quick
     cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, args=argv, prog="splatkit")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -681,3 +830,9 @@ def _print_result(cmd, result: dict) -> None:
         )
         for f in result["files"]:
             print(f"wrote {f}")
+        if result.get("pictures"):
+            print(f"to look at: {', '.join(result['pictures'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

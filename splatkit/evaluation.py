@@ -1,5 +1,5 @@
 """Evaluation helpers shared by the evaluator, the trainer, TensorBoard and the viewer:
-test-view metrics, their summary, side-by-side pictures and memory figures."""
+test-view metrics, their summary, labelled side-by-side pictures, preview grids and memory figures."""
 
 from __future__ import annotations
 
@@ -34,10 +34,75 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def side_by_side(render: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
-    """``[H, 3W, 3]`` uint8: ground truth | render | absolute error x5 (grey)."""
+LABEL_HEIGHT = 16
+"""Height in pixels of the strip above a picture that holds its label."""
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # an older Pillow or one without FreeType: its bitmap font
+        return ImageFont.load_default()
+
+
+def labelled(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` (``[H, W, 3]`` uint8) under a black strip of :data:`LABEL_HEIGHT` px with
+    ``text`` in white (clipped to the image's width); the pixels themselves are untouched."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape[:2]
+    canvas = Image.new("RGB", (w, h + LABEL_HEIGHT), (0, 0, 0))
+    canvas.paste(Image.fromarray(image), (0, LABEL_HEIGHT))
+    ImageDraw.Draw(canvas).text((3, 1), text, fill=(255, 255, 255), font=_font(LABEL_HEIGHT - 4))
+    return np.asarray(canvas)
+
+
+def side_by_side(render: torch.Tensor, gt: torch.Tensor, psnr_db: float | None = None) -> np.ndarray:
+    """``[LABEL_HEIGHT + H, 3W, 3]`` uint8: ground truth | render | absolute error x5 (grey),
+    each under its label; the render's says its PSNR when ``psnr_db`` is given."""
     err = ((render - gt).abs().mean(dim=-1, keepdim=True) * 5).expand_as(gt)
-    return to_uint8(torch.cat([gt, render, err], dim=1))
+    render_label = "render" if psnr_db is None else f"render, PSNR {psnr_db:.2f} dB"
+    panels = [(gt, "ground truth"), (render, render_label), (err, "error x5")]
+    return np.concatenate([labelled(to_uint8(img), text) for img, text in panels], axis=1)
+
+
+def _fit(image: np.ndarray, max_side: int, min_side: int = 160) -> np.ndarray:
+    """``image`` shrunk (area filter) so that its longer side is at most ``max_side``, or
+    enlarged by a whole factor (pixels kept square) while it is under ``min_side``."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if max(h, w) < min_side:
+        k = min_side // max(h, w) + 1
+        return image.repeat(k, axis=0).repeat(k, axis=1)
+    if max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    return np.asarray(Image.fromarray(image).resize((max(1, round(w * s)), max(1, round(h * s))), Image.BOX))
+
+
+def preview_grid(views: list[tuple[str, np.ndarray, np.ndarray, float]], columns: int = 2, max_side: int = 400):
+    """One picture of test views: for each ``(name, ground_truth, render, psnr_db)`` (uint8
+    ``[H, W, 3]``) a tile ground truth | render under the label "name: PSNR xx.xx dB (ground
+    truth | render)"; tiles in rows of ``columns``, images brought to at most ``max_side`` px
+    (small ones enlarged, pixels kept square), on a dark grey background."""
+    tiles = []
+    for name, gt, render, p in views:
+        pair = np.concatenate([_fit(gt, max_side), _fit(render, max_side)], axis=1)
+        tiles.append(labelled(pair, f"{name}: PSNR {p:.2f} dB (ground truth | render)"))
+    if not tiles:
+        raise ValueError("preview_grid needs at least one view")
+    gap = 4
+    th, tw = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    columns = max(1, min(columns, len(tiles)))
+    rows = -(-len(tiles) // columns)
+    grid = np.full((rows * (th + gap) + gap, columns * (tw + gap) + gap, 3), 48, dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        y, x = gap + (i // columns) * (th + gap), gap + (i % columns) * (tw + gap)
+        grid[y : y + t.shape[0], x : x + t.shape[1]] = t
+    return grid
 
 
 def write_png(path: Path, array: np.ndarray) -> None:
@@ -49,13 +114,51 @@ def write_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue()))
 
 
+def video_writer_check() -> None:
+    """An ImportError saying how to install the video writer (imageio-ffmpeg), if it is absent."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"trajectory videos need imageio-ffmpeg: pip install 'splatkit[video]' ({e})") from e
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
+    """``frames`` (uint8 ``[H, W, 3]``) as an H.264 MP4 at ``path`` (imageio-ffmpeg's own
+    ffmpeg), padded with black to even sizes (yuv420p needs them), written atomically."""
+    video_writer_check()
+    import imageio_ffmpeg
+
+    h, w = frames[0].shape[:2]
+
+    def write(tmp: Path) -> None:
+        writer = imageio_ffmpeg.write_frames(
+            str(tmp),
+            (w + w % 2, h + h % 2),
+            fps=fps,
+            codec="libx264",
+            quality=8,
+            macro_block_size=1,
+            pix_fmt_out="yuv420p",
+            output_params=["-f", "mp4"],  # the temporary name has no .mp4 to go by
+        )
+        writer.send(None)
+        try:
+            for f in frames:
+                writer.send(np.ascontiguousarray(np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)))))
+        finally:
+            writer.close()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
 @torch.no_grad()
 def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None, on_image=None) -> list[dict]:
     """Per-image metrics. ``render_fn(frames) -> [B, H, W, 3]`` renders the given frames.
 
     Returns one dict per image: name, psnr, ssim, lpips (None without a metric) and
-    seconds (render time). ``on_image(name, render, gt)``, if given, receives each
-    clamped render and its ground truth (``[H, W, 3]``, on the device) as they are made.
+    seconds (render time). ``on_image(row, render, gt)``, if given, receives each image's
+    row with its clamped render and ground truth (``[H, W, 3]``, on the device) as they are made.
     """
     rows = []
     for f in frames:
@@ -79,7 +182,7 @@ def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=Non
                 }
             )
             if on_image is not None:
-                on_image(name, img[i], f.images[i])
+                on_image(rows[-1], img[i], f.images[i])
     return rows
 
 

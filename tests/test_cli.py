@@ -96,10 +96,63 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "splatkit", "train", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "splatkit", "train", "--help-all"], capture_output=True, text=True)
     assert out.returncode == 0
     for flag in ("--max-steps", "--output-dir", "--densification.grow-grad2d", "--renderer.backend", "--data"):
         assert flag in out.stdout
+
+
+def test_help_fits_a_screen_and_imports_no_torch():
+    """`splatkit train --help`: common flags first, the rest by group, 80 columns, under 50 lines,
+    answered without importing torch (the entry point's work, as the installed script runs it)."""
+    code = (
+        "import sys; from splatkit.launcher import main; main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    out = subprocess.run([sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) <= 50 and max(map(len, lines)) <= 80, out.stdout
+    assert lines[0] == "usage: splatkit train [FLAGS]" and "common flags:" in lines
+    first = [line.split()[0] for line in lines[lines.index("common flags:") + 1 :] if line.startswith("  --")][:3]
+    assert first == ["--data", "--output-dir", "--max-steps"]
+    for group in ("--densification.* (", "--mcmc.* (", "--renderer.* (", "--colmap.* (", "trainer ("):
+        assert any(line.startswith("  " + group) for line in lines), group
+    for args, usage in (
+        (["export", "-h"], "usage: splatkit export SRC DST [FLAGS]"),
+        (["eval", "--help"], "usage: splatkit eval FILE [FLAGS]"),
+    ):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert out.returncode == 0 and out.stdout.splitlines()[0] == usage, out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and all(
+        f"  {c} " in out.stdout for c in ("train", "demo", "eval", "view", "export", "info")
+    )
+    out = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("splatkit ") and "(torch 2." in out.stdout
+
+
+def test_every_flag_is_described_in_plain_text_and_the_table_is_current():
+    from splatkit.cli import flag_table
+    from splatkit.launcher import FLAG_TABLE, command_help, load_table
+
+    table = flag_table()
+    assert table == load_table(), (
+        f"{FLAG_TABLE.name} is out of date with the config dataclasses: run python -m splatkit.cli --write-flag-table"
+    )
+    for name, cmd in table["commands"].items():
+        flags = [f for g in cmd["groups"] for f in g["flags"]]
+        undescribed = [f["name"] for f in flags if not f["help"]] + [
+            p["metavar"] for p in cmd["positionals"] if not p["help"]
+        ]
+        assert not undescribed, (name, undescribed)
+        assert all(p["metavar"] not in ("STR", "INT") for p in cmd["positionals"]), cmd["positionals"]
+        text = command_help(table, name, full=True)
+        for markup in ("``", ":class:", ":mod:", ":func:", ":meth:", "{None}"):
+            assert markup not in text, (name, markup)
+        assert all(f["name"] in text for f in flags)
+    train = {f["name"] for g in table["commands"]["train"]["groups"] for f in g["flags"]}
+    assert len(train) > 100 and {"--data", "--data-factor", "--mcmc.cap-max", "--lr-shN", "--video"} <= train
 
 
 @pytest.mark.slow

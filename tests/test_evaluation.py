@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from splatkit.cli import demo_setup, main
+from splatkit.evaluation import LABEL_HEIGHT
 from splatkit.lpips import LPIPSUnavailable, backbone_shapes, load_lpips, tap_channels
 from splatkit.metrics import psnr, ssim
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatTensorboard
@@ -168,7 +169,7 @@ def test_evaluator_numbers_files_and_eval_command(tmp_path):
     assert len(pngs) == 2
     from PIL import Image
 
-    assert Image.open(pngs[0]).size == (3 * 32, 32)  # ground truth | render | error
+    assert Image.open(pngs[0]).size == (3 * 32, LABEL_HEIGHT + 32)  # ground truth | render | error, labelled
 
     # The same numbers from the command line, on the checkpoint of that step.
     rc = main(
@@ -228,7 +229,7 @@ def test_tensorboard_events_hold_scalars_images_histograms(tmp_path):
     assert all(e.value > 0 for e in acc.Scalars("gaussians/count"))
     assert tags["images"] == ["test/render"] and [e.step for e in acc.Images("test/render")] == [10, 20]
     img = acc.Images("test/render")[0]
-    assert (img.width, img.height) == (96, 32)
+    assert (img.width, img.height) == (96, LABEL_HEIGHT + 32)
     assert {"gaussians/opacity", "gaussians/scale_max"} <= set(tags["histograms"])
 
 
@@ -252,7 +253,7 @@ def test_progress_tracker_writes_plain_lines_when_not_a_terminal(tmp_path):
         r"\d+ Gaussians at 32x32; steps slow down as densification adds Gaussians\)",
         lines[0],
     ), lines
-    pattern = r"step (10|20)/20 loss \d+\.\d{4} psnr \d+\.\d\d gaussians \d+ \d+\.\d steps/s eta \d+s"
+    pattern = r"step (10|20)/20 loss \d+\.\d{4} train_psnr \d+\.\d\d gaussians \d+ \d+\.\d steps/s eta \d+s"
     assert all(re.fullmatch(pattern, line) for line in lines[1:]), lines
     assert "\r" not in out.getvalue()
 
@@ -265,3 +266,42 @@ def test_masked_psnr_counts_only_masked_in_pixels():
     inside = ((img - gt) ** 2)[mask.expand_as(img)].mean()
     assert float(psnr(img, gt, mask)[0]) == pytest.approx(-10 * math.log10(float(inside)), rel=1e-5)
     assert float(psnr(img, gt, mask)[0]) != pytest.approx(float(psnr(img, gt)[0]), rel=1e-3)
+
+
+def test_log_lines_and_warnings_go_above_the_bar_not_through_it(tmp_path, monkeypatch):
+    """On a terminal, a log record or a Python warning in the middle of training is written on a
+    line of its own (tqdm clears the bar first), never glued to the bar ('...step/s]WARNING')."""
+    import io
+    import logging
+    import sys
+    import warnings
+
+    from splatkit.modules import SplatBaseModule, SplatProgressTracker
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    class Talker(SplatBaseModule):
+        def post_step(self, step, **kwargs):
+            if step == 12:
+                logging.getLogger("splatkit").warning("a log record at step %d", step)
+            if step == 17:
+                warnings.warn("a Python warning at step 17", UserWarning, stacklevel=1)
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    showwarning = warnings.showwarning
+    try:
+        train(tmp_path, 20, [SplatProgressTracker(update_every=5), Talker()])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = term.getvalue()
+    for message in ("a log record at step 12", "a Python warning at step 17"):
+        at = text.index(message)
+        line_start = max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) + 1
+        assert "step/s" not in text[line_start:at] and "it/s" not in text[line_start:at], text[line_start : at + 40]
+    assert "train_psnr=" in text and "20/20" in text  # the bar, with the batch PSNR labelled as such
+    assert warnings.showwarning is showwarning  # warnings are handed back as they were

@@ -130,3 +130,45 @@ def test_the_demo_command_runs_twice_into_its_folder(tmp_path, capsys):
     assert main(args) == 0
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
+
+
+def test_module_state_is_keyed_by_state_key_and_strays_are_reported(tmp_path, small_demo, caplog):
+    """Lightning's rule: state follows state_key, not list position; two stateful modules with one
+    key are refused; state that finds no module, and a module that finds no state, are warned about."""
+    from splatkit.modules import SplatBaseModule, SplatExporter
+    from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+
+    class Counter(SplatBaseModule):
+        def __init__(self, name):
+            self.name, self.steps = name, 0
+
+        @property
+        def state_key(self):
+            return f"Counter[{self.name}]"
+
+        def post_step(self, **kwargs):
+            self.steps += 1 if self.name == "a" else 10
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state):
+            self.steps = state["steps"]
+
+    out = tmp_path / "run"
+    cfg = SplatTrainerConfig(max_steps=3, output_dir=str(out))
+    export = SplatExporter(out, export_steps=[3], save_splat=False)
+    SplatTrainer(cfg, small_demo, modules=[Counter("a"), Counter("b"), export]).run()
+    ckpt = out / "ckpts" / "step_000003.ckpt"
+    a, b = Counter("a"), Counter("b")
+    SplatTrainer(cfg, small_demo, modules=[b, a], ckpt_path=ckpt).run()  # swapped; no steps left to run
+    assert (a.steps, b.steps) == (3, 30)
+
+    caplog.clear()
+    only_c = Counter("c")
+    SplatTrainer(cfg, small_demo, modules=[only_c], ckpt_path=ckpt).run()
+    assert only_c.steps == 0
+    assert "Counter[c] starts afresh" in caplog.text
+    assert "not in this run, not restored: ['Counter[a]', 'Counter[b]']" in caplog.text
+    with pytest.raises(ValueError, match=r"distinct state_key.*\['Counter\[a\]'\]"):
+        SplatTrainer(cfg, small_demo, modules=[Counter("a"), Counter("a")])

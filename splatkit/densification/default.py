@@ -40,7 +40,9 @@ class SplatDefaultDensification(SplatDensification):
     refine_scale2d_stop_iter: int = 0
     """Use the screen-size rules until this step (0: never, as gsplat's default)."""
     refine_start_iter: int = 500
+    """Densification starts after this step."""
     refine_stop_iter: int = 15_000
+    """Densification stops at this step."""
     reset_every: int = 3000
     """Steps between opacity resets; also, pruning of oversized Gaussians starts after the first."""
     opacity_reset: bool = False
@@ -49,11 +51,13 @@ class SplatDefaultDensification(SplatDensification):
     measured, the reset costs 0.15 dB at 7,000 steps on an RGBA object capture and gains about
     0.1 dB on the demo scene; docs/quality.md has the figures."""
     refine_every: int = 100
+    """Steps between densification rounds."""
     absgrad: bool = False
     """Threshold the absolute gradient (AbsGS); needs a backend that computes it and a larger ``grow_grad2d``."""
     revised_opacity: bool = False
     """Split children get ``1 - sqrt(1 - o)`` (arXiv:2404.06109)."""
     verbose: bool = False
+    """Log the Gaussians added and removed at each round."""
 
     def __post_init__(self) -> None:
         checks = [

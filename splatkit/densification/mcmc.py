@@ -39,8 +39,11 @@ class SplatMCMCDensification(SplatDensification):
     noise_lr: float = 5e5
     """Position noise per unit of the means' learning rate."""
     refine_start_iter: int = 500
+    """Densification starts after this step."""
     refine_stop_iter: int = 25_000
+    """Densification stops at this step."""
     refine_every: int = 100
+    """Steps between densification rounds."""
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
     init_opacity: float = 0.5
@@ -50,6 +53,7 @@ class SplatMCMCDensification(SplatDensification):
     """Initial scales as a multiple of the nearest-point distance (when SplatTrainerConfig.init_scale
     is None), as the paper and gsplat's "mcmc" preset start."""
     verbose: bool = False
+    """Log the Gaussians added and removed at each round."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -26,9 +26,13 @@ class Splat2DGSLossFn(Splat3DGSLossFn):
     """
 
     normal_lambda: float = 0.05
+    """Weight of the normal-consistency term (rendered normals against normals from depth)."""
     normal_start_iter: int = 7000
+    """Step from which the normal-consistency term is on."""
     dist_lambda: float = 0.01
+    """Weight of the depth-distortion term."""
     dist_start_iter: int = 3000
+    """Step from which the depth-distortion term is on."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -26,10 +26,24 @@ from __future__ import annotations
 
 class SplatBaseModule:
     """No-op hooks; override the ones you need. Stateful modules override
-    :meth:`state_dict` / :meth:`load_state_dict` and are restored on resume."""
+    :meth:`state_dict` / :meth:`load_state_dict` and are restored on resume, matched by
+    :attr:`state_key` (as Lightning's ``Callback.state_key``), whatever their order in the list."""
 
     supports_sharded: bool = True
     """False for modules that cannot run in a sharded run (see the module docstring)."""
+
+    @property
+    def state_key(self) -> str:
+        """The name of this module's state in a checkpoint: its class name. A module class
+        that a run may hold more than once with state overrides it to tell the instances
+        apart (e.g. ``f"{type(self).__qualname__}[{self.name}]"``); two stateful modules with
+        one key are refused, since a resume could not tell whose state is whose."""
+        return type(self).__qualname__
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this module overrides :meth:`state_dict` (so a resume should restore it)."""
+        return type(self).state_dict is not SplatBaseModule.state_dict
 
     def on_setup(self, **kwargs) -> None:
         pass

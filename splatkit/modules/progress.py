@@ -1,7 +1,13 @@
-"""Progress bar: loss, PSNR of the last batch, Gaussian count, steps/s and ETA."""
+"""Progress bar: loss, PSNR of the last training batch, Gaussian count, steps/s and ETA.
+
+The rate and ETA are recent ones (steps slow down as densification adds Gaussians): tqdm's
+exponential moving average on a terminal, the steps since the last line otherwise. While the
+bar is shown, log records and Python warnings are written above it instead of through it.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import TextIO
@@ -59,6 +65,7 @@ class SplatProgressTracker(SplatBaseModule):
         self._bar = None
         self._redirect = None
         self._last = None
+        self._captured_warnings = False
 
     def on_setup(self, step: int, max_steps: int, world_rank: int = 0, trainer=None, **kwargs) -> None:
         self._enabled = world_rank == 0
@@ -71,13 +78,14 @@ class SplatProgressTracker(SplatBaseModule):
         self._tty = hasattr(out, "isatty") and out.isatty()
         self._recent = (time.perf_counter(), step)  # rate and ETA from the steps since the last line
         if self._tty:
-            import logging
-
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=max_steps, initial=step, file=out, dynamic_ncols=True, unit="step")
-            # log lines go above the bar instead of through it
+            # smoothing: the rate (and ETA) of the last few updates, not the average since the start
+            self._bar = tqdm(total=max_steps, initial=step, file=out, dynamic_ncols=True, unit="step", smoothing=0.3)
+            # log lines, and warnings turned into log records, go above the bar instead of through it
+            logging.captureWarnings(True)
+            self._captured_warnings = True
             self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("splatkit")])
             self._redirect.__enter__()
         self._every_line = self.log_every or max(self.update_every, max_steps // 20)
@@ -93,7 +101,7 @@ class SplatProgressTracker(SplatBaseModule):
             loss, img, gt, mask = self._last
             self._bar.set_postfix(
                 loss=f"{float(loss):.4f}",
-                psnr=f"{float(psnr(img, gt, mask).mean()):.2f}",
+                train_psnr=f"{float(psnr(img, gt, mask).mean()):.2f}",  # the batch's; test PSNR comes from eval
                 gaussians=training_state.num_gaussians,
                 refresh=False,
             )
@@ -106,7 +114,7 @@ class SplatProgressTracker(SplatBaseModule):
             eta = (max_steps - step) / max(rate, 1e-9)  # the recent rate, not the run's average
             self._recent = (now, step)
             print(
-                f"step {step}/{max_steps} loss {float(loss):.4f} psnr {float(psnr(img, gt, mask).mean()):.2f} "
+                f"step {step}/{max_steps} loss {float(loss):.4f} train_psnr {float(psnr(img, gt, mask).mean()):.2f} "
                 f"gaussians {training_state.num_gaussians} {rate:.1f} steps/s eta {eta:.0f}s",
                 file=self._out,
                 flush=True,
@@ -116,6 +124,9 @@ class SplatProgressTracker(SplatBaseModule):
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)
             self._redirect = None
+            if self._captured_warnings:
+                logging.captureWarnings(False)
+                self._captured_warnings = False
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -5,7 +5,10 @@ Every ``log_every`` steps: ``loss/total`` and each loss term (``loss/l1``, ``los
 (CUDA allocator or process RSS) and ``time/step_seconds`` (mean since the last log);
 histograms ``gaussians/opacity`` and ``gaussians/scale_max`` (world units, log10).
 Every ``image_every`` steps: ``test/render`` (ground truth | render | error of the
-first test image) and ``test/psnr`` of that image. Rank 0 only.
+first test image, labelled) and ``test/psnr`` of that image. After each evaluation of a
+:class:`~splatkit.modules.SplatEvaluator` of the same run: ``eval/psnr``, ``eval/ssim``,
+``eval/lpips`` (when computed), ``eval/num_gaussians``, ``eval/render_fps`` and the
+evaluator's ``eval/preview`` image (test views, ground truth | render). Rank 0 only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from splatkit.evaluation import peak_memory_mb, side_by_side
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
+from splatkit.modules.evaluator import SplatEvaluator
 from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.utils.files import ensure_writable_dir
 
@@ -37,8 +41,10 @@ class SplatTensorboard(SplatBaseModule):
         self._last = None
         self._t = None
         self._step_t = None
+        self._evaluators: list[SplatEvaluator] = []
+        self._eval_logged: dict[int, int] = {}  # id(evaluator) -> last step logged
 
-    def on_setup(self, world_rank: int = 0, step: int = 0, **kwargs) -> None:
+    def on_setup(self, world_rank: int = 0, step: int = 0, trainer=None, **kwargs) -> None:
         self._enabled = world_rank == 0
         if not self._enabled:
             return
@@ -51,6 +57,8 @@ class SplatTensorboard(SplatBaseModule):
         ensure_writable_dir(self.log_dir, "SplatTensorboard log_dir")
         self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1 if step else None)
         self._t, self._step_t = time.perf_counter(), step
+        self._evaluators = [m for m in (trainer.modules if trainer else []) if isinstance(m, SplatEvaluator)]
+        self._eval_logged = {id(e): step for e in self._evaluators}  # earlier evals are in earlier event files
 
     def post_compute_loss(self, step: int, loss=None, render=None, frames=None, **kwargs) -> None:
         if self._enabled and step % self.log_every == 0:
@@ -81,6 +89,22 @@ class SplatTensorboard(SplatBaseModule):
             self._last = None
         if step % self.image_every == 0 and trainer is not None:
             self._log_test_image(trainer, step)
+        self._log_evaluations()
+
+    def _log_evaluations(self) -> None:
+        """The evaluators' results not yet logged (whatever the modules' order, an evaluation
+        of this step is logged at this step's ``post_step`` or at cleanup)."""
+        for ev in self._evaluators:
+            done = self._eval_logged[id(ev)]
+            for row in ev.history:
+                if row["step"] <= done:
+                    continue
+                for key in ("psnr", "ssim", "lpips", "num_gaussians", "render_fps"):
+                    if row.get(key) is not None:
+                        self.writer.add_scalar(f"eval/{key}", float(row[key]), row["step"])
+                if ev.last_preview is not None and ev.last_preview[0] == row["step"]:
+                    self.writer.add_image("eval/preview", ev.last_preview[1], row["step"], dataformats="HWC")
+                self._eval_logged[id(ev)] = row["step"]
 
     @torch.no_grad()
     def _log_test_image(self, trainer, step: int) -> None:
@@ -88,10 +112,12 @@ class SplatTensorboard(SplatBaseModule):
             return
         f = trainer.data_provider.test_frame(0).to(trainer.device)
         img = trainer.render_view(f.cameras).images.clamp(0, 1)
-        self.writer.add_image("test/render", side_by_side(img[0], f.images[0]), step, dataformats="HWC")
-        self.writer.add_scalar("test/psnr", float(psnr(img, f.images, f.masks)[0]), step)
+        p = float(psnr(img, f.images, f.masks)[0])
+        self.writer.add_image("test/render", side_by_side(img[0], f.images[0], p), step, dataformats="HWC")
+        self.writer.add_scalar("test/psnr", p, step)
 
     def on_cleanup(self, **kwargs) -> None:
         if self.writer is not None:
+            self._log_evaluations()
             self.writer.close()
             self.writer = None

@@ -1,9 +1,10 @@
 """Live web viewer on viser (``pip install 'splatkit[viewer]'``).
 
-Open ``http://HOST:PORT`` in a browser and orbit the scene. In ``mode="training"`` the
-viewer shows the step, Gaussian count and the last batch's PSNR, can pause and resume
+Open ``http://HOST:PORT`` in a browser and orbit the scene. It starts at the first training
+camera and its "Training camera" slider moves the view to any of them. In ``mode="training"``
+the viewer shows the step, Gaussian count and the last batch's PSNR, can pause and resume
 training, and refreshes the view as training goes on; in ``mode="rendering"``
-(``splatkit view FILE``) it shows a fixed model.
+(``splatkit view FILE``) it shows a fixed model and the step it was saved at.
 
 Frames are rendered on demand (when a camera moves, and during training at most once
 per ``refresh_seconds``) at a resolution the user picks in the panel, so the viewer stays
@@ -31,7 +32,7 @@ from splatkit.evaluation import to_uint8
 from splatkit.metrics import psnr
 from splatkit.modules.base import SplatBaseModule
 from splatkit.splat.cameras import SplatCameras
-from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w, quat_to_rotmat, viewmat_to_c2w
+from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w, quat_to_rotmat, rotmat_to_quat, viewmat_to_c2w
 
 logger = logging.getLogger("splatkit")
 
@@ -86,12 +87,23 @@ class SplatViewer(SplatBaseModule):
         self._last_batch = None
         self._last_status_update = 0.0
         self._warned: set[str] = set()
+        self._train_views: list[tuple[np.ndarray, np.ndarray, float]] = []  # (wxyz, position, vertical fov)
         self.dropped_messages = 0
         self.failed_renders = 0
 
     # ---------------------------------------------------------------- server
-    def start(self, render_fn, initial_c2w: torch.Tensor | None = None, default_resolution: int = 512) -> None:
-        """Start the server. ``render_fn(cameras: SplatCameras) -> [H, W, 3]`` renders one camera."""
+    def start(
+        self,
+        render_fn,
+        initial_c2w: torch.Tensor | None = None,
+        default_resolution: int = 512,
+        train_cameras: list[SplatCameras] | None = None,
+    ) -> None:
+        """Start the server. ``render_fn(cameras: SplatCameras) -> [H, W, 3]`` renders one camera.
+        With ``train_cameras``, the panel has a slider that moves the view to each of them, and the
+        view starts at the first unless ``initial_c2w`` (camera-to-world, OpenCV axes) says otherwise."""
+        if initial_c2w is None and train_cameras:
+            initial_c2w = viewmat_to_c2w(train_cameras[0].viewmats[0].double())
         try:
             import viser
         except ImportError as e:
@@ -117,6 +129,17 @@ class SplatViewer(SplatBaseModule):
         self._gui_gaussians = gui.add_text("Gaussians", initial_value="0", disabled=True)
         self._gui_psnr = gui.add_text("PSNR (last batch)", initial_value="-", disabled=True)
         self._gui_fps = gui.add_text("Render", initial_value="-", disabled=True)
+        if train_cameras:
+            self._train_views = [_view_of(c) for c in train_cameras]
+            self._gui_camera = gui.add_slider(
+                "Training camera",
+                min=0,
+                max=max(1, len(self._train_views) - 1),
+                step=1,
+                initial_value=0,
+                hint="Move the view to this training camera",
+            )
+            self._gui_camera.on_update(lambda event: self.go_to_camera(int(self._gui_camera.value)))
         if self.mode == "training":
             self._gui_pause = gui.add_button("Pause training")
             self._gui_resume = gui.add_button("Resume training", visible=False)
@@ -148,6 +171,22 @@ class SplatViewer(SplatBaseModule):
             )
         except Exception as e:  # viser's internals moved: say so once instead of failing
             logger.warning("viewer: could not disable viser's share-URL requests (%s)", e)
+
+    def go_to_camera(self, index: int) -> None:
+        """Move every browser's view to training camera ``index`` (pose and field of view)."""
+        if not self._train_views:
+            return
+        wxyz, position, fov = self._train_views[min(max(int(index), 0), len(self._train_views) - 1)]
+        with self._clients_lock:
+            clients = [c["client"] for c in self._clients.values()]
+        for client in clients:
+            try:  # orientation first: viser keeps the look-at distance and then moves both
+                client.camera.wxyz = wxyz
+                client.camera.position = position
+                client.camera.fov = fov
+            except Exception as e:  # a client that went away meanwhile
+                logger.debug("viewer: could not move a client's camera: %s", e)
+        self._mark_all_dirty()
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
@@ -281,19 +320,23 @@ class SplatViewer(SplatBaseModule):
         stop_event: threading.Event | None = None,
         initial_c2w: torch.Tensor | None = None,
         step: int | None = None,
+        train_cameras: list[SplatCameras] | None = None,
     ) -> None:
         """Show a fixed model until interrupted (or ``stop_event`` is set), starting from
-        ``initial_c2w`` (camera-to-world, OpenCV axes; default: a view of the whole model) and
+        ``initial_c2w`` (camera-to-world, OpenCV axes; default: the first of ``train_cameras``,
+        else a view of the whole model), with a slider over ``train_cameras`` when given, and
         showing ``step`` in the panel when known."""
         device = torch.device(device)
         bg = torch.tensor([background], dtype=torch.float32, device=device)
         means = params["means"].detach()
-        c2w = initial_c2w if initial_c2w is not None else _overview_c2w(means)
+        c2w = initial_c2w if initial_c2w is not None or train_cameras else _overview_c2w(means)
 
         def render_fn(cams):
             return renderer.render(params, cams.to(device), sh_degree, bg).images[0]
 
-        self.start(render_fn, c2w, default_resolution=1024 if device.type == "cuda" else 512)
+        self.start(
+            render_fn, c2w, default_resolution=1024 if device.type == "cuda" else 512, train_cameras=train_cameras
+        )
         self.update_status(force=True, step="-" if step is None else step, gaussians=int(means.shape[0]), psnr=None)
         try:
             while stop_event is None or not stop_event.is_set():
@@ -311,11 +354,13 @@ class SplatViewer(SplatBaseModule):
         def render_fn(cams):
             return trainer.render_view(cams, trainer.active_sh_degree(max(trainer.step, 1))).images[0]
 
-        first = trainer.data_provider.train_frame(0).cameras
+        cameras = trainer.data_provider.train_cameras()
+        first = cameras[0]
         self.start(
             render_fn,
             viewmat_to_c2w(first.viewmats[0].double()),
             default_resolution=1024 if trainer.device.type == "cuda" else min(512, max(first.width, first.height)),
+            train_cameras=cameras,
         )
         self.update_status(force=True, step=step, gaussians=training_state.num_gaussians)
 
@@ -361,6 +406,15 @@ def _vector(value, n: int, field: str) -> np.ndarray:
     if v.shape != (n,) or not np.isfinite(v).all():
         raise _BadCamera(f"{field} {value!r} is not {n} finite numbers")
     return v
+
+
+def _view_of(cameras: SplatCameras) -> tuple[np.ndarray, np.ndarray, float]:
+    """viser's pose of the first of ``cameras``: camera-to-world wxyz and position (OpenCV axes,
+    as viser's), and the vertical field of view in radians."""
+    c2w = viewmat_to_c2w(cameras.viewmats[0].double().cpu())
+    wxyz = rotmat_to_quat(c2w[:3, :3]).numpy()
+    fov = 2.0 * math.atan(0.5 * cameras.height / float(cameras.Ks[0, 1, 1]))
+    return wxyz, c2w[:3, 3].numpy(), fov
 
 
 def _overview_c2w(means: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,13 @@ class Splat2DGSRenderer(SplatRenderer):
     backend: str = "auto"
     """Rasterizer: "auto" (gsplat on CUDA, compiled kernels on CPU), "torch" (reference), "cpu", "gsplat"."""
     near_plane: float = 0.01
+    """Gaussians closer to the camera than this depth are not drawn."""
     far_plane: float = 1e10
+    """Gaussians farther from the camera than this depth are not drawn."""
     radius_clip: float = 0.0
+    """Skip surfels whose screen radius is at most this many pixels."""
     tile_size: int = 16
+    """Side of the screen tiles Gaussians are binned into, in pixels."""
     depth_mode: str = "expected"
     """Depth the normals-from-depth use: "expected" (unbounded scenes) or "median" (objects), as in 2DGS."""
     distributed: bool = False

@@ -22,12 +22,15 @@ class Splat3DGSRenderer(SplatRenderer):
     rasterize_mode: str = "classic"
     """"classic" or "antialiased" (opacity compensation of the screen-space blur)."""
     near_plane: float = 0.01
+    """Gaussians closer to the camera than this depth are not drawn."""
     far_plane: float = 1e10
+    """Gaussians farther from the camera than this depth are not drawn."""
     eps2d: float = 0.3
     """Screen-space blur added to every 2D covariance, in pixels^2."""
     radius_clip: float = 0.0
     """Skip Gaussians whose screen radius is at most this many pixels."""
     tile_size: int = 16
+    """Side of the screen tiles Gaussians are binned into, in pixels."""
     render_depth: bool = False
     """Also render expected depth (``SplatRenderOutput.depths``)."""
     packed: bool = False

@@ -15,7 +15,8 @@ class SplatTrainerConfig:
     max_steps: int = 30_000
     """Optimiser steps; step s means "after s steps" (1-based)."""
     output_dir: str = "results"
-    """Folder for the run's own record (``trainer_config.json``); modules choose their own folders."""
+    """Folder of the run: its record (``trainer_config.json``); from the command line, every file the run
+    writes, by default results/<data name>/<date>_<time>. (Python modules choose their own folders.)"""
     device: str = "auto"
     """"auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:1", ..."""
     seed: int = 0
@@ -48,11 +49,17 @@ class SplatTrainerConfig:
     lr_means: float = 1.6e-4
     """Means' rate, multiplied by the scene scale, decayed exponentially to ``lr_means_final_ratio`` of it."""
     lr_means_final_ratio: float = 0.01
+    """Means' learning rate at the last step, as a fraction of the first."""
     lr_scales: float = 5e-3
+    """Learning rate of the log scales."""
     lr_quats: float = 1e-3
+    """Learning rate of the rotations (quaternions)."""
     lr_opacities: float = 5e-2
+    """Learning rate of the opacity logits."""
     lr_sh0: float = 2.5e-3
+    """Learning rate of the base colour (SH band 0)."""
     lr_shN: float = 2.5e-3 / 20
+    """Learning rate of the view-dependent colour (SH bands 1 and up)."""
     dist_mode: str = "replicate"
     """Multi-process runs (torchrun): "replicate" (every rank holds the whole splat and renders its
     own images; gradients are averaged) or "shard" (the Gaussians are split across ranks; each

@@ -122,6 +122,13 @@ class SplatTrainer:
         for m in self.modules:
             if not isinstance(m, SplatBaseModule):
                 raise TypeError(f"modules must be SplatBaseModule instances, got {type(m).__name__}")
+        keys = [m.state_key for m in self.modules if m.has_state]
+        if len(set(keys)) != len(keys):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(
+                f"modules with state must have distinct state_key values, {twice} appear more than once: "
+                "a checkpoint could not tell whose state is whose (override state_key, see SplatBaseModule)"
+            )
         self.device = resolve_device(config.device)
         self.ckpt_path = None if ckpt_path is None else Path(ckpt_path)
         self.data = data_record(data_provider)
@@ -386,18 +393,17 @@ class SplatTrainer:
         self.scene_scale = float(ckpt["scene_scale"])
         self.step = int(ckpt["step"])
         self.data_provider.load_state_dict(ckpt["data_provider"])
-        # Matched by class name (the k-th module of a class gets the k-th saved state of that
-        # class), so reordering modules or adding/removing a stateless one loses nothing.
-        saved: dict[str, list] = {}
-        for name, state in ckpt["modules"]:
-            saved.setdefault(name, []).append(state)
+        # Matched by state_key (Lightning's rule), so reordering modules or adding/removing a
+        # stateless one loses nothing. Older checkpoints named states by class, as the default key.
+        saved = {}
+        for key, state in ckpt["modules"]:
+            saved.setdefault(key, state)
         for module in self.modules:
-            states = saved.get(type(module).__name__)
-            if states:
-                module.load_state_dict(states.pop(0))
-            elif type(module).state_dict is not SplatBaseModule.state_dict:
-                logger.warning("%s starts afresh: the checkpoint holds no state for it", type(module).__name__)
-        skipped = [name for name, states in saved.items() for s in states if s]
+            if module.state_key in saved:
+                module.load_state_dict(saved.pop(module.state_key))
+            elif module.has_state:
+                logger.warning("%s starts afresh: the checkpoint holds no state for it", module.state_key)
+        skipped = sorted(key for key, state in saved.items() if state)
         if skipped:
             logger.warning("the checkpoint holds state of modules not in this run, not restored: %s", skipped)
         if rng is not None:
@@ -420,7 +426,7 @@ class SplatTrainer:
             "step": self.step,
             "training_state": ts_state,
             "densification": dens_state,
-            "modules": [(type(m).__name__, m.state_dict()) for m in self.modules],
+            "modules": [(m.state_key, m.state_dict()) for m in self.modules],
             "data_provider": self.data_provider.state_dict(),
             "config": dataclasses.asdict(self.config),
             "scene_scale": self.scene_scale,

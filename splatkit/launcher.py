@@ -1,0 +1,165 @@
+"""The ``splatkit`` command's entry point: answers ``--help``, ``--help-all`` and ``--version``
+without importing PyTorch, and hands every other command line to :func:`splatkit.cli.main`.
+
+Help is printed from ``cli_flags.json``, a table of every command's flags that
+:func:`splatkit.cli.flag_table` generates from the same config dataclasses the command line
+is parsed with (tyro); a test fails when the table is out of date, and
+``python -m splatkit.cli --write-flag-table`` rewrites it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+FLAG_TABLE = Path(__file__).with_name("cli_flags.json")
+WIDTH = 80
+COLUMN = 26  # where descriptions start in the short help
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    code = quick(args)
+    if code is not None:
+        return code
+    from splatkit.cli import main as cli_main
+
+    return cli_main(args)
+
+
+def quick(args: list[str]) -> int | None:
+    """Print the version or a help text for ``args`` and return 0; None when ``args`` asks for neither."""
+    if args[:1] in (["--version"], ["-V"]):
+        print(version_line())
+        return 0
+    helps = {"-h", "--help", "--help-all"}
+    if not args or args[0] in helps:
+        print(top_help(load_table()), end="")
+        return 0
+    table = load_table()
+    if args[0] in table["commands"] and helps & set(args):
+        print(command_help(table, args[0], full="--help-all" in args), end="")
+        return 0
+    return None
+
+
+def version_line() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from splatkit import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"splatkit {__version__} (torch {torch})"
+
+
+def load_table() -> dict:
+    return json.loads(FLAG_TABLE.read_text())
+
+
+def _wrap(text: str, indent: int, width: int = WIDTH) -> list[str]:
+    return textwrap.wrap(text, width=width, initial_indent=" " * indent, subsequent_indent=" " * indent) or [""]
+
+
+def _first_sentence(text: str) -> str:
+    first = re.split(r"(?<=[a-z0-9)\]])\. (?=[A-Z\"(])", text, maxsplit=1)[0]
+    return first[:-1] if first.endswith(".") and not first.endswith("...") else first
+
+
+def _flag_name(flag: dict, aliases: bool = False) -> str:
+    name = ", ".join([flag["name"], *flag.get("aliases", [])]) if aliases else flag["name"]
+    return name if not flag["metavar"] else f"{name} {flag['metavar']}"
+
+
+def _short_line(flag: dict, max_lines: int = 2) -> list[str]:
+    """A flag's name, then the first sentence of its help beside it, in at most ``max_lines``
+    lines (and one more when the name is too long to leave room beside it)."""
+    name = "  " + _flag_name(flag)
+    sentence = _first_sentence(flag["help"])
+    text = _wrap(sentence, COLUMN)
+    if len(text) > max_lines:
+        head = text[: max_lines - 1]
+        done = len(" ".join(line.strip() for line in head))
+        tail = textwrap.shorten(sentence[done:], WIDTH - COLUMN, placeholder=" ...")
+        text = head + [" " * COLUMN + tail]
+    if len(name) < COLUMN - 1:
+        return [name.ljust(COLUMN) + text[0][COLUMN:]] + text[1:]
+    return [name] + text
+
+
+def top_help(table: dict) -> str:
+    about = _first_sentence(table["description"]).removeprefix("splatkit: ")
+    lines = [
+        "usage: splatkit COMMAND [FLAGS]",
+        "",
+        textwrap.fill(about[:1].upper() + about[1:], WIDTH),
+        "",
+        "commands:",
+    ]
+    for name, cmd in table["commands"].items():
+        about = textwrap.shorten(_first_sentence(cmd["description"]), WIDTH - 10, placeholder=" ...")
+        lines.append(f"  {name:<8}{about}")
+    lines += [
+        "",
+        "  -V, --version   the version of splatkit (and of torch)",
+        "",
+        "splatkit COMMAND --help lists the command's common flags; --help-all describes all of them.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def command_help(table: dict, name: str, full: bool = False) -> str:
+    """The help of one command: its common flags, one line each, and a line per group of the
+    others; with ``full``, every flag with its whole description and default."""
+    cmd = table["commands"][name]
+    usage = " ".join(["usage: splatkit", name] + [p["metavar"] for p in cmd["positionals"]])
+    lines = [usage + (" [FLAGS]" if cmd["groups"] else ""), ""]
+    lines += _wrap(cmd["description"], 0) + [""]
+    if cmd["positionals"]:
+        lines.append("arguments:")
+        for p in cmd["positionals"]:
+            lines += _short_line({**p, "name": p["metavar"], "metavar": ""}) if not full else _full(p, p["metavar"])
+        lines.append("")
+    groups = cmd["groups"]
+    if full:
+        for group in groups:
+            lines.append(
+                f"{group['title']}:" if not group["description"] else f"{group['title']}: {group['description']}"
+            )
+            for flag in group["flags"]:
+                lines += _full(flag, _flag_name(flag))
+            lines.append("")
+        return "\n".join(lines)
+    common = cmd["common"]
+    by_name = {f["name"]: f for g in groups for f in g["flags"]}
+    shown = common or [f["name"] for f in groups[0]["flags"]] if groups else []
+    lines.append("common flags:" if common else "flags:" if shown else "no flags")
+    for flag in shown:
+        lines += _short_line(by_name[flag])
+    rest = [(g, [f for f in g["flags"] if f["name"] not in shown]) for g in groups]
+    rest = [(g, flags) for g, flags in rest if flags]
+    if rest:
+        lines += ["", f"more flags (splatkit {name} --help-all describes every one):"]
+        for group, flags in rest:
+            title = group["title"]
+            if all(f["name"].startswith(f"--{title}.") for f in flags):
+                title = f"--{title}.*"
+            elif title == "options":
+                title = "other"
+            summary = group["description"] or ", ".join(f["name"] for f in flags)
+            lines += _short_line({"name": f"{title} ({len(flags)})", "metavar": "", "help": summary}, max_lines=1)
+    return "\n".join(lines) + "\n"
+
+
+def _full(flag: dict, name: str) -> list[str]:
+    text = flag["help"] + (f" (default: {flag['default']})" if flag.get("default") not in (None, "") else "")
+    return ["  " + name] + _wrap(text, 6)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
