@@ -328,3 +328,151 @@ def test_summary_json_is_checked_before_training(tmp_path, capsys):
                "--summary-json", str(blocker / "s.json")])  # fmt: skip
     assert rc == 2 and "--summary-json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- viewer over a real WebSocket
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _camera_message(**fields) -> bytes:
+    import msgspec
+
+    message = dict(
+        type="ViewerCameraMessage",
+        wxyz=(1.0, 0.0, 0.0, 0.0),
+        position=(0.0, 0.0, -4.0),
+        fov=0.8,
+        near=0.01,
+        far=100.0,
+        image_height=480,
+        image_width=640,
+        look_at=(0.0, 0.0, 0.0),
+        up_direction=(0.0, -1.0, 0.0),
+    )
+    message.update(fields)
+    return msgspec.msgpack.encode(message)
+
+
+def test_the_viewer_survives_a_hostile_page_while_training(tmp_path, small_demo):
+    """A page on another site connects over a real WebSocket (refused), then bad and hostile
+    messages arrive from the viewer's own origin; training finishes and the server stays up."""
+    import threading
+    import time
+
+    import msgspec
+    import viser
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from splatkit.modules import SplatBaseModule
+
+    port, max_steps = _free_port(), 20
+    viewer = SplatViewer(port=port, refresh_seconds=0.05)
+    started, done = threading.Event(), threading.Event()
+
+    class Attacked(SplatBaseModule):
+        """Training waits at step 3 for the attack to start and at the last step for it to end,
+        serving the viewer meanwhile, so every message arrives while the run is alive."""
+
+        def post_step(self, step, **kwargs):
+            for event in (started,) if step == 3 else (done,) if step == max_steps else ():
+                t0 = time.time()
+                while not event.is_set() and time.time() - t0 < 120:
+                    viewer.serve_pending(training=True)
+                    time.sleep(0.02)
+
+    config = SplatTrainerConfig(max_steps=max_steps, output_dir=str(tmp_path / "run"))
+    trainer = SplatTrainer(config, small_demo, modules=[viewer, Attacked()])
+    failure = []
+    thread = threading.Thread(target=lambda: _run_catching(trainer, failure))
+    thread.start()
+    try:
+        t0 = time.time()
+        while viewer.server is None:
+            assert time.time() - t0 < 60 and thread.is_alive(), "the viewer did not start"
+            time.sleep(0.05)
+        url, own = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+        slider = viewer._gui_res._impl.uuid
+        protocol = [f"viser-v{viser.__version__}"]
+        started.set()
+
+        # 1. Another site's page: closed (policy violation) before anything it sent is handled.
+        with connect(url, origin="http://evil.example", subprotocols=protocol, open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.send(_camera_message(fov=0.0))
+                ws.send(msgspec.msgpack.encode({"type": "ShareUrlRequest"}))
+                while True:
+                    ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert viewer.refused_connections == 1
+
+        # 2. The viewer's own origin, sending what no viewer page sends.
+        for payload in (
+            b"\x00\xffgarbage",
+            "a text frame",
+            msgspec.msgpack.encode({"type": "NoSuchMessage"}),
+            msgspec.msgpack.encode({"type": "ViewerCameraMessage", "fov": "wide"}),
+            msgspec.msgpack.encode({"type": "ShareUrlRequest"}),
+            msgspec.msgpack.encode({"type": "GuiUpdateMessage", "uuid": slider, "updates": {"value": -5}}),
+        ):
+            with connect(url, origin=own, subprotocols=protocol, open_timeout=10) as ws:
+                ws.send(payload)
+                time.sleep(0.2)
+        for camera in ({"fov": 0.0}, {"position": (float("nan"), 0.0, 0.0)}, {"wxyz": (0.0, 0.0, 0.0, 0.0)}):
+            dropped = viewer.dropped_messages
+            with connect(url, origin=own, subprotocols=protocol, open_timeout=10) as ws:
+                ws.send(_camera_message(**camera))
+                t0 = time.time()
+                while viewer.dropped_messages == dropped:
+                    assert time.time() - t0 < 30, f"the camera message {camera} was never looked at"
+                    time.sleep(0.05)
+        assert viewer.dropped_messages == 3  # the refused page's fov=0 message was never read
+
+        # 3. The server is still up: a well-behaved client gets the scene and rendered frames.
+        sent = viewer.frames_sent
+        with connect(url, origin=own, subprotocols=protocol, open_timeout=10, max_size=None) as ws:
+            ws.recv(timeout=10)
+            ws.send(_camera_message())
+            t0 = time.time()
+            while viewer.frames_sent == sent:
+                assert time.time() - t0 < 30, "no frame was rendered for a good client"
+                time.sleep(0.05)
+    finally:
+        started.set()
+        done.set()
+        thread.join(timeout=120)
+    assert failure == [] and trainer.step == max_steps
+
+
+def _run_catching(trainer, failure):
+    try:
+        trainer.run()
+    except BaseException as e:
+        failure.append(e)
+
+
+@pytest.mark.parametrize(
+    "origin, host, allowed",
+    [
+        (None, "127.0.0.1:8080", True),  # not a browser
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("http://localhost:9000", "localhost:9000", True),  # an ssh-forwarded port
+        ("http://192.168.1.7:8080", "192.168.1.7:8080", True),  # served on 0.0.0.0, opened by address
+        ("http://evil.example", "127.0.0.1:8080", False),
+        ("http://localhost:3000", "localhost:8080", False),  # another local site
+        ("http://evil.example:8080", "evil.example:8080", False),  # DNS rebinding
+        ("null", "127.0.0.1:8080", False),
+        ("file://", "127.0.0.1:8080", False),
+    ],
+)
+def test_only_the_viewers_own_page_may_connect(origin, host, allowed):
+    from splatkit.modules.viewer import origin_allowed
+
+    assert origin_allowed(origin, host, "0.0.0.0") is allowed
