@@ -150,6 +150,26 @@ def test_spz_decompression_bomb_is_refused_before_inflating(tmp_path):
         spz.read_spz_file(path)
 
 
+def test_readers_refuse_non_finite_values_and_foreign_dtypes(tmp_path):
+    """What benchmarks/fuzz_readers.py found loading: NaN in a PLY (another tool wrote it), and
+    a checkpoint whose checksum is valid but whose means are integers."""
+    from splatkit.splat.formats import read_splat
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+    from splatkit.splat.ply import write_ply
+
+    params = _model(n=5).params()
+    params["means"][2, 0] = float("nan")
+    write_ply(tmp_path / "nan.ply", params)  # the raw writer: write_splat refuses this
+    with pytest.raises(SplatFileError, match=r"nan.ply: 1 NaN or infinite values in 'means'"):
+        read_splat(tmp_path / "nan.ply")
+    content = {k: {} for k in ("densification", "data_provider", "config", "rng")}
+    params = {**_model(n=5).params(), "means": torch.zeros(5, 3, dtype=torch.int64)}
+    content.update(step=1, modules=[], training_state={"params": params})
+    save_checkpoint(tmp_path / "int.ckpt", content)
+    with pytest.raises(SplatFileError, match=r"int.ckpt: checkpoint holds no valid Gaussian parameters .means not"):
+        read_splat(tmp_path / "int.ckpt")
+
+
 # ----------------------------------------------------------------------------- output folders
 
 

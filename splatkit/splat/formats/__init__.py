@@ -133,9 +133,22 @@ def format_from_path(path: str | os.PathLike) -> str:
 def model_from_checkpoint(ckpt: dict, path: Path) -> SplatModel:
     """The Gaussians of a loaded checkpoint (``path`` names it in errors)."""
     try:
-        return SplatModel(**ckpt["training_state"]["params"])
-    except (KeyError, TypeError, ValueError) as e:
+        params = ckpt["training_state"]["params"]
+        wrong = [k for k, v in params.items() if not isinstance(v, torch.Tensor) or v.dtype != torch.float32]
+        if wrong:
+            raise ValueError(f"{', '.join(map(str, wrong))} not float32 tensors")
+        return _finite(SplatModel(**params), path)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SplatFileError(f"{path}: checkpoint holds no valid Gaussian parameters ({e})") from e
+
+
+def _finite(model: SplatModel, path: Path) -> SplatModel:
+    """``model``, or a :class:`SplatFileError` naming the first parameter that holds NaN or Inf."""
+    for name, value in model.params().items():
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise SplatFileError(f"{path}: {bad} NaN or infinite values in {name!r}; the file is damaged")
+    return model
 
 
 def _model_from_checkpoint(path: Path) -> SplatModel:
@@ -164,7 +177,7 @@ def read_splat(path: str | os.PathLike) -> SplatModel:
         raise FileNotFoundError(f"{fmt} file not found: {path}")
     try:
         params = FORMATS[fmt].read(path)
-        return SplatModel(**params)
+        return _finite(SplatModel(**params), path)
     except SplatFileError:
         raise
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, EOFError, struct.error) as e:
