@@ -133,7 +133,9 @@ class SplatTrainer:
         self._resume = checkpoint if checkpoint is not None or ckpt_path is None else load_checkpoint(ckpt_path)
         # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training,
         # or sharded training with config.dist_mode="shard".
-        self.world_rank, self.world_size, self.device = distributed.init_from_env(self.device, config.dist_timeout)
+        self.world_rank, self.world_size, self.device = distributed.init_from_env(
+            self.device, config.dist_timeout, config.dist_join_timeout
+        )
         self.sharded: ShardedRun | None = None
         if config.dist_mode == "shard" and self.world_size > 1:
             self._setup_sharding()
