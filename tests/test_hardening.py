@@ -294,6 +294,28 @@ def test_bad_masks_are_named(tmp_path):
         provider.train_frame(2)
 
 
+def test_a_truncated_photo_is_named_before_step_1(tmp_path, capsys):
+    """A JPEG cut short in the middle of a capture: one error naming it before training starts."""
+    from PIL import Image
+
+    from splatkit.data_provider.demo import write_synthetic_capture
+
+    capture = write_synthetic_capture(tmp_path / "capture", num_train=6, num_test=2, image_size=16, supersample=1)
+    for png in capture.glob("*/*.png"):  # photos without alpha: nothing reads them all before step 1
+        Image.open(png).convert("RGB").save(png)
+    bad = capture / "train" / "r_3.jpg"
+    Image.open(capture / "train" / "r_3.png").save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:-40])  # its header is whole: only decoding finds the cut
+    (capture / "train" / "r_3.png").unlink()
+    out = tmp_path / "out"
+    args = ["train", "--data", str(capture), "--max-steps", "3", "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 2
+    assert not (out / "trainer_config.json").exists()  # it never started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("splatkit: error: 1 of 8 images cannot be trained on: ")
+    assert f"{bad}: cannot read image" in err[-1] and "truncated" in err[-1]
+
+
 def test_a_lower_sh_checkpoint_is_refused_at_resume(tmp_path, small_demo):
     out = tmp_path / "sh1"
     exporter = SplatExporter(out, export_steps=[2], save_splat=False, save_ckpt=True)

@@ -232,6 +232,30 @@ class SplatCaptureDataProvider(SplatDataProvider):
             )
         return has_alpha
 
+    def check_frames(self) -> None:
+        """Decode every photo and mask once (on the worker threads): a truncated or unreadable
+        file, a mask of another size or one that keeps no pixel is reported now, all of them
+        in one error. The decoded frames stay in the cache for the first steps."""
+        errors: list[str] = []
+
+        def check(index: int) -> None:
+            try:
+                self._cached(index)
+            except DataError as e:
+                errors.append(str(e))
+
+        if self._pool is None:
+            for i in range(len(self.records)):
+                check(i)
+        else:
+            list(self._pool.map(check, range(len(self.records))))
+        if errors:
+            raise DataError(
+                f"{len(errors)} of {len(self.records)} images cannot be trained on: "
+                + "; ".join(sorted(errors)[:5])
+                + ("; ..." if len(errors) > 5 else "")
+            )
+
     # ------------------------------------------------------------ loading
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         r = self.records[index]

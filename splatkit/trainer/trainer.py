@@ -265,6 +265,7 @@ class SplatTrainer:
 
     def setup(self) -> None:
         """Build (or restore) the training state and call ``on_setup``; :meth:`run` calls it."""
+        self.data_provider.check_frames()  # a bad photo is an error now, not at the step that draws it
         self._seed()
         cfg = self.config
         if self._resume is None:
