@@ -518,3 +518,54 @@ def test_only_the_viewers_own_page_may_connect(origin, host, allowed):
     from splatkit.modules.viewer import origin_allowed
 
     assert origin_allowed(origin, host, "0.0.0.0") is allowed
+
+
+# ----------------------------------------------------------------------------- SIGKILL during exports
+
+
+def test_sigkill_during_exports_leaves_no_partial_file(tmp_path):
+    """A process writing splats in every format and checkpoints is SIGKILLed at random moments:
+    every file left loads whole (the temp files it leaves are the next run's to remove, see
+    test_leftover_temp_files_are_removed_by_the_next_run; benchmarks/kill_exports.py kills
+    `splatkit train` 20 times and checks the removal and the resume too)."""
+    import multiprocessing
+    import os
+    import random
+    import signal
+    import time
+
+    from splatkit.splat.formats import read_splat
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    model = SplatModel(
+        torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g) - 4, torch.randn(n, 4, generator=g),
+        torch.randn(n, generator=g), torch.randn(n, 1, 3, generator=g), torch.randn(n, 15, 3, generator=g) * 0.2,
+    )  # fmt: skip
+    content = {k: {} for k in ("densification", "data_provider", "config", "rng")}
+    content.update(step=1, modules=[], training_state={"params": model.params()})
+    out = tmp_path / "run"
+    (out / "ckpts").mkdir(parents=True)
+
+    def export_forever():
+        torch.set_num_threads(1)  # a forked child must not wait on the parent's OpenMP threads
+        for i in range(10**9):
+            for fmt in ("ply", "splat", "spz", "compressed_ply"):
+                write_splat(model, out / f"m{i % 2}.{fmt.replace('_', '.')}", fmt)
+            save_checkpoint(out / "ckpts" / f"step_{i % 2:06d}.ckpt", content)
+
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(4):
+        child = multiprocessing.get_context("fork").Process(target=export_forever)
+        child.start()
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for path in (p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            loaded = read_splat(path)  # a partial file fails its size, gzip or checksum check
+            if path.suffix in (".ply", ".ckpt") and ".compressed" not in path.name:
+                assert torch.equal(loaded.means, model.means), path
+            checked += 1
+    assert checked > 0
