@@ -170,6 +170,61 @@ def test_readers_refuse_non_finite_values_and_foreign_dtypes(tmp_path):
         read_splat(tmp_path / "int.ckpt")
 
 
+def test_a_checkpoint_write_over_a_file_size_limit_is_one_clear_error(tmp_path):
+    """torch's zip writer raised a RuntimeError ('enforce fail at inline_container.cc') under a
+    file-size limit or on a full disk: a traceback. Now an OSError naming the user's file."""
+    import resource
+
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+
+    content = {k: {} for k in ("training_state", "densification", "data_provider", "config", "rng")}
+    content.update(step=1, modules=[], training_state={"params": {"means": torch.zeros(100_000, 3)}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.ckpt'}: .*file-size limit"):
+            save_checkpoint(tmp_path / "a.ckpt", content)
+        with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.ply'}: File too large"):
+            write_splat(_model(n=20_000), tmp_path / "a.ply")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temp file
+
+
+def test_a_ply_with_no_gaussians_is_one_clear_error(tmp_path, capsys):
+    import numpy as np
+    from plyfile import PlyData, PlyElement
+
+    from splatkit.splat.ply import ply_property_names
+
+    empty = np.empty(0, dtype=[(n, "<f4") for n in ply_property_names(3)])
+    PlyData([PlyElement.describe(empty, "vertex")]).write(str(tmp_path / "empty.ply"))
+    assert main(["info", str(tmp_path / "empty.ply")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"{tmp_path / 'empty.ply'}: the file holds no Gaussians (0 vertices / records)")
+    )
+    assert main(["export", str(tmp_path / "empty.ply"), str(tmp_path / "out.splat")]) == 2
+    assert "holds no Gaussians" in capsys.readouterr().err and not (tmp_path / "out.splat").exists()
+
+
+def test_densification_that_prunes_every_gaussian_is_one_clear_error(tmp_path, small_demo):
+    from splatkit.densification import SplatDefaultDensification
+
+    out = tmp_path / "run"
+    strict = SplatDefaultDensification(prune_opa=0.9999, refine_start_iter=2, refine_every=2, reset_every=1000)
+    trainer = SplatTrainer(
+        SplatTrainerConfig(max_steps=6, output_dir=str(out)),
+        small_demo,
+        densification=strict,
+        modules=[SplatExporter(out, [6])],
+    )
+    with pytest.raises(ValueError, match=r"step 4: densification .* removed every Gaussian.*--densification.prune-opa"):
+        trainer.run()
+    assert not (out / "splats").exists() or list((out / "splats").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- output folders
 
 

@@ -582,6 +582,12 @@ class SplatTrainer:
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
+        if ts.num_gaussians == 0 and self.sharded is None:  # (a shard may be empty; the splat is not)
+            raise ValueError(
+                f"step {step}: densification ({type(self.densification).__name__}) removed every Gaussian, so "
+                "nothing is left to train or export; its pruning thresholds (--densification.prune-opa, "
+                "--densification.prune-scale3d, ...) are too strict for this scene"
+            )
         if self.sharded is not None:
             self.sharded.update_sizes(ts.num_gaussians, step)
         elif self.world_size > 1 and step % 100 == 0:

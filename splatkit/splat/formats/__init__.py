@@ -177,12 +177,15 @@ def read_splat(path: str | os.PathLike) -> SplatModel:
         raise FileNotFoundError(f"{fmt} file not found: {path}")
     try:
         params = FORMATS[fmt].read(path)
-        return _finite(SplatModel(**params), path)
+        model = _finite(SplatModel(**params), path)
     except SplatFileError:
         raise
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, EOFError, struct.error) as e:
         # A reader's own checks name what is wrong; anything else a damaged file trips is reported the same way.
         raise SplatFileError(f"{path}: cannot read as {FORMATS[fmt].description}: {type(e).__name__}: {e}") from e
+    if model.num_gaussians == 0:
+        raise SplatFileError(f"{path}: the file holds no Gaussians (0 vertices / records)")
+    return model
 
 
 def write_splat(model: SplatModel, path: str | os.PathLike, format: str | None = None) -> Path:
