@@ -371,6 +371,18 @@ def test_a_truncated_photo_is_named_before_step_1(tmp_path, capsys):
     assert f"{bad}: cannot read image" in err[-1] and "truncated" in err[-1]
 
 
+def test_images_smaller_than_the_ssim_window_are_refused_up_front(tmp_path, capsys):
+    """1x1 photos trained, then the test SSIM (an 11x11 window) raised a RuntimeError."""
+    from splatkit.data_provider.demo import write_synthetic_capture
+
+    capture = write_synthetic_capture(tmp_path / "capture", num_train=3, num_test=1, image_size=1, supersample=1)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(capture), "--max-steps", "2", "--output-dir", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("splatkit: error: ") and "r_0.png is 1x1 px; splatkit needs images of at least 11x11" in err
+    assert not out.exists()
+
+
 def test_a_lower_sh_checkpoint_is_refused_at_resume(tmp_path, small_demo):
     out = tmp_path / "sh1"
     exporter = SplatExporter(out, export_steps=[2], save_splat=False, save_ckpt=True)

@@ -85,6 +85,9 @@ def image_size(path: Path) -> tuple[int, int]:
     return image_header(path)[:2]
 
 
+MIN_IMAGE_SIDE = 11
+"""Smallest image side splatkit trains on: the 11x11 window of SSIM (loss and test metric)."""
+
 AUTO_MAX_SIDE = 1600
 """With no factor given, images are downscaled until their longer side is at most this (as Inria's and
 nerfstudio's trainers do)."""
@@ -215,12 +218,19 @@ class SplatCaptureDataProvider(SplatDataProvider):
 
     # ------------------------------------------------------------ checks
     def _check_image_sizes(self) -> bool:
-        """Check every image's size against its camera; True if any image has an alpha channel."""
+        """Check every image's size against its camera (and the smallest size splatkit trains
+        on); True if any image has an alpha channel."""
         bad = []
         has_alpha = False
         for r in self.records:
             w, h, alpha = image_header(r.image_path)
             has_alpha |= alpha
+            if min(w, h) < MIN_IMAGE_SIDE:
+                side = MIN_IMAGE_SIDE
+                raise DataError(
+                    f"{r.image_path} is {w}x{h} px; splatkit needs images of at least {side}x{side} "
+                    "(the SSIM window of the loss and the test metrics)"
+                )
             if (w, h) != (r.intrinsics.width, r.intrinsics.height):
                 bad.append(f"{r.image_path} is {w}x{h}, its camera is {r.intrinsics.width}x{r.intrinsics.height}")
         if bad:
