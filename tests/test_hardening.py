@@ -220,7 +220,7 @@ def test_densification_that_prunes_every_gaussian_is_one_clear_error(tmp_path, s
         densification=strict,
         modules=[SplatExporter(out, [6])],
     )
-    with pytest.raises(ValueError, match=r"step 4: densification .* removed every Gaussian.*--densification.prune-opa"):
+    with pytest.raises(ValueError, match=r"step 5: densification .* removed every Gaussian.*--densification.prune-opa"):
         trainer.run()
     assert not (out / "splats").exists() or list((out / "splats").iterdir()) == []
 
