@@ -343,6 +343,33 @@ def test_a_dead_rank_stops_the_other_with_a_clear_error(tmp_path, mode):
     assert not list((tmp_path / "run" / "ckpts").glob(".*tmp"))
 
 
+@pytest.mark.parametrize("survivor", [0, 1])
+def test_a_rank_killed_before_the_group_forms_ends_the_run_clearly(tmp_path, survivor):
+    """Rank 0 hosts the rendezvous; whichever rank survives says so in one line and exits 3
+    after --dist-join-timeout, not after the 600 s collective timeout with a traceback."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        e = dict(
+            env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+        )
+        args = ["train", *TRAIN, "--max-steps", "5", "--output-dir", str(tmp_path / "run"), "--dist-join-timeout", "3"]
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "splatkit", *args], env=e, stderr=subprocess.PIPE, text=True)
+        )
+    procs[1 - survivor].send_signal(signal.SIGKILL)  # long before it could import torch
+    try:
+        _, err = procs[survivor].communicate(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[survivor].returncode == 3, err[-2000:]
+    assert f"splatkit: error: rank {survivor}: the 2 ranks did not all join the process group" in err, err[-2000:]
+    assert "within 3 s" in err and "Traceback" not in err, err[-2000:]
+    assert not (tmp_path / "run").exists()  # nothing was written
+
+
 def _diverge_worker(rank, init_file, out):
     import torch.distributed as dist
 

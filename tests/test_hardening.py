@@ -150,6 +150,81 @@ def test_spz_decompression_bomb_is_refused_before_inflating(tmp_path):
         spz.read_spz_file(path)
 
 
+def test_readers_refuse_non_finite_values_and_foreign_dtypes(tmp_path):
+    """What benchmarks/fuzz_readers.py found loading: NaN in a PLY (another tool wrote it), and
+    a checkpoint whose checksum is valid but whose means are integers."""
+    from splatkit.splat.formats import read_splat
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+    from splatkit.splat.ply import write_ply
+
+    params = _model(n=5).params()
+    params["means"][2, 0] = float("nan")
+    write_ply(tmp_path / "nan.ply", params)  # the raw writer: write_splat refuses this
+    with pytest.raises(SplatFileError, match=r"nan.ply: 1 NaN or infinite values in 'means'"):
+        read_splat(tmp_path / "nan.ply")
+    content = {k: {} for k in ("densification", "data_provider", "config", "rng")}
+    params = {**_model(n=5).params(), "means": torch.zeros(5, 3, dtype=torch.int64)}
+    content.update(step=1, modules=[], training_state={"params": params})
+    save_checkpoint(tmp_path / "int.ckpt", content)
+    with pytest.raises(SplatFileError, match=r"int.ckpt: checkpoint holds no valid Gaussian parameters .means not"):
+        read_splat(tmp_path / "int.ckpt")
+
+
+def test_a_checkpoint_write_over_a_file_size_limit_is_one_clear_error(tmp_path):
+    """torch's zip writer raised a RuntimeError ('enforce fail at inline_container.cc') under a
+    file-size limit or on a full disk: a traceback. Now an OSError naming the user's file."""
+    import resource
+
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+
+    content = {k: {} for k in ("training_state", "densification", "data_provider", "config", "rng")}
+    content.update(step=1, modules=[], training_state={"params": {"means": torch.zeros(100_000, 3)}})
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.ckpt'}: .*file-size limit"):
+            save_checkpoint(tmp_path / "a.ckpt", content)
+        with pytest.raises(OSError, match=f"cannot write {tmp_path / 'a.ply'}: File too large"):
+            write_splat(_model(n=20_000), tmp_path / "a.ply")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, no temp file
+
+
+def test_a_ply_with_no_gaussians_is_one_clear_error(tmp_path, capsys):
+    import numpy as np
+    from plyfile import PlyData, PlyElement
+
+    from splatkit.splat.ply import ply_property_names
+
+    empty = np.empty(0, dtype=[(n, "<f4") for n in ply_property_names(3)])
+    PlyData([PlyElement.describe(empty, "vertex")]).write(str(tmp_path / "empty.ply"))
+    assert main(["info", str(tmp_path / "empty.ply")]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"{tmp_path / 'empty.ply'}: the file holds no Gaussians (0 vertices / records)")
+    )
+    assert main(["export", str(tmp_path / "empty.ply"), str(tmp_path / "out.splat")]) == 2
+    assert "holds no Gaussians" in capsys.readouterr().err and not (tmp_path / "out.splat").exists()
+
+
+def test_densification_that_prunes_every_gaussian_is_one_clear_error(tmp_path, small_demo):
+    from splatkit.densification import SplatDefaultDensification
+
+    out = tmp_path / "run"
+    strict = SplatDefaultDensification(prune_opa=0.9999, refine_start_iter=2, refine_every=2, reset_every=1000)
+    trainer = SplatTrainer(
+        SplatTrainerConfig(max_steps=6, output_dir=str(out)),
+        small_demo,
+        densification=strict,
+        modules=[SplatExporter(out, [6])],
+    )
+    with pytest.raises(ValueError, match=r"step 5: densification .* removed every Gaussian.*--densification.prune-opa"):
+        trainer.run()
+    assert not (out / "splats").exists() or list((out / "splats").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- output folders
 
 
@@ -274,6 +349,40 @@ def test_bad_masks_are_named(tmp_path):
         provider.train_frame(2)
 
 
+def test_a_truncated_photo_is_named_before_step_1(tmp_path, capsys):
+    """A JPEG cut short in the middle of a capture: one error naming it before training starts."""
+    from PIL import Image
+
+    from splatkit.data_provider.demo import write_synthetic_capture
+
+    capture = write_synthetic_capture(tmp_path / "capture", num_train=6, num_test=2, image_size=16, supersample=1)
+    for png in capture.glob("*/*.png"):  # photos without alpha: nothing reads them all before step 1
+        Image.open(png).convert("RGB").save(png)
+    bad = capture / "train" / "r_3.jpg"
+    Image.open(capture / "train" / "r_3.png").save(bad, quality=95)
+    bad.write_bytes(bad.read_bytes()[:-40])  # its header is whole: only decoding finds the cut
+    (capture / "train" / "r_3.png").unlink()
+    out = tmp_path / "out"
+    args = ["train", "--data", str(capture), "--max-steps", "3", "--output-dir", str(out), "--no-progress"]
+    assert main(args) == 2
+    assert not (out / "trainer_config.json").exists()  # it never started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("splatkit: error: 1 of 8 images cannot be trained on: ")
+    assert f"{bad}: cannot read image" in err[-1] and "truncated" in err[-1]
+
+
+def test_images_smaller_than_the_ssim_window_are_refused_up_front(tmp_path, capsys):
+    """1x1 photos trained, then the test SSIM (an 11x11 window) raised a RuntimeError."""
+    from splatkit.data_provider.demo import write_synthetic_capture
+
+    capture = write_synthetic_capture(tmp_path / "capture", num_train=3, num_test=1, image_size=1, supersample=1)
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(capture), "--max-steps", "2", "--output-dir", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("splatkit: error: ") and "r_0.png is 1x1 px; splatkit needs images of at least 11x11" in err
+    assert not out.exists()
+
+
 def test_a_lower_sh_checkpoint_is_refused_at_resume(tmp_path, small_demo):
     out = tmp_path / "sh1"
     exporter = SplatExporter(out, export_steps=[2], save_splat=False, save_ckpt=True)
@@ -328,3 +437,202 @@ def test_summary_json_is_checked_before_training(tmp_path, capsys):
                "--summary-json", str(blocker / "s.json")])  # fmt: skip
     assert rc == 2 and "--summary-json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- viewer over a real WebSocket
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _camera_message(**fields) -> bytes:
+    import msgspec
+
+    message = dict(
+        type="ViewerCameraMessage",
+        wxyz=(1.0, 0.0, 0.0, 0.0),
+        position=(0.0, 0.0, -4.0),
+        fov=0.8,
+        near=0.01,
+        far=100.0,
+        image_height=480,
+        image_width=640,
+        look_at=(0.0, 0.0, 0.0),
+        up_direction=(0.0, -1.0, 0.0),
+    )
+    message.update(fields)
+    return msgspec.msgpack.encode(message)
+
+
+def test_the_viewer_survives_a_hostile_page_while_training(tmp_path, small_demo):
+    """A page on another site connects over a real WebSocket (refused), then bad and hostile
+    messages arrive from the viewer's own origin; training finishes and the server stays up."""
+    import threading
+    import time
+
+    import msgspec
+    import viser
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from splatkit.modules import SplatBaseModule
+
+    port, max_steps = _free_port(), 20
+    viewer = SplatViewer(port=port, refresh_seconds=0.05)
+    started, done = threading.Event(), threading.Event()
+
+    class Attacked(SplatBaseModule):
+        """Training waits at step 3 for the attack to start and at the last step for it to end,
+        serving the viewer meanwhile, so every message arrives while the run is alive."""
+
+        def post_step(self, step, **kwargs):
+            for event in (started,) if step == 3 else (done,) if step == max_steps else ():
+                t0 = time.time()
+                while not event.is_set() and time.time() - t0 < 120:
+                    viewer.serve_pending(training=True)
+                    time.sleep(0.02)
+
+    config = SplatTrainerConfig(max_steps=max_steps, output_dir=str(tmp_path / "run"))
+    trainer = SplatTrainer(config, small_demo, modules=[viewer, Attacked()])
+    failure = []
+    thread = threading.Thread(target=lambda: _run_catching(trainer, failure))
+    thread.start()
+    try:
+        t0 = time.time()
+        while viewer.server is None:
+            assert time.time() - t0 < 60 and thread.is_alive(), "the viewer did not start"
+            time.sleep(0.05)
+        url, own = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+        slider = viewer._gui_res._impl.uuid
+        protocol = [f"viser-v{viser.__version__}"]
+        started.set()
+
+        # 1. Another site's page: closed (policy violation) before anything it sent is handled.
+        with connect(url, origin="http://evil.example", subprotocols=protocol, open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.send(_camera_message(fov=0.0))
+                ws.send(msgspec.msgpack.encode({"type": "ShareUrlRequest"}))
+                while True:
+                    ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert viewer.refused_connections == 1
+
+        # 2. The viewer's own origin, sending what no viewer page sends.
+        for payload in (
+            b"\x00\xffgarbage",
+            "a text frame",
+            msgspec.msgpack.encode({"type": "NoSuchMessage"}),
+            msgspec.msgpack.encode({"type": "ViewerCameraMessage", "fov": "wide"}),
+            msgspec.msgpack.encode({"type": "ShareUrlRequest"}),
+            msgspec.msgpack.encode({"type": "GuiUpdateMessage", "uuid": slider, "updates": {"value": -5}}),
+        ):
+            with connect(url, origin=own, subprotocols=protocol, open_timeout=10) as ws:
+                ws.send(payload)
+                time.sleep(0.2)
+        for camera in ({"fov": 0.0}, {"position": (float("nan"), 0.0, 0.0)}, {"wxyz": (0.0, 0.0, 0.0, 0.0)}):
+            dropped = viewer.dropped_messages
+            with connect(url, origin=own, subprotocols=protocol, open_timeout=10) as ws:
+                ws.send(_camera_message(**camera))
+                t0 = time.time()
+                while viewer.dropped_messages == dropped:
+                    assert time.time() - t0 < 30, f"the camera message {camera} was never looked at"
+                    time.sleep(0.05)
+        assert viewer.dropped_messages == 3  # the refused page's fov=0 message was never read
+
+        # 3. The server is still up: a well-behaved client gets the scene and rendered frames.
+        sent = viewer.frames_sent
+        with connect(url, origin=own, subprotocols=protocol, open_timeout=10, max_size=None) as ws:
+            ws.recv(timeout=10)
+            ws.send(_camera_message())
+            t0 = time.time()
+            while viewer.frames_sent == sent:
+                assert time.time() - t0 < 30, "no frame was rendered for a good client"
+                time.sleep(0.05)
+    finally:
+        started.set()
+        done.set()
+        thread.join(timeout=120)
+    assert failure == [] and trainer.step == max_steps
+
+
+def _run_catching(trainer, failure):
+    try:
+        trainer.run()
+    except BaseException as e:
+        failure.append(e)
+
+
+@pytest.mark.parametrize(
+    "origin, host, allowed",
+    [
+        (None, "127.0.0.1:8080", True),  # not a browser
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("http://localhost:9000", "localhost:9000", True),  # an ssh-forwarded port
+        ("http://192.168.1.7:8080", "192.168.1.7:8080", True),  # served on 0.0.0.0, opened by address
+        ("http://evil.example", "127.0.0.1:8080", False),
+        ("http://localhost:3000", "localhost:8080", False),  # another local site
+        ("http://evil.example:8080", "evil.example:8080", False),  # DNS rebinding
+        ("null", "127.0.0.1:8080", False),
+        ("file://", "127.0.0.1:8080", False),
+    ],
+)
+def test_only_the_viewers_own_page_may_connect(origin, host, allowed):
+    from splatkit.modules.viewer import origin_allowed
+
+    assert origin_allowed(origin, host, "0.0.0.0") is allowed
+
+
+# ----------------------------------------------------------------------------- SIGKILL during exports
+
+
+def test_sigkill_during_exports_leaves_no_partial_file(tmp_path):
+    """A process writing splats in every format and checkpoints is SIGKILLed at random moments:
+    every file left loads whole (the temp files it leaves are the next run's to remove, see
+    test_leftover_temp_files_are_removed_by_the_next_run; benchmarks/kill_exports.py kills
+    `splatkit train` 20 times and checks the removal and the resume too)."""
+    import multiprocessing
+    import os
+    import random
+    import signal
+    import time
+
+    from splatkit.splat.formats import read_splat
+    from splatkit.splat.formats.checkpoint import save_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    model = SplatModel(
+        torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g) - 4, torch.randn(n, 4, generator=g),
+        torch.randn(n, generator=g), torch.randn(n, 1, 3, generator=g), torch.randn(n, 15, 3, generator=g) * 0.2,
+    )  # fmt: skip
+    content = {k: {} for k in ("densification", "data_provider", "config", "rng")}
+    content.update(step=1, modules=[], training_state={"params": model.params()})
+    out = tmp_path / "run"
+    (out / "ckpts").mkdir(parents=True)
+
+    def export_forever():
+        torch.set_num_threads(1)  # a forked child must not wait on the parent's OpenMP threads
+        for i in range(10**9):
+            for fmt in ("ply", "splat", "spz", "compressed_ply"):
+                write_splat(model, out / f"m{i % 2}.{fmt.replace('_', '.')}", fmt)
+            save_checkpoint(out / "ckpts" / f"step_{i % 2:06d}.ckpt", content)
+
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(4):
+        child = multiprocessing.get_context("fork").Process(target=export_forever)
+        child.start()
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for path in (p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            loaded = read_splat(path)  # a partial file fails its size, gzip or checksum check
+            if path.suffix in (".ply", ".ckpt") and ".compressed" not in path.name:
+                assert torch.equal(loaded.means, model.means), path
+            checked += 1
+    assert checked > 0

@@ -153,6 +153,12 @@ class SplatDataProvider(ABC):
         """One line for the log: what was loaded (sizes, split, background, ...)."""
         return f"{self.num_train_frames()} train and {self.num_test_frames()} test frames"
 
+    def check_frames(self) -> None:  # noqa: B027  (optional hook, a no-op by default)
+        """Raise a :class:`~splatkit.errors.DataError` naming the file when an image or mask
+        cannot be trained on (unreadable, truncated, of the wrong size); the trainer calls it
+        before step 1, so a bad file in the middle of a capture is not found hours in.
+        Providers that make their images (the demo scene) have nothing to check."""
+
     def close(self) -> None:  # noqa: B027  (optional hook, a no-op by default)
         """Release worker threads or files; the provider is not used afterwards."""
 

@@ -85,6 +85,9 @@ def image_size(path: Path) -> tuple[int, int]:
     return image_header(path)[:2]
 
 
+MIN_IMAGE_SIDE = 11
+"""Smallest image side splatkit trains on: the 11x11 window of SSIM (loss and test metric)."""
+
 AUTO_MAX_SIDE = 1600
 """With no factor given, images are downscaled until their longer side is at most this (as Inria's and
 nerfstudio's trainers do)."""
@@ -215,12 +218,19 @@ class SplatCaptureDataProvider(SplatDataProvider):
 
     # ------------------------------------------------------------ checks
     def _check_image_sizes(self) -> bool:
-        """Check every image's size against its camera; True if any image has an alpha channel."""
+        """Check every image's size against its camera (and the smallest size splatkit trains
+        on); True if any image has an alpha channel."""
         bad = []
         has_alpha = False
         for r in self.records:
             w, h, alpha = image_header(r.image_path)
             has_alpha |= alpha
+            if min(w, h) < MIN_IMAGE_SIDE:
+                side = MIN_IMAGE_SIDE
+                raise DataError(
+                    f"{r.image_path} is {w}x{h} px; splatkit needs images of at least {side}x{side} "
+                    "(the SSIM window of the loss and the test metrics)"
+                )
             if (w, h) != (r.intrinsics.width, r.intrinsics.height):
                 bad.append(f"{r.image_path} is {w}x{h}, its camera is {r.intrinsics.width}x{r.intrinsics.height}")
         if bad:
@@ -231,6 +241,30 @@ class SplatCaptureDataProvider(SplatDataProvider):
                 + ". Images of one camera must all have its size (check EXIF rotation and resizing)."
             )
         return has_alpha
+
+    def check_frames(self) -> None:
+        """Decode every photo and mask once (on the worker threads): a truncated or unreadable
+        file, a mask of another size or one that keeps no pixel is reported now, all of them
+        in one error. The decoded frames stay in the cache for the first steps."""
+        errors: list[str] = []
+
+        def check(index: int) -> None:
+            try:
+                self._cached(index)
+            except DataError as e:
+                errors.append(str(e))
+
+        if self._pool is None:
+            for i in range(len(self.records)):
+                check(i)
+        else:
+            list(self._pool.map(check, range(len(self.records))))
+        if errors:
+            raise DataError(
+                f"{len(errors)} of {len(self.records)} images cannot be trained on: "
+                + "; ".join(sorted(errors)[:5])
+                + ("; ..." if len(errors) > 5 else "")
+            )
 
     # ------------------------------------------------------------ loading
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -16,14 +16,20 @@ Nothing a browser sends can stop training: camera messages are checked (finite n
 field of view in (0, 180) degrees, a resolution within the panel's 64-2048 px) and bad ones
 are dropped with one log line; a render that fails is logged and skipped; viser's share-URL
 requests, which would open the server to the internet through an outside relay, are refused.
+A WebSocket connection whose ``Origin`` is not the viewer's own page is closed before any of
+its messages is read (see :func:`origin_allowed`), so another web page open in the user's
+browser cannot drive the viewer.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -90,6 +96,7 @@ class SplatViewer(SplatBaseModule):
         self._train_views: list[tuple[np.ndarray, np.ndarray, float]] = []  # (wxyz, position, vertical fov)
         self.dropped_messages = 0
         self.failed_renders = 0
+        self.refused_connections = 0
 
     # ---------------------------------------------------------------- server
     def start(
@@ -121,7 +128,7 @@ class SplatViewer(SplatBaseModule):
             min=MIN_RESOLUTION,
             max=MAX_RESOLUTION,
             step=32,
-            initial_value=int(self.resolution or default_resolution),
+            initial_value=int(min(max(self.resolution or default_resolution, MIN_RESOLUTION), MAX_RESOLUTION)),
             hint="Longest side of rendered frames, in pixels",
         )
         self._gui_res.on_update(lambda _: self._mark_all_dirty())
@@ -151,6 +158,7 @@ class SplatViewer(SplatBaseModule):
             self.server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
             self.server.initial_camera.up = -c2w[:3, 1]
         self._refuse_share_requests()
+        self._refuse_foreign_origins()
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)
         logger.info("viewer at http://%s:%d", self.host, self.server.get_port())
@@ -187,6 +195,36 @@ class SplatViewer(SplatBaseModule):
             except Exception as e:  # a client that went away meanwhile
                 logger.debug("viewer: could not move a client's camera: %s", e)
         self._mark_all_dirty()
+
+    def _refuse_foreign_origins(self) -> None:
+        """Close every WebSocket whose ``Origin`` header is not the viewer's own page, before
+        viser reads a message from it (browsers send the header; a page on another site
+        would otherwise reach the viewer through the user's browser)."""
+        from websockets.exceptions import ConnectionClosedError
+
+        websock = self.server._websock_server
+        if not hasattr(websock, "_live_connections"):  # another viser: say so instead of failing
+            logger.warning("viewer: this viser version does not let splatkit check the Origin of connections")
+            return
+
+        async def check(conn) -> None:
+            connection = websock._live_connections.get(conn.client_id)
+            if connection is None or connection.request is None:
+                return
+            headers = connection.request.headers
+            origin, host = headers.get("Origin"), headers.get("Host")
+            if origin_allowed(origin, host, self.host):
+                return
+            self.refused_connections += 1
+            self._warn_once(f"origin:{origin}", "viewer: refused a connection from origin %r (host %r)", origin, host)
+
+            async def nothing(*args, **kwargs):  # what it sent before the close is never handled
+                raise ConnectionClosedError(None, None)
+
+            connection.recv = nothing
+            await connection.close(1008, "origin not allowed")
+
+        websock.on_client_connect(check)
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
@@ -385,6 +423,40 @@ class SplatViewer(SplatBaseModule):
 
     def on_cleanup(self, **kwargs) -> None:
         self.stop()
+
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def origin_allowed(origin: str | None, host_header: str | None, bind_host: str) -> bool:
+    """Whether a WebSocket handshake with these ``Origin`` and ``Host`` headers comes from the
+    viewer's own page.
+
+    No ``Origin`` (not a browser: scripts and tools) is allowed. A browser's must be the very
+    origin the viewer page was served from (``http(s)://`` + the ``Host`` it asked for, so an
+    ssh-forwarded port works), and that host must be a loopback name, an IP address, the
+    interface the server listens on or this machine's name: a DNS name an attacker controls
+    (DNS rebinding, where a page and the ``Host`` it asks for look alike) is refused.
+    """
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+        hostname = parts.hostname
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not hostname or not host_header:
+        return False
+    if parts.netloc.lower() != host_header.strip().lower():
+        return False
+    if hostname in _LOOPBACK_NAMES or hostname == bind_host.lower():
+        return True
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        pass
+    return hostname in {socket.gethostname().lower(), socket.getfqdn().lower()}
 
 
 def _number(value, field: str) -> float:

@@ -184,6 +184,8 @@ def read_ply(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         return torch.from_numpy(np.stack([np.asarray(v[k], dtype=np.float32) for k in keys], axis=1))
 
     N = len(v.data)
+    if N == 0:
+        raise SplatFileError(f"{path}: the file holds no Gaussians (0 vertices / records)")
     f_rest = col(*[f"f_rest_{i}" for i in range(n_rest)]) if n_rest else torch.zeros(N, 0)
     if n_scales == 3 and SURFEL_COMMENT in ply.comments:
         n_scales = 2  # splatkit's 3DGS-readable 2DGS layout: the third scale is the flattened normal

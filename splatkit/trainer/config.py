@@ -66,6 +66,9 @@ class SplatTrainerConfig:
     rank renders its images from all shards; for splats too large for one device)."""
     dist_timeout: float = 600.0
     """Seconds a rank waits for the others in a collective before giving up (multi-process runs)."""
+    dist_join_timeout: float = 120.0
+    """Seconds a rank waits at start for all ranks to join the process group (a rank that died
+    before joining ends the run after this, with exit status 3)."""
     profile_steps: bool = False
     """Record each step's phase times (data, render, loss, backward, optimizer, densification,
     modules) in ``SplatTrainer.step_timings``; on CUDA this adds a sync per phase."""
@@ -101,6 +104,10 @@ class SplatTrainerConfig:
                 "None or three numbers in [0, 1] (RGB)",
             ),
             ("dist_mode", self.dist_mode in ("replicate", "shard"), "'replicate' or 'shard'"),
+            *[
+                (n, math.isfinite(getattr(self, n)) and getattr(self, n) > 0, "a positive number of seconds")
+                for n in ("dist_timeout", "dist_join_timeout")
+            ],
         ]
         for name, ok, expected in checks:
             if not ok:

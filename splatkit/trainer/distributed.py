@@ -11,7 +11,8 @@ The learning rates follow the global batch ``B * W`` (gsplat's sqrt scaling).
 
 A failed collective (a peer process died, or stopped answering within
 ``SplatTrainerConfig.dist_timeout`` seconds) raises :class:`SplatDistributedError`
-naming the rank and step.
+naming the rank and step; so does a group that does not form within
+``SplatTrainerConfig.dist_join_timeout`` seconds (a rank died before joining).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ __all__ = ["SplatDistributedError", "average_gradients", "check_in_sync", "gathe
 logger = logging.getLogger("splatkit")
 
 
-def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, torch.device]:
+def init_from_env(
+    device: torch.device, timeout_s: float, join_timeout_s: float | None = None
+) -> tuple[int, int, torch.device]:
     """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1).
 
     Returns ``(rank, world_size, device)``; on CUDA each rank takes ``cuda:LOCAL_RANK``.
     Without those variables (or with a group already initialised by the caller) it
-    only reports what is there.
+    only reports what is there. Collectives time out after ``timeout_s``; forming the group
+    after ``join_timeout_s`` (default: the same), raising :class:`SplatDistributedError`
+    when a rank died before joining or was never started.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), device
@@ -55,7 +60,23 @@ def init_from_env(device: torch.device, timeout_s: float) -> tuple[int, int, tor
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    rank = int(os.environ["RANK"])
+    join = (
+        timeout_s if join_timeout_s is None or not hasattr(dist.distributed_c10d, "_set_pg_timeout") else join_timeout_s
+    )
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=join))
+    except (RuntimeError, ConnectionError, ValueError) as e:  # torch's DistStoreError / DistNetworkError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        raise SplatDistributedError(
+            f"rank {rank}: the {world} ranks did not all join the process group at {where} within {join:g} s: "
+            f"a rank died before joining, was never started, or MASTER_ADDR/MASTER_PORT differ between ranks "
+            f"({type(e).__name__}: {first[:200]}). Nothing was trained or written; if the ranks are merely slow "
+            "to start, raise --dist-join-timeout"
+        ) from e
+    if join != timeout_s:  # collectives get their own, usually longer, limit
+        dist.distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
     logger.info("rank %d of %d (%s, %s)", rank, world, backend, device)
     if rank != 0:  # rank 0 logs for the run; the others report only errors

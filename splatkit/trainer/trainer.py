@@ -140,7 +140,9 @@ class SplatTrainer:
         self._resume = checkpoint if checkpoint is not None or ckpt_path is None else load_checkpoint(ckpt_path)
         # Under torchrun (WORLD_SIZE > 1) join the process group: data-parallel training,
         # or sharded training with config.dist_mode="shard".
-        self.world_rank, self.world_size, self.device = distributed.init_from_env(self.device, config.dist_timeout)
+        self.world_rank, self.world_size, self.device = distributed.init_from_env(
+            self.device, config.dist_timeout, config.dist_join_timeout
+        )
         self.sharded: ShardedRun | None = None
         if config.dist_mode == "shard" and self.world_size > 1:
             self._setup_sharding()
@@ -270,6 +272,7 @@ class SplatTrainer:
 
     def setup(self) -> None:
         """Build (or restore) the training state and call ``on_setup``; :meth:`run` calls it."""
+        self.data_provider.check_frames()  # a bad photo is an error now, not at the step that draws it
         self._seed()
         cfg = self.config
         if self._resume is None:
@@ -585,6 +588,12 @@ class SplatTrainer:
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
         self.densification.step_post_backward(ts, self.densification_state, step, render)
+        if ts.num_gaussians == 0 and self.sharded is None:  # (a shard may be empty; the splat is not)
+            raise ValueError(
+                f"step {step}: densification ({type(self.densification).__name__}) removed every Gaussian, so "
+                "nothing is left to train or export; its pruning thresholds (--densification.prune-opa, "
+                "--densification.prune-scale3d, ...) are too strict for this scene"
+            )
         if self.sharded is not None:
             self.sharded.update_sizes(ts.num_gaussians, step)
         elif self.world_size > 1 and step % 100 == 0:

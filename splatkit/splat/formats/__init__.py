@@ -162,9 +162,22 @@ def format_from_path(path: str | os.PathLike) -> str:
 def model_from_checkpoint(ckpt: dict, path: Path) -> SplatModel:
     """The Gaussians of a loaded checkpoint (``path`` names it in errors)."""
     try:
-        return SplatModel(**ckpt["training_state"]["params"])
-    except (KeyError, TypeError, ValueError) as e:
+        params = ckpt["training_state"]["params"]
+        wrong = [k for k, v in params.items() if not isinstance(v, torch.Tensor) or v.dtype != torch.float32]
+        if wrong:
+            raise ValueError(f"{', '.join(map(str, wrong))} not float32 tensors")
+        return _finite(SplatModel(**params), path)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SplatFileError(f"{path}: checkpoint holds no valid Gaussian parameters ({e})") from e
+
+
+def _finite(model: SplatModel, path: Path) -> SplatModel:
+    """``model``, or a :class:`SplatFileError` naming the first parameter that holds NaN or Inf."""
+    for name, value in model.params().items():
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise SplatFileError(f"{path}: {bad} NaN or infinite values in {name!r}; the file is damaged")
+    return model
 
 
 def _model_from_checkpoint(path: Path) -> SplatModel:
@@ -206,13 +219,15 @@ def read_splat(path: str | os.PathLike, *, spz_axes: str = "rdf") -> SplatModel:
         raise FileNotFoundError(f"{fmt} file not found: {path}")
     reader = partial(_spz.read_spz_file, axes=spz_axes) if fmt == "spz" else FORMATS[fmt].read
     try:
-        params = finite_params(reader(path), path)
-        return SplatModel(**params)
+        model = SplatModel(**finite_params(reader(path), path))
     except SplatFileError:
         raise
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, EOFError, struct.error) as e:
         # A reader's own checks name what is wrong; anything else a damaged file trips is reported the same way.
         raise SplatFileError(f"{path}: cannot read as {FORMATS[fmt].description}: {type(e).__name__}: {e}") from e
+    if model.num_gaussians == 0:
+        raise SplatFileError(f"{path}: the file holds no Gaussians (0 vertices / records)")
+    return model
 
 
 def write_splat(

@@ -6,6 +6,7 @@ Reading and writing live here, below the trainer, so every layer that opens a ``
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -63,7 +64,15 @@ def save_checkpoint(path: str | os.PathLike, content: dict) -> Path:
     """Write ``content`` (plus the format marker and a checksum of it) atomically to ``path``."""
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **to_cpu(content)}
     payload[CHECKSUM_KEY] = _digest(payload)
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a full disk or a file-size limit so
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OSError(errno.EIO, f"{first} (is the disk full, or a file-size limit reached?)") from e
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

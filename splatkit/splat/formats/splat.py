@@ -106,8 +106,9 @@ def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.
             f"after {len(data) // RECORD_BYTES} records)"
         )
     rec = np.frombuffer(data, dtype=RECORD_DTYPE)
-    pos = rec["position"].astype(np.float64)
-    scale = rec["scale"].astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN bytes are reported below, not warned about
+        pos = rec["position"].astype(np.float64)
+        scale = rec["scale"].astype(np.float64)
     bad = ~(np.isfinite(pos).all(axis=1) & np.isfinite(scale).all(axis=1) & (scale > 0).all(axis=1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
