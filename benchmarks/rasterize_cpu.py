@@ -6,6 +6,7 @@ camera at distance 4 looking at the origin, fx = fy = 0.9 W, centred principal p
 black background, loss = mean of the image.
 
     python benchmarks/rasterize_cpu.py [--backends cpu torch] [--sizes 10000x128 50000x256 200000x512]
+    python benchmarks/rasterize_cpu.py --backends cpu --trees new=. old=/tmp/old --rounds 3
 
 Each backend runs in its own subprocess so its peak RSS is its own.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -79,35 +81,71 @@ def time_steps(step, repeats: int) -> dict:
 
 def compare_main(script: str, run_one, default_sizes: list[str], count_key: str, title: str) -> None:
     """The command line of a backend comparison: each (size, backend) runs in its own
-    process (``script --worker``, so peak memory is per backend), results side by side as JSON."""
+    process (``script --worker``, so peak memory is per backend), results side by side as JSON.
+
+    ``--trees new=. old=/path/to/other/checkout`` times the same backends from several source
+    trees (each worker imports splatkit from its tree through PYTHONPATH), interleaved over
+    ``--rounds`` so drift in machine load falls on every tree alike; each entry then gives the
+    median of every tree's medians and its ratio to the first tree."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
     ap.add_argument("--sizes", nargs="+", default=default_sizes)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--trees", nargs="+", default=None, metavar="LABEL=PATH")
+    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
+        import splatkit
+
         b, n, s = args.worker
-        print(json.dumps(run_one(b, int(n), int(s), args.repeats)))
+        print(json.dumps({**run_one(b, int(n), int(s), args.repeats), "splatkit": os.path.dirname(splatkit.__file__)}))
         return
+    trees = [t.split("=", 1) for t in args.trees] if args.trees else [("", None)]
+    for label, path in trees:
+        if path is not None and not os.path.isdir(os.path.join(path, "splatkit")):
+            ap.error(f"--trees {label}={path}: no splatkit package in {path}")
     results = []
     for spec in args.sizes:
         n, s = (int(v) for v in spec.split("x"))
-        row = {}
-        for b in args.backends:
-            reps = args.repeats if b != "torch" else max(3, args.repeats // 3)
-            out = subprocess.run(
-                [sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
-                capture_output=True,
-                text=True,
-            )
-            if out.returncode != 0:
-                row[b] = {"error": out.stderr.strip().splitlines()[-1]}
-                continue
-            row[b] = json.loads(out.stdout.strip().splitlines()[-1])
+        row: dict = {}
+        for rnd in range(args.rounds):
+            for b in args.backends:
+                reps = args.repeats if b != "torch" else max(3, args.repeats // 3)
+                for label, path in trees if rnd % 2 == 0 else trees[::-1]:
+                    env = dict(os.environ)
+                    if path is not None:
+                        env["PYTHONPATH"] = os.path.abspath(path) + os.pathsep + env.get("PYTHONPATH", "")
+                    out = subprocess.run(
+                        [sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
+                        capture_output=True,
+                        text=True,
+                        env=env,
+                    )
+                    key = f"{b}@{label}" if label else b
+                    if out.returncode != 0:
+                        row.setdefault(key, []).append({"error": out.stderr.strip().splitlines()[-1]})
+                        continue
+                    row.setdefault(key, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+        row = {k: v[0] if len(v) == 1 else v for k, v in row.items()}
         entry = {count_key: n, "size": s, "results": row}
-        if "cpu" in row and "torch" in row and "median_s" in row["cpu"] and "median_s" in row["torch"]:
-            entry["speedup_cpu_vs_torch"] = row["torch"]["median_s"] / row["cpu"]["median_s"]
+
+        def median_of(key, row=row):
+            runs = row.get(key)
+            runs = runs if isinstance(runs, list) else [runs] if runs else []
+            medians = [r["median_s"] for r in runs if "median_s" in r]
+            return statistics.median(medians) if medians else None
+
+        if args.trees:
+            for b in args.backends:
+                first = median_of(f"{b}@{trees[0][0]}")
+                for label, _ in trees:
+                    m = median_of(f"{b}@{label}")
+                    entry.setdefault("median_s", {})[f"{b}@{label}"] = m
+                    if first and m and label != trees[0][0]:
+                        entry.setdefault("ratio_to_first_tree", {})[f"{b}@{label}"] = m / first
+        elif median_of("cpu") and median_of("torch"):
+            entry["speedup_cpu_vs_torch"] = median_of("torch") / median_of("cpu")
         results.append(entry)
     print(json.dumps({"benchmark": title, "results": results}, indent=2))
 

@@ -117,12 +117,16 @@ class SplatViewer(SplatBaseModule):
             raise ImportError("SplatViewer needs viser: pip install 'splatkit[viewer]'") from e
         self._render_fn = render_fn
         try:
-            self.server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
+            server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
         except OSError as e:
             raise OSError(f"SplatViewer could not listen on {self.host}:{self.port}: {e}") from e
-        if self.server.get_port() != self.port:
-            logger.warning("port %d is busy; the viewer uses %d", self.port, self.server.get_port())
-        gui = self.server.gui
+        # The server listens from here on: protect it before anything else, and publish it as
+        # ``self.server`` only once it is fully set up.
+        self._refuse_share_requests(server)
+        self._refuse_foreign_origins(server)
+        if server.get_port() != self.port:
+            logger.warning("port %d is busy; the viewer uses %d", self.port, server.get_port())
+        gui = server.gui
         self._gui_res = gui.add_slider(
             "Resolution",
             min=MIN_RESOLUTION,
@@ -154,27 +158,26 @@ class SplatViewer(SplatBaseModule):
             self._gui_resume.on_click(lambda _: self.set_paused(False))
         if initial_c2w is not None:
             c2w = initial_c2w.double().cpu().numpy()
-            self.server.initial_camera.position = c2w[:3, 3]
-            self.server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
-            self.server.initial_camera.up = -c2w[:3, 1]
-        self._refuse_share_requests()
-        self._refuse_foreign_origins()
-        self.server.on_client_connect(self._on_connect)
-        self.server.on_client_disconnect(self._on_disconnect)
+            server.initial_camera.position = c2w[:3, 3]
+            server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
+            server.initial_camera.up = -c2w[:3, 1]
+        server.on_client_connect(self._on_connect)
+        server.on_client_disconnect(self._on_disconnect)
+        self.server = server
         logger.info("viewer at http://%s:%d", self.host, self.server.get_port())
 
-    def _refuse_share_requests(self) -> None:
+    def _refuse_share_requests(self, server) -> None:
         """Hide the share button and drop viser's share-URL handler: a share URL relays the
         server through an outside host, which a viewer of a training run must never do."""
         try:
-            self.server.gui.configure_theme(show_share_button=False)
+            server.gui.configure_theme(show_share_button=False)
         except Exception as e:  # an older viser without the switch
             logger.debug("viewer: cannot hide the share button: %s", e)
         try:
             from viser import _messages
 
-            self.server._websock_server.unregister_handler(_messages.ShareUrlRequest)
-            self.server._websock_server.register_handler(
+            server._websock_server.unregister_handler(_messages.ShareUrlRequest)
+            server._websock_server.register_handler(
                 _messages.ShareUrlRequest, lambda client_id, msg: logger.warning("viewer: refused a share-URL request")
             )
         except Exception as e:  # viser's internals moved: say so once instead of failing
@@ -196,13 +199,13 @@ class SplatViewer(SplatBaseModule):
                 logger.debug("viewer: could not move a client's camera: %s", e)
         self._mark_all_dirty()
 
-    def _refuse_foreign_origins(self) -> None:
+    def _refuse_foreign_origins(self, server) -> None:
         """Close every WebSocket whose ``Origin`` header is not the viewer's own page, before
         viser reads a message from it (browsers send the header; a page on another site
         would otherwise reach the viewer through the user's browser)."""
         from websockets.exceptions import ConnectionClosedError
 
-        websock = self.server._websock_server
+        websock = server._websock_server
         if not hasattr(websock, "_live_connections"):  # another viser: say so instead of failing
             logger.warning("viewer: this viser version does not let splatkit check the Origin of connections")
             return
@@ -225,6 +228,9 @@ class SplatViewer(SplatBaseModule):
             await connection.close(1008, "origin not allowed")
 
         websock.on_client_connect(check)
+        callbacks = getattr(websock, "_client_connect_cb", None)
+        if isinstance(callbacks, list) and callbacks and callbacks[-1] is check:
+            callbacks.insert(0, callbacks.pop())  # before viser's own: nothing else sees the connection first
 
     def _warn_once(self, key: str, message: str, *args) -> None:
         if key not in self._warned:
