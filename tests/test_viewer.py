@@ -53,6 +53,26 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def launch_chromium(url: str, debug_port: int, tmp_path: Path, window: str) -> subprocess.Popen:
+    """Headless Chromium on ``url`` with software WebGL, driven through ``debug_port``."""
+    return subprocess.Popen(
+        [
+            CHROMIUM,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--use-angle=swiftshader",
+            "--enable-unsafe-swiftshader",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--remote-debugging-port={debug_port}",
+            f"--window-size={window}",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 class DevTools:
     """Just enough of the Chrome DevTools protocol: evaluate JS, take a screenshot."""
 
@@ -123,22 +143,7 @@ def test_browser_sees_frames_and_pauses_training(tmp_path):
         wait_for(lambda: viewer.server is not None or errors, 60, "the viewer to start")
         assert not errors, errors
         debug_port = free_port()
-        chrome = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--use-angle=swiftshader",
-                "--enable-unsafe-swiftshader",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                f"--remote-debugging-port={debug_port}",
-                "--window-size=800,600",
-                viewer.url,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        chrome = launch_chromium(viewer.url, debug_port, tmp_path, "800,600")
         devtools = DevTools(debug_port)
         wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
         wait_for(lambda: devtools.click_button("Pause training"), 30, "the pause button")
@@ -202,22 +207,7 @@ def test_rendering_mode_serves_a_saved_model(tmp_path):
     try:
         wait_for(lambda: viewer.server is not None, 30, "the viewer to start")
         debug_port = free_port()
-        chrome = subprocess.Popen(
-            [
-                CHROMIUM,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--use-angle=swiftshader",
-                "--enable-unsafe-swiftshader",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                f"--remote-debugging-port={debug_port}",
-                "--window-size=640,480",
-                viewer.url,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        chrome = launch_chromium(viewer.url, debug_port, tmp_path, "640,480")
         devtools = DevTools(debug_port)
         wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
         text = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"][
@@ -230,6 +220,81 @@ def test_rendering_mode_serves_a_saved_model(tmp_path):
         )
         assert "300" in fields["result"]["value"]  # the Gaussian count
         assert "Gaussians" in text and "Pause training" not in text  # no training controls
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        if chrome is not None:
+            chrome.kill()
+            chrome.wait()
+    assert viewer.server is None
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (.ci/run installs Debian's chromium)")
+def test_a_browser_opens_a_trained_model_at_the_first_training_camera(tmp_path):
+    """What `splatkit view CKPT` shows first: the browser's camera is the first training camera
+    (pose and field of view), and the frame rendered for it matches that camera's photo, not
+    another camera's. The screenshot is kept as ``viewer_start_camera.png``."""
+    import numpy as np
+    import torch
+
+    from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
+    from splatkit.metrics import psnr
+    from splatkit.modules.viewer import _view_of
+    from splatkit.renderer import Splat3DGSRenderer
+
+    cfg, dens = demo_setup(300)
+    cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "run"))
+    provider = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=48, num_cameras=10, supersample=1))
+    trainer = SplatTrainer(cfg, provider, densification=dens, modules=[])
+    trainer.run()
+    params = {k: v.detach() for k, v in trainer.training_state.params.items()}
+    sh_degree = trainer.training_state.sh_degree
+    cameras = provider.train_cameras()
+    renderer = Splat3DGSRenderer()
+
+    viewer = SplatViewer(port=free_port(), mode="rendering", resolution=256)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=viewer.serve_forever,
+        daemon=True,
+        args=(params, sh_degree, renderer),
+        kwargs={"stop_event": stop, "train_cameras": cameras, "step": 300},
+    )
+    thread.start()
+    chrome = None
+    try:
+        wait_for(lambda: viewer.server is not None, 30, "the viewer to start")
+        chrome = launch_chromium(viewer.url, (debug_port := free_port()), tmp_path, "600,600")
+        devtools = DevTools(debug_port)
+        wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
+        with viewer._clients_lock:
+            client = next(iter(viewer._clients.values()))["client"]
+        wxyz, position, fov = _view_of(cameras[0])
+        # viser's server-side camera holds its own default until the page reports its view.
+        wait_for(lambda: np.allclose(client.camera.position, position, atol=1e-4), 30, "the page's camera")
+        seen = client.camera
+        assert np.allclose(seen.position, position, atol=1e-4), (seen.position, position)
+        assert abs(abs(float(np.dot(seen.wxyz, wxyz))) - 1.0) < 1e-6, (seen.wxyz, wxyz)
+        assert abs(seen.fov - fov) < 1e-4, (seen.fov, fov)
+
+        # The frame for that browser, rendered at the photo's size: the first photo, not another.
+        cam = viewer._camera(seen)
+        first = provider.train_frame(0)
+        assert torch.allclose(cam.viewmats[0], first.cameras.viewmats[0], atol=1e-4)
+        frame = renderer.render(params, first.cameras, sh_degree, torch.zeros(1, 3)).images[0]
+        against_first = float(psnr(frame[None], first.images))
+        against_others = max(float(psnr(frame[None], provider.train_frame(i).images)) for i in range(1, len(cameras)))
+        assert against_first > against_others + 5, (against_first, against_others)
+        print(f"start view: PSNR {against_first:.2f} dB to the first photo, <= {against_others:.2f} to the others")
+
+        shot = devtools.call("Page.captureScreenshot", format="png")["data"]
+        artifacts = Path(os.environ.get("SPLATKIT_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "viewer_start_camera.png").write_bytes(base64.b64decode(shot))
+        text = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"][
+            "value"
+        ]
+        assert "Training camera" in text
     finally:
         stop.set()
         thread.join(timeout=30)

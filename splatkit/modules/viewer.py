@@ -109,7 +109,8 @@ class SplatViewer(SplatBaseModule):
         """Start the server. ``render_fn(cameras: SplatCameras) -> [H, W, 3]`` renders one camera.
         With ``train_cameras``, the panel has a slider that moves the view to each of them, and the
         view starts at the first unless ``initial_c2w`` (camera-to-world, OpenCV axes) says otherwise."""
-        if initial_c2w is None and train_cameras:
+        start_at_first_camera = initial_c2w is None and bool(train_cameras)
+        if start_at_first_camera:
             initial_c2w = viewmat_to_c2w(train_cameras[0].viewmats[0].double())
         try:
             import viser
@@ -161,6 +162,8 @@ class SplatViewer(SplatBaseModule):
             server.initial_camera.position = c2w[:3, 3]
             server.initial_camera.look_at = c2w[:3, 3] + c2w[:3, 2]
             server.initial_camera.up = -c2w[:3, 1]
+        if start_at_first_camera:  # its field of view too, so the first frame is that camera's view
+            server.initial_camera.fov = _view_of(train_cameras[0])[2]
         server.on_client_connect(self._on_connect)
         server.on_client_disconnect(self._on_disconnect)
         self.server = server
