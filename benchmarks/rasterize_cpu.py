@@ -84,7 +84,8 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
     process (``script --worker``, so peak memory is per backend), results side by side as JSON.
 
     ``--trees new=. old=/path/to/other/checkout`` times the same backends from several source
-    trees (each worker imports splatkit from its tree through PYTHONPATH), interleaved over
+    trees (each worker runs the tree's own copy of the benchmark, importing splatkit from that
+    tree through PYTHONPATH), interleaved over
     ``--rounds`` so drift in machine load falls on every tree alike; each entry then gives the
     median of every tree's medians and its ratio to the first tree."""
     ap = argparse.ArgumentParser()
@@ -116,8 +117,11 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
                     env = dict(os.environ)
                     if path is not None:
                         env["PYTHONPATH"] = os.path.abspath(path) + os.pathsep + env.get("PYTHONPATH", "")
+                    # The tree's own copy of this benchmark, where it has one: its API may differ.
+                    own = os.path.join(path, "benchmarks", os.path.basename(script)) if path else script
+                    worker = own if os.path.isfile(own) else script
                     out = subprocess.run(
-                        [sys.executable, script, "--repeats", str(reps), "--worker", b, str(n), str(s)],
+                        [sys.executable, worker, "--repeats", str(reps), "--worker", b, str(n), str(s)],
                         capture_output=True,
                         text=True,
                         env=env,

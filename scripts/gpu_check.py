@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -39,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from splatkit.renderer import rasterize  # noqa: E402
 from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings  # noqa: E402
-from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w  # noqa: E402
 from splatkit.splat.sh import rgb_to_sh  # noqa: E402
+from splatkit.testing import cameras as ring_cameras  # noqa: E402
+from splatkit.testing import random_scene  # noqa: E402
 
 NAMES = ("means", "quats", "scales", "opacities", "colors")
 
@@ -55,40 +55,6 @@ TOL = {"image_mean_abs": 1e-4, "image_max_abs": 1.0 / 255 + 1e-3, "grad_rel_l2":
 
 
 # ---------------------------------------------------------------- scenes
-def random_scene(n, seed, spread=1.0, sh_degree=None, scale_range=(0.03, 0.25)):
-    g = torch.Generator().manual_seed(seed)
-    means = (torch.rand(n, 3, generator=g) * 2 - 1) * spread
-    lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-    scales = torch.exp(torch.rand(n, 3, generator=g) * (hi - lo) + lo)
-    quats = torch.randn(n, 4, generator=g)
-    opacities = torch.rand(n, generator=g) * 0.8 + 0.1
-    colors = (
-        torch.rand(n, 3, generator=g)
-        if sh_degree is None
-        else torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g) * 0.3
-    )
-    return [t.double() for t in (means, quats, scales, opacities, colors)]
-
-
-def ring_cameras(width, height, n=1, distance=4.0):
-    vms, Ks = [], []
-    f = 1.1 * max(width, height)
-    for i in range(n):
-        a = 2 * math.pi * i / n + 0.3
-        eye = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.8], dtype=torch.float64)
-        vms.append(
-            c2w_to_viewmat(
-                look_at_c2w(
-                    eye, torch.zeros(3, dtype=torch.float64), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-                )
-            )
-        )
-        Ks.append(
-            torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]], dtype=torch.float64)
-        )
-    return torch.stack(vms), torch.stack(Ks)
-
-
 def edge_case_scene(n, seed):
     """Sub-pixel, screen-filling, flat, needle-like, near-plane, behind-camera and
     saturating Gaussians mixed with ordinary ones."""

@@ -10,7 +10,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import cameras
 
 from splatkit.data_provider.base import SplatDataProvider, SplatFrames
 from splatkit.modules import SplatExporter
@@ -32,6 +31,7 @@ from splatkit.splat.formats import splat as splat_format
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import SH_C0, sh_to_color
 from splatkit.splat.transform import transform_model
+from splatkit.testing import cameras
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 # Slack for float32 storage of the decoded values.

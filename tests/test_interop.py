@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import cameras
 
 from splatkit.renderer import rasterize
 from splatkit.splat import SplatModel
@@ -20,6 +19,7 @@ from splatkit.splat.conventions import SURFEL_LOG_THICKNESS
 from splatkit.splat.formats import read_splat, write_splat
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import SH_C0
+from splatkit.testing import cameras
 
 gsply = pytest.importorskip("gsply", reason="gsply (test extra) writes and reads the third-party PLY/.spz files")
 gaussforge = pytest.importorskip("gaussforge", reason="gaussforge (test extra) runs Niantic's .spz library")

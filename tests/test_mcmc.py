@@ -6,7 +6,6 @@ import re
 
 import pytest
 import torch
-from conftest import cameras, random_scene
 
 from splatkit.densification import SplatMCMCDensification, ops
 from splatkit.loss_fn import Splat3DGSLossFn
@@ -14,6 +13,7 @@ from splatkit.modules import SplatBaseModule, SplatExporter
 from splatkit.renderer import rasterize
 from splatkit.splat import SplatModel
 from splatkit.splat.conventions import covariance_3d
+from splatkit.testing import cameras, random_scene
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 

@@ -12,11 +12,11 @@ their float64 parameters are rounded to float32.
 
 import pytest
 import torch
-from conftest import cameras, random_scene
 
 from splatkit.renderer.backends import BACKENDS, RasterInputs, RasterSettings, cpu, resolve
 from splatkit.renderer.functional import rasterize_2dgs
 from splatkit.splat.conventions import rotmat_to_quat
+from splatkit.testing import cameras, random_scene
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}"

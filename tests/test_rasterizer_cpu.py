@@ -7,10 +7,10 @@ the comparison measures the compiled backend's float32 error, not the reference'
 
 import pytest
 import torch
-from conftest import cameras, random_scene
 
 from splatkit.renderer import rasterize
 from splatkit.renderer.backends import cpu
+from splatkit.testing import cameras, random_scene
 
 pytestmark = pytest.mark.skipif(
     not cpu.is_available(), reason=f"compiled CPU backend unavailable: {cpu.unavailable_reason()}"

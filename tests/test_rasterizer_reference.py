@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from conftest import cameras, random_scene
 from oracle import render_naive
 
 from splatkit.renderer import rasterize
+from splatkit.testing import cameras, random_scene
 
 
 def _render(scene, vm, K, W, H, **kw):
