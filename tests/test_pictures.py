@@ -151,3 +151,22 @@ def test_the_trajectory_passes_through_the_keyframes_smoothly():
     assert steps.max() < 2 * steps.min()  # no jumps between consecutive frames
     one = interpolated_path(cams[0], 3)
     assert torch.allclose(one.viewmats, cams.viewmats[:1].expand(3, 4, 4), atol=1e-6)
+
+
+def test_the_trajectory_of_an_unordered_capture_stays_around_the_scene():
+    """The demo's cameras are listed in a spiral that jumps ~137 degrees from one to the next (as
+    internet photos come in no spatial order): a path in list order cut through the object.
+    Every frame must stay as far out as the training cameras and nearly all must see the centre."""
+    from splatkit.data_provider import SplatDemoDataProvider
+    from splatkit.splat.cameras import SplatCameras
+
+    cams = SplatCameras.cat(SplatDemoDataProvider().train_cameras())
+    path = interpolated_path(cams, 60)
+    centre = (path.viewmats.double() @ torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))[:, :3]
+    uv = (path.Ks.double() @ centre[..., None])[..., 0]
+    uv = uv[:, :2] / uv[:, 2:]
+    sees = (centre[:, 2] > 0) & (uv >= 0).all(dim=1) & (uv[:, 0] < path.width) & (uv[:, 1] < path.height)
+    assert int(sees.sum()) >= 0.9 * len(path), int(sees.sum())
+    dist = viewmat_to_c2w(path.viewmats.double())[:, :3, 3].norm(dim=-1)
+    train = viewmat_to_c2w(cams.viewmats.double())[:, :3, 3].norm(dim=-1)
+    assert 0.8 * train.min() < dist.min() and dist.max() < 1.2 * train.max(), (dist.min(), dist.max())
