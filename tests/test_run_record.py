@@ -21,8 +21,13 @@ def test_eval_and_resume_use_the_recorded_data(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", "demo", *SMALL, "--max-steps", "20", "--output-dir", str(out)]) == 0
     capsys.readouterr()
-    record = json.loads((out / "trainer_config.json").read_text())["data"]
+    run = json.loads((out / "trainer_config.json").read_text())
+    record = run["data"]
     assert record["kind"] == "demo" and record["config"]["image_size"] == 32
+    # the modules and their settings, not only their classes
+    modules = {m["class"].rsplit(".", 1)[1]: m for m in run["modules"]}
+    assert modules["SplatExporter"]["splat_format"] == ["ply"] and modules["SplatExporter"]["export_steps"] == [20]
+    assert modules["SplatEvaluator"]["eval_steps"] == [20] and modules["SplatEvaluator"]["video"] is False
     ckpt = out / "ckpts" / "step_000020.ckpt"
     flags = ["eval", str(ckpt), "--output-dir"]
     assert main([*flags, str(tmp_path / "recorded")]) == 0  # no --data: the checkpoint's

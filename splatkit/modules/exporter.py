@@ -109,6 +109,11 @@ class SplatExporter(SplatBaseModule):
         self._warned: set[str] = set()
 
     @property
+    def splat_format(self) -> tuple[str, ...]:
+        """The ``splat_format`` argument as given, normalised: :attr:`splat_formats`."""
+        return self.splat_formats
+
+    @property
     def splat_dir(self) -> Path:
         return self.output_dir / "splats"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import random
@@ -65,17 +66,42 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _describe(component) -> dict:
-    """JSON-able description of a component: its class and dataclass fields."""
+    """JSON-able description of a component: its class and settings (a dataclass's fields; for
+    other classes, such as the modules, the constructor arguments it keeps as same-named
+    attributes). Values that are not plain data (streams, callables) are left out."""
     out = {"class": f"{type(component).__module__}.{type(component).__qualname__}"}
     if dataclasses.is_dataclass(component):
-        out.update(
-            {
-                k: v
-                for k, v in dataclasses.asdict(component).items()
-                if isinstance(v, (int, float, str, bool, list, tuple, type(None)))
-            }
-        )
+        settings = dataclasses.asdict(component)
+    else:
+        try:
+            params = inspect.signature(type(component).__init__).parameters
+        except (TypeError, ValueError):
+            params = {}
+        settings = {
+            name: getattr(component, name)
+            for name, p in params.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and hasattr(component, name)
+        }
+    for k, v in settings.items():
+        v = _plain_value(v)
+        if v is not _NOT_PLAIN:
+            out[k] = v
     return out
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_value(v):
+    """``v`` as JSON data (paths as strings, tuples as lists), or ``_NOT_PLAIN``."""
+    if isinstance(v, (os.PathLike,)):
+        return os.fspath(v)
+    if isinstance(v, (int, float, str, bool, type(None))):
+        return v
+    if isinstance(v, (list, tuple)):
+        items = [_plain_value(x) for x in v]
+        return _NOT_PLAIN if any(x is _NOT_PLAIN for x in items) else items
+    return _NOT_PLAIN
 
 
 class SplatTrainer:
