@@ -4,8 +4,9 @@
     python benchmarks/fuzz_readers.py --per-format 200   # a quicker pass
 
 A small random model (300 Gaussians, SH degree 3, so a compressed PLY has two chunks) is
-written in every registered format (``.ply``, ``.splat``, ``.spz`` versions 3 and 2,
-``.compressed.ply``) and as a checkpoint. Each file is damaged in one of these ways, drawn
+written in every format splatkit reads (``.ply``, ``.splat``, ``.spz`` versions 3, 2 and 4,
+``.compressed.ply``, ``.ksplat``, and ``.sog``, which gaussforge writes when it is installed)
+and as a checkpoint. Each file is damaged in one of these ways, drawn
 at random (seeded): bits flipped, a run of bytes overwritten or zeroed, cut at a random
 length, random bytes appended, a number of a PLY header replaced (by 0, -1, 2**31, ...),
 a field of an ``.spz``'s inflated header or body changed and the stream gzipped again, a
@@ -52,7 +53,10 @@ SOURCES = {  # name -> (file name, format name or "ckpt", extra writer arguments
     "splat": "model.splat",
     "spz": "model.spz",
     "spz_v2": "model_v2.spz",
+    "spz_v4": "model_v4.spz",
     "compressed_ply": "model.compressed.ply",
+    "ksplat": "model.ksplat",
+    "sog": "model.sog",
     "checkpoint": "model.ckpt",
 }
 
@@ -94,8 +98,16 @@ def write_sources(folder: Path) -> dict[str, Path]:
         path = folder / file
         if name == "checkpoint":
             save_checkpoint(path, checkpoint_content(model))
-        elif name == "spz_v2":
-            spz.write_spz_file(path, model.params(), version=2)
+        elif name in ("spz_v2", "spz_v4"):
+            spz.write_spz_file(path, model.params(), version=int(name[-1]))
+        elif name == "sog":  # splatkit reads SOG but does not write it: gaussforge's writer
+            try:
+                import gaussforge
+            except ImportError:
+                print("fuzz_readers: no .sog source (pip install gaussforge); skipping sog", file=sys.stderr)
+                continue
+            ply = write_splat(model, folder / "sog_source.ply").read_bytes()
+            path.write_bytes(gaussforge.GaussForge().convert(ply, "ply", "sog")["data"])
         else:
             write_splat(model, path, name)
         out[name] = path
@@ -194,7 +206,7 @@ def damage(kind: str, data: bytes, rng: random.Random, folder: Path) -> tuple[by
     out = bytearray(data)
     if kind in ("ply", "compressed_ply") and rng.random() < 0.3:
         return _edit_ply_header(out, rng), "header edited"
-    if kind.startswith("spz") and rng.random() < 0.4:
+    if kind in ("spz", "spz_v2") and rng.random() < 0.4:  # gzip streams (v4 is a zstd container)
         return _edit_spz_inflated(data, rng), "inflated stream edited"
     if kind == "checkpoint" and rng.random() < 0.3:
         return _edit_checkpoint(folder / "x.ckpt", rng), "content edited"
@@ -305,6 +317,9 @@ def fuzz(per_format: int, seed: int, timeout: float, memory_gb: float, formats: 
         results = {}
         try:
             for kind in formats:
+                if kind not in sources:  # no source could be written (sog without gaussforge)
+                    results[kind] = {"skipped": "no source file (pip install gaussforge to write a .sog)"}
+                    continue
                 src = sources[kind]
                 data = src.read_bytes()
                 counts = dict.fromkeys(CATEGORIES, 0)
@@ -342,7 +357,9 @@ def main() -> None:
     result = {"per_format": args.per_format, "seed": args.seed, "timeout_s": args.timeout}
     result["formats"] = fuzz(args.per_format, args.seed, args.timeout, args.memory_gb, args.formats)
     result["failures"] = sum(
-        v["other_exception"] + v["hang"] + v["garbage_accepted"] for v in result["formats"].values()
+        v["other_exception"] + v["hang"] + v["garbage_accepted"]
+        for v in result["formats"].values()
+        if "skipped" not in v
     )
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["failures"] else 0)

@@ -164,6 +164,16 @@ def test_sog_written_by_gaussforge_opens_the_right_way_up(tmp_path):
     bad.write_bytes(b"PK" + bytes(40))
     with pytest.raises(SplatFileError, match="not a .sog file: not a zip bundle"):
         read_splat(bad)
+    # A flipped byte inside meta.json's data: zipfile's CRC check raised BadZipFile (a traceback).
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("meta.json")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + info.compress_size // 2] ^= 0x20
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SplatFileError, match="meta.json"):
+        read_splat(bad)
 
 
 @pytest.mark.parametrize("suffix", [".ply", ".spz", ".compressed.ply", ".ksplat"])

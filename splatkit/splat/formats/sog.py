@@ -31,6 +31,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,11 @@ def _decode(data: bytes, path) -> dict[str, torch.Tensor]:
         if info.file_size > _MAX_MEMBER_BYTES:
             raise SplatFileError(f"{path}: .sog member {info.filename} inflates to {info.file_size:,} bytes; refused")
     try:
-        meta = json.loads(bundle.read("meta.json"))
+        raw_meta = bundle.read("meta.json")
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+        raise SplatFileError(f"{path}: .sog member meta.json cannot be read: the bundle is damaged ({e})") from e
+    try:
+        meta = json.loads(raw_meta)
     except (ValueError, UnicodeDecodeError) as e:
         raise SplatFileError(f"{path}: .sog meta.json is not JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("version") != 2:
