@@ -10,7 +10,7 @@ import torch
 
 from splatkit.splat.conventions import c2w_to_viewmat, look_at_c2w
 
-__all__ = ["cameras", "random_scene"]
+__all__ = ["cameras", "inria_load_ply", "random_scene"]
 
 
 def random_scene(n, seed=0, dtype=torch.float64, spread=1.0, sh_degree=None, scale_range=(0.03, 0.25)):
@@ -46,3 +46,20 @@ def cameras(width, height, n=1, dtype=torch.float64, distance=4.0, focal=None):
             torch.tensor([[f, 0, width / 2 + 0.3], [0, f * 0.97, height / 2 - 0.2], [0, 0, 1]], dtype=torch.float64)
         )
     return torch.stack(vms).to(dtype), torch.stack(Ks).to(dtype)
+
+
+def inria_load_ply(path):
+    """A PLY read by the INRIA reference code's rules (``GaussianModel.load_ply``): plyfile,
+    then the ``f_rest_*``, ``scale_*`` and ``rot_*`` properties sorted by their number. Returns
+    numpy arrays ``(xyz, scales, rots, opacity, f_rest)``; an interop check for exported files."""
+    import numpy as np
+    from plyfile import PlyData
+
+    v = PlyData.read(str(path)).elements[0]
+
+    def sorted_props(prefix):
+        names = sorted((p.name for p in v.properties if p.name.startswith(prefix)), key=lambda n: int(n.split("_")[-1]))
+        return np.stack([np.asarray(v[n]) for n in names], axis=1)
+
+    xyz = np.stack([np.asarray(v["x"]), np.asarray(v["y"]), np.asarray(v["z"])], axis=1)
+    return xyz, sorted_props("scale_"), sorted_props("rot"), np.asarray(v["opacity"]), sorted_props("f_rest_")

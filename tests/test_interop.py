@@ -19,7 +19,7 @@ from splatkit.splat.conventions import SURFEL_LOG_THICKNESS
 from splatkit.splat.formats import read_splat, write_splat
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import SH_C0
-from splatkit.testing import cameras
+from splatkit.testing import cameras, inria_load_ply
 
 gsply = pytest.importorskip("gsply", reason="gsply (test extra) writes and reads the third-party PLY/.spz files")
 gaussforge = pytest.importorskip("gaussforge", reason="gaussforge (test extra) runs Niantic's .spz library")
@@ -287,21 +287,6 @@ def test_export_command_spz_axes_version_and_surfel_layout(tmp_path, capsys):
     capsys.readouterr()
 
 
-def _inria_load_ply(path):
-    """The INRIA reference code's GaussianModel.load_ply, by its rules: plyfile, then the
-    f_rest_*, scale_* and rot_* properties sorted by their number."""
-    from plyfile import PlyData
-
-    v = PlyData.read(str(path)).elements[0]
-
-    def sorted_props(prefix):
-        names = sorted((p.name for p in v.properties if p.name.startswith(prefix)), key=lambda n: int(n.split("_")[-1]))
-        return np.stack([np.asarray(v[n]) for n in names], axis=1)
-
-    xyz = np.stack([np.asarray(v["x"]), np.asarray(v["y"]), np.asarray(v["z"])], axis=1)
-    return xyz, sorted_props("scale_"), sorted_props("rot"), np.asarray(v["opacity"]), sorted_props("f_rest_")
-
-
 def test_train_writes_the_inria_folder_layout(tmp_path, capsys):
     from argparse import Namespace
 
@@ -316,7 +301,7 @@ def test_train_writes_the_inria_folder_layout(tmp_path, capsys):
     capsys.readouterr()
     ply = out / "point_cloud" / "iteration_3" / "point_cloud.ply"
     assert ply.is_file() and (out / "splats" / "step_000003.spz").is_file() and (out / "ckpts").is_dir()
-    xyz, scales, rots, opacity, f_rest = _inria_load_ply(ply)
+    xyz, scales, rots, opacity, f_rest = inria_load_ply(ply)
     model = read_splat(out / "ckpts" / "step_000003.ckpt")
     assert np.array_equal(xyz, model.means.numpy()) and np.array_equal(scales, model.scales.numpy())
     assert np.array_equal(rots, model.quats.numpy()) and np.array_equal(opacity, model.opacities.numpy())

@@ -95,3 +95,33 @@ print(json.dumps({{"peak_rss_mb": rss, "cache_mb": p._cache.nbytes / 2**20}}))
     print(json.dumps(stats))
     all_float = 58 * 1080 * 1920 * 3 * 4 / 2**20  # the training frames as float32
     assert stats["cache_mb"] <= 256 and stats["peak_rss_mb"] < 1200 < all_float
+
+
+@needs_fox
+def test_fox_in_the_inria_layout_opens_the_inria_way(tmp_path, capsys):
+    """fox trained briefly and exported with --export-layout inria: the PLY read by the INRIA
+    code's rules equals the checkpoint, and cameras.json lists the 58 training photos by name
+    with their centres and camera-to-world rotations."""
+    from splatkit.cli import main
+    from splatkit.splat.conventions import camera_centers
+    from splatkit.splat.formats import read_splat
+    from splatkit.testing import inria_load_ply
+
+    out = tmp_path / "fox"
+    args = ["train", "--data", str(FOX), "--data-factor", "8", "--max-steps", "2", "--no-progress"]
+    assert main([*args, "--output-dir", str(out), "--export-layout", "inria", "--eval-steps", "2"]) == 0
+    capsys.readouterr()
+    xyz, scales, rots, opacity, f_rest = inria_load_ply(out / "point_cloud" / "iteration_2" / "point_cloud.ply")
+    model = read_splat(out / "ckpts" / "step_000002.ckpt")
+    assert np.array_equal(xyz, model.means.numpy()) and np.array_equal(rots, model.quats.numpy())
+    assert np.array_equal(scales, model.scales.numpy()) and np.array_equal(opacity, model.opacities.numpy())
+    assert f_rest.shape == (model.num_gaussians, 45)
+    cams = json.loads((out / "cameras.json").read_text())
+    provider = SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(FOX), factor=8))
+    train = provider.train_cameras()
+    assert len(cams) == len(train) == 58
+    assert [c["img_name"] for c in cams] == [Path(n).stem for n in provider.train_names()]  # INRIA: the stem
+    for entry, cam in zip(cams, train):
+        assert np.allclose(entry["position"], camera_centers(cam.viewmats)[0].numpy(), atol=1e-5)
+        assert np.allclose(np.array(entry["rotation"]).T, cam.viewmats[0, :3, :3].numpy(), atol=1e-5)
+        assert (entry["width"], entry["height"]) == (cam.width, cam.height)
