@@ -35,6 +35,8 @@ def test_eval_and_resume_use_the_recorded_data(tmp_path, capsys):
     recorded = json.loads((tmp_path / "recorded/stats/step_000020.json").read_text())
     given = json.loads((tmp_path / "given/stats/step_000020.json").read_text())
     assert recorded["psnr"] == pytest.approx(given["psnr"], abs=1e-9) and recorded["num_images"] == 2
+    trained = json.loads((out / "stats" / "step_000020.json").read_text())  # the run's own final evaluation
+    assert recorded["psnr"] == pytest.approx(trained["psnr"], abs=1e-6)
     # resume without --data trains on the recorded scene
     assert main(["train", "--resume", str(ckpt), "--max-steps", "25", "--output-dir", str(out), "--no-progress"]) == 0
     assert "wrote" in capsys.readouterr().out and (out / "ckpts" / "step_000025.ckpt").is_file()
