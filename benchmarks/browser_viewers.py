@@ -371,6 +371,8 @@ def run(per_cluster: int = 1000, size: int = 512, out: Path | None = None, with_
             "foreground_fraction": round(1.0 - float(np.all(img < 8, axis=-1).mean()), 4),
             "landmarks": landmark_check(img, states[key]["landmark_pixels"]),
         }
+        if key == "flipped.ply":  # checked where the unflipped model's clusters are: must fail
+            entry["landmarks_at_unflipped_places"] = landmark_check(img, states[".ply"]["landmark_pixels"])
         report["formats"][key] = entry
     report["flipped_psnr_vs_ply"] = report["formats"]["flipped.ply"]["psnr_vs_ply"]
     report["seconds"] = round(time.perf_counter() - t_start, 1)
