@@ -157,10 +157,11 @@ def test_the_trajectory_of_an_unordered_capture_stays_around_the_scene():
     """The demo's cameras are listed in a spiral that jumps ~137 degrees from one to the next (as
     internet photos come in no spatial order): a path in list order cut through the object.
     Every frame must stay as far out as the training cameras and nearly all must see the centre."""
-    from splatkit.data_provider import SplatDemoDataProvider
+    from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
     from splatkit.splat.cameras import SplatCameras
 
-    cams = SplatCameras.cat(SplatDemoDataProvider().train_cameras())
+    demo = SplatDemoDataProvider(SplatDemoDataProviderConfig(image_size=16, supersample=1))  # the same camera layout
+    cams = SplatCameras.cat(demo.train_cameras())
     path = interpolated_path(cams, 60)
     centre = (path.viewmats.double() @ torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64))[:, :3]
     uv = (path.Ks.double() @ centre[..., None])[..., 0]
