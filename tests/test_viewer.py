@@ -5,6 +5,7 @@ the step counter (and its resume button restart it). The screenshot is kept in
 
 import base64
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +13,6 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,36 +73,13 @@ def launch_chromium(url: str, debug_port: int, tmp_path: Path, window: str) -> s
     )
 
 
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: evaluate JS, take a screenshot."""
+_spec = importlib.util.spec_from_file_location("browser_viewers", ROOT / "benchmarks" / "browser_viewers.py")
+browser_viewers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(browser_viewers)  # its DevTools client: one copy for the browser tests
 
-    def __init__(self, port: int):
-        from websockets.sync.client import connect
 
-        url = None
-
-        def page_ready():
-            nonlocal url
-            try:
-                pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2))
-            except OSError:
-                return False
-            url = next((p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page"), None)
-            return url is not None
-
-        wait_for(page_ready, 30, "Chromium's DevTools endpoint")
-        self.ws = connect(url, max_size=None)
-        self.n = 0
-
-    def call(self, method, **params):
-        self.n += 1
-        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv(timeout=30))
-            if msg.get("id") == self.n:
-                if "error" in msg:
-                    raise AssertionError(f"DevTools {method}: {msg['error']}")
-                return msg["result"]
+class DevTools(browser_viewers.DevTools):
+    """The browser-viewer benchmark's DevTools client, plus clicking a button by its text."""
 
     def click_button(self, text):
         js = (
