@@ -6,13 +6,14 @@
 
 The model is asymmetric: three elongated clusters of anisotropic, randomly rotated
 Gaussians along +x (red), +y (green) and +z (blue), and a white one at the origin (SH
-degree 0). It is written as ``.ply``, ``.splat``, ``.spz``, ``.compressed.ply`` and
-``.ksplat`` by splatkit, and as ``.sog`` by gaussforge when it is importable (splatkit
-reads SOG but does not write it). ``benchmarks/web/spark.html`` loads one file by URL
-into a Spark ``SplatMesh`` (identity transform: file coordinates are three.js world
-coordinates; Spark picks the format from the file's bytes or its extension) and renders
-it from a fixed camera: ``PerspectiveCamera(fov 40, aspect 1, near 0.05, far 100)`` at
-(2.3, 1.8, 3) looking at (0.25, 0.25, 0.25), up +y, on black, at 512x512 (``--size``).
+degree 0). It is written as ``.ply``, ``.splat``, ``.spz``, ``.compressed.ply``,
+``.ksplat`` and ``.sog`` by splatkit, and as ``.sog`` by gaussforge too when it is
+importable (``gaussforge.sog``: a third-party writer's file beside splatkit's).
+``benchmarks/web/spark.html`` loads one file by URL into a Spark ``SplatMesh`` (identity
+transform: file coordinates are three.js world coordinates; Spark picks the format from
+the file's bytes or its extension) and renders it from a fixed camera:
+``PerspectiveCamera(fov 40, aspect 1, near 0.05, far 100)`` at (2.3, 1.8, 3) looking at
+(0.25, 0.25, 0.25), up +y, on black, at 512x512 (``--size``).
 
 Per format: the PSNR and mean absolute difference (0-255) of its screenshot against the
 ``.ply`` one (the PSNR also over the pixels either screenshot draws on, ``_foreground``:
@@ -61,8 +62,8 @@ CAMERA = (
     "three.js PerspectiveCamera(fov 40, aspect 1, near 0.05, far 100) at (2.3, 1.8, 3)"
     " looking at (0.25, 0.25, 0.25), up +y"
 )
-# Suffixes written by splatkit, in order; ".sog" is added when gaussforge is importable.
-FORMATS = [".ply", ".splat", ".spz", ".compressed.ply", ".ksplat"]
+# Suffixes written by splatkit, in order; "gaussforge.sog" is added when gaussforge is importable.
+FORMATS = [".ply", ".splat", ".spz", ".compressed.ply", ".ksplat", ".sog"]
 COLOURS = {"red": (1.0, 0.15, 0.1), "green": (0.1, 1.0, 0.15), "blue": (0.15, 0.2, 1.0), "white": (1.0, 1.0, 1.0)}
 # Where each cluster's middle is, in model coordinates (the landmarks checked on the screenshots).
 LANDMARKS = {"red": (0.75, 0.0, 0.0), "green": (0.0, 0.75, 0.0), "blue": (0.0, 0.0, 0.75), "white": (0.0, 0.0, 0.0)}
@@ -114,8 +115,8 @@ def write_all(model: SplatModel, folder: Path, with_sog: bool = True) -> dict[st
             gaussforge = None
         if gaussforge is not None:
             sog = gaussforge.GaussForge().convert(files[".ply"].read_bytes(), "ply", "sog")["data"]
-            (folder / "model.sog").write_bytes(sog)
-            files[".sog"] = folder / "model.sog"
+            (folder / "gaussforge.sog").write_bytes(sog)
+            files["gaussforge.sog"] = folder / "gaussforge.sog"
     files["flipped.ply"] = write_splat(flipped(model), folder / "flipped.ply")
     return files
 
@@ -388,7 +389,7 @@ def main(argv=None):
     ap.add_argument("--per-cluster", type=int, default=1000, help="Gaussians per cluster (4 clusters)")
     ap.add_argument("--size", type=int, default=512, help="screenshot width and height in pixels")
     ap.add_argument("--out", type=Path, default=ROOT / "test-artifacts" / "browser_viewers", help="screenshot folder")
-    ap.add_argument("--no-sog", action="store_true", help="skip .sog even when gaussforge is importable")
+    ap.add_argument("--no-sog", action="store_true", help="skip gaussforge's .sog even when gaussforge is importable")
     args = ap.parse_args(argv)
     report = run(args.per_cluster, args.size, args.out, with_sog=not args.no_sog)
     print(json.dumps(json_safe(report), indent=2))

@@ -5,7 +5,7 @@
 
 A small random model (300 Gaussians, SH degree 3, so a compressed PLY has two chunks) is
 written in every format splatkit reads (``.ply``, ``.splat``, ``.spz`` versions 3, 2 and 4,
-``.compressed.ply``, ``.ksplat``, and ``.sog``, which gaussforge writes when it is installed)
+``.compressed.ply``, ``.ksplat`` and ``.sog``)
 and as a checkpoint. Each file is damaged in one of these ways, drawn
 at random (seeded): bits flipped, a run of bytes overwritten or zeroed, cut at a random
 length, random bytes appended, a number of a PLY header replaced (by 0, -1, 2**31, ...),
@@ -100,14 +100,6 @@ def write_sources(folder: Path) -> dict[str, Path]:
             save_checkpoint(path, checkpoint_content(model))
         elif name in ("spz_v2", "spz_v4"):
             spz.write_spz_file(path, model.params(), version=int(name[-1]))
-        elif name == "sog":  # splatkit reads SOG but does not write it: gaussforge's writer
-            try:
-                import gaussforge
-            except ImportError:
-                print("fuzz_readers: no .sog source (pip install gaussforge); skipping sog", file=sys.stderr)
-                continue
-            ply = write_splat(model, folder / "sog_source.ply").read_bytes()
-            path.write_bytes(gaussforge.GaussForge().convert(ply, "ply", "sog")["data"])
         else:
             write_splat(model, path, name)
         out[name] = path
@@ -317,9 +309,6 @@ def fuzz(per_format: int, seed: int, timeout: float, memory_gb: float, formats: 
         results = {}
         try:
             for kind in formats:
-                if kind not in sources:  # no source could be written (sog without gaussforge)
-                    results[kind] = {"skipped": "no source file (pip install gaussforge to write a .sog)"}
-                    continue
                 src = sources[kind]
                 data = src.read_bytes()
                 counts = dict.fromkeys(CATEGORIES, 0)

@@ -30,7 +30,7 @@ from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve
-from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
+from splatkit.splat.formats import FORMATS, convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
@@ -39,6 +39,9 @@ from splatkit.trainer.distributed import SplatDistributedError
 from splatkit.trainer.trainer import resolve_device
 from splatkit.utils.distributed import guard
 from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
+
+WritableFormat = Literal[tuple(name for name, fmt in FORMATS.items() if fmt.writable)]  # type: ignore[valid-type]
+"""Names of the formats splatkit writes, from the format registry."""
 
 
 @dataclass
@@ -89,7 +92,7 @@ class TrainCommand:
     """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
     tensorboard: bool = False
     """Log to TensorBoard in OUTPUT_DIR/tb."""
-    splat_format: tuple[Literal["ply", "splat", "spz", "compressed_ply", "ksplat"], ...] = ("ply",)
+    splat_format: tuple[WritableFormat, ...] = ("ply",)
     """Formats of the exported splats (several allowed)."""
     export_frame: Literal["training", "input"] = "training"
     """Write splats in the normalised training frame or back in the capture's own frame."""
@@ -203,10 +206,10 @@ class ViewCommand:
 
 @dataclass
 class ExportCommand:
-    """Convert a splat between .ply, .splat, .spz, .compressed.ply and .ksplat, or export a checkpoint."""
+    """Convert a splat between .ply, .splat, .spz, .compressed.ply, .ksplat and .sog, or export a checkpoint."""
 
     src: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
-    """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or a .ckpt."""
+    """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat, .sog) or a .ckpt."""
     dst: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DST")]
     """Output file; its suffix picks the format."""
     crop_min: tuple[float, float, float] | None = None
@@ -232,11 +235,11 @@ class ExportCommand:
 
 @dataclass
 class InfoCommand:
-    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply, .ksplat) or checkpoint: count, SH degree, bounds,
-    opacity and scale statistics."""
+    """Summarise a splat file (.ply, .splat, .spz, .compressed.ply, .ksplat, .sog) or checkpoint: count, SH degree,
+    bounds, opacity and scale statistics."""
 
     path: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]
-    """A splat file (.ply, .splat, .spz, .compressed.ply) or a .ckpt."""
+    """A splat file (.ply, .splat, .spz, .compressed.ply, .ksplat, .sog) or a .ckpt."""
 
 
 def demo_setup(steps: int) -> tuple[SplatTrainerConfig, SplatDefaultDensification]:

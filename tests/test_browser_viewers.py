@@ -41,7 +41,7 @@ def test_every_format_renders_like_the_ply_in_spark():
     artifacts = Path(os.environ.get("SPLATKIT_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser_viewers"
     report = bv.run(per_cluster=300, size=512, out=artifacts)
     formats = report["formats"]
-    expected = {".ply", ".splat", ".spz", ".compressed.ply", ".ksplat", "flipped.ply", "ply (reloaded)"}
+    expected = {".ply", ".splat", ".spz", ".compressed.ply", ".ksplat", ".sog", "flipped.ply", "ply (reloaded)"}
     assert expected <= set(formats), sorted(formats)
     summary = {k: (v["psnr_vs_ply"], v["landmarks"]) for k, v in formats.items()}
     for key, entry in formats.items():

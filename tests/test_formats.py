@@ -3,9 +3,11 @@ quantisation, renders of round-tripped splats, bad files, conversion, the export
 list of formats and frames, and similarity transforms (with SH rotation)."""
 
 import gzip
+import json
 import logging
 import math
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from splatkit.splat.formats import (
     dropped_information,
     format_from_path,
     read_splat,
+    sog,
     spz,
     write_splat,
 )
@@ -300,6 +303,45 @@ def test_ksplat_round_trip_and_bucketed_levels(tmp_path):
         read_splat(tmp_path / "cut.ksplat")
 
 
+def test_sog_round_trip_within_quantisation(tmp_path):
+    """SOG stores positions in 16 bits of a log-mapped range, rotations as smallest-three
+    bytes, opacity in a byte, log scales and colours through 256-entry codebooks (a quarter
+    of them spread evenly over the range: no value more than range / 126 from its entry)
+    and SH through a palette of k-means centres (exact when there are no more Gaussians
+    than entries)."""
+    model = _model(n=1500, sh_degree=2, spread=3.0)
+    model.means[0] = torch.tensor([40.0, -25.0, 0.0])  # an outlier stretches the log-mapped range
+    path = write_splat(model, tmp_path / "m.sog")
+    loaded = read_splat(path)
+    ref = _reorder(model, sog.write_order(model.params()))
+    assert loaded.sh_degree == 2 and loaded.num_gaussians == 1500
+    logged = torch.sign(ref.means.double()) * torch.log1p(ref.means.double().abs())
+    step = (logged.max(0).values - logged.min(0).values) / 65535
+    back = torch.sign(loaded.means.double()) * torch.log1p(loaded.means.double().abs())
+    assert (_err(back, logged) <= step / 2 + 1e-6).all()
+    # three components stored to 1 / (255 sqrt 2); the largest, rebuilt from them, to about 3x that
+    assert _err(_unit_aligned(loaded.quats, ref.quats), normalize_quat(ref.quats.double())).max() <= 1e-2
+    assert (_err(torch.sigmoid(loaded.opacities), torch.sigmoid(ref.opacities)) <= _alpha_bound(ref.opacities)).all()
+    for got, want in ((loaded.scales, ref.scales), (loaded.sh0, ref.sh0)):
+        span = float(want.max() - want.min())
+        assert _err(got, want).max() <= span / 126 + F32
+        assert _err(got, want).pow(2).mean().sqrt() <= span / 500  # the codebook follows the values
+    # The palette holds all 1,500 Gaussians exactly; the SH codebook then costs at most range / 126.
+    assert _err(loaded.shN, ref.shN).max() <= 1.0 / 126 + F32
+    with zipfile.ZipFile(path) as bundle:
+        meta = json.loads(bundle.read("meta.json"))
+        assert sorted(bundle.namelist()) == sorted(
+            ["meta.json", "means_l.webp", "means_u.webp", "quats.webp", "scales.webp", "sh0.webp"]
+            + ["shN_centroids.webp", "shN_labels.webp"]
+        )
+    assert meta["version"] == 2 and meta["count"] == 1500 and meta["shN"] == {**meta["shN"], "bands": 2, "count": 1500}
+    coarse = sog.encode(model.params(), sh_palette=16)
+    (tmp_path / "coarse.sog").write_bytes(coarse)
+    assert read_splat(tmp_path / "coarse.sog").shN.unique(dim=0).shape[0] <= 16
+    with pytest.raises(ValueError, match="sh_palette must be between 1 and 65536"):
+        sog.encode(model.params(), sh_palette=70000)
+
+
 @pytest.mark.parametrize("sh_degree", [0, 1, 2])
 def test_lower_sh_degrees_round_trip(tmp_path, sh_degree):
     model = _model(n=40, sh_degree=sh_degree)
@@ -316,7 +358,7 @@ def test_lower_sh_degrees_round_trip(tmp_path, sh_degree):
 # costs on this scene (SH degree 3, 3000 Gaussians, 4 views). .splat drops the view-
 # dependent colour entirely and .ksplat its third band; measured about 26.9, 37.4, 47.1
 # and 30.2 dB.
-PSNR_FLOOR = {"ply": math.inf, "splat": 25.0, "spz": 35.0, "compressed_ply": 43.0, "ksplat": 28.0}
+PSNR_FLOOR = {"ply": math.inf, "splat": 25.0, "spz": 35.0, "compressed_ply": 43.0, "ksplat": 28.0, "sog": 55.0}
 
 
 def test_rendered_round_trips_stay_above_psnr_floor(tmp_path):
@@ -347,6 +389,7 @@ def test_rendered_round_trips_stay_above_psnr_floor(tmp_path):
     for name, fmt in WRITABLE.items():
         report[name] = _psnr(render(read_splat(write_splat(model, tmp_path / f"m{fmt.suffix}"))), reference)
     print("round-trip render PSNR (dB):", {k: round(v, 2) for k, v in report.items()})
+    assert set(PSNR_FLOOR) == set(WRITABLE), "every writable format needs a floor here"
     for name, floor in PSNR_FLOOR.items():
         assert report[name] >= floor, f"{name}: {report[name]:.2f} dB < {floor} dB"
 

@@ -32,7 +32,8 @@ class SplatExporter(SplatBaseModule):
         save_ckpt: write a checkpoint to resume from at each export step.
         splat_format: format of the splat model, or a list of formats to write side by
             side: ``"ply"`` (``step_XXXXXX.ply``), ``"splat"`` (``.splat``), ``"spz"``
-            (``.spz``), ``"compressed_ply"`` (``.compressed.ply``) and ``"ksplat"`` (``.ksplat``); see
+            (``.spz``), ``"compressed_ply"`` (``.compressed.ply``), ``"ksplat"`` (``.ksplat``) and
+            ``"sog"`` (``.sog``); see
             :mod:`splatkit.splat.formats`. A format that cannot keep everything of the
             model (e.g. SH in ``.splat``) is reported once as a warning.
         frame: ``"training"`` writes splats in the normalised training frame;

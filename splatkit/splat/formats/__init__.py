@@ -10,7 +10,8 @@ name                suffix               format
                                          (:mod:`.compressed_ply`)
 ``ksplat``          ``.ksplat``          GaussianSplats3D, float32 geometry, SH to degree 2
                                          (:mod:`.ksplat`)
-``sog``             ``.sog``             PlayCanvas SOG, WebP images in a zip; read only (:mod:`.sog`)
+``sog``             ``.sog``             PlayCanvas SOG v2, codebooks and lossless WebP images in a zip
+                                         (:mod:`.sog`)
 =================== ==================== =====================================================
 
 Orientation: every file holds the Gaussians in the frame they were given (the training
@@ -109,11 +110,11 @@ FORMATS: dict[str, SplatFormat] = {
         SplatFormat(
             "sog",
             ".sog",
-            "PlayCanvas SOG bundle (version 2; read only)",
+            "PlayCanvas SOG bundle (version 2; codebooks, an SH palette, lossless WebP)",
             _sog.read_sog_file,
             _sog.write_sog_file,
             3,
-            writable=False,
+            _sog.write_order,
         ),
     )
 }

@@ -1,4 +1,4 @@
-"""PlayCanvas SOG (``.sog``): a zip of ``meta.json`` and lossless WebP images (read only).
+"""PlayCanvas SOG (``.sog``): a zip of ``meta.json`` and lossless WebP images.
 
 Version 2, as PlayCanvas documents it and splat-transform's ``read-sog.ts`` decodes it.
 ``meta.json`` holds ``version`` (2), ``count`` and, per attribute, the image files and
@@ -19,9 +19,26 @@ codebooks; image pixel ``i`` (row-major) belongs to Gaussian ``i``:
   entry ``e``'s coefficient ``j`` at pixel ``((e % 64) * coefficients + j, e // 64)``, its
   R, G, B bytes indexing the ``codebook``.
 
-Coordinates are as in PLY (splat-transform gives SOG the PLY's orientation). splatkit
-reads SOG and does not write it: a writer needs k-means palettes for the SH, left for later.
+Coordinates are as in PLY (splat-transform gives SOG the PLY's orientation).
 Quantisation is the writer's; read values are exactly what the file encodes.
+
+The writer follows the same layout: Gaussians in Morton order of their centres (as
+splat-transform stores them, which keeps neighbouring pixels alike and the WebP images
+small), images ``W x H`` with ``W = 4 * ceil(sqrt(N) / 4)``, 256-entry codebooks fitted by
+one-dimensional k-means with a quarter of the entries spread evenly over the range (log
+scales over all three axes, dc over all three channels, SH over all coefficients of the
+palette), and an SH palette of ``sh_palette`` entries (default 4,096; splat-transform
+uses up to 65,536, which costs minutes on a CPU) fitted by k-means over the per-Gaussian
+coefficient vectors. The images are
+written losslessly with their transparent pixels' colours kept (libwebp's ``exact``
+option: opacity shares ``sh0.webp`` with the colour indices). Opacity bytes stop at 254,
+as in the other quantised writers (255 decodes to logit +inf in splat-transform).
+Errors against the model: position about ``span / 65535`` of the log-mapped range per
+axis; log scale and dc half a codebook gap (codebooks follow the values' density; the
+largest gap is at most ``range / 63``);
+rotation: the three stored components ``1 / (255 sqrt 2)``, the rebuilt largest about
+three times that; opacity 0.5 / 255; SH the palette's k-means
+residual plus half a codebook gap.
 """
 
 from __future__ import annotations
@@ -38,7 +55,8 @@ import numpy as np
 import torch
 
 from splatkit.splat.ply import SplatFileError
-from splatkit.splat.sh import f_rest_to_shN
+from splatkit.splat.sh import f_rest_to_shN, shN_to_f_rest
+from splatkit.utils.files import atomic_write
 
 _SH_COEFFS = {0: 0, 1: 3, 2: 8, 3: 15}
 _MAX_MEMBER_BYTES = 1 << 30
@@ -181,9 +199,218 @@ def read_sog_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _decode(path.read_bytes(), path)
 
 
-def write_sog_file(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> Path:
-    """Not supported: see the module docstring."""
-    raise ValueError(
-        f"cannot write {path}: splatkit reads SOG but does not write it; write a .ply and convert it "
-        "with splat-transform or gaussforge"
-    )
+MAX_ALPHA_BYTE = 254
+"""Largest opacity byte written: readers that convert to logits turn 255 into +inf."""
+
+
+def write_order(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Indices ``[N]`` in the order Gaussians are written: Morton order of the centres."""
+    from splatkit.splat.formats.compressed_ply import write_order as morton_order
+
+    return morton_order(params)
+
+
+DEFAULT_PALETTE = 4096
+"""Default SH palette entries (at most one per Gaussian); the format allows 65,536."""
+
+_KMEANS_SAMPLE = 65536
+"""The palette is fitted on at most this many Gaussians (drawn with a fixed seed), then
+every Gaussian takes its nearest entry."""
+
+
+def codebook_1d(
+    values: np.ndarray, size: int = 256, spread: int = 64, iterations: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size``-entry codebook for ``values`` and each value's index into it.
+
+    ``spread`` entries are fixed, evenly spaced over ``[min, max]``, so no value is more than
+    ``(max - min) / (2 * (spread - 1))`` from an entry (the rare large values are the ones a
+    viewer shows most: the biggest splats, the brightest colours); the other entries follow
+    the values' density by one-dimensional k-means (Lloyd's iterations on the sorted values,
+    started from their quantiles). Returns the sorted codebook (float64 ``[size]``) and the
+    index (uint8) of each value's nearest entry.
+    """
+    flat = np.sort(values.astype(np.float64).ravel())
+    if flat.size == 0:
+        return np.zeros(size), np.zeros(values.shape, np.uint8)
+    free = size - spread
+    fixed = np.linspace(flat[0], flat[-1], spread)
+    centres = np.concatenate([np.quantile(flat, (np.arange(free) + 0.5) / free), fixed])
+    moving = np.concatenate([np.ones(free, bool), np.zeros(spread, bool)])
+    prefix = np.concatenate([[0.0], np.cumsum(flat)])
+    for _ in range(iterations):
+        order = np.argsort(centres, kind="stable")
+        centres, moving = centres[order], moving[order]
+        edges = np.searchsorted(flat, (centres[1:] + centres[:-1]) / 2)
+        start = np.concatenate([[0], edges])
+        stop = np.concatenate([edges, [flat.size]])
+        n = stop - start
+        new = np.where(moving & (n > 0), (prefix[stop] - prefix[start]) / np.maximum(n, 1), centres)
+        if np.array_equal(new, centres):
+            break
+        centres = new
+    centres = np.sort(centres)
+    return centres, nearest_1d(centres, values)
+
+
+def nearest_1d(sorted_book: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of ``sorted_book`` for each of ``values`` (uint8)."""
+    v = values.astype(np.float64)
+    hi = np.clip(np.searchsorted(sorted_book, v), 1, len(sorted_book) - 1)
+    lo = hi - 1
+    pick = np.where(np.abs(v - sorted_book[lo]) <= np.abs(sorted_book[hi] - v), lo, hi)
+    return pick.astype(np.uint8)
+
+
+def kmeans(
+    points: torch.Tensor, k: int, iterations: int = 10, seed: int = 0, sample: int = _KMEANS_SAMPLE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres ``[k, D]`` and labels ``[N]`` of ``points`` ``[N, D]`` by Lloyd's k-means.
+
+    Fits on at most ``max(sample, k)`` points drawn with ``seed``, starting from ``k`` of
+    them; a centre that loses all its points keeps its place; then labels every point with
+    its nearest centre. Deterministic for a given input and seed.
+    """
+    n = points.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(n, generator=gen)
+    x = points[pick[: max(sample, k)]].double()
+    centres = x[:k].clone()
+    labels = _assign(x, centres)
+    for _ in range(iterations):
+        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)
+        moved = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+        new_labels = _assign(x, moved)
+        centres = moved
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centres, _assign(points, centres)
+
+
+def _assign(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest of ``centres`` for each row of ``x`` (float32 distances, in chunks
+    of rows that keep the distance block near 128 MB)."""
+    c = centres.float()
+    c2 = (c * c).sum(dim=1)
+    chunk = max(64, (1 << 25) // max(1, c.shape[0]))
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    for i in range(0, x.shape[0], chunk):
+        part = x[i : i + chunk].float()
+        out[i : i + chunk] = torch.addmm(c2[None, :], part, c.T, alpha=-2.0).argmin(dim=1)
+    return out
+
+
+def _webp(rgba: np.ndarray) -> bytes:
+    """Lossless WebP bytes of an ``[H, W, 4]`` uint8 image, transparent pixels' colours kept."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="WEBP", lossless=True, exact=True, quality=100)
+    data = buf.getvalue()
+    # Pillow before 9.4 (or libwebp before 0.5) ignores ``exact``: check rather than corrupt silently.
+    if not np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")), rgba):
+        import PIL
+
+        raise RuntimeError(
+            f"cannot write .sog: Pillow {PIL.__version__}'s WebP encoder did not keep the image exactly "
+            "(lossless WebP with exact=True needs Pillow >= 9.4 built with libwebp >= 0.5)"
+        )
+    return data
+
+
+def encode(params: dict[str, torch.Tensor], sh_palette: int | None = None) -> bytes:
+    """The ``.sog`` bytes of stored (log/logit) parameters (see the module docstring)."""
+    order = write_order(params)
+    means = params["means"].detach().cpu().double()[order].numpy()
+    log_scales = params["scales"].detach().cpu().double()[order].numpy()
+    quats = params["quats"].detach().cpu().double()[order].numpy()
+    opac = params["opacities"].detach().cpu().double()[order].numpy()
+    dc = params["sh0"].detach().cpu().double()[order].reshape(-1, 3).numpy()
+    f_rest = shN_to_f_rest(params["shN"].detach().cpu().double()[order]).numpy()
+    count = means.shape[0]
+    width = 4 * math.ceil(math.sqrt(count) / 4)
+    height = 4 * math.ceil(count / width / 4)
+
+    def image(channels: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
+        rgba = np.zeros((width * height, 4), np.uint8)
+        rgba[:count, : channels.shape[1]] = channels
+        rgba[:, 3] = 255
+        if alpha is not None:
+            rgba[:count, 3] = alpha
+        return _webp(rgba.reshape(height, width, 4))
+
+    files: dict[str, bytes] = {}
+    logged = np.sign(means) * np.log1p(np.abs(means))
+    mins, maxs = logged.min(axis=0), logged.max(axis=0)
+    span = np.where(maxs - mins > 0, maxs - mins, 1.0)
+    q16 = np.clip(np.floor((logged - mins) / span * 65535 + 0.5), 0, 65535).astype(np.uint32)
+    files["means_l.webp"] = image((q16 & 0xFF).astype(np.uint8))
+    files["means_u.webp"] = image((q16 >> 8).astype(np.uint8))
+
+    norm = np.linalg.norm(quats, axis=1, keepdims=True)
+    unit = np.divide(quats, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (count, 1)), where=norm > 0)
+    largest = np.abs(unit).argmax(axis=1)
+    unit = unit * np.where(unit[np.arange(count), largest] < 0, -1.0, 1.0)[:, None]
+    others = np.array([[i for i in range(4) if i != k] for k in range(4)])[largest]  # [N, 3]
+    small = np.take_along_axis(unit, others, axis=1)
+    small_bytes = np.clip(np.floor((small * math.sqrt(2) + 1) / 2 * 255 + 0.5), 0, 255).astype(np.uint8)
+    files["quats.webp"] = image(small_bytes, (252 + largest).astype(np.uint8))
+
+    scale_book, scale_idx = codebook_1d(log_scales)
+    files["scales.webp"] = image(scale_idx)
+    dc_book, dc_idx = codebook_1d(dc)
+    alpha = 1.0 / (1.0 + np.exp(-opac))
+    alpha_bytes = np.minimum(np.clip(np.floor(alpha * 255 + 0.5), 0, 255), MAX_ALPHA_BYTE).astype(np.uint8)
+    files["sh0.webp"] = image(dc_idx, alpha_bytes)
+
+    meta: dict = {
+        "version": 2,
+        "count": count,
+        "antialias": False,
+        "means": {"mins": mins.tolist(), "maxs": maxs.tolist(), "files": ["means_l.webp", "means_u.webp"]},
+        "scales": {"codebook": scale_book.tolist(), "files": ["scales.webp"]},
+        "quats": {"files": ["quats.webp"]},
+        "sh0": {"codebook": dc_book.tolist(), "files": ["sh0.webp"]},
+    }
+    coeffs = f_rest.shape[1] // 3
+    if coeffs:
+        bands = {c: b for b, c in _SH_COEFFS.items()}[coeffs]
+        palette = DEFAULT_PALETTE if sh_palette is None else int(sh_palette)
+        if not 1 <= palette <= 65536:
+            raise ValueError(f"sh_palette must be between 1 and 65536 entries, got {sh_palette}")
+        palette = min(palette, count)
+        centres, labels = kmeans(torch.from_numpy(f_rest), palette)
+        sh_book, sh_idx = codebook_1d(centres.numpy())  # [palette, 3 * coeffs] indices, channel-major
+        rows = math.ceil(palette / 64)
+        cent = np.zeros((rows * 64, coeffs, 4), np.uint8)
+        cent[:palette, :, :3] = sh_idx.reshape(palette, 3, coeffs).transpose(0, 2, 1)
+        cent[..., 3] = 255
+        files["shN_centroids.webp"] = _webp(cent.reshape(rows, 64 * coeffs, 4))
+        lab = labels.numpy().astype(np.uint32)
+        files["shN_labels.webp"] = image(np.stack([lab & 0xFF, lab >> 8], axis=1).astype(np.uint8))
+        meta["shN"] = {
+            "count": palette,
+            "bands": bands,
+            "codebook": sh_book.tolist(),
+            "files": ["shN_centroids.webp", "shN_labels.webp"],
+        }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as bundle:
+        bundle.writestr("meta.json", json.dumps(meta), compress_type=zipfile.ZIP_DEFLATED)
+        for name, data in files.items():  # WebP is compressed already
+            bundle.writestr(name, data, compress_type=zipfile.ZIP_STORED)
+    return buf.getvalue()
+
+
+def write_sog_file(path: str | os.PathLike, params: dict[str, torch.Tensor], sh_palette: int | None = None) -> Path:
+    """Write stored parameters as a ``.sog`` bundle (SOG version 2) to ``path`` atomically.
+
+    ``sh_palette`` is the number of SH palette entries (1 to 65536; default
+    :data:`DEFAULT_PALETTE`, at most one per Gaussian).
+    """
+    if params["means"].shape[0] == 0:
+        raise ValueError(f"cannot write {path}: a .sog file needs at least one Gaussian")
+    data = encode(params, sh_palette)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
