@@ -146,6 +146,18 @@ def test_ksplat_written_by_gaussforge_opens_the_right_way_up(tmp_path):
     assert _psnr(_render(again), _render(model)) >= PSNR_FLOOR
 
 
+def test_splat_written_by_gaussforge_opens_the_right_way_up(tmp_path):
+    """antimatter15 .splat keeps no SH: the source has SH degree 0."""
+    model = _source(sh_degree=0)
+    path = tmp_path / "gaussforge.splat"
+    path.write_bytes(_gaussforge(write_splat(model, tmp_path / "s.ply").read_bytes(), "ply", "splat"))
+    loaded = read_splat(path)
+    assert loaded.num_gaussians == model.num_gaussians and loaded.sh_degree == 0
+    assert _psnr(_render(loaded), _render(model)) >= PSNR_FLOOR
+    again = read_splat(write_splat(loaded, tmp_path / "again.splat"))
+    assert _psnr(_render(again), _render(model)) >= PSNR_FLOOR
+
+
 def test_sog_written_by_gaussforge_opens_the_right_way_up(tmp_path):
     """SOG: positions in 16 bits of a log-mapped range, scales and colours by 256-entry
     codebooks, SH through a palette; the render stays within 40 dB of the source."""
@@ -176,6 +188,7 @@ def test_sog_written_by_gaussforge_opens_the_right_way_up(tmp_path):
         read_splat(bad)
 
 
+# .splat is not here: gaussforge 0.6's .splat reader fails on every file, its own included ("std::bad_cast").
 @pytest.mark.parametrize("suffix", [".ply", ".spz", ".compressed.ply", ".ksplat", ".sog"])
 def test_splatkit_files_have_the_same_coordinates_in_niantics_reader(tmp_path, suffix):
     model = _source(n=300)
