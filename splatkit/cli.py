@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
-from splatkit import launcher
+from splatkit import launcher, registry
 from splatkit.data_provider import (
     SplatBlenderDataProviderConfig,
     SplatColmapDataProviderConfig,
@@ -26,7 +26,7 @@ from splatkit.data_provider import (
 from splatkit.data_provider.detect import detect_data, provider_from_path, provider_from_record
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
 from splatkit.evaluation import video_writer_check
-from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
+from splatkit.loss_fn import Splat2DGSLossFn
 from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve
@@ -40,12 +40,14 @@ from splatkit.trainer.trainer import resolve_device
 from splatkit.utils.distributed import guard
 from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 
+# Choices from the registries (splatkit.registry, splatkit.splat.formats.FORMATS).
 WritableFormat = Literal[tuple(name for name, fmt in FORMATS.items() if fmt.writable)]  # type: ignore[valid-type]
-"""Names of the formats splatkit writes, from the format registry."""
+ModelKind = Literal[tuple(registry.MODELS)]  # type: ignore[valid-type]
+Strategy = Literal[tuple(registry.STRATEGIES)]  # type: ignore[valid-type]
 
 
 @dataclass
-class TrainCommand:
+class _TrainFlags:
     """Train a splat and export it (PLY + checkpoint) into --output-dir."""
 
     data: Annotated[str | None, tyro.conf.arg(metavar="PATH|demo")] = None
@@ -56,13 +58,13 @@ class TrainCommand:
     """Downscale the photos by this factor, whatever the data format (gsplat's --data_factor;
     the same as --colmap.factor / --blender.factor). Default: the smallest power of two that
     brings them to 1600 px or less."""
-    model: Literal["3dgs", "2dgs"] = "3dgs"
+    model: ModelKind = "3dgs"
     """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS; settings under --renderer-2dgs, --loss-2dgs)."""
-    strategy: Literal["default", "mcmc"] = "default"
+    strategy: Strategy = "default"
     """Densification: gsplat's default (settings under --densification) or MCMC (under --mcmc)."""
-    mcmc_opacity_reg: float = 0.01
+    mcmc_opacity_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["opacity_reg"]
     """With --strategy mcmc: weight of the mean-opacity regulariser added to the loss (gsplat's)."""
-    mcmc_scale_reg: float = 0.01
+    mcmc_scale_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["scale_reg"]
     """With --strategy mcmc: weight of the mean-scale regulariser."""
     export_steps: tuple[int, ...] = ()
     """Steps to export at (default: the last step)."""
@@ -107,24 +109,23 @@ class TrainCommand:
     """Interface the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
     trainer: Annotated[SplatTrainerConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SplatTrainerConfig)
     """Training: seed, batch size, SH degree, initialisation, background, learning rates, multi-GPU."""
-    renderer: Splat3DGSRenderer = field(default_factory=Splat3DGSRenderer)
-    """The 3DGS rasterizer (with --model 3dgs): backend, antialiasing, tiles."""
-    loss: Splat3DGSLossFn = field(default_factory=Splat3DGSLossFn)
-    """The 3DGS loss (with --model 3dgs): L1 + D-SSIM weights, regularisers."""
-    densification: SplatDefaultDensification = field(default_factory=SplatDefaultDensification)
-    """gsplat's default densification (with --strategy default): thresholds and schedule."""
-    renderer_2dgs: Splat2DGSRenderer = field(default_factory=Splat2DGSRenderer)
-    """The 2DGS rasterizer (with --model 2dgs)."""
-    loss_2dgs: Splat2DGSLossFn = field(default_factory=Splat2DGSLossFn)
-    """The 2DGS loss (with --model 2dgs): normal and distortion terms."""
-    mcmc: SplatMCMCDensification = field(default_factory=SplatMCMCDensification)
-    """MCMC densification (with --strategy mcmc): Gaussian budget, noise, schedule."""
-    demo: SplatDemoDataProviderConfig = field(default_factory=SplatDemoDataProviderConfig)
-    """Settings of the built-in scene (with --data demo)."""
-    colmap: SplatColmapDataProviderConfig = field(default_factory=lambda: SplatColmapDataProviderConfig("", ""))
-    """Settings for COLMAP data; empty paths are filled from --data."""
-    blender: SplatBlenderDataProviderConfig = field(default_factory=lambda: SplatBlenderDataProviderConfig(""))
-    """Settings for transforms.json data; an empty path is filled from --data."""
+
+
+def _group_fields() -> list[tuple]:
+    """A TrainCommand field per setting group of :mod:`splatkit.registry` (``--<group>.*`` flags)."""
+    fields = []
+    for selector, choice, group in registry.all_groups():
+        if selector == "data":
+            help = group.help
+        else:
+            help = f"{group.help.rstrip('.')} (with --{selector} {choice.name})."
+        fields.append((group.name, Annotated[group.cls, tyro.conf.arg(help=help)], field(default_factory=group.make)))
+    return fields
+
+
+TrainCommand = dataclasses.make_dataclass("TrainCommand", _group_fields(), bases=(_TrainFlags,), kw_only=True)
+TrainCommand.__module__ = __name__
+TrainCommand.__doc__ = _TrainFlags.__doc__
 
 
 @dataclass
@@ -135,9 +136,9 @@ class DemoCommand:
     """Folder of the run (replaced by each demo run)."""
     steps: int = 1000
     """Training steps; the schedules of the 30,000-step recipe are compressed to fit."""
-    model: Literal["3dgs", "2dgs"] = "3dgs"
+    model: ModelKind = "3dgs"
     """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS)."""
-    strategy: Literal["default", "mcmc"] = "default"
+    strategy: Strategy = "default"
     """Densification: gsplat's default or MCMC."""
     batch_size: int = 1
     """Images per step (per process, under torchrun)."""
@@ -282,42 +283,42 @@ def demo_command(
 
 
 def components(cmd: TrainCommand):
-    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy.
+    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy: the
+    groups :mod:`splatkit.registry` lists for them, as the flags set them.
 
     With MCMC the loss gets gsplat's regularisers (``--mcmc-opacity-reg``, ``--mcmc-scale-reg``)
     unless ``--loss.opacity-reg`` / ``--loss.scale-reg`` were set: a flag the user gave is never
     overridden, and giving both differently is an error."""
-    renderer = cmd.renderer_2dgs if cmd.model == "2dgs" else cmd.renderer
-    loss = cmd.loss_2dgs if cmd.model == "2dgs" else cmd.loss
-    densification = cmd.mcmc if cmd.strategy == "mcmc" else cmd.densification
+    chosen = {}
+    for selector, name in (("model", cmd.model), ("strategy", cmd.strategy)):
+        for group in registry.lookup(registry.SELECTORS[selector], name, selector).groups:
+            chosen[group.role] = (group.name, getattr(cmd, group.name))
+    renderer, (loss_group, loss), densification = chosen["renderer"][1], chosen["loss_fn"], chosen["densification"][1]
     if cmd.strategy == "mcmc":
-        prefix = "--loss-2dgs" if cmd.model == "2dgs" else "--loss"
+        prefix = f"--{loss_group.replace('_', '-')}"
         default_loss = type(loss)()
-        chosen = {}
+        picked = {}
         for name, preset, preset_default in (
-            ("opacity_reg", cmd.mcmc_opacity_reg, TrainCommand.mcmc_opacity_reg),
-            ("scale_reg", cmd.mcmc_scale_reg, TrainCommand.mcmc_scale_reg),
+            ("opacity_reg", cmd.mcmc_opacity_reg, _TrainFlags.mcmc_opacity_reg),
+            ("scale_reg", cmd.mcmc_scale_reg, _TrainFlags.mcmc_scale_reg),
         ):
             given = getattr(loss, name)
             if given == getattr(default_loss, name):
-                chosen[name] = preset
+                picked[name] = preset
             elif preset != preset_default and preset != given:
                 flag = name.replace("_", "-")
                 raise ValueError(f"{prefix}.{flag} {given} and --mcmc-{flag} {preset} disagree; give one of them")
             else:
-                chosen[name] = given
-        loss = dataclasses.replace(loss, **chosen)
+                picked[name] = given
+        loss = dataclasses.replace(loss, **picked)
     return renderer, loss, densification
 
 
-# Settings groups that only one model kind, strategy or data format uses.
-_EXCLUSIVE_GROUPS = (
-    ("densification", lambda c: c.strategy == "default", "--strategy default"),
-    ("mcmc", lambda c: c.strategy == "mcmc", "--strategy mcmc"),
-    ("renderer", lambda c: c.model == "3dgs", "--model 3dgs"),
-    ("loss", lambda c: c.model == "3dgs", "--model 3dgs"),
-    ("renderer_2dgs", lambda c: c.model == "2dgs", "--model 2dgs"),
-    ("loss_2dgs", lambda c: c.model == "2dgs", "--model 2dgs"),
+# Settings groups that only one model kind or strategy uses: (group, is it used, what uses it).
+_EXCLUSIVE_GROUPS = tuple(
+    (group.name, lambda c, s=selector, n=choice.name: getattr(c, s) == n, f"--{selector} {choice.name}")
+    for selector, choice, group in registry.all_groups()
+    if selector != "data"
 )
 
 
@@ -345,7 +346,7 @@ def check_unused_flags(cmd: TrainCommand) -> None:
 def _check_data_flags(cmd: TrainCommand, kind: str) -> None:
     """Flags of another data format than the one detected are an error, not ignored."""
     reference = TrainCommand()
-    others = {"demo": ("colmap", "blender"), "colmap": ("blender", "demo"), "blender": ("colmap", "demo")}[kind]
+    others = [g.name for name, choice in registry.DATA_FORMATS.items() if name != kind for g in choice.groups]
     unused = [
         f"--{g}.{name.replace('_', '-')}"
         for g in others

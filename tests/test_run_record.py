@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -99,6 +101,62 @@ def test_given_flags_are_never_overridden_or_ignored(capsys):
         check_unused_flags(_cmd("--renderer-2dgs.backend", "torch"))
     assert main(["train", "--data", "demo", "--colmap.factor", "2", "--max-steps", "1", "--no-progress"]) == 2
     assert "--colmap.factor" in capsys.readouterr().err
+
+
+_NEW_STRATEGY = """
+import dataclasses, sys
+import tyro
+from splatkit import registry
+from splatkit.densification import SplatDefaultDensification
+
+@dataclasses.dataclass
+class Sparse(SplatDefaultDensification):
+    keep_every: int = 3
+    \"\"\"Keep one Gaussian in this many.\"\"\"
+
+registry.STRATEGIES["sparse"] = registry.Choice(
+    "sparse", "a strategy of one's own", (registry.Group("sparse", Sparse, "densification", "Sparse settings."),)
+)
+from splatkit.cli import TrainCommand, check_unused_flags, components  # the command line is built from the tables
+
+cmd = tyro.cli(TrainCommand, args=sys.argv[1:])
+check_unused_flags(cmd)
+renderer, loss, densification = components(cmd)
+print(type(densification).__name__, densification.keep_every)
+"""
+
+
+def test_a_new_strategy_is_one_registration(tmp_path):
+    """An entry in splatkit.registry.STRATEGIES is all a strategy needs: --strategy takes its name,
+    its settings are flags, and they are an error without it, as every group's are."""
+    script = tmp_path / "new_strategy.py"
+    script.write_text(_NEW_STRATEGY)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+    ok = run("--strategy", "sparse", "--sparse.keep-every", "5")
+    assert ok.returncode == 0 and ok.stdout.split() == ["Sparse", "5"], ok.stderr
+    unused = run("--sparse.keep-every", "5")
+    assert unused.returncode != 0 and "--sparse.keep-every (used with --strategy sparse)" in unused.stderr
+    from splatkit.registry import STRATEGIES
+
+    assert "sparse" not in STRATEGIES  # this process's registry is untouched
+
+
+def test_the_registry_builds_what_the_command_line_builds():
+    from splatkit.cli import components as cli_components
+    from splatkit.registry import components
+
+    for model in ("3dgs", "2dgs"):
+        for strategy in ("default", "mcmc"):
+            assert components(model, strategy) == cli_components(_cmd("--model", model, "--strategy", strategy))
+    _, loss, _ = components("3dgs", "mcmc", loss={"opacity_reg": 0.05})
+    assert (loss.opacity_reg, loss.scale_reg) == (0.05, 0.01)  # a given setting wins over the strategy's preset
+    with pytest.raises(ValueError, match="settings for mcmc are not used"):
+        components("3dgs", "default", mcmc={"cap_max": 10})
+    with pytest.raises(ValueError, match="unknown strategy 'adc'; choose one of: default, mcmc"):
+        components("3dgs", "adc")
 
 
 def test_one_downscale_flag_for_every_format(tmp_path):

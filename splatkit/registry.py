@@ -1,0 +1,190 @@
+"""The choices of a training run, registered once for the command line and the Python API.
+
+A run picks one *model kind* (``--model``) and one *densification strategy* (``--strategy``);
+its data format is detected from ``--data``. Each choice brings setting *groups*: objects
+whose dataclass fields are its settings, e.g. ``--strategy mcmc`` brings the ``mcmc`` group
+(a :class:`~splatkit.densification.SplatMCMCDensification`, flags ``--mcmc.*``). Splat file
+formats have their own registry, :data:`splatkit.splat.formats.FORMATS`.
+
+``splatkit train`` builds its flags from these tables (:mod:`splatkit.cli`): the selecting
+flag takes the table's names, every group becomes a flag group, and a flag of a group the run
+does not select is an error rather than ignored. So a new strategy, model kind or data
+format is one entry here (plus its data detection in :mod:`splatkit.data_provider.detect`
+for a data format), nothing in the command line.
+
+From Python, :func:`components` builds what a choice uses::
+
+    from splatkit.registry import components
+    renderer, loss_fn, densification = components(model="2dgs", strategy="mcmc", mcmc={"cap_max": 500_000})
+    trainer = SplatTrainer(config, provider, renderer, loss_fn, densification, modules)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from splatkit.data_provider import (
+    SplatBlenderDataProviderConfig,
+    SplatColmapDataProviderConfig,
+    SplatDemoDataProviderConfig,
+)
+from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
+from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
+from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of settings: the object ``make()`` returns, under the flag prefix ``--<name>.``.
+
+    ``role`` says what the object is to the trainer (``"renderer"``, ``"loss_fn"``,
+    ``"densification"`` or ``"data"``); ``help`` is the group's line in ``--help``.
+    """
+
+    name: str
+    make: Callable[[], Any]
+    role: str
+    help: str
+
+    @property
+    def cls(self) -> type:
+        return type(self.make())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One value of a selecting flag and the groups it brings.
+
+    ``presets`` maps a role to settings this choice gives the object in that role unless
+    the user sets them (MCMC's regularisers of whichever loss the model kind uses).
+    """
+
+    name: str
+    help: str
+    groups: tuple[Group, ...]
+    presets: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def _table(*choices: Choice) -> dict[str, Choice]:
+    return {c.name: c for c in choices}
+
+
+MODELS: dict[str, Choice] = _table(
+    Choice(
+        "3dgs",
+        "3D ellipsoids (3DGS)",
+        (
+            Group("renderer", Splat3DGSRenderer, "renderer", "The 3DGS rasterizer: backend, antialiasing, tiles."),
+            Group("loss", Splat3DGSLossFn, "loss_fn", "The 3DGS loss: L1 + D-SSIM weights, regularisers."),
+        ),
+    ),
+    Choice(
+        "2dgs",
+        "2D surfels (2DGS)",
+        (
+            Group("renderer_2dgs", Splat2DGSRenderer, "renderer", "The 2DGS rasterizer."),
+            Group("loss_2dgs", Splat2DGSLossFn, "loss_fn", "The 2DGS loss: normal and distortion terms."),
+        ),
+    ),
+)
+"""Model kinds (``--model``): a renderer and a loss each."""
+
+STRATEGIES: dict[str, Choice] = _table(
+    Choice(
+        "default",
+        "gsplat's default densification (clone, split, prune)",
+        (
+            Group(
+                "densification",
+                SplatDefaultDensification,
+                "densification",
+                "gsplat's default densification: thresholds and schedule.",
+            ),
+        ),
+    ),
+    Choice(
+        "mcmc",
+        "MCMC densification (relocation under a Gaussian budget)",
+        (
+            Group(
+                "mcmc", SplatMCMCDensification, "densification", "MCMC densification: Gaussian budget, noise, schedule."
+            ),
+        ),
+        presets={"loss_fn": {"opacity_reg": 0.01, "scale_reg": 0.01}},  # gsplat's MCMC preset
+    ),
+)
+"""Densification strategies (``--strategy``)."""
+
+DATA_FORMATS: dict[str, Choice] = _table(
+    Choice(
+        "demo",
+        "the built-in scene (--data demo)",
+        (Group("demo", SplatDemoDataProviderConfig, "data", "Settings of the built-in scene (with --data demo)."),),
+    ),
+    Choice(
+        "colmap",
+        "a COLMAP scene folder (sparse/0 + images)",
+        (
+            Group(
+                "colmap",
+                lambda: SplatColmapDataProviderConfig("", ""),
+                "data",
+                "Settings for COLMAP data; empty paths are filled from --data.",
+            ),
+        ),
+    ),
+    Choice(
+        "blender",
+        "a transforms.json capture (instant-ngp / nerfstudio / NeRF-synthetic)",
+        (
+            Group(
+                "blender",
+                lambda: SplatBlenderDataProviderConfig(""),
+                "data",
+                "Settings for transforms.json data; an empty path is filled from --data.",
+            ),
+        ),
+    ),
+)
+"""Data formats (detected from ``--data``): the provider configuration each one reads."""
+
+SELECTORS: dict[str, dict[str, Choice]] = {"model": MODELS, "strategy": STRATEGIES, "data": DATA_FORMATS}
+"""Each table under the name of what selects from it (``--model``, ``--strategy``, the detected data)."""
+
+
+def all_groups() -> list[tuple[str, Choice, Group]]:
+    """``(selector, choice, group)`` for every group of every table, in table order."""
+    return [(sel, choice, g) for sel, table in SELECTORS.items() for choice in table.values() for g in choice.groups]
+
+
+def lookup(table: dict[str, Choice], name: str, what: str) -> Choice:
+    """``table[name]``, or a ValueError listing the names there are."""
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
+    return table[name]
+
+
+def components(model: str = "3dgs", strategy: str = "default", **settings: dict) -> tuple[Any, Any, Any]:
+    """``(renderer, loss_fn, densification)`` for a model kind and strategy.
+
+    ``settings`` maps a group name (``renderer``, ``loss``, ``mcmc``, ...) to the fields to
+    set in it; naming a group the choice does not use is an error, as on the command line.
+    A strategy's presets (MCMC's loss regularisers) fill only fields ``settings`` leaves unset.
+    """
+    choices = (lookup(MODELS, model, "model"), lookup(STRATEGIES, strategy, "strategy"))
+    chosen = tuple(g for c in choices for g in c.groups)
+    names = {g.name for g in chosen}
+    unused = sorted(set(settings) - names)
+    if unused:
+        raise ValueError(
+            f"settings for {', '.join(unused)} are not used with model={model!r}, strategy={strategy!r} "
+            f"(its groups: {', '.join(sorted(names))})"
+        )
+    built = {}
+    for g in chosen:
+        preset = {k: v for c in choices for k, v in c.presets.get(g.role, {}).items()}
+        built[g.role] = dataclasses.replace(g.make(), **{**preset, **settings.get(g.name, {})})
+    return built["renderer"], built["loss_fn"], built["densification"]
