@@ -48,6 +48,33 @@ def test_random_start_fills_the_volume_every_camera_sees():
         assert inside == pytest.approx(expected, rel=0.25), c
 
 
+def test_a_share_of_the_start_goes_to_the_surroundings_and_stays_in_the_hull():
+    """surround: a quarter of the points beyond the common view, where a few cameras still look
+    (a room around the object); with alpha masks they are carved by the visual hull like the rest."""
+    cams = _orbit()
+    gen = torch.Generator().manual_seed(2)
+    pts, report = view_volume_points(cams, 8000, gen, coverage=0.9, surround=0.25)
+    assert pts.shape == (8000, 3) and report["surround_points"] == 2000
+    outside = pts.norm(dim=-1) > 1.8  # beyond the common view (previous test)
+    assert 0.2 * 8000 < int(outside.sum()) <= 2000
+    vm = torch.cat([c.viewmats for c in cams]).double()
+    Ks = torch.cat([c.Ks for c in cams]).double()
+    sizes = torch.tensor([[100.0, 100.0]] * len(cams), dtype=torch.float64)
+    assert int(view_counts(pts[6000:].double(), vm, Ks, sizes, 1e-3).min()) >= report["surround_min_views"] >= 2
+    # An object: a ball of radius 0.5 at the centre, drawn as a disc in every alpha image.
+    alphas = []
+    for c in cams:
+        centre = c.Ks[0] @ c.viewmats[0, :3, 3]
+        u, v = centre[0] / centre[2], centre[1] / centre[2]
+        r = float(c.Ks[0, 0, 0]) * 0.5 / float(c.viewmats[0, 2, 3])
+        yy, xx = torch.meshgrid(torch.arange(100.0) + 0.5, torch.arange(100.0) + 0.5, indexing="ij")
+        alphas.append((((xx - u) ** 2 + (yy - v) ** 2) < r * r).float())
+    carved, report = view_volume_points(cams, 4000, gen, coverage=0.9, alphas=alphas, surround=0.25)
+    assert report["visual_hull"] and float(carved.norm(dim=-1).max()) < 0.8
+    with pytest.raises(ValueError, match="surround must be in"):
+        view_volume_points(cams, 10, gen, surround=1.0)
+
+
 def test_random_start_follows_the_cameras_at_any_scale_and_place():
     a, _ = view_volume_points(_orbit(), 5000, torch.Generator().manual_seed(1), coverage=0.9)
     b, report = view_volume_points(

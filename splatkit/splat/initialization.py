@@ -82,6 +82,12 @@ def _covered(
     return covered
 
 
+SURROUND_EXTENT = 3.0
+"""The surroundings' cube, in multiples of the main volume's cube."""
+SURROUND_COVERAGE = 0.05
+"""The surroundings: points seen by at least this fraction of the best-seen point's cameras."""
+
+
 def view_volume_points(
     cameras: list[SplatCameras],
     num_points: int,
@@ -90,8 +96,15 @@ def view_volume_points(
     coverage: float = 0.5,
     alphas: list[torch.Tensor] | None = None,
     chunk: int = 16384,
+    surround: float = 0.0,
 ) -> tuple[torch.Tensor, dict]:
     """``num_points`` points ``[P, 3]`` uniform in the volume the cameras look at, and a report.
+
+    With ``surround`` > 0 that fraction of the points goes instead into the capture's
+    surroundings: the volume that at least :data:`SURROUND_COVERAGE` as many cameras see as
+    see its best-seen point, in a cube :data:`SURROUND_EXTENT` times larger (the rest of
+    a room, the ground, distant walls: seen by a few cameras each, so outside the main
+    volume, and without them the background must be grown into from the object).
 
     Candidates are drawn in a cube around the point the cameras' optical axes pass closest
     to (its half-size: ``extent`` times the median camera distance to it; around the
@@ -107,6 +120,20 @@ def view_volume_points(
     """
     if not cameras:
         raise ValueError("view_volume_points needs at least one camera")
+    if not 0 <= surround < 1:
+        raise ValueError(f"surround must be in [0, 1), got {surround!r}")
+    outer = round(num_points * surround)
+    if outer:
+        points, report = view_volume_points(cameras, num_points - outer, generator, extent, coverage, alphas, chunk)
+        around, around_report = view_volume_points(
+            cameras, outer, generator, SURROUND_EXTENT * extent, SURROUND_COVERAGE, alphas, chunk
+        )
+        report.update(surround_points=outer, surround_min_views=around_report["min_views"])
+        report["bounds"] = [
+            [round(float(x), 3) for x in torch.minimum(points.amin(0), around.amin(0))],
+            [round(float(x), 3) for x in torch.maximum(points.amax(0), around.amax(0))],
+        ]
+        return torch.cat([points, around]), report
     if not 0 < coverage <= 1:
         raise ValueError(f"coverage must be in (0, 1], got {coverage!r}")
     viewmats = torch.cat([c.viewmats for c in cameras]).double()
@@ -150,11 +177,20 @@ def view_volume_points(
         )
     need = max(1, math.ceil(coverage * best))
     kept = probe[counts >= need]
+    # A small kept region (a carved object in a large cube): probe on until its extent is known,
+    # so that sampling below draws from around it rather than from the whole cube.
+    probed = len(probe)
+    for _ in range(64):
+        if len(kept) >= 16:
+            break
+        more, more_counts = draw(lo, hi, len(probe))
+        kept = torch.cat([kept, more[more_counts >= need]])
+        probed += len(more)
     cube_volume = float((hi - lo).prod())
     if len(kept) >= 16:
         margin = 0.05 * (kept.amax(0) - kept.amin(0))
         lo, hi = torch.maximum(lo, kept.amin(0) - margin), torch.minimum(hi, kept.amax(0) + margin)
-    kept_fraction = len(kept) / len(probe)
+    kept_fraction = len(kept) / probed
     out, total = [kept], len(kept)
     while total < num_points:
         pts, counts = draw(lo, hi, max(chunk, 2 * (num_points - total)))

@@ -38,6 +38,9 @@ class SplatTrainerConfig:
     from the point the cameras look at."""
     init_coverage: float = 0.5
     """Random start: keep points seen by at least this fraction of the cameras that see the best-seen point."""
+    init_surround: float = 0.25
+    """Random start: this fraction of the points goes into the capture's surroundings, the wider volume a
+    few cameras see (3x the cube, seen by 5% as many cameras as the best-seen point)."""
     init_opacity: float | None = None
     """Opacity of the initial Gaussians; None: the densification strategy's (0.1; MCMC 0.5)."""
     init_scale: float | None = None
@@ -83,6 +86,7 @@ class SplatTrainerConfig:
             ("init_num_points", self.init_num_points >= 2, "an integer >= 2"),
             ("init_extent", math.isfinite(self.init_extent) and self.init_extent > 0, "a positive number"),
             ("init_coverage", 0 < self.init_coverage <= 1, "in (0, 1]"),
+            ("init_surround", 0 <= self.init_surround < 1, "in [0, 1)"),
             ("init_opacity", self.init_opacity is None or 0 < self.init_opacity < 1, "None or in (0, 1)"),
             (
                 "init_scale",

@@ -273,17 +273,21 @@ class SplatTrainer:
                 cfg.init_extent,
                 cfg.init_coverage,
                 self.data_provider.train_alphas(),
+                surround=cfg.init_surround,
             )
             colors = torch.rand(cfg.init_num_points, 3, generator=gen)
             self.init_report = {"type": "random", "num_points": cfg.init_num_points, **report}
             why = "" if cfg.init_type == "random" else f" ({provider} has no point cloud)"
             logger.info(
                 "initialising %d Gaussians at random in the volume the cameras see%s: seen by >= %d of %d "
-                "cameras%s, within %s .. %s",
+                "cameras%s%s, within %s .. %s",
                 cfg.init_num_points,
                 why,
                 report["min_views"],
                 report["num_cameras"],
+                f" ({report['surround_points']} of them in the surroundings, seen by >= {report['surround_min_views']})"
+                if report.get("surround_points")
+                else "",
                 " inside the visual hull of the RGBA images" if report["visual_hull"] else "",
                 report["bounds"][0],
                 report["bounds"][1],

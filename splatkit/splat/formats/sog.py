@@ -228,11 +228,16 @@ def codebook_1d(
     viewer shows most: the biggest splats, the brightest colours); the other entries follow
     the values' density by one-dimensional k-means (Lloyd's iterations on the sorted values,
     started from their quantiles). Returns the sorted codebook (float64 ``[size]``) and the
-    index (uint8) of each value's nearest entry.
+    index (uint8) of each value's nearest entry. With no more distinct values than entries,
+    the codebook is those values (exact).
     """
     flat = np.sort(values.astype(np.float64).ravel())
     if flat.size == 0:
         return np.zeros(size), np.zeros(values.shape, np.uint8)
+    distinct = np.unique(flat)
+    if len(distinct) <= size:  # every value gets its own entry: exact
+        centres = np.concatenate([distinct, np.full(size - len(distinct), distinct[-1])])
+        return centres, nearest_1d(centres, values)
     free = size - spread
     fixed = np.linspace(flat[0], flat[-1], spread)
     centres = np.concatenate([np.quantile(flat, (np.arange(free) + 0.5) / free), fixed])
