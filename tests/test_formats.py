@@ -342,6 +342,26 @@ def test_sog_round_trip_within_quantisation(tmp_path):
         sog.encode(model.params(), sh_palette=70000)
 
 
+def test_sog_refuses_a_webp_encoder_that_drops_transparent_colours(tmp_path, monkeypatch):
+    """Pillow before 9.4 ignores ``exact``: the colour indices under opacity 0 would be lost."""
+    from PIL import Image
+
+    save = Image.Image.save
+
+    def inexact(self, fp, format=None, **params):
+        params.pop("exact", None)
+        return save(self, fp, format, **params)
+
+    monkeypatch.setattr(Image.Image, "save", inexact)
+    sog._check_exact_webp.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="does not keep images exactly"):
+            write_splat(_model(n=20), tmp_path / "m.sog")
+    finally:
+        sog._check_exact_webp.cache_clear()
+    assert not (tmp_path / "m.sog").exists()
+
+
 @pytest.mark.parametrize("sh_degree", [0, 1, 2])
 def test_lower_sh_degrees_round_trip(tmp_path, sh_degree):
     model = _model(n=40, sh_degree=sh_degree)

@@ -93,7 +93,7 @@ def sh_to_color(degree: int, dirs: torch.Tensor, coeffs: torch.Tensor) -> torch.
 
 def shN_to_f_rest(shN: torch.Tensor) -> torch.Tensor:
     """``[N, K-1, 3]`` -> PLY ``f_rest`` columns ``[N, 3 * (K-1)]`` (channel-major)."""
-    return shN.transpose(1, 2).reshape(shN.shape[0], -1)
+    return shN.transpose(1, 2).reshape(shN.shape[0], 3 * shN.shape[1])
 
 
 def f_rest_to_shN(f_rest: torch.Tensor) -> torch.Tensor:

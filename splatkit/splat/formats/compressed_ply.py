@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.splat.formats.quantise import alpha_bytes, arrays, largest_positive
 from splatkit.splat.ply import SplatFileError, _check_size
-from splatkit.splat.sh import SH_C0, f_rest_to_shN, shN_to_f_rest
+from splatkit.splat.sh import SH_C0, f_rest_to_shN
 from splatkit.utils.files import atomic_write
 
 CHUNK_SIZE = 256
@@ -68,8 +69,6 @@ _SCALE_CLAMP = 20.0
 _NORM = math.sqrt(2) * 0.5
 # Opacity bytes 0 and 255 decode half a step inside (0, 1) so their logits stay finite.
 _ALPHA_EPS = 0.5 / 255
-MAX_ALPHA_BYTE = 254
-"""Largest opacity byte written: decoders that convert to logits turn 255 into +inf."""
 
 
 def _spread_bits(v: np.ndarray) -> np.ndarray:
@@ -119,11 +118,7 @@ def _unpack_111011(v: np.ndarray) -> np.ndarray:
 
 def _pack_rotation(q: np.ndarray) -> np.ndarray:
     """``u32 [N]`` of wxyz quaternions ``[N, 4]`` (normalised here)."""
-    N = q.shape[0]
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.divide(q, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), where=norm > 0)
-    largest = np.abs(q).argmax(axis=1)
-    q = np.where(q[np.arange(N), largest][:, None] < 0, -q, q)
+    q, largest = largest_positive(q)
     out = largest.astype(np.uint32)
     for i in range(4):
         keep = largest != i
@@ -157,16 +152,10 @@ def _chunk_bounds(values: np.ndarray, num_chunks: int) -> tuple[np.ndarray, np.n
 
 def encode(params: dict[str, torch.Tensor]) -> bytes:
     """The compressed PLY bytes of stored (log/logit) parameters."""
-    order = write_order(params)
-
-    def col(name: str) -> np.ndarray:
-        return params[name].detach().cpu().double()[order].numpy()
-
-    means, log_scales, quats, opac = col("means"), col("scales"), col("quats"), col("opacities")
+    a = arrays(params, write_order(params))
+    means, log_scales, quats, f_rest = a["means"], a["scales"], a["quats"], a["f_rest"]
     N = means.shape[0]
-    rgb = 0.5 + SH_C0 * col("sh0").reshape(N, 3)
-    shN = params["shN"].detach().cpu().double()[order]
-    f_rest = shN_to_f_rest(shN).numpy() if N else np.zeros((0, 3 * shN.shape[1]))
+    rgb = 0.5 + SH_C0 * a["sh0"]
     num_chunks = math.ceil(N / CHUNK_SIZE)
     chunk_of = np.arange(N) // CHUNK_SIZE
 
@@ -182,12 +171,11 @@ def encode(params: dict[str, torch.Tensor]) -> bytes:
     vertex[:, 1] = _pack_rotation(quats)
     vertex[:, 2] = _pack_111011(_place(log_scales, s_lo[chunk_of], s_hi[chunk_of]))
     c = _place(rgb, c_lo[chunk_of], c_hi[chunk_of])
-    alpha = 1.0 / (1.0 + np.exp(-opac))
     vertex[:, 3] = (
         (_unorm(c[:, 0], 8) << np.uint32(24))
         | (_unorm(c[:, 1], 8) << np.uint32(16))
         | (_unorm(c[:, 2], 8) << np.uint32(8))
-        | np.minimum(_unorm(alpha, 8), MAX_ALPHA_BYTE)
+        | alpha_bytes(a["opacities"]).astype(np.uint32)
     )
     chunks = np.concatenate([p_lo, p_hi, s_lo, s_hi, c_lo, c_hi], axis=1).astype("<f4")
     sh = np.clip(np.trunc((f_rest / (2 * SH_RANGE) + 0.5) * 256), 0, 255).astype(np.uint8)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.splat.formats.quantise import alpha_bytes, round_u8, unit_quats
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import SH_C0, num_sh_bases, sh_degree_from_bases
 from splatkit.utils.files import atomic_write
@@ -51,7 +52,6 @@ from splatkit.utils.files import atomic_write
 HEADER_BYTES = 4096
 SECTION_HEADER_BYTES = 1024
 MAX_SH_DEGREE = 2
-MAX_ALPHA_BYTE = 254
 DEFAULT_SH_RANGE = 1.5
 DEFAULT_SCALE_RANGE = 32767
 _MAIN = struct.Struct("<BBxxIIIIH2x3fff")
@@ -78,13 +78,10 @@ def encode(params: dict[str, torch.Tensor]) -> bytes:
     shN = params["shN"].detach().cpu().double().numpy()
     degree = min(sh_degree_from_bases(shN.shape[1] + 1), MAX_SH_DEGREE)
     shN = shN[:, : num_sh_bases(degree) - 1]
-    quats = params["quats"].detach().cpu().double().numpy()
-    norm = np.linalg.norm(quats, axis=1, keepdims=True)
-    quats = np.divide(quats, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), where=norm > 0)
-    rgb = 0.5 + SH_C0 * params["sh0"].detach().cpu().double().numpy().reshape(N, 3)
-    alpha = 1.0 / (1.0 + np.exp(-params["opacities"].detach().cpu().double().numpy()))
-    colour = np.clip(np.floor(np.concatenate([rgb, alpha[:, None]], axis=1) * 255 + 0.5), 0, 255).astype(np.uint8)
-    colour[:, 3] = np.minimum(colour[:, 3], MAX_ALPHA_BYTE)
+    quats = unit_quats(params["quats"].detach().cpu().double().numpy())
+    colour = np.empty((N, 4), np.uint8)
+    colour[:, :3] = round_u8((0.5 + SH_C0 * params["sh0"].detach().cpu().double().numpy().reshape(N, 3)) * 255)
+    colour[:, 3] = alpha_bytes(params["opacities"].detach().cpu().double().numpy())
     n_sh = 3 * shN.shape[1]
     record = np.dtype(
         [("center", "<f4", 3), ("scale", "<f4", 3), ("rot", "<f4", 4), ("rgba", "u1", 4), ("sh", "<f4", (n_sh,))]

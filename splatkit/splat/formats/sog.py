@@ -43,6 +43,7 @@ residual plus half a codebook gap.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -54,8 +55,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.splat.formats.compressed_ply import write_order  # Morton order of the centres, as there
+from splatkit.splat.formats.quantise import alpha_bytes, arrays, largest_positive
 from splatkit.splat.ply import SplatFileError
-from splatkit.splat.sh import f_rest_to_shN, shN_to_f_rest
+from splatkit.splat.sh import f_rest_to_shN
 from splatkit.utils.files import atomic_write
 
 _SH_COEFFS = {0: 0, 1: 3, 2: 8, 3: 15}
@@ -199,17 +202,6 @@ def read_sog_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _decode(path.read_bytes(), path)
 
 
-MAX_ALPHA_BYTE = 254
-"""Largest opacity byte written: readers that convert to logits turn 255 into +inf."""
-
-
-def write_order(params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Indices ``[N]`` in the order Gaussians are written: Morton order of the centres."""
-    from splatkit.splat.formats.compressed_ply import write_order as morton_order
-
-    return morton_order(params)
-
-
 DEFAULT_PALETTE = 4096
 """Default SH palette entries (at most one per Gaussian); the format allows 65,536."""
 
@@ -311,29 +303,34 @@ def _webp(rgba: np.ndarray) -> bytes:
     """Lossless WebP bytes of an ``[H, W, 4]`` uint8 image, transparent pixels' colours kept."""
     from PIL import Image
 
+    _check_exact_webp()
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgba), "RGBA").save(buf, format="WEBP", lossless=True, exact=True, quality=100)
-    data = buf.getvalue()
-    # Pillow before 9.4 (or libwebp before 0.5) ignores ``exact``: check rather than corrupt silently.
-    if not np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGBA")), rgba):
-        import PIL
+    return buf.getvalue()
 
+
+@functools.cache
+def _check_exact_webp() -> None:
+    """Once per process: Pillow before 9.4 (or libwebp before 0.5) ignores ``exact`` and
+    drops the colours of transparent pixels; refuse rather than write a corrupt file."""
+    import PIL
+    from PIL import Image
+
+    probe = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
+    probe[..., 3] = 0
+    buf = io.BytesIO()
+    Image.fromarray(probe, "RGBA").save(buf, format="WEBP", lossless=True, exact=True, quality=100)
+    if not np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGBA")), probe):
         raise RuntimeError(
-            f"cannot write .sog: Pillow {PIL.__version__}'s WebP encoder did not keep the image exactly "
+            f"cannot write .sog: Pillow {PIL.__version__}'s WebP encoder does not keep images exactly "
             "(lossless WebP with exact=True needs Pillow >= 9.4 built with libwebp >= 0.5)"
         )
-    return data
 
 
 def encode(params: dict[str, torch.Tensor], sh_palette: int | None = None) -> bytes:
     """The ``.sog`` bytes of stored (log/logit) parameters (see the module docstring)."""
-    order = write_order(params)
-    means = params["means"].detach().cpu().double()[order].numpy()
-    log_scales = params["scales"].detach().cpu().double()[order].numpy()
-    quats = params["quats"].detach().cpu().double()[order].numpy()
-    opac = params["opacities"].detach().cpu().double()[order].numpy()
-    dc = params["sh0"].detach().cpu().double()[order].reshape(-1, 3).numpy()
-    f_rest = shN_to_f_rest(params["shN"].detach().cpu().double()[order]).numpy()
+    a = arrays(params, write_order(params))
+    means, f_rest = a["means"], a["f_rest"]
     count = means.shape[0]
     width = 4 * math.ceil(math.sqrt(count) / 4)
     height = 4 * math.ceil(count / width / 4)
@@ -354,21 +351,16 @@ def encode(params: dict[str, torch.Tensor], sh_palette: int | None = None) -> by
     files["means_l.webp"] = image((q16 & 0xFF).astype(np.uint8))
     files["means_u.webp"] = image((q16 >> 8).astype(np.uint8))
 
-    norm = np.linalg.norm(quats, axis=1, keepdims=True)
-    unit = np.divide(quats, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (count, 1)), where=norm > 0)
-    largest = np.abs(unit).argmax(axis=1)
-    unit = unit * np.where(unit[np.arange(count), largest] < 0, -1.0, 1.0)[:, None]
+    unit, largest = largest_positive(a["quats"])
     others = np.array([[i for i in range(4) if i != k] for k in range(4)])[largest]  # [N, 3]
     small = np.take_along_axis(unit, others, axis=1)
     small_bytes = np.clip(np.floor((small * math.sqrt(2) + 1) / 2 * 255 + 0.5), 0, 255).astype(np.uint8)
     files["quats.webp"] = image(small_bytes, (252 + largest).astype(np.uint8))
 
-    scale_book, scale_idx = codebook_1d(log_scales)
+    scale_book, scale_idx = codebook_1d(a["scales"])
     files["scales.webp"] = image(scale_idx)
-    dc_book, dc_idx = codebook_1d(dc)
-    alpha = 1.0 / (1.0 + np.exp(-opac))
-    alpha_bytes = np.minimum(np.clip(np.floor(alpha * 255 + 0.5), 0, 255), MAX_ALPHA_BYTE).astype(np.uint8)
-    files["sh0.webp"] = image(dc_idx, alpha_bytes)
+    dc_book, dc_idx = codebook_1d(a["sh0"])
+    files["sh0.webp"] = image(dc_idx, alpha_bytes(a["opacities"]))
 
     meta: dict = {
         "version": 2,

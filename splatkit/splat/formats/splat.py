@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.splat.formats.quantise import alpha_bytes, arrays, round_u8, unit_quats
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import SH_C0
 from splatkit.utils.files import atomic_write
@@ -44,8 +45,6 @@ RECORD_DTYPE = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "
 
 # Opacity bytes 0 and 255 decode half a step inside (0, 1) so their logits stay finite.
 _ALPHA_EPS = 0.5 / 255
-MAX_ALPHA_BYTE = 254
-"""Largest opacity byte written: readers that convert to logits (splat-transform) turn 255 into +inf."""
 
 
 def write_order(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,29 +55,15 @@ def write_order(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.from_numpy(np.argsort(key, kind="stable"))
 
 
-def _to_u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
-
-
 def encode(params: dict[str, torch.Tensor]) -> bytes:
     """The ``.splat`` bytes of stored (log/logit) parameters (higher SH coefficients are ignored)."""
-    order = write_order(params)
-    means = params["means"].detach().cpu().double()[order].numpy()
-    log_scales = params["scales"].detach().cpu().double()[order].numpy()
-    quats = params["quats"].detach().cpu().double()[order].numpy()
-    opac = params["opacities"].detach().cpu().double()[order].numpy()
-    dc = params["sh0"].detach().cpu().double()[order].reshape(-1, 3).numpy()
-    N = means.shape[0]
-    rec = np.zeros(N, dtype=RECORD_DTYPE)
-    rec["position"] = means
-    rec["scale"] = np.exp(log_scales)
-    rgb = 0.5 + SH_C0 * dc
-    alpha = 1.0 / (1.0 + np.exp(-opac))
-    rec["rgba"] = _to_u8(np.concatenate([rgb, alpha[:, None]], axis=1) * 255)
-    rec["rgba"][:, 3] = np.minimum(rec["rgba"][:, 3], MAX_ALPHA_BYTE)
-    norm = np.linalg.norm(quats, axis=1, keepdims=True)
-    unit = np.divide(quats, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), where=norm > 0)
-    rec["rot"] = _to_u8(unit * 128 + 128)
+    a = arrays(params, write_order(params))
+    rec = np.zeros(a["means"].shape[0], dtype=RECORD_DTYPE)
+    rec["position"] = a["means"]
+    rec["scale"] = np.exp(a["scales"])
+    rec["rgba"][:, :3] = round_u8((0.5 + SH_C0 * a["sh0"]) * 255)
+    rec["rgba"][:, 3] = alpha_bytes(a["opacities"])
+    rec["rot"] = round_u8(unit_quats(a["quats"]) * 128 + 128)
     return rec.tobytes()
 
 
@@ -117,9 +102,7 @@ def decode(data: bytes, path: str | os.PathLike = "<bytes>") -> dict[str, torch.
             f"scales must be finite and positive); {int(bad.sum())} bad records in all"
         )
     rgba = rec["rgba"].astype(np.float64) / 255
-    q = (rec["rot"].astype(np.float64) - 128) / 128
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.divide(q, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (len(rec), 1)), where=norm > 0)
+    q = unit_quats((rec["rot"].astype(np.float64) - 128) / 128)
     alpha = np.clip(rgba[:, 3], _ALPHA_EPS, 1 - _ALPHA_EPS)
     N = len(rec)
     return {

@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.splat.formats.quantise import alpha_bytes, unit_quats
 from splatkit.splat.ply import SplatFileError
 from splatkit.splat.sh import num_sh_bases, sh_degree_from_bases
 from splatkit.utils.files import atomic_write
@@ -88,8 +89,6 @@ FRACTIONAL_BITS = 12
 COLOR_SCALE = 0.15
 FLAG_EXTENSIONS = 0x2  # flag 0x1 (trained with antialiasing) is ignored: splatkit renders classic 3DGS
 SH1_BITS, SH_REST_BITS = 5, 4
-MAX_ALPHA_BYTE = 254
-"""Largest opacity byte written: common decoders turn 255 into opacity 1 (logit +inf)."""
 ZSTD_LEVEL = 12
 # Extension record type of Adobe's min/max SH quantisation, which changes how SH bytes decode.
 _EXT_SH_QUANTIZATION = 0xADBE0001
@@ -236,15 +235,11 @@ def encode(params: dict[str, torch.Tensor], version: int = DEFAULT_VERSION, axes
 
     fixed = _round_half_away(means * (1 << bits)).astype(np.int64).reshape(-1)
     positions = np.stack([fixed & 0xFF, (fixed >> 8) & 0xFF, (fixed >> 16) & 0xFF], axis=1).astype(np.uint8)
-    alphas = np.minimum(
-        _to_u8(255 / (1 + np.exp(-params["opacities"].detach().cpu().double().numpy()))), MAX_ALPHA_BYTE
-    )
+    alphas = alpha_bytes(params["opacities"].detach().cpu().double().numpy())
     colors = _to_u8(params["sh0"].detach().cpu().double().numpy().reshape(N, 3) * (COLOR_SCALE * 255) + 127.5)
     scales = _to_u8((params["scales"].detach().cpu().double().numpy() + 10.0) * 16.0)
 
-    wxyz = params["quats"].detach().cpu().double().numpy()
-    norm = np.linalg.norm(wxyz, axis=1, keepdims=True)
-    wxyz = np.divide(wxyz, norm, out=np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), where=norm > 0)
+    wxyz = unit_quats(params["quats"].detach().cpu().double().numpy())
     xyzw = np.concatenate([wxyz[:, 1:] * (_FLIP_Q if flip else 1.0), wxyz[:, :1]], axis=1)
     rotations = _pack_rotations_v3(xyzw) if version >= 3 else _pack_rotations_v2(xyzw)
 
