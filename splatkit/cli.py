@@ -283,35 +283,35 @@ def demo_command(
 
 
 def components(cmd: TrainCommand):
-    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy: the
-    groups :mod:`splatkit.registry` lists for them, as the flags set them.
+    """``(renderer, loss_fn, densification)`` for the command's model kind and strategy:
+    :func:`splatkit.registry.components` with the settings the flags changed.
 
-    With MCMC the loss gets gsplat's regularisers (``--mcmc-opacity-reg``, ``--mcmc-scale-reg``)
-    unless ``--loss.opacity-reg`` / ``--loss.scale-reg`` were set: a flag the user gave is never
-    overridden, and giving both differently is an error."""
-    chosen = {}
+    With MCMC the loss gets gsplat's regularisers (the strategy's preset, spelled
+    ``--mcmc-opacity-reg`` / ``--mcmc-scale-reg`` here) unless ``--loss.opacity-reg`` /
+    ``--loss.scale-reg`` were set: a flag the user gave is never overridden, and giving both
+    differently is an error."""
+    settings: dict[str, dict] = {}
+    loss_group = None
     for selector, name in (("model", cmd.model), ("strategy", cmd.strategy)):
         for group in registry.lookup(registry.SELECTORS[selector], name, selector).groups:
-            chosen[group.role] = (group.name, getattr(cmd, group.name))
-    renderer, (loss_group, loss), densification = chosen["renderer"][1], chosen["loss_fn"], chosen["densification"][1]
+            given = getattr(cmd, group.name)
+            settings[group.name] = {f: getattr(given, f) for f in _changed(given, group.make())}
+            if group.role == "loss_fn":
+                loss_group = group.name
     if cmd.strategy == "mcmc":
-        prefix = f"--{loss_group.replace('_', '-')}"
-        default_loss = type(loss)()
-        picked = {}
-        for name, preset, preset_default in (
-            ("opacity_reg", cmd.mcmc_opacity_reg, _TrainFlags.mcmc_opacity_reg),
-            ("scale_reg", cmd.mcmc_scale_reg, _TrainFlags.mcmc_scale_reg),
-        ):
-            given = getattr(loss, name)
-            if given == getattr(default_loss, name):
-                picked[name] = preset
-            elif preset != preset_default and preset != given:
-                flag = name.replace("_", "-")
-                raise ValueError(f"{prefix}.{flag} {given} and --mcmc-{flag} {preset} disagree; give one of them")
-            else:
-                picked[name] = given
-        loss = dataclasses.replace(loss, **picked)
-    return renderer, loss, densification
+        for name in ("opacity_reg", "scale_reg"):
+            flag, preset = f"mcmc_{name}", getattr(cmd, f"mcmc_{name}")
+            if preset == getattr(_TrainFlags, flag):
+                continue  # the registry's preset applies unless the loss flag was given
+            given = settings[loss_group].get(name)
+            if given is not None and given != preset:
+                dashed = name.replace("_", "-")
+                raise ValueError(
+                    f"--{loss_group.replace('_', '-')}.{dashed} {given} and --mcmc-{dashed} {preset} disagree; "
+                    "give one of them"
+                )
+            settings[loss_group][name] = preset
+    return registry.components(cmd.model, cmd.strategy, **settings)
 
 
 # Settings groups that only one model kind or strategy uses: (group, is it used, what uses it).
