@@ -148,9 +148,19 @@ def test_the_registry_builds_what_the_command_line_builds():
     from splatkit.cli import components as cli_components
     from splatkit.registry import components
 
+    # The command line builds exactly the groups its flags parsed (the loss gets MCMC's preset).
+    groups = {"3dgs": ("renderer", "loss"), "2dgs": ("renderer_2dgs", "loss_2dgs")}
     for model in ("3dgs", "2dgs"):
-        for strategy in ("default", "mcmc"):
-            assert components(model, strategy) == cli_components(_cmd("--model", model, "--strategy", strategy))
+        for strategy, dens in (("default", "densification"), ("mcmc", "mcmc")):
+            render_group = f"--{groups[model][0].replace('_', '-')}.tile-size"
+            cmd = _cmd("--model", model, "--strategy", strategy, render_group, "8", f"--{dens}.refine-every", "50")
+            renderer, loss, densification = cli_components(cmd)
+            assert renderer == getattr(cmd, groups[model][0]) and renderer.tile_size == 8
+            assert densification == getattr(cmd, dens) and densification.refine_every == 50
+            assert loss.opacity_reg == (0.01 if strategy == "mcmc" else getattr(cmd, groups[model][1]).opacity_reg)
+            assert (renderer, loss, densification) == components(
+                model, strategy, **{groups[model][0]: {"tile_size": 8}, dens: {"refine_every": 50}}
+            )
     _, loss, _ = components("3dgs", "mcmc", loss={"opacity_reg": 0.05})
     assert (loss.opacity_reg, loss.scale_reg) == (0.05, 0.01)  # a given setting wins over the strategy's preset
     with pytest.raises(ValueError, match="settings for mcmc are not used"):
