@@ -58,6 +58,8 @@ from splatkit.cli import TrainCommand, _data_provider, build_trainer  # noqa: E4
 from splatkit.data_provider import SplatBlenderDataProviderConfig, SplatColmapDataProviderConfig  # noqa: E402
 from splatkit.data_provider.demo import write_synthetic_capture  # noqa: E402
 from splatkit.metrics import psnr, ssim  # noqa: E402
+from splatkit.modules.exporter import SplatExporterConfig  # noqa: E402
+from splatkit.modules.progress import SplatProgressTrackerConfig  # noqa: E402
 from splatkit.renderer import rasterize  # noqa: E402
 from splatkit.splat.conventions import quat_to_rotmat  # noqa: E402
 from splatkit.splat.model import knn_mean_distance  # noqa: E402
@@ -309,9 +311,8 @@ def run_splatkit(
     cmd = dataclasses.replace(
         cmd,
         strategy=strategy_name,
-        progress=False,
-        save_splat=False,
-        save_ckpt=False,
+        progress=SplatProgressTrackerConfig(progress=False),
+        exporter=SplatExporterConfig(save_splat=False, save_ckpt=False),
         trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out_dir), **overrides),
     )
     trainer, _ = build_trainer(cmd, provider)

@@ -27,10 +27,11 @@ from splatkit.data_provider.detect import detect_data, provider_from_path, provi
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
 from splatkit.evaluation import video_writer_check
 from splatkit.loss_fn import Splat2DGSLossFn
-from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatTensorboard, SplatViewer
+from splatkit.modules import SplatEvaluator, SplatExporter, SplatViewer
+from splatkit.modules.progress import SplatProgressTrackerConfig
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 from splatkit.renderer.backends import resolve
-from splatkit.splat.formats import FORMATS, convert, describe_file, model_from_checkpoint, read_splat
+from splatkit.splat.formats import convert, describe_file, model_from_checkpoint, read_splat
 from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
@@ -40,8 +41,7 @@ from splatkit.trainer.trainer import resolve_device
 from splatkit.utils.distributed import guard
 from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 
-# Choices from the registries (splatkit.registry, splatkit.splat.formats.FORMATS).
-WritableFormat = Literal[tuple(name for name, fmt in FORMATS.items() if fmt.writable)]  # type: ignore[valid-type]
+# Choices from the registry (splatkit.registry).
 ModelKind = Literal[tuple(registry.MODELS)]  # type: ignore[valid-type]
 Strategy = Literal[tuple(registry.STRATEGIES)]  # type: ignore[valid-type]
 
@@ -66,54 +66,23 @@ class _TrainFlags:
     """With --strategy mcmc: weight of the mean-opacity regulariser added to the loss (gsplat's)."""
     mcmc_scale_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["scale_reg"]
     """With --strategy mcmc: weight of the mean-scale regulariser."""
-    export_steps: tuple[int, ...] = ()
-    """Steps to export at (default: the last step)."""
-    save_splat: bool = True
-    """Write the splat (splats/step_N.ply) at each export step."""
-    save_ckpt: bool = True
-    """Write a checkpoint to resume from (ckpts/step_N.ckpt) at each export step."""
     resume: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
     """Checkpoint (.ckpt) to resume from."""
     overwrite: bool = False
     """Train into an output folder that already holds another run's files (refused otherwise)."""
-    progress: bool = True
-    """Show a progress bar (plain lines when not on a terminal)."""
     summary_json: str | None = None
     """Also write the run's figures (test PSNR/SSIM, Gaussians, seconds, files) as JSON here."""
-    eval_steps: tuple[int, ...] = ()
-    """Steps at which to evaluate the test views (default: the last step): stats/, renders/,
-    preview.png and the training curves (stats/metrics.png) in the output folder."""
-    video: bool = False
-    """Also render videos/traj_STEP.mp4 at each eval step, along a path through the training
-    cameras (needs pip install 'splatkit[video]')."""
-    video_frames: int = 60
-    """Frames of each trajectory video (30 per second)."""
-    lpips_net: Literal["alex", "vgg"] = "alex"
-    """Backbone of the LPIPS metric (AlexNet, as the 3DGS paper reports, or VGG)."""
-    lpips_weights: str | None = None
-    """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
-    tensorboard: bool = False
-    """Log to TensorBoard in OUTPUT_DIR/tb."""
-    splat_format: tuple[WritableFormat, ...] = ("ply",)
-    """Formats of the exported splats (several allowed)."""
-    export_frame: Literal["training", "input"] = "training"
-    """Write splats in the normalised training frame or back in the capture's own frame."""
-    export_layout: Literal["splatkit", "inria"] = "splatkit"
-    """"inria": the PLY goes to point_cloud/iteration_N/point_cloud.ply, with cameras.json and cfg_args
-    beside it, as the INRIA reference code writes them (for its viewers and scripts)."""
-    viewer: bool = False
-    """Serve the live web viewer while training."""
-    viewer_port: int = 8080
-    """Port of the live viewer (http://HOST:PORT)."""
-    viewer_host: str = "127.0.0.1"
-    """Interface the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
     trainer: Annotated[SplatTrainerConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=SplatTrainerConfig)
     """Training: seed, batch size, SH degree, initialisation, background, learning rates, multi-GPU."""
 
 
 def _group_fields() -> list[tuple]:
-    """A TrainCommand field per setting group of :mod:`splatkit.registry` (``--<group>.*`` flags)."""
+    """A TrainCommand field per setting group of :mod:`splatkit.registry` (``--<group>.*`` flags)
+    and per module (its settings' fields are flags without a prefix: ``--eval-steps``)."""
     fields = []
+    for entry in registry.MODULES.values():
+        kind = Annotated[type(entry.make()), tyro.conf.OmitArgPrefixes, tyro.conf.arg(help=entry.help)]
+        fields.append((entry.name, kind, field(default_factory=entry.make)))
     for selector, choice, group in registry.all_groups():
         if selector == "data":
             help = group.help
@@ -339,6 +308,9 @@ def check_unused_flags(cmd: TrainCommand) -> None:
         for name in ("mcmc_opacity_reg", "mcmc_scale_reg"):
             if getattr(cmd, name) != getattr(reference, name):
                 unused.append(f"--{name.replace('_', '-')} (used with --strategy mcmc)")
+    for name, entry in registry.MODULES.items():
+        for f in registry.unused_module_settings(name, getattr(cmd, name)):
+            unused.append(f"--{f.replace('_', '-')} (used with --{entry.switch})")
     if unused:
         raise ValueError(f"flags this run would ignore: {'; '.join(unused)}")
 
@@ -417,7 +389,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     given, else on the provider ``cmd.data`` names. Settings this run would not use (another
     strategy's, model's or data format's) are an error."""
     check_unused_flags(cmd)
-    if cmd.video:
+    if cmd.evaluator.video:
         video_writer_check()  # a missing extra is said before the data is read
     if cmd.data is not None:
         _check_data_flags(cmd, "demo" if cmd.data == "demo" else detect_data(cmd.data)[0])
@@ -437,29 +409,10 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
             blender = dataclasses.replace(blender, factor=cmd.data_factor)
         data_provider = _data_provider(cmd.data, cmd.demo, colmap, blender, cmd.trainer.background)
     cmd = dataclasses.replace(cmd, trainer=dataclasses.replace(cmd.trainer, output_dir=_run_dir(cmd)))
-    steps = cmd.export_steps or (cmd.trainer.max_steps,)
-    exporter = SplatExporter(
-        cmd.trainer.output_dir,
-        list(steps),
-        cmd.save_splat,
-        cmd.save_ckpt,
-        splat_format=list(cmd.splat_format),
-        frame=cmd.export_frame,
-        layout=cmd.export_layout,
+    modules = registry.modules(
+        cmd.trainer.output_dir, cmd.trainer.max_steps, **{name: getattr(cmd, name) for name in registry.MODULES}
     )
-    evaluator = SplatEvaluator(
-        cmd.trainer.output_dir,
-        cmd.eval_steps or (cmd.trainer.max_steps,),
-        lpips_net=cmd.lpips_net,
-        lpips_weights=cmd.lpips_weights,
-        video=cmd.video,
-        video_frames=cmd.video_frames,
-    )
-    modules = ([SplatProgressTracker()] if cmd.progress else []) + [exporter, evaluator]
-    if cmd.tensorboard:
-        modules.append(SplatTensorboard(Path(cmd.trainer.output_dir) / "tb"))
-    if cmd.viewer:
-        modules.append(SplatViewer(port=cmd.viewer_port, host=cmd.viewer_host))
+    exporter = next(m for m in modules if isinstance(m, SplatExporter))
     renderer, loss, densification = components(cmd)
     trainer = SplatTrainer(
         cmd.trainer,
@@ -528,7 +481,7 @@ def _demo(cmd: DemoCommand) -> dict:
             device=cmd.device,
             batch_size=cmd.batch_size,
             dist_mode=cmd.dist_mode,
-            progress=cmd.progress,
+            progress=SplatProgressTrackerConfig(cmd.progress),
             overwrite=True,  # the demo replaces its own earlier results
         )
     )

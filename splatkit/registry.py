@@ -6,17 +6,23 @@ whose dataclass fields are its settings, e.g. ``--strategy mcmc`` brings the ``m
 (a :class:`~splatkit.densification.SplatMCMCDensification`, flags ``--mcmc.*``). Splat file
 formats have their own registry, :data:`splatkit.splat.formats.FORMATS`.
 
+The plug-in modules a run gets (:data:`MODULES`: progress bar, exporter, evaluator,
+TensorBoard, live viewer) are registered the same way, each by a settings dataclass whose
+fields are its flags (``--eval-steps``, ``--viewer-port``, ...) and whose ``build(output_dir,
+max_steps)`` makes the module, or None when a switch field (``--viewer``) leaves it off.
+
 ``splatkit train`` builds its flags from these tables (:mod:`splatkit.cli`): the selecting
 flag takes the table's names, every group becomes a flag group, and a flag of a group the run
 does not select is an error rather than ignored. So a new strategy, model kind or data
 format is one entry here (plus its data detection in :mod:`splatkit.data_provider.detect`
 for a data format), nothing in the command line.
 
-From Python, :func:`components` builds what a choice uses::
+From Python, :func:`components` builds what a choice uses and :func:`modules` the modules::
 
-    from splatkit.registry import components
+    from splatkit.registry import components, modules
     renderer, loss_fn, densification = components(model="2dgs", strategy="mcmc", mcmc={"cap_max": 500_000})
-    trainer = SplatTrainer(config, provider, renderer, loss_fn, densification, modules)
+    mods = modules("results/run", 30_000, evaluator={"eval_steps": (7000, 30000)}, viewer={"viewer": True})
+    trainer = SplatTrainer(config, provider, renderer, loss_fn, densification, mods)
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ from splatkit.data_provider import (
 )
 from splatkit.densification import SplatDefaultDensification, SplatMCMCDensification
 from splatkit.loss_fn import Splat2DGSLossFn, Splat3DGSLossFn
+from splatkit.modules.base import SplatBaseModule
+from splatkit.modules.evaluator import SplatEvaluatorConfig
+from splatkit.modules.exporter import SplatExporterConfig
+from splatkit.modules.progress import SplatProgressTrackerConfig
+from splatkit.modules.tensorboard import SplatTensorboardConfig
+from splatkit.modules.viewer import SplatViewerConfig
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 
 
@@ -188,3 +200,70 @@ def components(model: str = "3dgs", strategy: str = "default", **settings: dict)
         preset = {k: v for c in choices for k, v in c.presets.get(g.role, {}).items()}
         built[g.role] = dataclasses.replace(g.make(), **{**preset, **settings.get(g.name, {})})
     return built["renderer"], built["loss_fn"], built["densification"]
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """A plug-in module a run can have: its settings dataclass (``make()`` gives the defaults;
+    its fields are the module's flags, its ``build(output_dir, max_steps)`` the module or None).
+
+    ``switch`` names the boolean field that turns the module on or off (``"viewer"``), None
+    for a module every run has. While it is off, its other settings are unused, and setting
+    them is an error, as for a strategy's settings under another strategy.
+    """
+
+    name: str
+    make: Callable[[], Any]
+    help: str
+    switch: str | None = None
+
+
+MODULES: dict[str, ModuleEntry] = {
+    m.name: m
+    for m in (
+        ModuleEntry("progress", SplatProgressTrackerConfig, "Progress bar.", switch="progress"),
+        ModuleEntry("exporter", SplatExporterConfig, "Export: steps, splat formats, frame and folder layout."),
+        ModuleEntry("evaluator", SplatEvaluatorConfig, "Evaluation: steps, trajectory video, LPIPS."),
+        ModuleEntry("tensorboard", SplatTensorboardConfig, "TensorBoard logging.", switch="tensorboard"),
+        ModuleEntry("viewer", SplatViewerConfig, "The live web viewer.", switch="viewer"),
+    )
+}
+"""Plug-in modules, in the order their hooks run (:class:`~splatkit.modules.SplatBaseModule`)."""
+
+
+def unused_module_settings(name: str, config: Any) -> list[str]:
+    """The fields of module ``name``'s settings ``config`` that are set (differ from the
+    defaults) although its switch leaves the module off."""
+    entry = MODULES[name]
+    if entry.switch is None or getattr(config, entry.switch):
+        return []
+    default = entry.make()
+    return [
+        f.name
+        for f in dataclasses.fields(config)
+        if f.name != entry.switch and getattr(config, f.name) != getattr(default, f.name)
+    ]
+
+
+def modules(output_dir: Any, max_steps: int, **settings: Any) -> list[SplatBaseModule]:
+    """The modules of a run writing to ``output_dir`` for ``max_steps`` steps, in :data:`MODULES` order.
+
+    ``settings`` maps a module name to its settings: a dict of fields or the settings
+    dataclass itself. Each module keeps its settings as ``module.config`` (recorded in
+    ``trainer_config.json``). Unknown names, and settings of a module left off, are errors.
+    """
+    unknown = sorted(set(settings) - set(MODULES))
+    if unknown:
+        raise ValueError(f"unknown modules {', '.join(unknown)}; the modules are: {', '.join(MODULES)}")
+    out = []
+    for name, entry in MODULES.items():
+        given = settings.get(name, {})
+        config = given if dataclasses.is_dataclass(given) else dataclasses.replace(entry.make(), **given)
+        unused = unused_module_settings(name, config)
+        if unused:
+            raise ValueError(f"{name} settings {', '.join(unused)} are unused while {entry.switch} is off")
+        module = config.build(output_dir, max_steps)
+        if module is not None:
+            module.config = config
+            out.append(module)
+    return out

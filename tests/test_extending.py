@@ -18,11 +18,14 @@ def examples() -> dict[str, str]:
     return dict(EXAMPLE.findall(DOC.read_text()))
 
 
-def test_the_doc_has_the_four_examples():
-    assert set(examples()) == {"strategy", "command_line", "module", "format"}
+EXAMPLES = ["strategy", "command_line", "module", "module_flags", "format"]
 
 
-@pytest.mark.parametrize("name", ["strategy", "command_line", "module", "format"])
+def test_the_doc_has_the_five_examples():
+    assert set(examples()) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs(name, tmp_path):
     code = examples()[name]
     assert len(code.strip().splitlines()) < 60, f"the {name} example grew past 60 lines"

@@ -30,6 +30,9 @@ def test_eval_and_resume_use_the_recorded_data(tmp_path, capsys):
     modules = {m["class"].rsplit(".", 1)[1]: m for m in run["modules"]}
     assert modules["SplatExporter"]["splat_format"] == ["ply"] and modules["SplatExporter"]["export_steps"] == [20]
     assert modules["SplatEvaluator"]["eval_steps"] == [20] and modules["SplatEvaluator"]["video"] is False
+    # ... and the settings dataclass each was built from, as the flags gave it
+    assert modules["SplatExporter"]["config"]["class"].endswith("SplatExporterConfig")
+    assert modules["SplatEvaluator"]["config"]["eval_steps"] == [] and modules["SplatExporter"]["config"]["save_ckpt"]
     ckpt = out / "ckpts" / "step_000020.ckpt"
     flags = ["eval", str(ckpt), "--output-dir"]
     assert main([*flags, str(tmp_path / "recorded")]) == 0  # no --data: the checkpoint's
@@ -142,6 +145,70 @@ def test_a_new_strategy_is_one_registration(tmp_path):
     from splatkit.registry import STRATEGIES
 
     assert "sparse" not in STRATEGIES  # this process's registry is untouched
+
+
+_NEW_MODULE = """
+import dataclasses, sys
+import tyro
+from splatkit import registry
+from splatkit.modules import SplatBaseModule
+
+class Beeper(SplatBaseModule):
+    def __init__(self, every):
+        self.every = every
+
+@dataclasses.dataclass
+class BeeperConfig:
+    beep: bool = False
+    \"\"\"Beep while training.\"\"\"
+    beep_every: int = 10
+    \"\"\"Steps between beeps.\"\"\"
+
+    def build(self, output_dir, max_steps):
+        return Beeper(self.beep_every) if self.beep else None
+
+registry.MODULES["beeper"] = registry.ModuleEntry("beeper", BeeperConfig, "Beeps.", switch="beep")
+from splatkit.cli import TrainCommand, check_unused_flags  # the command line is built from the tables
+
+cmd = tyro.cli(TrainCommand, args=sys.argv[1:])
+check_unused_flags(cmd)
+mods = registry.modules("out", 100, **{name: getattr(cmd, name) for name in registry.MODULES})
+print(*[type(m).__name__ for m in mods], *[m.every for m in mods if type(m).__name__ == "Beeper"])
+"""
+
+
+def test_a_new_module_is_one_registration(tmp_path):
+    """An entry in splatkit.registry.MODULES is all a module needs: its settings are flags, its
+    switch turns it on, and its other flags are an error while it is off."""
+    script = tmp_path / "new_module.py"
+    script.write_text(_NEW_MODULE)
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+
+    ok = run("--beep", "--beep-every", "5", "--no-progress")
+    assert ok.returncode == 0 and ok.stdout.split() == ["SplatExporter", "SplatEvaluator", "Beeper", "5"], ok.stderr
+    unused = run("--beep-every", "5")
+    assert unused.returncode != 0 and "--beep-every (used with --beep)" in unused.stderr
+    from splatkit.registry import MODULES
+
+    assert "beeper" not in MODULES  # this process's registry is untouched
+
+
+def test_modules_are_built_from_their_settings():
+    from splatkit.modules import SplatEvaluator, SplatExporter, SplatProgressTracker, SplatViewer
+    from splatkit.registry import modules
+
+    built = modules("out", 300, evaluator={"eval_steps": (100, 300)}, viewer={"viewer": True, "viewer_port": 9001})
+    assert [type(m) for m in built] == [SplatProgressTracker, SplatExporter, SplatEvaluator, SplatViewer]
+    assert built[1].export_steps == [300] and built[2].eval_steps == [100, 300] and built[3].port == 9001
+    assert built[2].config.eval_steps == (100, 300)
+    cmd = _cmd("--eval-steps", "100", "300", "--viewer", "--viewer-port", "9001")
+    assert cmd.evaluator == built[2].config and cmd.viewer == built[3].config  # the flags are the settings
+    with pytest.raises(ValueError, match="viewer settings viewer_port are unused while viewer is off"):
+        modules("out", 300, viewer={"viewer_port": 9001})
+    with pytest.raises(ValueError, match="unknown modules wandb; the modules are: progress, exporter"):
+        modules("out", 300, wandb={})
 
 
 def test_the_registry_builds_what_the_command_line_builds():

@@ -32,6 +32,10 @@ class SplatBaseModule:
     supports_sharded: bool = True
     """False for modules that cannot run in a sharded run (see the module docstring)."""
 
+    config = None
+    """The settings dataclass the module was built from (:func:`splatkit.registry.modules`
+    sets it; ``splatkit train`` builds every module that way), recorded in ``trainer_config.json``."""
+
     @property
     def state_key(self) -> str:
         """The name of this module's state in a checkpoint: its class name. A module class

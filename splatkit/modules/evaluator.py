@@ -24,7 +24,9 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -338,3 +340,32 @@ def _write_rows(path: Path, fields: tuple[str, ...], rows: list[dict]) -> None:
         w.writerow({k: ("" if r.get(k) is None else r[k]) for k in fields})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue()))
+
+
+@dataclass
+class SplatEvaluatorConfig:
+    """The evaluator's settings as ``splatkit train`` flags (``--eval-steps``, ...); see
+    :mod:`splatkit.registry`."""
+
+    eval_steps: tuple[int, ...] = ()
+    """Steps at which to evaluate the test views (default: the last step): stats/, renders/,
+    preview.png and the training curves (stats/metrics.png) in the output folder."""
+    video: bool = False
+    """Also render videos/traj_STEP.mp4 at each eval step, along a path through the training
+    cameras (needs pip install 'splatkit[video]')."""
+    video_frames: int = 60
+    """Frames of each trajectory video (30 per second)."""
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    """Backbone of the LPIPS metric (AlexNet, as the 3DGS paper reports, or VGG)."""
+    lpips_weights: str | None = None
+    """Folder with the LPIPS weight files (default: torch hub's checkpoint folder)."""
+
+    def build(self, output_dir: str | os.PathLike, max_steps: int) -> SplatEvaluator:
+        return SplatEvaluator(
+            output_dir,
+            self.eval_steps or (max_steps,),
+            lpips_net=self.lpips_net,
+            lpips_weights=self.lpips_weights,
+            video=self.video,
+            video_frames=self.video_frames,
+        )

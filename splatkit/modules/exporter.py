@@ -6,7 +6,9 @@ import logging
 import numbers
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -19,6 +21,9 @@ from splatkit.utils.files import ensure_writable_dir
 FRAMES = ("training", "input")
 LAYOUTS = ("splatkit", "inria")
 _logger = logging.getLogger(__name__)
+
+WritableFormat = Literal[tuple(name for name, fmt in FORMATS.items() if fmt.writable)]  # type: ignore[valid-type]
+"""The names of the formats :func:`~splatkit.splat.formats.write_splat` writes, as flag choices."""
 
 
 class SplatExporter(SplatBaseModule):
@@ -221,3 +226,34 @@ class SplatExporter(SplatBaseModule):
             self.written.append(path)
             if logger is not None:
                 logger.info("saved checkpoint %s", path)
+
+
+@dataclass
+class SplatExporterConfig:
+    """The exporter's settings as ``splatkit train`` flags (``--export-steps``, ...); see
+    :mod:`splatkit.registry`."""
+
+    export_steps: tuple[int, ...] = ()
+    """Steps to export at (default: the last step)."""
+    save_splat: bool = True
+    """Write the splat (splats/step_N.ply) at each export step."""
+    save_ckpt: bool = True
+    """Write a checkpoint to resume from (ckpts/step_N.ckpt) at each export step."""
+    splat_format: tuple[WritableFormat, ...] = ("ply",)
+    """Formats of the exported splats (several allowed)."""
+    export_frame: Literal["training", "input"] = "training"
+    """Write splats in the normalised training frame or back in the capture's own frame."""
+    export_layout: Literal["splatkit", "inria"] = "splatkit"
+    """"inria": the PLY goes to point_cloud/iteration_N/point_cloud.ply, with cameras.json and cfg_args
+    beside it, as the INRIA reference code writes them (for its viewers and scripts)."""
+
+    def build(self, output_dir: str | os.PathLike, max_steps: int) -> SplatExporter:
+        return SplatExporter(
+            output_dir,
+            list(self.export_steps or (max_steps,)),
+            self.save_splat,
+            self.save_ckpt,
+            splat_format=list(self.splat_format),
+            frame=self.export_frame,
+            layout=self.export_layout,
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 from splatkit.metrics import psnr
@@ -130,3 +131,15 @@ class SplatProgressTracker(SplatBaseModule):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+@dataclass
+class SplatProgressTrackerConfig:
+    """The progress bar's switch as a ``splatkit train`` flag; see :mod:`splatkit.registry`."""
+
+    progress: bool = True
+    """Show a progress bar (plain lines when not on a terminal)."""
+
+    def build(self, output_dir, max_steps: int) -> SplatProgressTracker | None:
+        del output_dir, max_steps
+        return SplatProgressTracker() if self.progress else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -121,3 +122,21 @@ class SplatTensorboard(SplatBaseModule):
             self._log_evaluations()
             self.writer.close()
             self.writer = None
+
+
+@dataclass
+class SplatTensorboardConfig:
+    """TensorBoard's switch and intervals as ``splatkit train`` flags; see :mod:`splatkit.registry`."""
+
+    tensorboard: bool = False
+    """Log to TensorBoard in OUTPUT_DIR/tb."""
+    tensorboard_every: int = 100
+    """Steps between TensorBoard scalars (losses, PSNR, Gaussians, learning rates, memory)."""
+    tensorboard_image_every: int = 1000
+    """Steps between TensorBoard test images (ground truth | render | error)."""
+
+    def build(self, output_dir: str | os.PathLike, max_steps: int) -> SplatTensorboard | None:
+        del max_steps
+        if not self.tensorboard:
+            return None
+        return SplatTensorboard(Path(output_dir) / "tb", self.tensorboard_every, self.tensorboard_image_every)

@@ -29,6 +29,7 @@ import math
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -504,3 +505,19 @@ def _overview_c2w(means: torch.Tensor) -> torch.Tensor:
     radius = float((means - centre).norm(dim=-1).quantile(0.9)) if len(means) else 1.0
     eye = centre + torch.tensor([0.0, -2.5 * radius, 0.8 * radius], device=means.device)
     return look_at_c2w(eye.double().cpu(), centre.double().cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+
+
+@dataclass
+class SplatViewerConfig:
+    """The live viewer's switch and address as ``splatkit train`` flags; see :mod:`splatkit.registry`."""
+
+    viewer: bool = False
+    """Serve the live web viewer while training."""
+    viewer_port: int = 8080
+    """Port of the live viewer (http://HOST:PORT)."""
+    viewer_host: str = "127.0.0.1"
+    """Interface the live viewer listens on; 0.0.0.0 makes it reachable from other machines."""
+
+    def build(self, output_dir, max_steps: int) -> SplatViewer | None:
+        del output_dir, max_steps
+        return SplatViewer(port=self.viewer_port, host=self.viewer_host) if self.viewer else None

@@ -86,6 +86,13 @@ def _describe(component) -> dict:
         v = _plain_value(v)
         if v is not _NOT_PLAIN:
             out[k] = v
+    config = getattr(component, "config", None)  # a module's settings, as the command line gave them
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        out["config"] = {"class": f"{type(config).__module__}.{type(config).__qualname__}"} | {
+            k: v
+            for k, v in ((k, _plain_value(v)) for k, v in dataclasses.asdict(config).items())
+            if v is not _NOT_PLAIN
+        }
     return out
 
 
