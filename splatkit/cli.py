@@ -308,9 +308,9 @@ def check_unused_flags(cmd: TrainCommand) -> None:
         for name in ("mcmc_opacity_reg", "mcmc_scale_reg"):
             if getattr(cmd, name) != getattr(reference, name):
                 unused.append(f"--{name.replace('_', '-')} (used with --strategy mcmc)")
-    for name, entry in registry.MODULES.items():
-        for f in registry.unused_module_settings(name, getattr(cmd, name)):
-            unused.append(f"--{f.replace('_', '-')} (used with --{entry.switch})")
+    for name in registry.MODULES:
+        for f, switch in registry.unused_module_settings(name, getattr(cmd, name)):
+            unused.append(f"--{f.replace('_', '-')} (used with --{switch.replace('_', '-')})")
     if unused:
         raise ValueError(f"flags this run would ignore: {'; '.join(unused)}")
 

@@ -209,13 +209,15 @@ class ModuleEntry:
 
     ``switch`` names the boolean field that turns the module on or off (``"viewer"``), None
     for a module every run has. While it is off, its other settings are unused, and setting
-    them is an error, as for a strategy's settings under another strategy.
+    them is an error, as for a strategy's settings under another strategy. ``needs`` does the
+    same within a module: a field mapped to the boolean field without which it is unused.
     """
 
     name: str
     make: Callable[[], Any]
     help: str
     switch: str | None = None
+    needs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 MODULES: dict[str, ModuleEntry] = {
@@ -223,7 +225,12 @@ MODULES: dict[str, ModuleEntry] = {
     for m in (
         ModuleEntry("progress", SplatProgressTrackerConfig, "Progress bar.", switch="progress"),
         ModuleEntry("exporter", SplatExporterConfig, "Export: steps, splat formats, frame and folder layout."),
-        ModuleEntry("evaluator", SplatEvaluatorConfig, "Evaluation: steps, trajectory video, LPIPS."),
+        ModuleEntry(
+            "evaluator",
+            SplatEvaluatorConfig,
+            "Evaluation: steps, trajectory video, LPIPS.",
+            needs={"video_frames": "video"},
+        ),
         ModuleEntry("tensorboard", SplatTensorboardConfig, "TensorBoard logging.", switch="tensorboard"),
         ModuleEntry("viewer", SplatViewerConfig, "The live web viewer.", switch="viewer"),
     )
@@ -231,18 +238,20 @@ MODULES: dict[str, ModuleEntry] = {
 """Plug-in modules, in the order their hooks run (:class:`~splatkit.modules.SplatBaseModule`)."""
 
 
-def unused_module_settings(name: str, config: Any) -> list[str]:
-    """The fields of module ``name``'s settings ``config`` that are set (differ from the
-    defaults) although its switch leaves the module off."""
+def unused_module_settings(name: str, config: Any) -> list[tuple[str, str]]:
+    """``(field, switch)`` for each field of module ``name``'s settings ``config`` that is set
+    (differs from the default) although ``switch`` (the module's, or the field's ``needs``) is off."""
     entry = MODULES[name]
-    if entry.switch is None or getattr(config, entry.switch):
-        return []
     default = entry.make()
-    return [
-        f.name
-        for f in dataclasses.fields(config)
-        if f.name != entry.switch and getattr(config, f.name) != getattr(default, f.name)
-    ]
+    unused = []
+    for f in dataclasses.fields(config):
+        if f.name == entry.switch or getattr(config, f.name) == getattr(default, f.name):
+            continue
+        for switch in (entry.switch, entry.needs.get(f.name)):
+            if switch is not None and not getattr(config, switch):
+                unused.append((f.name, switch))
+                break
+    return unused
 
 
 def modules(output_dir: Any, max_steps: int, **settings: Any) -> list[SplatBaseModule]:
@@ -261,7 +270,8 @@ def modules(output_dir: Any, max_steps: int, **settings: Any) -> list[SplatBaseM
         config = given if dataclasses.is_dataclass(given) else dataclasses.replace(entry.make(), **given)
         unused = unused_module_settings(name, config)
         if unused:
-            raise ValueError(f"{name} settings {', '.join(unused)} are unused while {entry.switch} is off")
+            said = ", ".join(f"{field} (unused while {switch} is off)" for field, switch in unused)
+            raise ValueError(f"{name} settings that would be ignored: {said}")
         module = config.build(output_dir, max_steps)
         if module is not None:
             module.config = config

@@ -102,6 +102,8 @@ def test_given_flags_are_never_overridden_or_ignored(capsys):
         check_unused_flags(_cmd("--strategy", "mcmc", "--densification.grow-grad2d", "0.001"))
     with pytest.raises(ValueError, match=r"--renderer-2dgs.backend \(used with --model 2dgs\)"):
         check_unused_flags(_cmd("--renderer-2dgs.backend", "torch"))
+    with pytest.raises(ValueError, match=r"--video-frames \(used with --video\); --viewer-port \(used with --viewer\)"):
+        check_unused_flags(_cmd("--viewer-port", "9000", "--video-frames", "10"))
     assert main(["train", "--data", "demo", "--colmap.factor", "2", "--max-steps", "1", "--no-progress"]) == 2
     assert "--colmap.factor" in capsys.readouterr().err
 
@@ -205,8 +207,10 @@ def test_modules_are_built_from_their_settings():
     assert built[2].config.eval_steps == (100, 300)
     cmd = _cmd("--eval-steps", "100", "300", "--viewer", "--viewer-port", "9001")
     assert cmd.evaluator == built[2].config and cmd.viewer == built[3].config  # the flags are the settings
-    with pytest.raises(ValueError, match="viewer settings viewer_port are unused while viewer is off"):
+    with pytest.raises(ValueError, match=r"ignored: viewer_port \(unused while viewer is off\)"):
         modules("out", 300, viewer={"viewer_port": 9001})
+    with pytest.raises(ValueError, match=r"ignored: video_frames \(unused while video is off\)"):
+        modules("out", 300, evaluator={"video_frames": 10})
     with pytest.raises(ValueError, match="unknown modules wandb; the modules are: progress, exporter"):
         modules("out", 300, wandb={})
 
