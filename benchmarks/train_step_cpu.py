@@ -69,6 +69,25 @@ def make_provider(scene: str):
     raise SystemExit(f"unknown scene {scene!r}")
 
 
+def time_kernels(timings: dict) -> None:
+    """Wrap every ``sk_*`` function of the compiled library with a wall-clock timer adding
+    into ``timings[name]`` (the kernels' share of the render and backward phases)."""
+    from splatkit.renderer.backends.cpu.build import load
+
+    lib = load()
+    names = ("sk_project_fwd", "sk_project_bwd", "sk_pack", "sk_isect", "sk_raster_fwd", "sk_raster_bwd")
+    for name in names:
+        fn = getattr(lib, name)
+
+        def timed(*args, _fn=fn, _name=name):
+            t0 = time.perf_counter()
+            out = _fn(*args)
+            timings[_name] = timings.get(_name, 0.0) + time.perf_counter() - t0
+            return out
+
+        setattr(lib, name, timed)
+
+
 def run(scene: str, backend: str, steps: int) -> dict:
     from splatkit.densification import SplatDefaultDensification
     from splatkit.renderer import Splat3DGSRenderer
@@ -81,14 +100,19 @@ def run(scene: str, backend: str, steps: int) -> dict:
     dens = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=100_000)
     trainer = SplatTrainer(cfg, provider, renderer=Splat3DGSRenderer(backend=backend), densification=dens)
     trainer.setup()
+    kernels: dict[str, float] = {}
+    if backend == "cpu":
+        time_kernels(kernels)
     warmup = 2
-    laps, totals = [], []
+    laps, totals, kernel_laps = [], [], []
     for s in range(1, warmup + steps + 1):
+        kernels.clear()
         t0 = time.perf_counter()
         trainer.train_step(s)
         if s > warmup:
             totals.append(time.perf_counter() - t0)
             laps.append(dict(trainer.step_timings))
+            kernel_laps.append(dict(kernels))
     phases = sorted({k for lap in laps for k in lap})
     f = trainer.data_provider.train_frame(0)
     return {
@@ -102,6 +126,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "step_mean_s": statistics.mean(totals),
         "phase_mean_s": {k: statistics.mean(lap.get(k, 0.0) for lap in laps) for k in phases},
         "phase_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in laps) for k in phases},
+        "kernel_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in kernel_laps) for k in sorted(kernels)},
         "threads": torch.get_num_threads(),
     }
 
