@@ -44,6 +44,7 @@ from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 # Choices from the registry (splatkit.registry).
 ModelKind = Literal[tuple(registry.MODELS)]  # type: ignore[valid-type]
 Strategy = Literal[tuple(registry.STRATEGIES)]  # type: ignore[valid-type]
+Appearance = Literal[tuple(registry.APPEARANCES)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -62,6 +63,10 @@ class _TrainFlags:
     """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS; settings under --renderer-2dgs, --loss-2dgs)."""
     strategy: Strategy = "default"
     """Densification: gsplat's default (settings under --densification) or MCMC (under --mcmc)."""
+    appearance: Appearance = "none"
+    """Per-image appearance: "affine" learns a colour correction of each training image (exposure,
+    white balance; settings under --affine), for photos that differ in them. Test views are
+    rendered without it; the evaluator then also reports psnr_cc (gsplat's colour-corrected PSNR)."""
     mcmc_opacity_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["opacity_reg"]
     """With --strategy mcmc: weight of the mean-opacity regulariser added to the loss (gsplat's)."""
     mcmc_scale_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["scale_reg"]
@@ -414,6 +419,8 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     )
     exporter = next(m for m in modules if isinstance(m, SplatExporter))
     renderer, loss, densification = components(cmd)
+    chosen = registry.lookup(registry.APPEARANCES, cmd.appearance, "appearance")
+    appearance = registry.appearance(cmd.appearance, **{g.name: getattr(cmd, g.name) for g in chosen.groups})
     trainer = SplatTrainer(
         cmd.trainer,
         data_provider,
@@ -424,6 +431,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         ckpt_path=cmd.resume,
         overwrite=cmd.overwrite,
         checkpoint=checkpoint,
+        appearance=appearance,
     )
     return trainer, exporter
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.appearance import colour_corrected
 from splatkit.metrics import psnr, ssim
 from splatkit.utils.files import atomic_write
 
@@ -156,9 +157,11 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
 def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=None, on_image=None) -> list[dict]:
     """Per-image metrics. ``render_fn(frames) -> [B, H, W, 3]`` renders the given frames.
 
-    Returns one dict per image: name, psnr, ssim, lpips (None without a metric) and
-    seconds (render time). ``on_image(row, render, gt)``, if given, receives each image's
-    row with its clamped render and ground truth (``[H, W, 3]``, on the device) as they are made.
+    Returns one dict per image: name, psnr, ssim, lpips (None without a metric), psnr_cc
+    (PSNR after the best affine colour fit to the ground truth, gsplat's ``cc_psnr``:
+    :func:`~splatkit.appearance.colour_corrected`) and seconds (render time).
+    ``on_image(row, render, gt)``, if given, receives each image's row with its clamped
+    render and ground truth (``[H, W, 3]``, on the device) as they are made.
     """
     rows = []
     for f in frames:
@@ -169,6 +172,7 @@ def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=Non
         _sync(device)
         seconds = (time.perf_counter() - t0) / len(f.cameras)
         p = psnr(img, f.images, f.masks)
+        p_cc = psnr(colour_corrected(img, f.images, f.masks), f.images, f.masks)
         s = ssim(img, f.images)
         lp = lpips(img, f.images) if lpips is not None else None
         for i, name in enumerate(f.names):
@@ -178,6 +182,7 @@ def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=Non
                     "psnr": float(p[i]),
                     "ssim": float(s[i]),
                     "lpips": None if lp is None else float(lp[i]),
+                    "psnr_cc": float(p_cc[i]),
                     "seconds": seconds,
                 }
             )
@@ -189,12 +194,20 @@ def evaluate_frames(render_fn, frames: Iterable, device: torch.device, lpips=Non
 def summarize(rows: list[dict]) -> dict:
     """Means over images (PSNR averaged in dB, as papers report it)."""
     if not rows:
-        return {"psnr": float("nan"), "ssim": float("nan"), "lpips": None, "num_images": 0, "render_fps": None}
+        return {
+            "psnr": float("nan"),
+            "ssim": float("nan"),
+            "lpips": None,
+            "psnr_cc": float("nan"),
+            "num_images": 0,
+            "render_fps": None,
+        }
     lp = [r["lpips"] for r in rows]
     return {
         "psnr": statistics.fmean(r["psnr"] for r in rows),
         "ssim": statistics.fmean(r["ssim"] for r in rows),
         "lpips": None if any(v is None for v in lp) else statistics.fmean(lp),
+        "psnr_cc": statistics.fmean(r.get("psnr_cc", float("nan")) for r in rows),
         "num_images": len(rows),
         "render_fps": 1.0 / max(statistics.median(r["seconds"] for r in rows), 1e-9),
     }

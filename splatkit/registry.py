@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from splatkit.appearance import SplatAffineAppearance
 from splatkit.data_provider import (
     SplatBlenderDataProviderConfig,
     SplatColmapDataProviderConfig,
@@ -163,7 +164,29 @@ DATA_FORMATS: dict[str, Choice] = _table(
 )
 """Data formats (detected from ``--data``): the provider configuration each one reads."""
 
-SELECTORS: dict[str, dict[str, Choice]] = {"model": MODELS, "strategy": STRATEGIES, "data": DATA_FORMATS}
+APPEARANCES: dict[str, Choice] = _table(
+    Choice("none", "no per-image correction", ()),
+    Choice(
+        "affine",
+        "a learned affine colour correction per training image (exposure, white balance)",
+        (
+            Group(
+                "affine",
+                SplatAffineAppearance,
+                "appearance",
+                "Per-image affine colour correction: learning rate and start step.",
+            ),
+        ),
+    ),
+)
+"""Per-image appearance models (``--appearance``): what the trainer's ``appearance`` gets."""
+
+SELECTORS: dict[str, dict[str, Choice]] = {
+    "model": MODELS,
+    "strategy": STRATEGIES,
+    "appearance": APPEARANCES,
+    "data": DATA_FORMATS,
+}
 """Each table under the name of what selects from it (``--model``, ``--strategy``, the detected data)."""
 
 
@@ -177,6 +200,21 @@ def lookup(table: dict[str, Choice], name: str, what: str) -> Choice:
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}; choose one of: {', '.join(table)}")
     return table[name]
+
+
+def appearance(name: str = "none", **settings: dict) -> Any:
+    """The trainer's ``appearance`` for ``--appearance name`` (None for ``"none"``), its group's
+    fields set from ``settings`` (``affine={"lr": 2e-3}``, or the settings object itself)."""
+    choice = lookup(APPEARANCES, name, "appearance")
+    names = {g.name for g in choice.groups}
+    unused = sorted(set(settings) - names)
+    if unused:
+        raise ValueError(f"settings for {', '.join(unused)} are not used with appearance={name!r}")
+    built = []
+    for g in choice.groups:
+        given = settings.get(g.name, {})
+        built.append(given if dataclasses.is_dataclass(given) else dataclasses.replace(g.make(), **given))
+    return built[0] if built else None
 
 
 def components(model: str = "3dgs", strategy: str = "default", **settings: dict) -> tuple[Any, Any, Any]:

@@ -13,7 +13,10 @@ Layout under ``output_dir``::
 PSNR counts only masked-in pixels when a test frame has a mask; SSIM is the 3DGS
 paper's (11x11 Gaussian window, sigma 1.5, valid region, as torchmetrics computes it);
 LPIPS takes [0, 1] images (see :mod:`splatkit.lpips`). Renders are clamped to [0, 1] and
-use the full SH degree of the model.
+use the full SH degree of the model. Test views are rendered without per-image appearance
+corrections (a test image has none); ``psnr_cc`` is the PSNR after the best affine colour
+fit of each render to its ground truth (gsplat's ``cc_psnr``), the number to read beside
+``psnr`` for captures whose photos differ in exposure or white balance.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ CSV_FIELDS = (
     "psnr",
     "ssim",
     "lpips",
+    "psnr_cc",
     "num_gaussians",
     "train_seconds",
     "peak_memory_mb",
@@ -245,6 +249,7 @@ class SplatEvaluator(SplatBaseModule):
             "step": step,
             **{k: summary[k] for k in ("psnr", "ssim")},
             "lpips": lpips_status,
+            "psnr_cc": summary["psnr_cc"],
             "num_gaussians": int(num_gaussians),
             "train_seconds": round(self.train_seconds, 3),
             "peak_memory_mb": round(peak_memory_mb(device), 1),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.appearance import AffineCorrections, SplatAffineAppearance
 from splatkit.data_provider.base import SplatDataProvider
 from splatkit.data_provider.detect import data_identity, data_record
 from splatkit.densification.base import SplatDensification, state_to
@@ -128,6 +129,10 @@ class SplatTrainer:
             live run is training into is always refused (its ``.splatkit.lock``).
         checkpoint: the content of ``ckpt_path`` when the caller has already read it with
             :func:`~splatkit.trainer.checkpoint.load_checkpoint` (it is then not read again).
+        appearance: learn a colour correction per training image
+            (:class:`~splatkit.appearance.SplatAffineAppearance`; :attr:`corrections`), for
+            captures whose photos differ in exposure or white balance; None (default): none.
+            Saved in checkpoints; test views are rendered without it.
     """
 
     def __init__(
@@ -141,6 +146,7 @@ class SplatTrainer:
         ckpt_path: str | os.PathLike | None = None,
         overwrite: bool = False,
         checkpoint: dict | None = None,
+        appearance: SplatAffineAppearance | None = None,
     ) -> None:
         if not isinstance(config, SplatTrainerConfig):
             raise TypeError(f"config must be a SplatTrainerConfig, got {type(config).__name__}")
@@ -152,6 +158,11 @@ class SplatTrainer:
         self.loss_fn = loss_fn if loss_fn is not None else Splat3DGSLossFn()
         self.densification = densification if densification is not None else SplatDefaultDensification()
         self.modules = list(modules or [])
+        if appearance is not None and not isinstance(appearance, SplatAffineAppearance):
+            raise TypeError(f"appearance must be a SplatAffineAppearance or None, got {type(appearance).__name__}")
+        self.appearance = appearance
+        self.corrections: AffineCorrections | None = None
+        """The per-image colour corrections being learned (with ``appearance``), from :meth:`setup`."""
         for m in self.modules:
             if not isinstance(m, SplatBaseModule):
                 raise TypeError(f"modules must be SplatBaseModule instances, got {type(m).__name__}")
@@ -178,6 +189,11 @@ class SplatTrainer:
         )
         self.sharded: ShardedRun | None = None
         if config.dist_mode == "shard" and self.world_size > 1:
+            if appearance is not None:
+                raise ValueError(
+                    "per-image appearance (appearance=...) is not supported with dist_mode='shard'; "
+                    "use dist_mode='replicate' or train without it"
+                )
             self._setup_sharding()
         elif config.dist_mode == "shard":
             logger.warning(
@@ -327,6 +343,8 @@ class SplatTrainer:
             )
             self.densification_state = self.densification.initialize_state(self.scene_scale)
             self.step = 0
+            if self.appearance is not None:
+                self.corrections = self.appearance.create(self.data_provider.num_train_frames(), self.device)
         else:
             self._restore(self._resume)
             self._resume = None
@@ -370,6 +388,7 @@ class SplatTrainer:
                 "renderer": _describe(self.renderer),
                 "loss_fn": _describe(self.loss_fn),
                 "densification": _describe(self.densification),
+                "appearance": None if self.appearance is None else _describe(self.appearance),
                 "modules": [_describe(m) for m in self.modules],
                 "resumed_from": None if self.ckpt_path is None else str(self.ckpt_path),
             }
@@ -433,6 +452,18 @@ class SplatTrainer:
         self.scene_scale = float(ckpt["scene_scale"])
         self.step = int(ckpt["step"])
         self.data_provider.load_state_dict(ckpt["data_provider"])
+        saved_appearance = ckpt.get("appearance")
+        if self.appearance is not None:
+            self.corrections = self.appearance.create(self.data_provider.num_train_frames(), self.device)
+            if saved_appearance is not None:
+                self.corrections.load_state_dict(saved_appearance)
+            else:
+                logger.warning("the checkpoint has no appearance corrections; they start from the identity")
+        elif saved_appearance is not None:
+            logger.warning(
+                "the checkpoint was trained with per-image appearance corrections; this run has none "
+                "(appearance=None / no --appearance), so they are dropped"
+            )
         # Matched by state_key (Lightning's rule), so reordering modules or adding/removing a
         # stateless one loses nothing. Older checkpoints named states by class, as the default key.
         saved = {}
@@ -472,6 +503,7 @@ class SplatTrainer:
             "scene_scale": self.scene_scale,
             "background": list(self.background),
             "data": self.data,  # what it trains on (eval/view/resume rebuild it)
+            "appearance": None if self.corrections is None else self.corrections.state_dict(),
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
@@ -593,6 +625,9 @@ class SplatTrainer:
             ts.params, frames.cameras, self.active_sh_degree(step), self.backgrounds(len(frames.cameras))
         )
         self.densification.step_pre_backward(ts, self.densification_state, step, render)
+        if self.corrections is not None:  # each training image's render under its own colour correction
+            indices = self.data_provider.rank_indices(step, cfg.batch_size, cfg.seed, self.world_rank, self.world_size)
+            render = dataclasses.replace(render, images=self.corrections.apply(render.images, indices, step))
         clock.lap("render")
         self._call("pre_compute_loss", frames=frames, render=render)
         clock.lap("modules")
@@ -607,7 +642,8 @@ class SplatTrainer:
         else:
             loss.loss.backward()
         if self.world_size > 1 and self.sharded is None:
-            distributed.average_gradients(ts.params, self.world_rank, step)
+            extra = {} if self.corrections is None else {"appearance": self.corrections.delta}
+            distributed.average_gradients({**ts.params, **extra}, self.world_rank, step)
             render = self._global_statistics(render, step)
         clock.lap("backward")
         self._call("on_optimize", frames=frames, render=render, loss=loss)
@@ -615,6 +651,8 @@ class SplatTrainer:
         ts.set_learning_rate("means", self.means_learning_rate(step))
         ts.optimizer_step(render.gaussian_ids)
         ts.zero_grad()
+        if self.corrections is not None:
+            self.corrections.step(step)
         ok = torch.isfinite(loss.loss.detach())
         self._loss_finite = ok if self._loss_finite is None else self._loss_finite & ok
         # The loss is checked every step on the CPU (free there); the parameters, and on a GPU
