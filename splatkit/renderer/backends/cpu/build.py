@@ -137,6 +137,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         p,
         p,
         p,
+        p,
         i,
     ]
     lib.sk_project_bwd.restype = None

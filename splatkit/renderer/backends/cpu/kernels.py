@@ -3,7 +3,8 @@
 Two differentiable stages, as in gsplat: projection (+ SH colours) produces
 ``means2d``, whose gradient densification reads, and rasterisation composites them.
 Gradients flow to means, quaternions, scales, opacities and SH coefficients (or raw
-colour features); cameras and backgrounds are treated as constants. The 3D Gaussian
+colour features), and to the cameras' ``viewmats`` when they require it (pose refinement);
+intrinsics and backgrounds are constants. The 3D Gaussian
 (3DGS) functions come first, the 2D surfel (2DGS) ones after them.
 """
 
@@ -128,6 +129,8 @@ class ProjectFn(torch.autograd.Function):
         out_scales = torch.zeros(N, 3)
         out_opac = torch.zeros(N)
         out_coeffs = torch.zeros(N, K, 3) if use_sh else None
+        # the cameras' gradient only when asked for (pose refinement): it is summed over all Gaussians
+        out_viewmats = torch.empty(C, 4, 4) if ctx.needs_input_grad[5] else None
         lib.sk_project_bwd(
             C,
             N,
@@ -158,6 +161,7 @@ class ProjectFn(torch.autograd.Function):
             _ptr(out_scales),
             _ptr(out_opac),
             _ptr(out_coeffs),
+            _ptr(out_viewmats),
             nthreads,
         )
         return (
@@ -166,7 +170,7 @@ class ProjectFn(torch.autograd.Function):
             out_scales,
             out_opac,
             out_coeffs,
-            None,
+            out_viewmats,
             None,
             None,
             None,

@@ -458,14 +458,20 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                     const float* Ks, int W, int H, float near_plane, float far_plane, float eps2d, int antialiased,
                     const int32_t* radii, const float* colors, const float* g_means2d, const float* g_conics,
                     const float* g_opac, const float* g_colors, const float* g_depths, float* g_means,
-                    float* g_quats, float* g_scales, float* g_opacities, float* g_coeffs, int nthreads) {
+                    float* g_quats, float* g_scales, float* g_opacities, float* g_coeffs, float* g_viewmats,
+                    int nthreads) {
     (void)colors;
     // Work items are ranges of Gaussians; cameras are looped inside, so each output
     // row is written by one thread only.
     constexpr int64_t CHUNK = 64 * L;
     std::vector<VCam> cams(C);
     for (int c = 0; c < C; ++c) cams[c] = load_cam(viewmats + 16 * c, Ks + 9 * c, W, H);
+    // With g_viewmats: the gradient of each camera's [R | t], summed per chunk of Gaussians
+    // (in double) and then over the chunks in order, so it never depends on the threads.
+    const int64_t nchunks = (N + CHUNK - 1) / CHUNK;
+    std::vector<double> vacc(g_viewmats ? nchunks * C * 12 : 0, 0.0);
     parallel_chunks(N, nthreads, CHUNK, [&](int64_t nb, int64_t ne, int) {
+        double* chunk_acc = g_viewmats ? vacc.data() + (nb / CHUNK) * C * 12 : nullptr;
         for (int64_t n0 = nb; n0 < ne; n0 += L) {
             int lanes = (int)std::min<int64_t>(L, ne - n0);
             vf m[3], q[4], s[3], o[1];
@@ -571,15 +577,57 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                     for (int i = 0; i < 4; ++i) g_quats[4 * n + i] += (gqn[i][l] - P.qn[i][l] * dot[l]) / P.qlen[l];
                     for (int i = 0; i < 3; ++i) g_scales[3 * n + i] += gs[i][l];
                     g_opacities[n] += g_o[l];
+                    double* gv = chunk_acc ? chunk_acc + c * 12 : nullptr;  // [R | t] row-major, 3 x 4
+                    if (gv) {
+                        // p = R m + t: dL/dR = gp m^T, dL/dt = gp
+                        const float gpl[3] = {gp0[l], gp1[l], gp2[l]};
+                        for (int i = 0; i < 3; ++i) {
+                            for (int j = 0; j < 3; ++j) gv[i * 4 + j] += (double)gpl[i] * m[j][l];
+                            gv[i * 4 + 3] += gpl[i];
+                        }
+                        // cc = R cov R^T: dL/dR = (gcc + gcc^T) R cov
+                        float cov[3][3], RC[3][3];
+                        for (int i = 0; i < 3; ++i)
+                            for (int j = 0; j < 3; ++j)
+                                cov[i][j] = P.M[i][0][l] * P.M[j][0][l] + P.M[i][1][l] * P.M[j][1][l] +
+                                            P.M[i][2][l] * P.M[j][2][l];
+                        for (int i = 0; i < 3; ++i)
+                            for (int j = 0; j < 3; ++j)
+                                RC[i][j] = cam.R[i][0] * cov[0][j] + cam.R[i][1] * cov[1][j] + cam.R[i][2] * cov[2][j];
+                        for (int i = 0; i < 3; ++i)
+                            for (int j = 0; j < 3; ++j) {
+                                double acc = 0.0;
+                                for (int k = 0; k < 3; ++k) acc += (double)(gcc[i][k][l] + gcc[k][i][l]) * RC[k][j];
+                                gv[i * 4 + j] += acc;
+                            }
+                    }
                     if (!g_colors || sh_degree < 0) continue;
-                    // SH colour -> coefficients and the view direction
+                    // SH colour -> coefficients and the view direction d = m - campos
                     float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
-                    sh_color_bwd(sh_degree, d, coeffs + n * K * 3, g_colors + 3 * idx, g_coeffs + n * K * 3,
-                                 g_means + 3 * n);
+                    float gd[3] = {0.0f, 0.0f, 0.0f};
+                    sh_color_bwd(sh_degree, d, coeffs + n * K * 3, g_colors + 3 * idx, g_coeffs + n * K * 3, gd);
+                    for (int i = 0; i < 3; ++i) g_means[3 * n + i] += gd[i];
+                    if (gv) {
+                        // campos = -R^T t: dL/dR_ij = t_i gd_j, dL/dt_i = sum_j R_ij gd_j
+                        for (int i = 0; i < 3; ++i) {
+                            for (int j = 0; j < 3; ++j) gv[i * 4 + j] += (double)cam.t[i] * gd[j];
+                            gv[i * 4 + 3] += cam.R[i][0] * gd[0] + cam.R[i][1] * gd[1] + cam.R[i][2] * gd[2];
+                        }
+                    }
                 }
             }
         }
     });
+    if (g_viewmats) {
+        for (int c = 0; c < C; ++c) {
+            for (int k = 0; k < 12; ++k) {
+                double acc = 0.0;
+                for (int64_t ch = 0; ch < nchunks; ++ch) acc += vacc[(ch * C + c) * 12 + k];
+                g_viewmats[16 * c + k] = (float)acc;
+            }
+            for (int k = 12; k < 16; ++k) g_viewmats[16 * c + k] = 0.0f;
+        }
+    }
 }
 
 }  // extern "C"
