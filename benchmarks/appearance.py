@@ -93,19 +93,19 @@ def main() -> None:
     report = {"scene": args.scene, "steps": args.steps, "seed": args.seed, "factor": args.factor, "runs": {}}
     renders = {}
     frames = [f for _, f in zip(range(args.views), provider.test_frames())]
-    for name in ("none", "affine"):
+    for name in ("off", "affine"):
         print(f"[{args.scene}] appearance {name} ...", file=sys.stderr)
         trainer, row = train(cmd, provider, args.steps, args.seed, name, out / name)
         report["runs"][name] = row
         with torch.no_grad():
             renders[name] = [trainer.render_view(f.cameras).images[0].clamp(0, 1).cpu() for f in frames]
         print(f"[{args.scene}] {name}: {row}", file=sys.stderr)
-    a, b = report["runs"]["none"], report["runs"]["affine"]
-    report["affine_minus_none"] = {k: round(b[k] - a[k], 4) for k in ("psnr", "psnr_cc", "ssim")}
+    a, b = report["runs"]["off"], report["runs"]["affine"]
+    report["affine_minus_off"] = {k: round(b[k] - a[k], 4) for k in ("psnr", "psnr_cc", "ssim")}
     views = []
     for i, f in enumerate(frames):
         gt, mask = f.images[0], None if f.masks is None else f.masks[0:1]
-        for name, label in (("none", "without"), ("affine", "with affine")):
+        for name, label in (("off", "without"), ("affine", "with affine")):
             p = float(psnr(renders[name][i][None], gt[None], mask))
             views.append((f"{f.names[0]} {label}", to_uint8(gt), to_uint8(renders[name][i]), p))
     write_png(out / "appearance.png", preview_grid(views, columns=2))

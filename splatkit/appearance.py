@@ -20,10 +20,11 @@ the ground truth (least squares), which the evaluator scores beside the plain PS
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
+
+from splatkit.per_image import PerImageParameters
 
 
 @dataclass
@@ -52,59 +53,27 @@ class SplatAffineAppearance:
         return AffineCorrections(self, num_images, device)
 
 
-class AffineCorrections:
-    """The corrections of one run: a ``[num_images, 3, 4]`` parameter and its optimiser."""
+class AffineCorrections(PerImageParameters):
+    """The corrections of one run: ``delta [num_images, 3, 4]`` (``[D_i | b_i]``), kept centred."""
+
+    what = "appearance corrections"
 
     def __init__(self, settings: SplatAffineAppearance, num_images: int, device: torch.device | str) -> None:
-        if num_images < 1:
-            raise ValueError(f"per-image appearance needs training images, got {num_images}")
-        self.settings = settings
-        self.delta = torch.nn.Parameter(torch.zeros(num_images, 3, 4, device=device))
-        self.optimizer = torch.optim.Adam([self.delta], lr=settings.lr, eps=1e-15)
-
-    @property
-    def num_images(self) -> int:
-        return self.delta.shape[0]
+        super().__init__(settings, num_images, (3, 4), device, recentre=True)
 
     def matrices(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A [B, 3, 3], b [B, 3])`` of the given training images."""
-        d = self.delta[torch.as_tensor(indices, device=self.delta.device, dtype=torch.long)]
+        d = self.rows(indices)
         eye = torch.eye(3, device=d.device, dtype=d.dtype)
         return eye + d[:, :, :3], d[:, :, 3]
 
     def apply(self, images: torch.Tensor, indices, step: int) -> torch.Tensor:
         """``images [B, H, W, 3]`` (renders of the training images ``indices``) corrected;
-        unchanged (and no gradient to the corrections) before ``start_step``."""
-        if step <= self.settings.start_step:
+        unchanged (and no gradient to the corrections) until ``start_step``."""
+        if not self.active(step):
             return images
         A, b = self.matrices(indices)
         return torch.einsum("bij,bhwj->bhwi", A, images) + b[:, None, None, :]
-
-    def step(self, step: int) -> None:
-        """The optimiser step (after the splat's), then re-centring: mean correction zero."""
-        if step > self.settings.start_step and self.delta.grad is not None:
-            self.optimizer.step()
-            with torch.no_grad():
-                self.delta -= self.delta.mean(dim=0, keepdim=True)
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {
-            "delta": self.delta.detach().cpu().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "settings": dataclasses.asdict(self.settings),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        delta = state["delta"]
-        if tuple(delta.shape) != tuple(self.delta.shape):
-            raise ValueError(
-                f"the checkpoint's appearance corrections are for {delta.shape[0]} training images; "
-                f"this run has {self.num_images}: resume with the same data and split"
-            )
-        with torch.no_grad():
-            self.delta.copy_(delta.to(self.delta.device))
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def fit_affine_colour(render: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -45,6 +45,7 @@ from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
 ModelKind = Literal[tuple(registry.MODELS)]  # type: ignore[valid-type]
 Strategy = Literal[tuple(registry.STRATEGIES)]  # type: ignore[valid-type]
 Appearance = Literal[tuple(registry.APPEARANCES)]  # type: ignore[valid-type]
+PoseOpt = Literal[tuple(registry.POSE_REFINEMENTS)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -63,10 +64,13 @@ class _TrainFlags:
     """Kind of Gaussians: 3D ellipsoids (3DGS) or 2D surfels (2DGS; settings under --renderer-2dgs, --loss-2dgs)."""
     strategy: Strategy = "default"
     """Densification: gsplat's default (settings under --densification) or MCMC (under --mcmc)."""
-    appearance: Appearance = "none"
+    appearance: Appearance = "off"
     """Per-image appearance: "affine" learns a colour correction of each training image (exposure,
     white balance; settings under --affine), for photos that differ in them. Test views are
     rendered without it; the evaluator then also reports psnr_cc (gsplat's colour-corrected PSNR)."""
+    pose_opt: PoseOpt = "off"
+    """Camera pose refinement: "se3" learns a rigid correction of each training camera (gsplat's
+    --pose_opt; settings under --pose), for poses that are slightly off. Test cameras are used as given."""
     mcmc_opacity_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["opacity_reg"]
     """With --strategy mcmc: weight of the mean-opacity regulariser added to the loss (gsplat's)."""
     mcmc_scale_reg: float = registry.STRATEGIES["mcmc"].presets["loss_fn"]["scale_reg"]
@@ -92,7 +96,7 @@ def _group_fields() -> list[tuple]:
         if selector == "data":
             help = group.help
         else:
-            help = f"{group.help.rstrip('.')} (with --{selector} {choice.name})."
+            help = f"{group.help.rstrip('.')} (with --{selector.replace('_', '-')} {choice.name})."
         fields.append((group.name, Annotated[group.cls, tyro.conf.arg(help=help)], field(default_factory=group.make)))
     return fields
 
@@ -290,7 +294,11 @@ def components(cmd: TrainCommand):
 
 # Settings groups that only one model kind or strategy uses: (group, is it used, what uses it).
 _EXCLUSIVE_GROUPS = tuple(
-    (group.name, lambda c, s=selector, n=choice.name: getattr(c, s) == n, f"--{selector} {choice.name}")
+    (
+        group.name,
+        lambda c, s=selector, n=choice.name: getattr(c, s) == n,
+        f"--{selector.replace('_', '-')} {choice.name}",
+    )
     for selector, choice, group in registry.all_groups()
     if selector != "data"
 )
@@ -421,6 +429,8 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     renderer, loss, densification = components(cmd)
     chosen = registry.lookup(registry.APPEARANCES, cmd.appearance, "appearance")
     appearance = registry.appearance(cmd.appearance, **{g.name: getattr(cmd, g.name) for g in chosen.groups})
+    chosen = registry.lookup(registry.POSE_REFINEMENTS, cmd.pose_opt, "pose_opt")
+    pose = registry.pose_refinement(cmd.pose_opt, **{g.name: getattr(cmd, g.name) for g in chosen.groups})
     trainer = SplatTrainer(
         cmd.trainer,
         data_provider,
@@ -432,6 +442,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         overwrite=cmd.overwrite,
         checkpoint=checkpoint,
         appearance=appearance,
+        pose_refinement=pose,
     )
     return trainer, exporter
 

@@ -46,6 +46,7 @@ from splatkit.modules.exporter import SplatExporterConfig
 from splatkit.modules.progress import SplatProgressTrackerConfig
 from splatkit.modules.tensorboard import SplatTensorboardConfig
 from splatkit.modules.viewer import SplatViewerConfig
+from splatkit.pose import SplatPoseRefinement
 from splatkit.renderer import Splat2DGSRenderer, Splat3DGSRenderer
 
 
@@ -165,7 +166,7 @@ DATA_FORMATS: dict[str, Choice] = _table(
 """Data formats (detected from ``--data``): the provider configuration each one reads."""
 
 APPEARANCES: dict[str, Choice] = _table(
-    Choice("none", "no per-image correction", ()),
+    Choice("off", "no per-image correction", ()),
     Choice(
         "affine",
         "a learned affine colour correction per training image (exposure, white balance)",
@@ -181,10 +182,25 @@ APPEARANCES: dict[str, Choice] = _table(
 )
 """Per-image appearance models (``--appearance``): what the trainer's ``appearance`` gets."""
 
+POSE_REFINEMENTS: dict[str, Choice] = _table(
+    Choice("off", "the cameras as given", ()),
+    Choice(
+        "se3",
+        "a learned rigid correction of each training camera (gsplat's pose_opt)",
+        (
+            Group(
+                "pose", SplatPoseRefinement, "pose_refinement", "Camera pose refinement: learning rate, decay, start."
+            ),
+        ),
+    ),
+)
+"""Camera pose refinement (``--pose-opt``): what the trainer's ``pose_refinement`` gets."""
+
 SELECTORS: dict[str, dict[str, Choice]] = {
     "model": MODELS,
     "strategy": STRATEGIES,
     "appearance": APPEARANCES,
+    "pose_opt": POSE_REFINEMENTS,
     "data": DATA_FORMATS,
 }
 """Each table under the name of what selects from it (``--model``, ``--strategy``, the detected data)."""
@@ -202,14 +218,24 @@ def lookup(table: dict[str, Choice], name: str, what: str) -> Choice:
     return table[name]
 
 
-def appearance(name: str = "none", **settings: dict) -> Any:
-    """The trainer's ``appearance`` for ``--appearance name`` (None for ``"none"``), its group's
+def appearance(name: str = "off", **settings: dict) -> Any:
+    """The trainer's ``appearance`` for ``--appearance name`` (None for ``"off"``), its group's
     fields set from ``settings`` (``affine={"lr": 2e-3}``, or the settings object itself)."""
-    choice = lookup(APPEARANCES, name, "appearance")
+    return _optional("appearance", APPEARANCES, name, settings)
+
+
+def pose_refinement(name: str = "off", **settings: dict) -> Any:
+    """The trainer's ``pose_refinement`` for ``--pose-opt name`` (None for ``"off"``), its
+    group's fields set from ``settings`` (``pose={"lr": 1e-4}``, or the settings object itself)."""
+    return _optional("pose_opt", POSE_REFINEMENTS, name, settings)
+
+
+def _optional(selector: str, table: dict[str, Choice], name: str, settings: dict) -> Any:
+    choice = lookup(table, name, selector)
     names = {g.name for g in choice.groups}
     unused = sorted(set(settings) - names)
     if unused:
-        raise ValueError(f"settings for {', '.join(unused)} are not used with appearance={name!r}")
+        raise ValueError(f"settings for {', '.join(unused)} are not used with {selector}={name!r}")
     built = []
     for g in choice.groups:
         given = settings.get(g.name, {})

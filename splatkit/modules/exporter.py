@@ -47,7 +47,8 @@ class SplatExporter(SplatBaseModule):
             Checkpoints always stay in the training frame.
         layout: ``"splatkit"`` writes ``splats/step_XXXXXX.<fmt>``; ``"inria"`` writes the
             PLY where the INRIA reference code does, ``point_cloud/iteration_N/point_cloud.ply``,
-            with ``cameras.json`` (the training cameras, in the PLY's frame) and ``cfg_args``
+            with ``cameras.json`` (the training cameras, in the PLY's frame; refined ones, rewritten
+            at each export, when the trainer refines poses) and ``cfg_args``
             in ``output_dir`` (see :mod:`splatkit.splat.formats.inria`); other formats still
             go to ``splats/``. Needs ``"ply"`` among the formats.
 
@@ -185,7 +186,7 @@ class SplatExporter(SplatBaseModule):
         source = next((config[k] for k in ("colmap_dir", "data_path") if config.get(k)), "")
         return inria.write_scene_files(
             self.output_dir,
-            provider.train_cameras(),
+            trainer.train_cameras() if hasattr(trainer, "train_cameras") else provider.train_cameras(),
             provider.train_names(),
             trainer.config.sh_degree,
             transform=self._to_input,
@@ -221,6 +222,8 @@ class SplatExporter(SplatBaseModule):
                 self.written.append(path)
                 if logger is not None:
                     logger.info("saved splat %s (%d Gaussians)", path, training_state.num_gaussians)
+            if self.layout == "inria" and getattr(trainer, "pose_corrections", None) is not None:
+                self._write_inria_scene_files(trainer)  # cameras.json with the cameras as refined so far
         if self.save_ckpt:
             path = trainer.save_checkpoint(self.ckpt_path(step))
             self.written.append(path)

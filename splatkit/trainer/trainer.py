@@ -25,8 +25,11 @@ from splatkit.errors import SplatNumericError
 from splatkit.loss_fn.base import SplatLossFn
 from splatkit.loss_fn.loss_3dgs import Splat3DGSLossFn
 from splatkit.modules.base import SplatBaseModule
+from splatkit.per_image import PerImageParameters
+from splatkit.pose import PoseCorrections, SplatPoseRefinement
 from splatkit.renderer.base import SplatRenderer
 from splatkit.renderer.renderer_3dgs import Splat3DGSRenderer
+from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import gaussian_kind
 from splatkit.splat.initialization import view_volume_points
 from splatkit.splat.model import SplatModel
@@ -133,6 +136,10 @@ class SplatTrainer:
             (:class:`~splatkit.appearance.SplatAffineAppearance`; :attr:`corrections`), for
             captures whose photos differ in exposure or white balance; None (default): none.
             Saved in checkpoints; test views are rendered without it.
+        pose_refinement: learn a rigid correction of each training camera
+            (:class:`~splatkit.pose.SplatPoseRefinement`; :attr:`pose_corrections`), for
+            captures whose poses are slightly off; None (default): none. Saved in checkpoints;
+            :meth:`train_cameras` gives the refined cameras; test cameras are used as given.
     """
 
     def __init__(
@@ -147,6 +154,7 @@ class SplatTrainer:
         overwrite: bool = False,
         checkpoint: dict | None = None,
         appearance: SplatAffineAppearance | None = None,
+        pose_refinement: SplatPoseRefinement | None = None,
     ) -> None:
         if not isinstance(config, SplatTrainerConfig):
             raise TypeError(f"config must be a SplatTrainerConfig, got {type(config).__name__}")
@@ -160,9 +168,16 @@ class SplatTrainer:
         self.modules = list(modules or [])
         if appearance is not None and not isinstance(appearance, SplatAffineAppearance):
             raise TypeError(f"appearance must be a SplatAffineAppearance or None, got {type(appearance).__name__}")
+        if pose_refinement is not None and not isinstance(pose_refinement, SplatPoseRefinement):
+            raise TypeError(
+                f"pose_refinement must be a SplatPoseRefinement or None, got {type(pose_refinement).__name__}"
+            )
         self.appearance = appearance
+        self.pose_refinement = pose_refinement
         self.corrections: AffineCorrections | None = None
         """The per-image colour corrections being learned (with ``appearance``), from :meth:`setup`."""
+        self.pose_corrections: PoseCorrections | None = None
+        """The per-image camera corrections being learned (with ``pose_refinement``), from :meth:`setup`."""
         for m in self.modules:
             if not isinstance(m, SplatBaseModule):
                 raise TypeError(f"modules must be SplatBaseModule instances, got {type(m).__name__}")
@@ -189,10 +204,10 @@ class SplatTrainer:
         )
         self.sharded: ShardedRun | None = None
         if config.dist_mode == "shard" and self.world_size > 1:
-            if appearance is not None:
+            if appearance is not None or pose_refinement is not None:
                 raise ValueError(
-                    "per-image appearance (appearance=...) is not supported with dist_mode='shard'; "
-                    "use dist_mode='replicate' or train without it"
+                    "per-image appearance and pose refinement are not supported with dist_mode='shard'; "
+                    "use dist_mode='replicate' or train without them"
                 )
             self._setup_sharding()
         elif config.dist_mode == "shard":
@@ -343,8 +358,7 @@ class SplatTrainer:
             )
             self.densification_state = self.densification.initialize_state(self.scene_scale)
             self.step = 0
-            if self.appearance is not None:
-                self.corrections = self.appearance.create(self.data_provider.num_train_frames(), self.device)
+            self._create_per_image()
         else:
             self._restore(self._resume)
             self._resume = None
@@ -389,11 +403,32 @@ class SplatTrainer:
                 "loss_fn": _describe(self.loss_fn),
                 "densification": _describe(self.densification),
                 "appearance": None if self.appearance is None else _describe(self.appearance),
+                "pose_refinement": None if self.pose_refinement is None else _describe(self.pose_refinement),
                 "modules": [_describe(m) for m in self.modules],
                 "resumed_from": None if self.ckpt_path is None else str(self.ckpt_path),
             }
             write_json(Path(cfg.output_dir) / "trainer_config.json", record)
         self._call("on_setup")
+
+    def _per_image(self) -> dict[str, tuple[str, PerImageParameters | None]]:
+        """The per-image parameter sets by checkpoint key, with the flag that turns each on."""
+        return {
+            "appearance": ("--appearance", self.corrections),
+            "pose_refinement": ("--pose-opt", self.pose_corrections),
+        }
+
+    def _create_per_image(self) -> None:
+        n = self.data_provider.num_train_frames()
+        if self.appearance is not None:
+            self.corrections = self.appearance.create(n, self.device)
+        if self.pose_refinement is not None:
+            self.pose_corrections = self.pose_refinement.create(n, self.device)
+
+    def train_cameras(self) -> list[SplatCameras]:
+        """The training cameras, one per image in the provider's order, as refined so far
+        (the provider's own without ``pose_refinement``)."""
+        cameras = self.data_provider.train_cameras()
+        return cameras if self.pose_corrections is None else self.pose_corrections.refine(cameras)
 
     def _restore(self, ckpt: dict) -> None:
         saved_cfg = ckpt["config"]
@@ -452,18 +487,19 @@ class SplatTrainer:
         self.scene_scale = float(ckpt["scene_scale"])
         self.step = int(ckpt["step"])
         self.data_provider.load_state_dict(ckpt["data_provider"])
-        saved_appearance = ckpt.get("appearance")
-        if self.appearance is not None:
-            self.corrections = self.appearance.create(self.data_provider.num_train_frames(), self.device)
-            if saved_appearance is not None:
-                self.corrections.load_state_dict(saved_appearance)
-            else:
-                logger.warning("the checkpoint has no appearance corrections; they start from the identity")
-        elif saved_appearance is not None:
-            logger.warning(
-                "the checkpoint was trained with per-image appearance corrections; this run has none "
-                "(appearance=None / no --appearance), so they are dropped"
-            )
+        self._create_per_image()
+        for key, (flag, params) in self._per_image().items():
+            saved = ckpt.get(key)
+            if params is not None and saved is not None:
+                params.load_state_dict(saved)
+            elif params is not None:
+                logger.warning("the checkpoint has no %s; they start from the identity", params.what)
+            elif saved is not None:
+                logger.warning(
+                    "the checkpoint was trained with per-image %s; this run has none (no %s), so they are dropped",
+                    key.replace("_", " "),
+                    flag,
+                )
         # Matched by state_key (Lightning's rule), so reordering modules or adding/removing a
         # stateless one loses nothing. Older checkpoints named states by class, as the default key.
         saved = {}
@@ -503,7 +539,7 @@ class SplatTrainer:
             "scene_scale": self.scene_scale,
             "background": list(self.background),
             "data": self.data,  # what it trains on (eval/view/resume rebuild it)
-            "appearance": None if self.corrections is None else self.corrections.state_dict(),
+            **{key: None if p is None else p.state_dict() for key, (_, p) in self._per_image().items()},
             # input frame -> training frame, so exports can be mapped back without the data
             "input_transform": _transform_or_none(self.data_provider),
             "rng": capture_rng_state(),
@@ -620,13 +656,17 @@ class SplatTrainer:
         frames = self.data_provider.train_batch(step, cfg.batch_size, cfg.seed, self.world_rank, self.world_size).to(
             self.device
         )
+        indices = None  # the step's training images, for per-image corrections
+        if self.corrections is not None or self.pose_corrections is not None:
+            indices = self.data_provider.rank_indices(step, cfg.batch_size, cfg.seed, self.world_rank, self.world_size)
+        if self.pose_corrections is not None:  # the cameras as refined so far
+            frames = dataclasses.replace(frames, cameras=self.pose_corrections.apply(frames.cameras, indices, step))
         clock.lap("data")
         render = self.renderer.render(
             ts.params, frames.cameras, self.active_sh_degree(step), self.backgrounds(len(frames.cameras))
         )
         self.densification.step_pre_backward(ts, self.densification_state, step, render)
         if self.corrections is not None:  # each training image's render under its own colour correction
-            indices = self.data_provider.rank_indices(step, cfg.batch_size, cfg.seed, self.world_rank, self.world_size)
             render = dataclasses.replace(render, images=self.corrections.apply(render.images, indices, step))
         clock.lap("render")
         self._call("pre_compute_loss", frames=frames, render=render)
@@ -642,7 +682,7 @@ class SplatTrainer:
         else:
             loss.loss.backward()
         if self.world_size > 1 and self.sharded is None:
-            extra = {} if self.corrections is None else {"appearance": self.corrections.delta}
+            extra = {key: p.delta for key, (_, p) in self._per_image().items() if p is not None}
             distributed.average_gradients({**ts.params, **extra}, self.world_rank, step)
             render = self._global_statistics(render, step)
         clock.lap("backward")
@@ -651,8 +691,9 @@ class SplatTrainer:
         ts.set_learning_rate("means", self.means_learning_rate(step))
         ts.optimizer_step(render.gaussian_ids)
         ts.zero_grad()
-        if self.corrections is not None:
-            self.corrections.step(step)
+        for _, params in self._per_image().values():
+            if params is not None:
+                params.step(step)
         ok = torch.isfinite(loss.loss.detach())
         self._loss_finite = ok if self._loss_finite is None else self._loss_finite & ok
         # The loss is checked every step on the CPU (free there); the parameters, and on a GPU
