@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -96,7 +98,8 @@ def run(scene: str, backend: str, steps: int) -> dict:
     provider, points = make_provider(scene)
     if points is not None:
         provider.initial_points = lambda: points
-    cfg = SplatTrainerConfig(max_steps=10_000, output_dir=f"/tmp/splatkit_bench_{scene}", profile_steps=True)
+    out = Path(tempfile.mkdtemp(prefix=f"splatkit_bench_{scene}_"))  # a fresh run folder per run
+    cfg = SplatTrainerConfig(max_steps=10_000, output_dir=str(out), profile_steps=True)
     dens = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=100_000)
     trainer = SplatTrainer(cfg, provider, renderer=Splat3DGSRenderer(backend=backend), densification=dens)
     trainer.setup()
@@ -115,7 +118,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
             kernel_laps.append(dict(kernels))
     phases = sorted({k for lap in laps for k in lap})
     f = trainer.data_provider.train_frame(0)
-    return {
+    result = {
         "scene": scene,
         "backend": backend,
         "image": [f.cameras.width, f.cameras.height],
@@ -129,6 +132,8 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "kernel_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in kernel_laps) for k in sorted(kernels)},
         "threads": torch.get_num_threads(),
     }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
 
 
 def main() -> None:
