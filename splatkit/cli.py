@@ -710,7 +710,10 @@ def flag_table() -> dict:
                 )
             if flags:
                 title = group.title.removesuffix(" options").removesuffix("options") or "options"
-                groups.append({"title": title, "description": _plain(group.description or ""), "flags": flags})
+                entry = {"title": title, "description": _plain(group.description or ""), "flags": flags}
+                if name == "train" and title in registry.MODULES:
+                    entry["module"] = True  # --help sums the modules' flags up in one line
+                groups.append(entry)
         commands[name] = {
             "description": _plain(command.__doc__ or ""),
             "positionals": positionals,

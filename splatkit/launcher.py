@@ -143,6 +143,13 @@ def command_help(table: dict, name: str, full: bool = False) -> str:
         lines += _short_line(by_name[flag])
     rest = [(g, [f for f in g["flags"] if f["name"] not in shown]) for g in groups]
     rest = [(g, flags) for g, flags in rest if flags]
+    modules = [(g, flags) for g, flags in rest if g.get("module")]
+    if modules:  # the plug-in modules' flags in one line, where the first of them was
+        flags = [f for _, fl in modules for f in fl]
+        merged = {"title": "modules", "description": ", ".join(f["name"] for f in flags), "flags": []}
+        at = rest.index(modules[0])
+        rest = [r for r in rest if not r[0].get("module")]
+        rest.insert(at, (merged, flags))
     if rest:
         lines += ["", f"more flags (splatkit {name} --help-all describes every one):"]
         for group, flags in rest:
