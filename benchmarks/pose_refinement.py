@@ -31,17 +31,11 @@ from splatkit.modules.exporter import SplatExporterConfig
 from splatkit.modules.progress import SplatProgressTrackerConfig
 from splatkit.pose import SplatPoseRefinement
 from splatkit.splat.cameras import SplatCameras
+from splatkit.splat.conventions import axis_angle_to_rotmat
 from splatkit.trainer import SplatTrainerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from appearance import scene_command  # noqa: E402  (the same scenes)
-
-
-def _rotation(axis_angle: torch.Tensor) -> torch.Tensor:
-    theta = float(axis_angle.norm())
-    k = axis_angle / theta
-    K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64)
-    return torch.eye(3, dtype=torch.float64) + math.sin(theta) * K + (1 - math.cos(theta)) * K @ K
 
 
 def perturb(provider, degrees: float, shift: float, seed: int = 0) -> list[torch.Tensor]:
@@ -52,7 +46,7 @@ def perturb(provider, degrees: float, shift: float, seed: int = 0) -> list[torch
         v = torch.randn(3, generator=g, dtype=torch.float64)
         t = torch.randn(3, generator=g, dtype=torch.float64)
         E = torch.eye(4, dtype=torch.float64)
-        E[:3, :3] = _rotation(v / v.norm() * math.radians(degrees))
+        E[:3, :3] = axis_angle_to_rotmat(v / v.norm() * math.radians(degrees))
         E[:3, 3] = t / t.norm() * shift * provider.scene_scale
         errors.append(E.float())
     exact_frame, exact_cameras = provider.train_frame, provider.train_cameras

@@ -72,3 +72,17 @@ def test_f_rest_is_channel_major():
     assert torch.equal(f_rest[0, :15], shN[0, :, 0])  # all R first
     assert torch.equal(f_rest[0, 15:30], shN[0, :, 1])
     assert torch.equal(f_rest_to_shN(f_rest), shN)
+
+
+def test_axis_angle_is_right_handed_and_matches_rodrigues():
+    import math
+
+    from splatkit.splat.conventions import axis_angle_to_rotmat
+
+    R = axis_angle_to_rotmat(torch.tensor([0.0, 0.0, math.pi / 2], dtype=torch.float64))
+    assert torch.allclose(R @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0]).double())
+    v = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    k, th = v / v.norm(), float(v.norm())
+    K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64)
+    rodrigues = torch.eye(3, dtype=torch.float64) + math.sin(th) * K + (1 - math.cos(th)) * K @ K
+    assert torch.allclose(axis_angle_to_rotmat(v), rodrigues, atol=1e-12)

@@ -17,14 +17,8 @@ from splatkit.data_provider.base import SplatFrames
 from splatkit.modules import SplatEvaluator, SplatExporter
 from splatkit.pose import SplatPoseRefinement, rotation_6d_to_matrix
 from splatkit.splat.cameras import SplatCameras
+from splatkit.splat.conventions import axis_angle_to_rotmat
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
-
-
-def _rotation(axis_angle: torch.Tensor) -> torch.Tensor:
-    theta = float(axis_angle.norm())
-    k = axis_angle / theta
-    K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return torch.eye(3) + math.sin(theta) * K + (1 - math.cos(theta)) * K @ K
 
 
 class PerturbedDemo(SplatDemoDataProvider):
@@ -38,7 +32,7 @@ class PerturbedDemo(SplatDemoDataProvider):
         for _ in range(self.num_train_frames()):
             v, t = torch.randn(3, generator=g), torch.randn(3, generator=g)
             E = torch.eye(4)
-            E[:3, :3] = _rotation(v / v.norm() * math.radians(degrees))
+            E[:3, :3] = axis_angle_to_rotmat(v / v.norm() * math.radians(degrees))
             E[:3, 3] = t / t.norm() * shift
             self.noise.append(E)
 

@@ -82,6 +82,13 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, dim=-1).reshape(quats.shape[:-1] + (3, 3))
 
 
+def axis_angle_to_rotmat(axis_angle: torch.Tensor) -> torch.Tensor:
+    """The rotation ``[3, 3]`` of ``axis_angle [3]`` (the unit axis times the angle in radians,
+    right-handed), through its wxyz quaternion."""
+    theta = axis_angle.norm()
+    return quat_to_rotmat(torch.cat([torch.cos(theta / 2)[None], torch.sin(theta / 2) * axis_angle / theta]))
+
+
 def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     """wxyz unit quaternions ``[..., 4]`` with w >= 0 from rotation matrices ``[..., 3, 3]``."""
     m = R.reshape(-1, 3, 3)
