@@ -32,7 +32,6 @@ from splatkit.data_provider import SplatBlenderDataProviderConfig, SplatColmapDa
 from splatkit.evaluation import preview_grid, to_uint8, write_png
 from splatkit.metrics import psnr
 from splatkit.modules import SplatEvaluator
-from splatkit.modules.evaluator import SplatEvaluatorConfig
 from splatkit.modules.exporter import SplatExporterConfig
 from splatkit.modules.progress import SplatProgressTrackerConfig
 from splatkit.trainer import SplatTrainerConfig
@@ -54,15 +53,16 @@ def scene_command(name: str, factor: int) -> TrainCommand:
     return cmd
 
 
-def train(cmd: TrainCommand, provider, steps: int, seed: int, appearance: str, out: Path):
+def train(cmd: TrainCommand, provider, steps: int, seed: int, out: Path, **flags):
+    """Train ``cmd`` with ``flags`` (TrainCommand fields, e.g. ``appearance="affine"``) into a fresh
+    ``out`` for ``steps`` steps, exporting nothing; ``(trainer, figures of the final evaluation)``."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = dataclasses.replace(
         cmd,
-        appearance=appearance,
         progress=SplatProgressTrackerConfig(progress=False),
         exporter=SplatExporterConfig(save_splat=False, save_ckpt=False),
-        evaluator=SplatEvaluatorConfig(lpips_net="alex"),
         trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out)),
+        **flags,
     )
     trainer, _ = build_trainer(cmd, provider)
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def main() -> None:
     frames = [f for _, f in zip(range(args.views), provider.test_frames())]
     for name in ("off", "affine"):
         print(f"[{args.scene}] appearance {name} ...", file=sys.stderr)
-        trainer, row = train(cmd, provider, args.steps, args.seed, name, out / name)
+        trainer, row = train(cmd, provider, args.steps, args.seed, out / name, appearance=name)
         report["runs"][name] = row
         with torch.no_grad():
             renders[name] = [trainer.render_view(f.cameras).images[0].clamp(0, 1).cpu() for f in frames]

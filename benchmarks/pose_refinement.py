@@ -14,28 +14,21 @@ before and after refinement.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from splatkit.cli import _data_provider, build_trainer
+from splatkit.cli import _data_provider
 from splatkit.data_provider.base import SplatFrames
-from splatkit.modules import SplatEvaluator
-from splatkit.modules.exporter import SplatExporterConfig
-from splatkit.modules.progress import SplatProgressTrackerConfig
 from splatkit.pose import SplatPoseRefinement
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import axis_angle_to_rotmat
-from splatkit.trainer import SplatTrainerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from appearance import scene_command  # noqa: E402  (the same scenes)
+from appearance import scene_command, train  # noqa: E402  (the same scenes and runs)
 
 
 def perturb(provider, degrees: float, shift: float, seed: int = 0) -> list[torch.Tensor]:
@@ -73,28 +66,6 @@ def pose_errors(cameras, truth) -> dict:
     return {"rotation_degrees": sum(rot) / len(rot), "centre": sum(centre) / len(centre)}
 
 
-def train(cmd, provider, steps: int, seed: int, out: Path, pose: SplatPoseRefinement | None):
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = dataclasses.replace(
-        cmd,
-        pose_opt="off" if pose is None else "se3",  # as --pose-opt se3 --pose.lr ...
-        pose=pose or SplatPoseRefinement(),
-        progress=SplatProgressTrackerConfig(progress=False),
-        exporter=SplatExporterConfig(save_splat=False, save_ckpt=False),
-        trainer=SplatTrainerConfig(max_steps=steps, seed=seed, output_dir=str(out)),
-    )
-    trainer, _ = build_trainer(cmd, provider)
-    t0 = time.perf_counter()
-    trainer.run()
-    final = next(m for m in trainer.modules if isinstance(m, SplatEvaluator)).history[-1]
-    return trainer, {
-        "psnr": final["psnr"],
-        "ssim": final["ssim"],
-        "num_gaussians": trainer.num_gaussians,
-        "train_seconds": round(time.perf_counter() - t0, 1),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scene", choices=["fox", "statue"], default="fox")
@@ -111,15 +82,14 @@ def main() -> None:
     report = {k: getattr(args, k) for k in ("scene", "steps", "seed", "factor", "degrees", "shift", "pose_lr")}
     provider = _data_provider(cmd.data, cmd.demo, cmd.colmap, cmd.blender)
     truth = provider.train_cameras()
-    _, report["exact_poses"] = train(cmd, provider, args.steps, args.seed, out / "exact", None)
+    _, report["exact_poses"] = train(cmd, provider, args.steps, args.seed, out / "exact")
     print(f"exact: {report['exact_poses']}", file=sys.stderr)
     perturb(provider, args.degrees, args.shift, args.seed)
     report["pose_error_before"] = pose_errors(provider.train_cameras(), truth)
-    _, report["perturbed"] = train(cmd, provider, args.steps, args.seed, out / "perturbed", None)
+    _, report["perturbed"] = train(cmd, provider, args.steps, args.seed, out / "perturbed")
     print(f"perturbed: {report['perturbed']}", file=sys.stderr)
-    trainer, report["perturbed_refined"] = train(
-        cmd, provider, args.steps, args.seed, out / "refined", SplatPoseRefinement(lr=args.pose_lr)
-    )
+    refine = {"pose_opt": "se3", "pose": SplatPoseRefinement(lr=args.pose_lr)}  # --pose-opt se3 --pose.lr
+    trainer, report["perturbed_refined"] = train(cmd, provider, args.steps, args.seed, out / "refined", **refine)
     report["pose_error_after"] = pose_errors(trainer.train_cameras(), truth)
     print(json.dumps(report, indent=2))
 

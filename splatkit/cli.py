@@ -304,6 +304,12 @@ _EXCLUSIVE_GROUPS = tuple(
 )
 
 
+def _selected_groups(cmd: TrainCommand, selector: str) -> dict:
+    """The settings objects of the groups the command's ``--<selector>`` choice brings, by group name."""
+    choice = registry.lookup(registry.SELECTORS[selector], getattr(cmd, selector), selector)
+    return {g.name: getattr(cmd, g.name) for g in choice.groups}
+
+
 def _changed(given, default) -> list[str]:
     return [f.name for f in dataclasses.fields(given) if getattr(given, f.name) != getattr(default, f.name)]
 
@@ -427,10 +433,8 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
     )
     exporter = next(m for m in modules if isinstance(m, SplatExporter))
     renderer, loss, densification = components(cmd)
-    chosen = registry.lookup(registry.APPEARANCES, cmd.appearance, "appearance")
-    appearance = registry.appearance(cmd.appearance, **{g.name: getattr(cmd, g.name) for g in chosen.groups})
-    chosen = registry.lookup(registry.POSE_REFINEMENTS, cmd.pose_opt, "pose_opt")
-    pose = registry.pose_refinement(cmd.pose_opt, **{g.name: getattr(cmd, g.name) for g in chosen.groups})
+    appearance = registry.appearance(cmd.appearance, **_selected_groups(cmd, "appearance"))
+    pose = registry.pose_refinement(cmd.pose_opt, **_selected_groups(cmd, "pose_opt"))
     trainer = SplatTrainer(
         cmd.trainer,
         data_provider,
