@@ -212,7 +212,7 @@ class RasterizeFn(torch.autograd.Function):
         alpha = torch.empty(C, height, width, 1)
         T_final = torch.empty(C, height, width)
         last = torch.empty(C, height, width, dtype=torch.int32)
-        vecmask = torch.zeros(ids.numel(), dtype=torch.int64)
+        vecmask = torch.empty(ids.numel(), dtype=torch.int64)  # every pair written
         lib.sk_raster_fwd(
             C,
             width,

@@ -96,9 +96,15 @@ static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
 static inline vf vsqrt(vf x) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_sqrt_ps((__m512)x);
+#elif defined(__AVX__)
+    return (vf)_mm256_sqrt_ps((__m256)x);
+#else
     vf r;
     for (int i = 0; i < L; ++i) r[i] = __builtin_sqrtf(x[i]);
     return r;
+#endif
 }
 
 // Natural log for x > 0: exponent from the bits, 2 atanh((m-1)/(m+1)) series for the
@@ -1003,6 +1009,59 @@ static inline VAlpha valpha(const Splat2D& s, const vf& xs, float dy) {
     return a;
 }
 
+// A tile's vectors as bits: bit r * NV + j is row r's j-th vector of L pixels.
+static inline uint64_t full_tile_mask() {
+    return TILE * NV >= 64 ? ~uint64_t(0) : (uint64_t(1) << (TILE * NV)) - 1;
+}
+
+// Bit l of `rows` (row q * L + l) moved to the tile-mask bit of that row's vector j.
+static inline uint64_t spread_rows(uint32_t rows, int q, int j) {
+    uint64_t x = rows;
+    if constexpr (NV == 2) {  // interleave with zeros: bit l -> bit 2 l
+        x = (x | (x << 8)) & 0x00FF00FFull;
+        x = (x | (x << 4)) & 0x0F0F0F0Full;
+        x = (x | (x << 2)) & 0x33333333ull;
+        x = (x | (x << 1)) & 0x55555555ull;
+    } else if constexpr (NV != 1) {
+        uint64_t y = 0;
+        for (int l = 0; l < L; ++l) y |= ((x >> l) & 1) << (l * NV);
+        x = y;
+    }
+    return x << (q * L * NV + j);
+}
+
+// The tile's vectors holding a pixel centre inside the splat's alpha >= 1/255 ellipse,
+// row by row (rows evaluated L at a time; a superset with a hair of slack, since
+// compositing applies the exact per-pixel rule), as a tile mask.
+static inline uint64_t span_vectors(const Splat2D& s, int x0, int y0, int rows_in) {
+    vf lane;
+    for (int l = 0; l < L; ++l) lane[l] = (float)l;
+    const float slack = 1e-4f * L;
+    uint64_t mask = 0;
+    for (int q = 0; q < TILE / L; ++q) {
+        vf dy = lane + ((float)(y0 + q * L) + 0.5f - s.my);
+        vf dy2 = dy * dy;
+        vf disc = s.B * s.B * dy2 - s.A * (s.Cc * dy2 - 2.0f * s.thr);
+        vi ok = (disc >= 0.0f) & ((lane + (float)(q * L)) < (float)rows_in);
+        if (!vbits(ok)) continue;
+        vf sq = vsqrt(vmax(disc, vf{}));
+        vf xa = (s.mx - x0) + (-s.B * dy - sq) * s.inv_A;
+        vf xb = (s.mx - x0) + (-s.B * dy + sq) * s.inv_A;
+        for (int j = 0; j < NV; ++j) {
+            vi hit = ok & (xa <= (float)(j * L + L) - 0.5f + slack) & (xb >= (float)(j * L) + 0.5f - slack);
+            mask |= spread_rows(vbits(hit), q, j);
+        }
+    }
+    return mask;
+}
+
+// Splats are read in depth order, scattered over memory: fetch one a few pairs ahead.
+template <class S>
+static inline void prefetch_splat(const S* splats, const int32_t* ids, int64_t k, int64_t end) {
+    constexpr int AHEAD = 8;
+    if (k + AHEAD < end) __builtin_prefetch(splats + ids[k + AHEAD]);
+}
+
 template <int D>
 void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
                 float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
@@ -1021,42 +1080,59 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
                 lastk[r][j] = vi{} - 1;
                 for (int ch = 0; ch < D; ++ch) acc[ch][r][j] = vf{};
             }
-        bool all_done = false;
-        for (int64_t k = tile_offsets[tile]; k < tile_offsets[tile + 1] && !all_done; ++k) {
-            int64_t g = ids[k];
-            const Splat2D s = splats[g];
+        // Bit r * NV + j of a tile mask is the vector (row r, vector j); vectors whose
+        // every pixel is done never need evaluating again.
+        uint64_t done_vecs = 0;
+        for (int r = 0; r < TILE; ++r)
+            for (int j = 0; j < NV; ++j)
+                if (vall(done[r][j])) done_vecs |= uint64_t(1) << (r * NV + j);
+        const int64_t kb = tile_offsets[tile], ke = tile_offsets[tile + 1];
+        bool all_done = done_vecs == full_tile_mask();
+        int64_t k = kb;
+        for (; k < ke && !all_done; ++k) {
+            prefetch_splat(splats, ids, k, ke);
+            const Splat2D s = splats[ids[k]];
             const float* col = s.color;
-            int r0 = std::max(0, (int)std::floor(s.my - s.dy_max - y0 - 0.5f));
-            int r1 = std::min(rows_in - 1, (int)std::ceil(s.my + s.dy_max - y0 - 0.5f));
+            uint64_t todo = span_vectors(s, x0, y0, rows_in) & ~done_vecs;
             uint64_t mask = 0;
-            vi any_stop = vi{};
+            bool any_stop = false;
             vi kv = vi{} + (int32_t)k;
-            for (int r = r0; r <= r1; ++r) {
-                float Y = y0 + r + 0.5f, xa, xb;
-                if (!row_span(s, Y, xa, xb)) continue;
-                // vectors of this row holding a pixel centre inside [xa, xb] (a superset:
-                // the exact per-pixel rule is applied inside)
-                int j0 = std::max(0, (int)std::ceil((xa - x0 - L + 0.5f) / L - 1e-4f));
-                int j1 = std::min(NV - 1, (int)std::floor((xb - x0 - 0.5f) / L + 1e-4f));
-                float dy = Y - s.my;
-                for (int j = j0; j <= j1; ++j) {
-                    VAlpha a = valpha(s, xs[j], dy);
-                    vi valid = a.valid & (done[r][j] == 0);
-                    vf next_T = T[r][j] * (1.0f - a.alpha);
-                    vi stop = valid & (next_T <= T_MIN);
-                    vi contrib = valid & (next_T > T_MIN);
-                    vf w = contrib ? a.alpha * T[r][j] : vf{};
-                    for (int ch = 0; ch < D; ++ch) acc[ch][r][j] += w * col[ch];
-                    T[r][j] = contrib ? next_T : T[r][j];
-                    lastk[r][j] = contrib ? kv : lastk[r][j];
+            auto alpha_at = [&](int bit) { return valpha(s, xs[bit % NV], y0 + bit / NV + 0.5f - s.my); };
+            auto blend = [&](int bit, const VAlpha& a) {
+                const int r = bit / NV, j = bit % NV;
+                vi valid = a.valid & (done[r][j] == 0);
+                vf next_T = T[r][j] * (1.0f - a.alpha);
+                vi stop = valid & (next_T <= T_MIN);
+                vi contrib = valid & (next_T > T_MIN);
+                vf w = contrib ? a.alpha * T[r][j] : vf{};
+                for (int ch = 0; ch < D; ++ch) acc[ch][r][j] += w * col[ch];
+                T[r][j] = contrib ? next_T : T[r][j];
+                lastk[r][j] = contrib ? kv : lastk[r][j];
+                if (vbits(contrib)) mask |= uint64_t(1) << bit;
+                if (vbits(stop)) {
                     done[r][j] |= stop;
-                    any_stop |= stop;
-                    if (vbits(contrib)) mask |= uint64_t(1) << (r * NV + j);
+                    any_stop = true;
+                    if (vall(done[r][j])) done_vecs |= uint64_t(1) << bit;
                 }
+            };
+            // two vectors at a time: their alphas are independent chains the core overlaps
+            while (todo) {
+                const int b1 = __builtin_ctzll(todo);
+                todo &= todo - 1;
+                if (!todo) {
+                    blend(b1, alpha_at(b1));
+                    break;
+                }
+                const int b2 = __builtin_ctzll(todo);
+                todo &= todo - 1;
+                const VAlpha a1 = alpha_at(b1), a2 = alpha_at(b2);
+                blend(b1, a1);
+                blend(b2, a2);
             }
             vecmask[k] = mask;
-            if (vany(any_stop)) all_done = tile_saturated(done);
+            if (any_stop) all_done = done_vecs == full_tile_mask();
         }
+        for (; k < ke; ++k) vecmask[k] = 0;
         const float* bg = backgrounds ? backgrounds + c * D : nullptr;
         for (int r = 0; r < rows_in; ++r) {
             int py = y0 + r;
@@ -1120,17 +1196,24 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 // (sum_ch gC bg - g_alpha) * T_final / (1 - alpha_k).
                 Kp[r][j] = (dot_bg - ga) * T[r][j];
             }
-        for (int64_t k = tile_offsets[tile + 1] - 1; k >= tile_offsets[tile]; --k) {
-            uint64_t mask = k <= max_last ? vecmask[k] : 0;
+        // Pairs behind every pixel's last contribution have no gradient.
+        const int64_t kb = tile_offsets[tile];
+        int64_t k = tile_offsets[tile + 1] - 1;
+        for (; k > max_last && k >= kb; --k)
+            for (int i = 0; i < G; ++i) pair_grad[k * G + i] = 0.0f;
+        for (; k >= kb; --k) {
+            uint64_t mask = vecmask[k];
             float* out = pair_grad.get() + k * G;
+            if (k - 8 >= kb) __builtin_prefetch(splats + ids[k - 8]);
             if (!mask) {
                 for (int i = 0; i < G; ++i) out[i] = 0.0f;
                 continue;
             }
-            int64_t g = ids[k];
-            const Splat2D s = splats[g];
+            const Splat2D s = splats[ids[k]];
             const float* col = s.color;
-            vf v_mx = vf{}, v_my = vf{}, v_A = vf{}, v_B = vf{}, v_C = vf{}, v_o = vf{}, v_col[D];
+            // sums of gsig times dx^2, dx dy, dy^2, dx, dy (the conic's and the mean's
+            // gradients are fixed combinations of them), of dL/d alpha * e, of colour weights
+            vf m_xx = vf{}, m_xy = vf{}, m_yy = vf{}, m_x = vf{}, m_y = vf{}, v_o = vf{}, v_col[D];
             for (int ch = 0; ch < D; ++ch) v_col[ch] = vf{};
             vi kv = vi{} + (int32_t)k;
             while (mask) {
@@ -1138,38 +1221,38 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 mask &= mask - 1;
                 int r = bit / NV, j = bit % NV;
                 float dy = y0 + r + 0.5f - s.my;
-                {
-                    VAlpha a = valpha(s, xs[j], dy);
-                    vi valid = a.valid & (kv <= lastk[r][j]);
-                    vf one_m = 1.0f - a.alpha;
-                    vf Tk = T[r][j] / one_m;
-                    vf dot = vf{}, sdot = vf{};
-                    for (int ch = 0; ch < D; ++ch) {
-                        dot += gC[ch][r][j] * col[ch];
-                        sdot += gC[ch][r][j] * S[ch][r][j];
-                    }
-                    vf dalpha = dot * Tk - (sdot + Kp[r][j]) / one_m;
-                    vi free_alpha = valid & (a.raw < ALPHA_MAX);
-                    vf gsig = free_alpha ? -dalpha * a.alpha : vf{};
-                    v_o += free_alpha ? dalpha * a.e : vf{};
-                    v_A += gsig * 0.5f * a.dx * a.dx;
-                    v_B += gsig * a.dx * dy;
-                    v_C += gsig * (0.5f * dy * dy);
-                    v_mx -= gsig * (s.A * a.dx + s.B * dy);
-                    v_my -= gsig * (s.B * a.dx + s.Cc * dy);
-                    vf wv = valid ? a.alpha * Tk : vf{};
-                    for (int ch = 0; ch < D; ++ch) {
-                        v_col[ch] += wv * gC[ch][r][j];
-                        S[ch][r][j] += wv * col[ch];
-                    }
-                    T[r][j] = valid ? Tk : T[r][j];
+                VAlpha a = valpha(s, xs[j], dy);
+                vi valid = a.valid & (kv <= lastk[r][j]);
+                vf inv_one_m = 1.0f / (1.0f - a.alpha);
+                vf Tk = T[r][j] * inv_one_m;
+                vf dot = vf{}, sdot = vf{};
+                for (int ch = 0; ch < D; ++ch) {
+                    dot += gC[ch][r][j] * col[ch];
+                    sdot += gC[ch][r][j] * S[ch][r][j];
                 }
+                vf dalpha = dot * Tk - (sdot + Kp[r][j]) * inv_one_m;
+                vi free_alpha = valid & (a.raw < ALPHA_MAX);
+                vf gsig = free_alpha ? -dalpha * a.alpha : vf{};
+                v_o += free_alpha ? dalpha * a.e : vf{};
+                vf gdx = gsig * a.dx;
+                m_xx += gdx * a.dx;
+                m_xy += gdx * dy;
+                m_x += gdx;
+                m_y += gsig * dy;
+                m_yy += gsig * (dy * dy);
+                vf wv = valid ? a.alpha * Tk : vf{};
+                for (int ch = 0; ch < D; ++ch) {
+                    v_col[ch] += wv * gC[ch][r][j];
+                    S[ch][r][j] += wv * col[ch];
+                }
+                T[r][j] = valid ? Tk : T[r][j];
             }
-            out[0] = vsum(v_mx);
-            out[1] = vsum(v_my);
-            out[2] = vsum(v_A);
-            out[3] = vsum(v_B);
-            out[4] = vsum(v_C);
+            const float sx = vsum(m_x), sy = vsum(m_y);
+            out[0] = -(s.A * sx + s.B * sy);
+            out[1] = -(s.B * sx + s.Cc * sy);
+            out[2] = 0.5f * vsum(m_xx);
+            out[3] = vsum(m_xy);
+            out[4] = 0.5f * vsum(m_yy);
             out[5] = vsum(v_o);
             for (int ch = 0; ch < D; ++ch) out[6 + ch] = vsum(v_col[ch]);
         }
