@@ -173,3 +173,27 @@ def test_initial_scales_use_the_three_nearest_neighbours():
     brute = d2.topk(3, dim=1, largest=False).values.mean(dim=1).sqrt()
     torch.testing.assert_close(knn_mean_distance(pts), brute, rtol=1e-12, atol=1e-12)
     assert knn_mean_distance(pts.float()).dtype == torch.float32
+
+
+def test_low_degree_steps_match_a_run_rendering_every_sh_band(tmp_path, small_demo, monkeypatch):
+    """Renders read only the active SH bands (shN gets no gradient at degree 0); training
+    is bit-identical to rendering every band, Adam states included, across degree steps."""
+    import splatkit.renderer.renderer_3dgs as r3
+
+    def train(folder):
+        t = SplatTrainer(
+            SplatTrainerConfig(max_steps=12, output_dir=str(tmp_path / folder), sh_degree_interval=4, seed=1),
+            small_demo,
+            densification=_densification(),
+        )
+        t.run()
+        return t.training_state.state_dict()
+
+    active = train("active")
+    monkeypatch.setattr(r3, "active_coefficients", lambda sh0, shN, degree: torch.cat([sh0, shN], dim=1))
+    every = train("every")
+    for name, p in active["params"].items():
+        assert torch.equal(p, every["params"][name]), name
+    for name, opt in active["optimizers"].items():
+        for key, value in opt["state"][0].items():
+            assert torch.equal(value, every["optimizers"][name]["state"][0][key]), (name, key)

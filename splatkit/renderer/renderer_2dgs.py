@@ -11,6 +11,7 @@ from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize_2dgs
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.splat.sh import active_coefficients
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Splat2DGSRenderer(SplatRenderer):
         sh_degree: int,
         backgrounds: torch.Tensor | None = None,
     ) -> SplatRenderOutput:
-        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+        colors = active_coefficients(params["sh0"], params["shN"], sh_degree)
         renders, alphas, normals, from_depth, distort, median, meta = rasterize_2dgs(
             params["means"],
             params["quats"],

@@ -11,6 +11,7 @@ from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import opacity_activation, scale_activation
+from splatkit.splat.sh import active_coefficients
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Splat3DGSRenderer(SplatRenderer):
         sh_degree: int,
         backgrounds: torch.Tensor | None = None,
     ) -> SplatRenderOutput:
-        colors = torch.cat([params["sh0"], params["shN"]], dim=1)
+        colors = active_coefficients(params["sh0"], params["shN"], sh_degree)
         renders, alphas, meta = rasterize(
             means=params["means"],
             quats=params["quats"],

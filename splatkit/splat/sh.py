@@ -34,6 +34,17 @@ def num_sh_bases(degree: int) -> int:
     return (degree + 1) ** 2
 
 
+def active_coefficients(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> torch.Tensor:
+    """The coefficients ``[N, (degree + 1) ** 2, 3]`` a render at ``degree`` reads: ``sh0``
+    and the first bands of ``shN``. Bands above ``degree`` stay out of the graph (their
+    gradient is zero either way), so a low-degree step neither copies them nor fills
+    their gradient with zeros; at degree 0 ``shN`` gets no gradient at all."""
+    k = num_sh_bases(degree) - 1
+    if k <= 0:
+        return sh0
+    return torch.cat([sh0, shN if k >= shN.shape[1] else shN[:, :k]], dim=1)
+
+
 def sh_degree_from_bases(num_bases: int) -> int:
     """Inverse of :func:`num_sh_bases`; raises ``ValueError`` if ``num_bases`` is not a square."""
     degree = math.isqrt(num_bases) - 1

@@ -68,6 +68,7 @@ class SplatTrainingState:
             )
             for name in PARAM_NAMES
         }
+        self._zero_grads: dict[str, torch.Tensor] = {}
         # PyTorch's fused Adam (one multithreaded pass per parameter, on CPU and CUDA) is
         # ~8x faster than the default loop on CPU; same update rule.
         fused = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in self.params.values())
@@ -122,6 +123,18 @@ class SplatTrainingState:
     def optimizer_step(self, gaussian_ids: torch.Tensor | None = None) -> None:
         """One Adam step. With ``sparse_grad``, ``gaussian_ids [nnz]`` are the Gaussians this
         step rendered (gsplat's packed ids); dense gradients are made sparse over them."""
+        # A parameter the step's render did not read (shN at SH degree 0) still takes an
+        # Adam step with a zero gradient, as when every band is rendered: its step count,
+        # hence its bias correction once its band starts, matches a dense run. The zeros
+        # are one cached tensor (zero_grad only drops the reference).
+        for name, p in self.params.items():
+            if p.grad is None:
+                zeros = self._zero_grads.get(name)
+                if zeros is None or zeros.shape != p.shape or zeros.device != p.device:
+                    zeros = self._zero_grads[name] = torch.zeros_like(p)
+                p.grad = zeros
+            else:
+                self._zero_grads.pop(name, None)
         if self.sparse_grad:
             if gaussian_ids is None:
                 raise ValueError("sparse_grad training needs the rendered gaussian_ids (packed render output)")
