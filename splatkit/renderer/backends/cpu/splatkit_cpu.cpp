@@ -129,12 +129,15 @@ static inline vf vceil(vf x) {
 }
 
 static inline vf vexp_neg(vf x) {
-    // Clamped so results (and products with opacities) stay normal floats.
-    x = x < -80.0f ? vsplat(-80.0f) : x;
-    vf t = x * 1.4426950408889634f;
+    // exp(x) = 2^r 2^u with r = round(x log2 e) and u in [-1/2, 1/2]; 2^u by its Taylor
+    // series to u^6 (relative error ~1e-7). Clamped so results (and products with
+    // opacities) stay normal floats.
+    vf t = vmax(x, vsplat(-80.0f)) * 1.4426950408889634f;
     vf r = (t + 12582912.0f) - 12582912.0f;
-    vf f = (t - r) * 0.6931471805599453f;
-    vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6.0f + f * (1.0f / 24.0f + f * (1.0f / 120.0f + f * (1.0f / 720.0f))))));
+    vf u = t - r;
+    constexpr float c1 = 0.6931471805599453f, c2 = c1 * c1 / 2, c3 = c2 * c1 / 3, c4 = c3 * c1 / 4,
+                    c5 = c4 * c1 / 5, c6 = c5 * c1 / 6;
+    vf p = 1.0f + u * (c1 + u * (c2 + u * (c3 + u * (c4 + u * (c5 + u * c6)))));
     vi bits = (__builtin_convertvector(r, vi) + 127) << 23;
     return p * (vf)bits;
 }
@@ -1001,7 +1004,7 @@ struct VAlpha {
 static inline VAlpha valpha(const Splat2D& s, const vf& xs, float dy) {
     VAlpha a;
     a.dx = xs - s.mx;
-    vf sigma = 0.5f * (s.A * a.dx * a.dx + s.Cc * dy * dy) + s.B * a.dx * dy;
+    vf sigma = a.dx * (0.5f * s.A * a.dx + s.B * dy) + 0.5f * s.Cc * dy * dy;
     a.e = vexp_neg(-sigma);
     a.raw = s.o * a.e;
     a.alpha = a.raw < ALPHA_MAX ? a.raw : vsplat(ALPHA_MAX);
@@ -1062,6 +1065,31 @@ static inline void prefetch_splat(const S* splats, const int32_t* ids, int64_t k
     if (k + AHEAD < end) __builtin_prefetch(splats + ids[k + AHEAD]);
 }
 
+// f(bit, alpha(bit)) for every set bit of a tile mask, in bit order, with the alphas of
+// BATCH vectors computed before they are used: independent chains (exp, division) the
+// core overlaps, where one vector at a time would wait on each. (3 measured fastest on
+// fox, forward and backward, against 1, 2 and 4.)
+constexpr int BATCH = 3;
+
+template <class A, class F>
+static inline void for_each_bit_batched(uint64_t bits, A&& alpha, F&& f) {
+    while (__builtin_popcountll(bits) >= BATCH) {
+        int idx[BATCH];
+        for (int i = 0; i < BATCH; ++i) {
+            idx[i] = __builtin_ctzll(bits);
+            bits &= bits - 1;
+        }
+        VAlpha a[BATCH];
+        for (int i = 0; i < BATCH; ++i) a[i] = alpha(idx[i]);
+        for (int i = 0; i < BATCH; ++i) f(idx[i], a[i]);
+    }
+    while (bits) {
+        const int b = __builtin_ctzll(bits);
+        bits &= bits - 1;
+        f(b, alpha(b));
+    }
+}
+
 template <int D>
 void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
                 float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
@@ -1115,20 +1143,7 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
                     if (vall(done[r][j])) done_vecs |= uint64_t(1) << bit;
                 }
             };
-            // two vectors at a time: their alphas are independent chains the core overlaps
-            while (todo) {
-                const int b1 = __builtin_ctzll(todo);
-                todo &= todo - 1;
-                if (!todo) {
-                    blend(b1, alpha_at(b1));
-                    break;
-                }
-                const int b2 = __builtin_ctzll(todo);
-                todo &= todo - 1;
-                const VAlpha a1 = alpha_at(b1), a2 = alpha_at(b2);
-                blend(b1, a1);
-                blend(b2, a2);
-            }
+            for_each_bit_batched(todo, alpha_at, blend);
             vecmask[k] = mask;
             if (any_stop) all_done = done_vecs == full_tile_mask();
         }
@@ -1216,12 +1231,9 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
             vf m_xx = vf{}, m_xy = vf{}, m_yy = vf{}, m_x = vf{}, m_y = vf{}, v_o = vf{}, v_col[D];
             for (int ch = 0; ch < D; ++ch) v_col[ch] = vf{};
             vi kv = vi{} + (int32_t)k;
-            while (mask) {
-                int bit = __builtin_ctzll(mask);
-                mask &= mask - 1;
-                int r = bit / NV, j = bit % NV;
-                float dy = y0 + r + 0.5f - s.my;
-                VAlpha a = valpha(s, xs[j], dy);
+            auto grad = [&](int bit, const VAlpha& a) {
+                const int r = bit / NV, j = bit % NV;
+                const float dy = y0 + r + 0.5f - s.my;
                 vi valid = a.valid & (kv <= lastk[r][j]);
                 vf inv_one_m = 1.0f / (1.0f - a.alpha);
                 vf Tk = T[r][j] * inv_one_m;
@@ -1246,7 +1258,9 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                     S[ch][r][j] += wv * col[ch];
                 }
                 T[r][j] = valid ? Tk : T[r][j];
-            }
+            };
+            auto alpha_at = [&](int bit) { return valpha(s, xs[bit % NV], y0 + bit / NV + 0.5f - s.my); };
+            for_each_bit_batched(mask, alpha_at, grad);
             const float sx = vsum(m_x), sy = vsum(m_y);
             out[0] = -(s.A * sx + s.B * sy);
             out[1] = -(s.B * sx + s.Cc * sy);
