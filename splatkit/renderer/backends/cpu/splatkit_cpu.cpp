@@ -751,6 +751,106 @@ static inline void for_each_tile(const S& s, const TileRange& r, uint64_t mask, 
     }
 }
 
+// Gaussians have a faster exact test, a tile row at a time: the tile columns [a, b] of
+// tile row ty whose pixel-centre rectangles the alpha >= 1/255 ellipse reaches are those
+// meeting the ellipse's x-extent within the row's band of pixel-centre heights. That
+// extent is closed-form (the ellipse is convex): its leftmost / rightmost point where
+// that lies inside the band, else the row span at the nearer band edge. A hair of slack
+// keeps it conservative. false: no tile of the row, or a degenerate conic (then the
+// per-tile test decides).
+static inline bool splat_row_tiles(const Splat2D& s, const TileRange& r, int ty, int W, int H, int& a, int& b,
+                                   bool& exact) {
+    const float eps = 1e-3f;
+    const float det = s.A * s.Cc - s.B * s.B;
+    exact = det > 0 && s.A > 0 && s.Cc > 0;
+    if (!exact) return false;
+    const float y_lo = ty * TILE + 0.5f - s.my, y_hi = std::min(ty * TILE + TILE, H) - 0.5f - s.my;
+    if (y_lo > s.dy_max + eps || y_hi < -s.dy_max - eps) return false;
+    const float c0 = std::min(std::max(y_lo, -s.dy_max), s.dy_max), c1 = std::max(std::min(y_hi, s.dy_max), -s.dy_max);
+    const float dx_max = std::sqrt(2.0f * s.thr * s.Cc / det), dy_right = -s.B * dx_max / s.Cc;
+    auto span = [&](float dy, float& xa, float& xb) {
+        const float sq = std::sqrt(std::max(s.B * s.B * dy * dy - s.A * (s.Cc * dy * dy - 2.0f * s.thr), 0.0f));
+        xa = (-s.B * dy - sq) * s.inv_A;
+        xb = (-s.B * dy + sq) * s.inv_A;
+    };
+    float xa0, xb0, xa1, xb1;
+    span(c0, xa0, xb0);
+    span(c1, xa1, xb1);
+    const float xr = s.mx + eps + ((c0 <= dy_right && dy_right <= c1) ? dx_max : std::max(xb0, xb1));
+    const float xl = s.mx - eps + ((c0 <= -dy_right && -dy_right <= c1) ? -dx_max : std::min(xa0, xa1));
+    if (xl > W - 0.5f || xr < 0.5f) return false;
+    a = std::max(r.x0, (int)std::ceil((xl - (TILE - 0.5f)) / TILE));
+    b = std::min(r.x1 - 1, (int)std::floor((xr - 0.5f) / TILE));
+    return a <= b;
+}
+
+static inline uint64_t touched_tiles(const Splat2D& s, const TileRange& r, int W, int H) {
+    const int w = r.x1 - r.x0, h = r.y1 - r.y0;
+    if (w <= 0 || h <= 0) return 0;
+    if (w * h > 64) return ALL_TILES;
+    if (w * h == 1) return 1;
+    uint64_t mask = 0;
+    for (int ty = r.y0; ty < r.y1; ++ty) {
+        int a, b;
+        bool exact;
+        if (splat_row_tiles(s, r, ty, W, H, a, b, exact))
+            mask |= ((uint64_t(1) << (b - a + 1)) - 1) << ((ty - r.y0) * w + (a - r.x0));
+        else if (!exact)
+            return touched_tiles<Splat2D>(s, r, W, H);
+    }
+    return mask;
+}
+
+template <class F>
+static inline void for_each_tile(const Splat2D& s, const TileRange& r, uint64_t mask, int W, int H, int tiles_x,
+                                 F&& f) {
+    if (mask != ALL_TILES) return for_each_tile<Splat2D>(s, r, mask, W, H, tiles_x, f);
+    for (int ty = r.y0; ty < r.y1; ++ty) {
+        int a, b;
+        bool exact;
+        if (splat_row_tiles(s, r, ty, W, H, a, b, exact)) {
+            for (int tx = a; tx <= b; ++tx) f(ty * tiles_x + tx);
+        } else if (!exact) {
+            return for_each_tile<Splat2D>(s, r, mask, W, H, tiles_x, f);
+        }
+    }
+}
+
+// Stable LSD radix sort of (key, value) pairs by unsigned key, 11 bits a pass, on up to
+// nthreads threads: each sorts a fixed chunk's histogram and scatter, so the order never
+// depends on timing. (Depths are positive floats, whose bits sort as unsigned ints.)
+static void radix_sort_pairs(std::vector<uint32_t>& keys, std::vector<uint32_t>& vals, int nthreads) {
+    constexpr int BITS = 11, BUCKETS = 1 << BITS;
+    const size_t m = keys.size();
+    const int T = (int)std::max<size_t>(1, std::min<size_t>(std::max(nthreads, 1), m / 16384 + 1));
+    std::vector<uint32_t> keys2(m), vals2(m);
+    std::vector<size_t> hist((size_t)T * BUCKETS);
+    for (int shift = 0; shift < 32; shift += BITS) {
+        std::fill(hist.begin(), hist.end(), 0);
+        parallel_for(T, T, [&](int64_t t, int) {
+            size_t* h = &hist[t * BUCKETS];
+            for (size_t i = m * t / T, e = m * (t + 1) / T; i < e; ++i) h[(keys[i] >> shift) & (BUCKETS - 1)]++;
+        });
+        size_t run = 0;
+        for (int d = 0; d < BUCKETS; ++d)
+            for (int t = 0; t < T; ++t) {
+                const size_t count = hist[(size_t)t * BUCKETS + d];
+                hist[(size_t)t * BUCKETS + d] = run;
+                run += count;
+            }
+        parallel_for(T, T, [&](int64_t t, int) {
+            size_t* h = &hist[t * BUCKETS];
+            for (size_t i = m * t / T, e = m * (t + 1) / T; i < e; ++i) {
+                const size_t pos = h[(keys[i] >> shift) & (BUCKETS - 1)]++;
+                keys2[pos] = keys[i];
+                vals2[pos] = vals[i];
+            }
+        });
+        keys.swap(keys2);
+        vals.swap(vals2);
+    }
+}
+
 // Tile lists of all cameras: returns the number of (tile, splat) pairs M and sets
 // *out_ids to a malloc'ed int32 array [M] of flat (camera * N + splat) indices,
 // sorted by (camera, tile, depth); tile_offsets [C * T + 1] delimit the tiles.
@@ -787,8 +887,8 @@ int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* 
     });
     // depth order per camera, as a list of box records
     std::vector<std::vector<BoxRecord>> ordered(C);
-    parallel_for(C, nthreads, [&](int64_t c, int) {
-        std::vector<uint32_t> keys, ids, keys2, ids2;
+    for (int64_t c = 0; c < C; ++c) {
+        std::vector<uint32_t> keys, ids;
         keys.reserve(N);
         ids.reserve(N);
         for (int64_t n = 0; n < N; ++n) {
@@ -799,25 +899,13 @@ int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* 
             keys.push_back(k);
             ids.push_back((uint32_t)n);
         }
-        size_t m = keys.size();
-        keys2.resize(m);
-        ids2.resize(m);
-        for (int shift = 0; shift < 32; shift += 8) {
-            size_t hist[257] = {0};
-            for (size_t i = 0; i < m; ++i) hist[((keys[i] >> shift) & 255) + 1]++;
-            for (int i = 0; i < 256; ++i) hist[i + 1] += hist[i];
-            for (size_t i = 0; i < m; ++i) {
-                size_t pos = hist[(keys[i] >> shift) & 255]++;
-                keys2[pos] = keys[i];
-                ids2[pos] = ids[i];
-            }
-            keys.swap(keys2);
-            ids.swap(ids2);
-        }
+        radix_sort_pairs(keys, ids, nthreads);
         auto& out = ordered[c];
-        out.resize(m);
-        for (size_t i = 0; i < m; ++i) out[i] = boxes[c * N + ids[i]];
-    });
+        out.resize(keys.size());
+        parallel_chunks((int64_t)keys.size(), nthreads, 16384, [&](int64_t b, int64_t e, int) {
+            for (int64_t i = b; i < e; ++i) out[i] = boxes[c * N + ids[i]];
+        });
+    }
     auto visit = [&](const BoxRecord& rec, auto&& f) {
         TileRange r{rec.tx0, rec.tx1, rec.ty0, rec.ty1};
         for_each_tile(splats[rec.idx], r, rec.mask, W, H, tiles_x, f);
