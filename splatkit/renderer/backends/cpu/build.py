@@ -24,7 +24,8 @@ from splatkit.errors import KernelBuildError
 
 logger = logging.getLogger("splatkit")
 
-SOURCE = Path(__file__).with_name("splatkit_cpu.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("splatkit_cpu.cpp", "ssim.cpp"))
+"""Compiled together into one library."""
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -56,7 +57,7 @@ def library_path() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        SOURCE.read_bytes()
+        b"".join(src.read_bytes() for src in SOURCES)
         + " ".join(FLAGS).encode()
         + version.encode()
         + _cpu_signature().encode()
@@ -73,10 +74,10 @@ def _compile(target: Path) -> None:
     os.close(fd)
     t0 = time.perf_counter()
     logger.info("compiling the CPU rasterizer (once per machine) into %s", target.parent)
-    proc = subprocess.run([_compiler(), *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+    proc = subprocess.run([_compiler(), *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
-        raise KernelBuildError(f"compiling {SOURCE.name} failed:\n{proc.stderr[-4000:]}")
+        raise KernelBuildError(f"compiling {', '.join(src.name for src in SOURCES)} failed:\n{proc.stderr[-4000:]}")
     os.replace(tmp, target)
     build_seconds = time.perf_counter() - t0
     logger.info("compiled the CPU rasterizer in %.1f s", build_seconds)
@@ -164,3 +165,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk2_raster_fwd.restype = i
     lib.sk2_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk2_raster_bwd.restype = i
+    lib.sk_ssim_fwd.argtypes = [i, i, i, i, p, i, p, p, p, i]
+    lib.sk_ssim_fwd.restype = None
+    lib.sk_ssim_bwd.argtypes = [i, i, i, i, p, i, p, p, p, p, i]
+    lib.sk_ssim_bwd.restype = None
