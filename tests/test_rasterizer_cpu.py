@@ -177,3 +177,22 @@ def test_camera_gradients_match_the_reference(sh_degree, mode):
     assert ref[:, :3].norm() > 0 and torch.equal(got[:, 3], torch.zeros_like(got[:, 3]))
     rel = float((ref[:, :3] - got[:, :3]).norm() / ref[:, :3].norm())
     assert rel < 1e-4, f"viewmats: relative L2 error {rel:.2e}"
+
+
+def test_the_kernel_sources_ship_in_the_package():
+    """A wheel holds what setuptools' package-data names: every source the build compiles."""
+    import fnmatch
+    from pathlib import Path
+
+    import splatkit
+    from splatkit.renderer.backends.cpu import build
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(splatkit.__file__).parent
+    pyproject = root.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("splatkit is installed from a wheel here (no pyproject.toml beside it)")
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["splatkit"]
+    for src in build.SOURCES:
+        rel = src.relative_to(root).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not package data"
