@@ -1051,8 +1051,11 @@ void for_each_tile_heavy_first(int C, int W, int H, const int64_t* tile_offsets,
 // summed per splat in pair order, so results never depend on which thread ran which tile:
 // fixed chunks of pairs go into per-chunk buffers, the buffers are added in chunk order,
 // and emit(g, sums) receives splat g's G sums (g over the C * N camera-splat pairs).
+// With `live` (the forward's per-pair vector masks), pairs whose mask is 0 contributed to
+// no pixel: their slots are neither written by the backward pass nor read here.
 template <int G, class F>
-void reduce_pair_grads(int64_t M, int64_t CN, const float* pair_grad, const int32_t* ids, int nthreads, F&& emit) {
+void reduce_pair_grads(int64_t M, int64_t CN, const float* pair_grad, const int32_t* ids, const uint64_t* live,
+                       int nthreads, F&& emit) {
     int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
     std::vector<std::vector<float>> bufs(nchunks);
     parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
@@ -1060,6 +1063,7 @@ void reduce_pair_grads(int64_t M, int64_t CN, const float* pair_grad, const int3
         buf.assign(CN * G, 0.0f);
         int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
         for (int64_t k = b; k < e; ++k) {
+            if (live && !live[k]) continue;
             const float* src = pair_grad + k * G;
             float* dst = buf.data() + (int64_t)ids[k] * G;
             for (int i = 0; i < G; ++i) dst[i] += src[i];
@@ -1299,19 +1303,14 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 // (sum_ch gC bg - g_alpha) * T_final / (1 - alpha_k).
                 Kp[r][j] = (dot_bg - ga) * T[r][j];
             }
-        // Pairs behind every pixel's last contribution have no gradient.
+        // Pairs behind every pixel's last contribution, and pairs that contributed to no
+        // pixel (vecmask 0: the reduction skips their slots), have no gradient.
         const int64_t kb = tile_offsets[tile];
-        int64_t k = tile_offsets[tile + 1] - 1;
-        for (; k > max_last && k >= kb; --k)
-            for (int i = 0; i < G; ++i) pair_grad[k * G + i] = 0.0f;
-        for (; k >= kb; --k) {
+        for (int64_t k = std::min<int64_t>(tile_offsets[tile + 1] - 1, max_last); k >= kb; --k) {
             uint64_t mask = vecmask[k];
             float* out = pair_grad.get() + k * G;
             if (k - 8 >= kb) __builtin_prefetch(splats + ids[k - 8]);
-            if (!mask) {
-                for (int i = 0; i < G; ++i) out[i] = 0.0f;
-                continue;
-            }
+            if (!mask) continue;
             const Splat2D s = splats[ids[k]];
             const float* col = s.color;
             // sums of gsig times dx^2, dx dy, dy^2, dx, dy (the conic's and the mean's
@@ -1359,7 +1358,7 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
             for (int ch = 0; ch < D; ++ch) out[6 + ch] = vsum(v_col[ch]);
         }
     });
-    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nthreads, [&](int64_t g, const float* acc) {
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, vecmask, nthreads, [&](int64_t g, const float* acc) {
         g_means2d[2 * g] = acc[0];
         g_means2d[2 * g + 1] = acc[1];
         g_conics[3 * g] = acc[2];
@@ -1856,7 +1855,7 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
             out[15 + D] = vsum(v_d);
         }
     });
-    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nthreads, [&](int64_t g, const float* acc) {
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nullptr, nthreads, [&](int64_t g, const float* acc) {
         out_means2d[2 * g] = acc[9];
         out_means2d[2 * g + 1] = acc[10];
         out_opac[g] = acc[11];
