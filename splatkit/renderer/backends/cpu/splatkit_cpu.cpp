@@ -647,8 +647,9 @@ namespace {
 // Everything compositing needs of one (camera, Gaussian), in one cache line.
 struct alignas(64) Splat2D {
     float mx, my, A, B, Cc, o, thr, dy_max, inv_A;
+    float dx_max, dy_right;  // the ellipse's horizontal half-extent, and the height of its rightmost point
     float color[MAX_CHANNELS];
-    float pad[16 - 9 - MAX_CHANNELS];
+    float pad[16 - 11 - MAX_CHANNELS];
 };
 static_assert(sizeof(Splat2D) == 64, "Splat2D is one cache line");
 
@@ -767,7 +768,7 @@ static inline bool splat_row_tiles(const Splat2D& s, const TileRange& r, int ty,
     const float y_lo = ty * TILE + 0.5f - s.my, y_hi = std::min(ty * TILE + TILE, H) - 0.5f - s.my;
     if (y_lo > s.dy_max + eps || y_hi < -s.dy_max - eps) return false;
     const float c0 = std::min(std::max(y_lo, -s.dy_max), s.dy_max), c1 = std::max(std::min(y_hi, s.dy_max), -s.dy_max);
-    const float dx_max = std::sqrt(2.0f * s.thr * s.Cc / det), dy_right = -s.B * dx_max / s.Cc;
+    const float dx_max = s.dx_max, dy_right = s.dy_right;
     auto span = [&](float dy, float& xa, float& xb) {
         const float sq = std::sqrt(std::max(s.B * s.B * dy * dy - s.A * (s.Cc * dy * dy - 2.0f * s.thr), 0.0f));
         xa = (-s.B * dy - sq) * s.inv_A;
@@ -873,7 +874,7 @@ int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* 
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
     int64_t T = (int64_t)tiles_x * tiles_y;
     int64_t CN = (int64_t)C * N;
-    std::vector<BoxRecord> boxes(CN);
+    std::unique_ptr<BoxRecord[]> boxes(new BoxRecord[CN]);  // every record written below
     parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
         for (int64_t idx = b; idx < e; ++idx) {
             BoxRecord& rec = boxes[idx];
@@ -960,7 +961,7 @@ extern "C" {
 
 // splats [C * N] (16 floats each) from means2d, conics, opacities and colours [C*N, D]:
 // adds the alpha >= 1/255 threshold on sigma (log(255 o), with a hair of slack so
-// culling stays conservative), the ellipse's vertical half-extent and 1/A.
+// culling stays conservative), the ellipse's half-extents and 1/A.
 void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const float* opac, const float* colors,
              float* out, int nthreads) {
     Splat2D* splats = reinterpret_cast<Splat2D*>(out);
@@ -977,8 +978,10 @@ void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const
             float det = s.A * s.Cc - s.B * s.B;
             s.dy_max = det > 0 ? std::sqrt(2.0f * s.thr * s.A / det) : 0.0f;
             s.inv_A = s.A > 0 ? 1.0f / s.A : 0.0f;
+            s.dx_max = det > 0 && s.Cc > 0 ? std::sqrt(2.0f * s.thr * s.Cc / det) : 0.0f;
+            s.dy_right = s.Cc > 0 ? -s.B * s.dx_max / s.Cc : 0.0f;
             for (int ch = 0; ch < MAX_CHANNELS; ++ch) s.color[ch] = ch < D ? colors[g * D + ch] : 0.0f;
-            for (int i = 0; i < 16 - 9 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
+            for (int i = 0; i < 16 - 11 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
             splats[g] = s;
         }
     });
