@@ -76,6 +76,34 @@ static void moments_row(const Geometry& G, const float* g, const float* x, const
     }
 }
 
+// body(p, i, m) for every output row i of every plane p, with m its five blurred moments
+// (rows in blocks of ROWS, dynamically scheduled).
+template <class F>
+void for_each_moment_row(const Geometry& G, const float* g, const float* x, const float* y, int nthreads, F&& body) {
+    const int nb = G.blocks();
+    parallel_tasks((int64_t)G.P * nb, nthreads, [&](int64_t task) {
+        const int p = (int)(task / nb), i0 = (int)(task % nb) * ROWS;
+        std::vector<float> v(5 * (G.W + 2 * G.pad)), m(5 * G.Wo);
+        const int64_t plane = (int64_t)p * G.H * G.W;
+        for (int i = i0; i < std::min(G.Ho, i0 + ROWS); ++i) {
+            moments_row(G, g, x + plane, y + plane, i, v.data(), m.data());
+            body(p, i, m.data());
+        }
+    });
+}
+
+// The SSIM numerator and denominator factors of output pixel j from its moments.
+struct Terms {
+    float a1, b1, a2, b2;
+    Terms(const float* m, int Wo, int j) {
+        const float mx = m[j], my = m[Wo + j], xx = m[2 * Wo + j], yy = m[3 * Wo + j], xy = m[4 * Wo + j];
+        a1 = 2.0f * mx * my + C1;
+        b1 = mx * mx + my * my + C1;
+        a2 = 2.0f * (xy - mx * my) + C2;
+        b2 = (xx - mx * mx) + (yy - my * my) + C2;
+    }
+};
+
 }  // namespace
 
 extern "C" {
@@ -85,22 +113,12 @@ void sk_ssim_fwd(int P, int H, int W, int K, const float* g, int same, const flo
                  float* out, int nthreads) {
     const Geometry G(P, H, W, K, same);
     if (G.Ho <= 0 || G.Wo <= 0) return;
-    const int nb = G.blocks();
-    parallel_tasks((int64_t)P * nb, nthreads, [&](int64_t task) {
-        const int p = (int)(task / nb), i0 = (int)(task % nb) * ROWS;
-        std::vector<float> v(5 * (W + 2 * G.pad)), m(5 * G.Wo);
-        const float* xp = x + (int64_t)p * H * W;
-        const float* yp = y + (int64_t)p * H * W;
-        for (int i = i0; i < std::min(G.Ho, i0 + ROWS); ++i) {
-            moments_row(G, g, xp, yp, i, v.data(), m.data());
-            const float *mx = m.data(), *my = mx + G.Wo, *xx = my + G.Wo, *yy = xx + G.Wo, *xy = yy + G.Wo;
-            float* __restrict__ o = out + ((int64_t)p * G.Ho + i) * G.Wo;
-            for (int j = 0; j < G.Wo; ++j) {
-                const float a1 = 2.0f * mx[j] * my[j] + C1, b1 = mx[j] * mx[j] + my[j] * my[j] + C1;
-                const float a2 = 2.0f * (xy[j] - mx[j] * my[j]) + C2;
-                const float b2 = (xx[j] - mx[j] * mx[j]) + (yy[j] - my[j] * my[j]) + C2;
-                o[j] = (a1 * a2) / (b1 * b2);
-            }
+    for_each_moment_row(G, g, x, y, nthreads, [&](int p, int i, const float* m) {
+        float* __restrict__ o = out + ((int64_t)p * G.Ho + i) * G.Wo;
+#pragma omp simd
+        for (int j = 0; j < G.Wo; ++j) {
+            const Terms t(m, G.Wo, j);
+            o[j] = (t.a1 * t.a2) / (t.b1 * t.b2);
         }
     });
 }
@@ -114,35 +132,23 @@ void sk_ssim_bwd(int P, int H, int W, int K, const float* g, int same, const flo
     // 1. per output pixel, gS times dS/d(mx, xx, xy): three maps [P, Ho, Wo]
     const size_t plane_out = (size_t)G.Ho * G.Wo;
     std::vector<float> d((size_t)P * 3 * plane_out);
-    const int nb = G.blocks();
-    parallel_tasks((int64_t)P * nb, nthreads, [&](int64_t task) {
-        const int p = (int)(task / nb), i0 = (int)(task % nb) * ROWS;
-        std::vector<float> v(5 * (W + 2 * G.pad)), m(5 * G.Wo);
-        const float* xp = x + (int64_t)p * H * W;
-        const float* yp = y + (int64_t)p * H * W;
-        float* d_mx = d.data() + (size_t)p * 3 * plane_out;
-        float* d_xx = d_mx + plane_out;
-        float* d_xy = d_xx + plane_out;
-        for (int i = i0; i < std::min(G.Ho, i0 + ROWS); ++i) {
-            moments_row(G, g, xp, yp, i, v.data(), m.data());
-            const float *mx = m.data(), *my = mx + G.Wo, *xx = my + G.Wo, *yy = xx + G.Wo, *xy = yy + G.Wo;
-            const float* __restrict__ go = gout + ((int64_t)p * G.Ho + i) * G.Wo;
-            float* __restrict__ o_mx = d_mx + (size_t)i * G.Wo;
-            float* __restrict__ o_xx = d_xx + (size_t)i * G.Wo;
-            float* __restrict__ o_xy = d_xy + (size_t)i * G.Wo;
+    for_each_moment_row(G, g, x, y, nthreads, [&](int p, int i, const float* m) {
+        float* d_mx = d.data() + (size_t)p * 3 * plane_out + (size_t)i * G.Wo;
+        float* __restrict__ o_mx = d_mx;
+        float* __restrict__ o_xx = d_mx + plane_out;
+        float* __restrict__ o_xy = d_mx + 2 * plane_out;
+        const float* __restrict__ go = gout + ((int64_t)p * G.Ho + i) * G.Wo;
 #pragma omp simd
-            for (int j = 0; j < G.Wo; ++j) {
-                const float a1 = 2.0f * mx[j] * my[j] + C1, b1 = mx[j] * mx[j] + my[j] * my[j] + C1;
-                const float a2 = 2.0f * (xy[j] - mx[j] * my[j]) + C2;
-                const float b2 = (xx[j] - mx[j] * mx[j]) + (yy[j] - my[j] * my[j]) + C2;
-                const float den = b1 * b2, s = (a1 * a2) / den;
-                const float ds_sxy = 2.0f * a1 / den;  // dS/d cov
-                const float ds_sxx = -s / b2;           // dS/d var_x
-                const float ds_mx = 2.0f * my[j] * a2 / den - 2.0f * s * mx[j] / b1;
-                o_mx[j] = go[j] * (ds_mx - 2.0f * mx[j] * ds_sxx - my[j] * ds_sxy);
-                o_xx[j] = go[j] * ds_sxx;
-                o_xy[j] = go[j] * ds_sxy;
-            }
+        for (int j = 0; j < G.Wo; ++j) {
+            const Terms t(m, G.Wo, j);
+            const float mx = m[j], my = m[G.Wo + j];
+            const float den = t.b1 * t.b2, s = (t.a1 * t.a2) / den;
+            const float ds_sxy = 2.0f * t.a1 / den;  // dS/d cov
+            const float ds_sxx = -s / t.b2;           // dS/d var_x
+            const float ds_mx = 2.0f * my * t.a2 / den - 2.0f * s * mx / t.b1;
+            o_mx[j] = go[j] * (ds_mx - 2.0f * mx * ds_sxx - my * ds_sxy);
+            o_xx[j] = go[j] * ds_sxx;
+            o_xy[j] = go[j] * ds_sxy;
         }
     });
     // 2. the transposed blur of the three maps, combined per input pixel
