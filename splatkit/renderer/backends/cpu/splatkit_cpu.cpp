@@ -653,18 +653,6 @@ struct alignas(64) Splat2D {
 };
 static_assert(sizeof(Splat2D) == 64, "Splat2D is one cache line");
 
-// Horizontal extent [xa, xb] of the alpha >= 1/255 ellipse on the row at height Y;
-// false if the row misses it.
-static inline bool row_span(const Splat2D& s, float Y, float& xa, float& xb) {
-    float dy = Y - s.my;
-    float disc = s.B * s.B * dy * dy - s.A * (s.Cc * dy * dy - 2.0f * s.thr);
-    if (disc < 0) return false;
-    float sq = std::sqrt(disc);
-    xa = s.mx + (-s.B * dy - sq) * s.inv_A;
-    xb = s.mx + (-s.B * dy + sq) * s.inv_A;
-    return true;
-}
-
 static inline bool ellipse_touches_rect(float mx, float my, float A, float B, float Cc, float thr, float x0,
                                         float x1, float y0, float y1) {
     float dx0 = x0 - mx, dx1 = x1 - mx, dy0 = y0 - my, dy1 = y1 - my;
