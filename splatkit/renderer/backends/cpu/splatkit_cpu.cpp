@@ -1141,11 +1141,15 @@ static inline uint64_t span_vectors(const Splat2D& s, int x0, int y0, int rows_i
     return mask;
 }
 
-// Splats are read in depth order, scattered over memory: fetch one a few pairs ahead.
+// Splats are read in depth order, scattered over memory: a pass at pair k fetches the one
+// it reads PREFETCH pairs later (pair k + step * PREFETCH, if inside [lo, hi)).
+constexpr int PREFETCH = 8;
+
 template <class S>
-static inline void prefetch_splat(const S* splats, const int32_t* ids, int64_t k, int64_t end) {
-    constexpr int AHEAD = 8;
-    if (k + AHEAD < end) __builtin_prefetch(splats + ids[k + AHEAD]);
+static inline void prefetch_splat(const S* splats, const int32_t* ids, int64_t k, int step, int64_t lo,
+                                  int64_t hi) {
+    const int64_t next = k + step * PREFETCH;
+    if (next >= lo && next < hi) __builtin_prefetch(splats + ids[next]);
 }
 
 // f(bit, alpha(bit)) for every set bit of a tile mask, in bit order, with the alphas of
@@ -1201,7 +1205,7 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
         bool all_done = done_vecs == full_tile_mask();
         int64_t k = kb;
         for (; k < ke && !all_done; ++k) {
-            prefetch_splat(splats, ids, k, ke);
+            prefetch_splat(splats, ids, k, +1, kb, ke);
             const Splat2D s = splats[ids[k]];
             const float* col = s.color;
             uint64_t todo = span_vectors(s, x0, y0, rows_in) & ~done_vecs;
@@ -1300,7 +1304,7 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
         for (int64_t k = std::min<int64_t>(tile_offsets[tile + 1] - 1, max_last); k >= kb; --k) {
             uint64_t mask = vecmask[k];
             float* out = pair_grad.get() + k * G;
-            if (k - 8 >= kb) __builtin_prefetch(splats + ids[k - 8]);
+            prefetch_splat(splats, ids, k, -1, kb, tile_offsets[tile + 1]);
             if (!mask) continue;
             const Splat2D s = splats[ids[k]];
             const float* col = s.color;

@@ -8,10 +8,7 @@ from __future__ import annotations
 import torch
 
 from splatkit.renderer.backends.cpu.build import load
-
-
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
+from splatkit.renderer.backends.cpu.kernels import _ptr
 
 
 class SSIMMapFn(torch.autograd.Function):
