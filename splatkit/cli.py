@@ -66,8 +66,10 @@ class _TrainFlags:
     """Densification: gsplat's default (settings under --densification) or MCMC (under --mcmc)."""
     appearance: Appearance = "off"
     """Per-image appearance: "affine" learns a colour correction of each training image (exposure,
-    white balance; settings under --affine), for photos that differ in them. Test views are
-    rendered without it; the evaluator then also reports psnr_cc (gsplat's colour-corrected PSNR)."""
+    white balance; settings under --affine), "bilateral" a bilateral grid of them per image (gsplat's
+    --use_bilateral_grid: corrections that vary over the image and with brightness; settings under
+    --bilateral), for photos that differ in them. Test views are rendered without it; the evaluator
+    then also reports psnr_cc (gsplat's colour-corrected PSNR)."""
     pose_opt: PoseOpt = "off"
     """Camera pose refinement: "se3" learns a rigid correction of each training camera (gsplat's
     --pose_opt; settings under --pose), for poses that are slightly off. Test cameras are used as given."""
@@ -260,9 +262,12 @@ def demo_command(
     return TrainCommand(data="demo", model=model, strategy=strategy, trainer=config, **chosen[0], **chosen[1], **kwargs)
 
 
-def components(cmd: TrainCommand):
+def components(cmd: TrainCommand, depth_targets: bool = False):
     """``(renderer, loss_fn, densification)`` for the command's model kind and strategy:
     :func:`splatkit.registry.components` with the settings the flags changed.
+
+    With ``depth_targets`` (the data has depths, e.g. ``--colmap.depths sfm``) the 3DGS renderer
+    renders depth for the loss's depth term; without them ``--loss.depth-lambda`` is an error.
 
     With MCMC the loss gets gsplat's regularisers (the strategy's preset, spelled
     ``--mcmc-opacity-reg`` / ``--mcmc-scale-reg`` here) unless ``--loss.opacity-reg`` /
@@ -289,6 +294,13 @@ def components(cmd: TrainCommand):
                     "give one of them"
                 )
             settings[loss_group][name] = preset
+    if "depth_lambda" in settings[loss_group] and not depth_targets:
+        raise ValueError(
+            f"--{loss_group.replace('_', '-')}.depth-lambda weighs depth targets, and this data has none: "
+            "give them with --colmap.depths (sfm or a folder of depth maps) or --blender.depths (frames or a folder)"
+        )
+    if depth_targets and cmd.model == "3dgs":
+        settings["renderer"]["render_depth"] = True
     return registry.components(cmd.model, cmd.strategy, **settings)
 
 
@@ -432,7 +444,7 @@ def build_trainer(cmd: TrainCommand, data_provider=None) -> tuple[SplatTrainer, 
         cmd.trainer.output_dir, cmd.trainer.max_steps, **{name: getattr(cmd, name) for name in registry.MODULES}
     )
     exporter = next(m for m in modules if isinstance(m, SplatExporter))
-    renderer, loss, densification = components(cmd)
+    renderer, loss, densification = components(cmd, data_provider.has_depths)
     appearance = registry.appearance(cmd.appearance, **_selected_groups(cmd, "appearance"))
     pose = registry.pose_refinement(cmd.pose_opt, **_selected_groups(cmd, "pose_opt"))
     trainer = SplatTrainer(

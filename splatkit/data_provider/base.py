@@ -21,12 +21,16 @@ class SplatFrames:
         images: ``[C, H, W, 3]`` float RGB in [0, 1].
         masks: ``[C, H, W, 1]`` bool, True where the loss applies; ``None`` for all pixels.
         names: image names, for reports.
+        depths: ``[C, H, W, 1]`` float depth targets (z along the camera's axis, in the
+            training frame's units), 0 where a pixel has none; ``None`` without depth
+            supervision.
     """
 
     cameras: SplatCameras
     images: torch.Tensor
     masks: torch.Tensor | None
     names: list[str]
+    depths: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> SplatFrames:
         return SplatFrames(
@@ -34,20 +38,23 @@ class SplatFrames:
             self.images.to(device, non_blocking=True),
             None if self.masks is None else self.masks.to(device, non_blocking=True),
             self.names,
+            None if self.depths is None else self.depths.to(device, non_blocking=True),
         )
 
     @staticmethod
     def cat(items: list[SplatFrames]) -> SplatFrames:
-        masks = [f.masks for f in items]
-        if any(m is None for m in masks) and not all(m is None for m in masks):
-            masks = [
-                torch.ones_like(f.images[..., :1], dtype=torch.bool) if f.masks is None else f.masks for f in items
-            ]
+        def joined(name: str, fill):
+            parts = [getattr(f, name) for f in items]
+            if all(p is None for p in parts):
+                return None
+            return torch.cat([fill(f) if p is None else p for f, p in zip(items, parts)])
+
         return SplatFrames(
             SplatCameras.cat([f.cameras for f in items]),
             torch.cat([f.images for f in items]),
-            None if masks[0] is None else torch.cat(masks),
+            joined("masks", lambda f: torch.ones_like(f.images[..., :1], dtype=torch.bool)),
             [n for f in items for n in f.names],
+            joined("depths", lambda f: torch.zeros_like(f.images[..., :1])),
         )
 
 
@@ -67,6 +74,9 @@ class SplatDataProvider(ABC):
     ``(seed, step)``, so a run resumed from a checkpoint sees the same images as an
     uninterrupted one without saving any sampler state.
     """
+
+    has_depths: bool = False
+    """Whether frames carry depth targets (:attr:`SplatFrames.depths`)."""
 
     transform: torch.Tensor | None = None
     """``[4, 4]`` similarity from the capture's own frame to the training frame, for

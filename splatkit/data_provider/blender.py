@@ -22,7 +22,14 @@ from splatkit.data_provider.captured import (
     image_size,
     resized_copies,
 )
-from splatkit.data_provider.images import IMAGE_EXTENSIONS, DataError, _preview, find_masks
+from splatkit.data_provider.images import (
+    DEPTH_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    DataError,
+    _preview,
+    find_companions,
+    find_masks,
+)
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
 from splatkit.data_provider.undistort import CameraIntrinsics
 from splatkit.splat.conventions import opengl_to_opencv_c2w
@@ -70,6 +77,14 @@ class SplatBlenderDataProviderConfig:
     """Centre, level and scale the scene (transform kept as ``transform``)."""
     masks_dir: str | None = None
     """Folder of masks named like the images; frames may also give their own ``mask_path``."""
+    depths: str = "none"
+    """Depth targets for depth supervision (the loss's depth_lambda): "none"; "frames", each
+    frame's ``depth_file_path`` (nerfstudio's); or a folder of depth maps named like the images
+    (.npy, 16-bit PNG or TIFF; z along the camera's axis, 0 = unknown)."""
+    depth_unit_scale: float | None = None
+    """Depth map values times this are depths in the file's units (None: transforms.json's
+    ``depth_unit_scale_factor`` if it has one, else 0.001 for integer files, i.e. millimetres
+    for metres, and 1 for float files)."""
     loader: SplatLoaderConfig = field(default_factory=SplatLoaderConfig)
 
 
@@ -156,12 +171,17 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
         else:
             files = [(path, None)]
 
-        entries = []  # (name, image path, c2w, meta, json file, split, mask path)
+        entries = []  # (name, image path, c2w, meta, json file, split, mask path, depth path)
         ply_file = None  # nerfstudio's optional point cloud, named by the first file
+        depth_unit_scale = config.depth_unit_scale
         for jpath, split in files:
             data = _load_json(jpath)
             if jpath == files[0][0] and "ply_file_path" in data:
                 ply_file = (jpath, data["ply_file_path"])
+            if depth_unit_scale is None and "depth_unit_scale_factor" in data:
+                depth_unit_scale = data["depth_unit_scale_factor"]
+                if isinstance(depth_unit_scale, bool) or not isinstance(depth_unit_scale, (int, float)):
+                    raise DataError(f"{jpath}: depth_unit_scale_factor must be a number, got {depth_unit_scale!r}")
             top = {k: data[k] for k in INTRINSIC_KEYS if k in data}
             for i, frame in enumerate(data["frames"]):
                 where = f"{jpath} frame {i}"
@@ -173,8 +193,9 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
                 image = _resolve_image(jpath.parent, frame["file_path"])
                 meta = {**top, **{k: frame[k] for k in INTRINSIC_KEYS if k in frame}}
                 mask = (jpath.parent / frame["mask_path"]) if "mask_path" in frame else None
+                depth = (jpath.parent / frame["depth_file_path"]) if "depth_file_path" in frame else None
                 name = f"{split}/{frame['file_path']}" if split else str(frame["file_path"])
-                entries.append((name, image, matrix, meta, where, split, mask))
+                entries.append((name, image, matrix, meta, where, split, mask, depth))
 
         present = [e[1].is_file() for e in entries]
         missing = [e for e, ok in zip(entries, present) if not ok]
@@ -204,6 +225,7 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
             masks = find_masks([r.image_path.name for r in records], Path(config.masks_dir))
             for r in records:
                 r.mask_path = masks[r.image_path.name]
+        self._attach_depths(config.depths, records, [e[7] for e in entries], [e[4] for e in entries])
 
         points, colors = self._points(ply_file, transform)
         # Held-out frames: the test (or val) file's when there is one, else every test_every-th.
@@ -217,8 +239,37 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
             config.loader,
             background=config.background,
             test_names=test_names,
+            depth_unit_scale=depth_unit_scale,
         )
         logger.info("transforms.json capture %s: %s", path, self.describe())
+
+    @staticmethod
+    def _attach_depths(spec: str, records: list[FrameRecord], given: list[Path | None], where: list[str]) -> None:
+        """Depth maps for ``records`` as ``spec`` (the depths setting) says: none, each frame's own
+        (``given``, from ``depth_file_path``), or a folder's."""
+        if spec == "none":
+            return
+        if spec == "frames":
+            lacking = [w for w, d in zip(where, given) if d is None]
+            if lacking:
+                raise DataError(
+                    f"depths 'frames': {len(lacking)} frame(s) have no depth_file_path: {_preview(lacking)}"
+                )
+            for r, d in zip(records, given):
+                r.depth_path = d
+            return
+        if spec == "sfm":
+            raise DataError(
+                "depths 'sfm' needs a COLMAP model (which image saw which point); "
+                "a transforms.json capture takes depth maps: 'frames' or a folder"
+            )
+        if not Path(spec).is_dir():
+            raise DataError(f"depths '{spec}' is none of 'none', 'frames' or a folder of depth maps")
+        maps = find_companions(
+            [r.image_path.name for r in records], Path(spec), "depth map", "depths", DEPTH_EXTENSIONS, "npy/png/tiff"
+        )
+        for r in records:
+            r.depth_path = maps[r.image_path.name]
 
     @staticmethod
     def _points(ply_file: tuple[Path, str] | None, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ all images in memory, let alone on the training device.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ from splatkit.data_provider.images import (
     _preview,
     has_alpha,
     is_rgb_colour,
+    read_depth,
     read_image,
     read_mask,
     read_pixels,
@@ -34,7 +36,7 @@ from splatkit.data_provider.images import (
 )
 from splatkit.data_provider.undistort import CameraIntrinsics, Undistorter
 from splatkit.splat.cameras import SplatCameras
-from splatkit.splat.conventions import c2w_to_viewmat
+from splatkit.splat.conventions import c2w_to_viewmat, project_points
 
 logger = logging.getLogger("splatkit")
 
@@ -62,6 +64,8 @@ class FrameRecord:
     c2w: torch.Tensor  # [4, 4] OpenCV camera-to-world, in the provider's (normalised) frame
     intrinsics: CameraIntrinsics  # of the file at image_path
     mask_path: Path | None = None
+    depth_path: Path | None = None  # a depth map of the photo (any size with its aspect)
+    depth_points: torch.Tensor | None = None  # [P, 3] SfM points the photo observed, training frame
 
 
 def image_header(path: Path) -> tuple[int, int, bool]:
@@ -137,7 +141,7 @@ def downscaled_records(records: list[FrameRecord], paths: list[Path], factor: in
                 f"{p} is {w}x{h}; at factor {factor} its camera ({r.intrinsics.width}x"
                 f"{r.intrinsics.height}) expects about {ew}x{eh}"
             )
-        out.append(FrameRecord(r.name, p, r.c2w, r.intrinsics.scaled(w, h), r.mask_path))
+        out.append(dataclasses.replace(r, image_path=p, intrinsics=r.intrinsics.scaled(w, h)))
     return out
 
 
@@ -184,6 +188,7 @@ class SplatCaptureDataProvider(SplatDataProvider):
         loader: SplatLoaderConfig,
         background: tuple[float, float, float] = (1.0, 1.0, 1.0),
         test_names: set[str] | None = None,
+        depth_unit_scale: float | None = None,
     ) -> None:
         if not records:
             raise DataError("no frames to train on")
@@ -199,6 +204,11 @@ class SplatCaptureDataProvider(SplatDataProvider):
         self._points, self._colors = points.float(), colors.float()
         self.transform = transform
         """``[4, 4]`` similarity from the input frame (COLMAP's, transforms.json's) to the training frame."""
+        if depth_unit_scale is not None and not depth_unit_scale > 0:
+            raise DataError(f"depth_unit_scale must be a positive number or None, got {depth_unit_scale!r}")
+        self._depth_unit_scale = depth_unit_scale  # a depth map's unit in the capture's (see read_depth)
+        self._similarity_scale = float(torch.linalg.det(transform[:3, :3].double()).abs() ** (1 / 3))
+        self.has_depths = any(r.depth_path is not None or r.depth_points is not None for r in records)
         self._loader = loader
         has_alpha = self._check_image_sizes()
         if not is_rgb_colour(background):
@@ -267,7 +277,7 @@ class SplatCaptureDataProvider(SplatDataProvider):
             )
 
     # ------------------------------------------------------------ loading
-    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         r = self.records[index]
         und = self._undistorters[r.intrinsics]
         img = read_image(r.image_path, self._background)
@@ -296,12 +306,31 @@ class SplatCaptureDataProvider(SplatDataProvider):
             if not m.any():
                 raise DataError(f"mask {r.mask_path} keeps no pixel (all black): nothing of {r.image_path.name} counts")
             mask = und.mask(m)
-        return img, mask
+        depth = None if r.depth_path is None else self._depth_map(r, und)
+        return img, mask, depth
 
-    def _cached(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _depth_map(self, r: FrameRecord, und: Undistorter) -> np.ndarray:
+        """The depth map of ``r`` at its undistorted image's size, in training units."""
+        import cv2
+
+        d = read_depth(r.depth_path, self._depth_unit_scale) * np.float32(self._similarity_scale)
+        W, H = r.intrinsics.width, r.intrinsics.height
+        if d.shape != (H, W):
+            # Depth maps often come at another resolution than the photos (a sensor's, or the
+            # full-size photo's for images_N); the same picture has the same aspect ratio.
+            if abs(d.shape[1] / d.shape[0] - W / H) > 0.01 * W / H:
+                raise DataError(
+                    f"depth map {r.depth_path} is {d.shape[1]}x{d.shape[0]}; its image {r.image_path.name} is "
+                    f"{W}x{H} (a depth map must show the image's picture: the same aspect ratio)"
+                )
+            # nearest: averaging depths across an object's edge makes depths of neither side
+            d = cv2.resize(d, (W, H), interpolation=cv2.INTER_NEAREST)
+        return und.depth(d)
+
+    def _cached(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         return self._cache.get_or_load(index, lambda: self._load(index))
 
-    def _get(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _get(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         with self._lock:
             fut = self._inflight.pop(index, None)
         return fut.result() if fut is not None else self._cached(index)
@@ -322,12 +351,17 @@ class SplatCaptureDataProvider(SplatDataProvider):
         )
 
     def _frame(self, index: int) -> SplatFrames:
-        img, mask = self._get(index)
+        img, mask, depth = self._get(index)
         r = self.records[index]
         cams = self._camera(index)
         images = torch.from_numpy(img).float().div_(255.0)[None]
         masks = None if mask is None else torch.from_numpy(mask)[None, ..., None]
-        return SplatFrames(cams, images, masks, [r.name])
+        depths = None
+        if depth is not None:
+            depths = torch.from_numpy(depth)[None, ..., None]
+        elif r.depth_points is not None:
+            depths = point_depths(r.depth_points, cams)[..., None]
+        return SplatFrames(cams, images, masks, [r.name], depths)
 
     # ------------------------------------------------------------ provider API
     @property
@@ -398,6 +432,21 @@ class SplatCaptureDataProvider(SplatDataProvider):
             f"{self.num_test_frames()} test), {n_cams} camera(s), {distorted} undistorted, {masks} masks"
             f"{alpha}, {self._points.shape[0]} points"
         )
+
+
+def point_depths(points: torch.Tensor, cameras: SplatCameras) -> torch.Tensor:
+    """Sparse depth maps ``[C, H, W]`` of world points ``[P, 3]`` seen by ``cameras``: each
+    point's camera z at the pixel it projects into (the nearest where several do), 0 elsewhere."""
+    C, H, W = len(cameras), cameras.height, cameras.width
+    uv, z = project_points(points.double(), cameras.viewmats.double(), cameras.Ks.double())
+    out = torch.full((C, H * W), float("inf"))
+    for c in range(C):
+        col, row, zc = uv[:, c, 0].floor(), uv[:, c, 1].floor(), z[:, c]
+        ok = (zc > 0) & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+        flat = (row[ok] * W + col[ok]).long()
+        out[c].scatter_reduce_(0, flat, zc[ok].float(), reduce="amin")
+    out[torch.isinf(out)] = 0.0
+    return out.view(C, H, W)
 
 
 def check_files_exist(records: list[FrameRecord], what: str, fix: str) -> None:

@@ -21,7 +21,7 @@ from splatkit.data_provider.captured import (
     downscaled_records,
     resized_copies,
 )
-from splatkit.data_provider.images import DataError, find_masks
+from splatkit.data_provider.images import DEPTH_EXTENSIONS, DataError, find_companions, find_masks
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
 from splatkit.data_provider.undistort import intrinsics_from_colmap
 
@@ -47,6 +47,13 @@ class SplatColmapDataProviderConfig:
     """Every test_every-th image (sorted by name) is held out for testing; 0 trains on all."""
     masks_dir: str | None = None
     """Folder of masks named like the images (png/jpg, white = keep); the loss ignores the rest."""
+    depths: str = "none"
+    """Depth targets for depth supervision (the loss's depth_lambda): "none"; "sfm", the SfM
+    points each image observed (gsplat's --depth_loss); or a folder of per-image depth maps
+    named like the images (.npy, 16-bit PNG or TIFF; z along the camera's axis, 0 = unknown)."""
+    depth_unit_scale: float | None = None
+    """Depth map values times this are depths in the model's units (None: 0.001 for integer
+    files, i.e. millimetres for metres; 1 for float files)."""
     background: Annotated[tuple[float, float, float], tyro.conf.Suppress] = (1.0, 1.0, 1.0)
     """Colour that RGBA photos are composited over, and so the colour the trainer renders over.
     Unused for photos without alpha. On the command line: ``--background``, which sets
@@ -153,6 +160,21 @@ def read_colmap_model(model_dir: Path):
     return rec
 
 
+def sfm_observations(rec, images: list, transform: torch.Tensor) -> list[torch.Tensor]:
+    """For each image of ``images``, the SfM points ``[P, 3]`` it observed (its track entries),
+    in the training frame ``transform`` maps to. Points another image saw stay out of an
+    image's depth targets: from this viewpoint they may be hidden."""
+    ids = np.fromiter(rec.points3D.keys(), dtype=np.int64, count=rec.num_points3D())
+    xyz = np.stack([p.xyz for p in rec.points3D.values()]) if len(ids) else np.zeros((0, 3))
+    row = {int(i): k for k, i in enumerate(ids)}
+    world = transform_points(transform, torch.from_numpy(xyz))
+    out = []
+    for im in images:
+        seen = sorted({row[p.point3D_id] for p in im.points2D if p.has_point3D() and p.point3D_id in row})
+        out.append(world[seen].float())
+    return out
+
+
 class SplatColmapDataProvider(SplatCaptureDataProvider):
     """Photos + COLMAP poses, with any supported camera model undistorted to pinhole.
 
@@ -204,6 +226,18 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
             for r in records:
                 r.mask_path = masks[r.name]
 
+        if config.depths == "sfm":
+            observed = sfm_observations(rec, images, transform)
+            for r, pts in zip(records, observed):
+                r.depth_points = pts
+        elif config.depths != "none":
+            if not Path(config.depths).is_dir():
+                raise DataError(f"depths '{config.depths}' is none of 'none', 'sfm' or a folder of depth maps")
+            maps = find_companions(
+                [r.name for r in records], Path(config.depths), "depth map", "depths", DEPTH_EXTENSIONS, "npy/png/tiff"
+            )
+            for r in records:
+                r.depth_path = maps[r.name]
         if rec.num_points3D() > 0:
             pts = np.stack([p.xyz for p in rec.points3D.values()])
             rgb = np.stack([p.color for p in rec.points3D.values()]) / 255.0
@@ -212,7 +246,14 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
         else:
             points, colors = torch.zeros(0, 3), torch.zeros(0, 3)
         super().__init__(
-            records, config.test_every, points, colors, transform, config.loader, background=config.background
+            records,
+            config.test_every,
+            points,
+            colors,
+            transform,
+            config.loader,
+            background=config.background,
+            depth_unit_scale=config.depth_unit_scale,
         )
         self.reconstruction = rec
         self.image_ids = {im.name: im.image_id for im in images}

@@ -124,12 +124,21 @@ def find_masks(image_names: list[str], masks_dir: Path) -> dict[str, Path]:
     Raises :class:`DataError` listing images without a mask and mask files that
     match no image, so a mismatched folder is caught before training.
     """
-    if not masks_dir.is_dir():
-        raise DataError(f"masks_dir '{masks_dir}' is not a folder")
+    return find_companions(image_names, masks_dir, "mask", "masks_dir", IMAGE_EXTENSIONS, "png/jpg")
+
+
+DEPTH_EXTENSIONS = (".npy", ".png", ".PNG", ".tif", ".tiff")
+
+
+def find_companions(
+    image_names: list[str], folder: Path, what: str, flag: str, extensions: tuple[str, ...], kinds: str
+) -> dict[str, Path]:
+    """The ``what`` file (mask, depth map) of every image in ``folder`` (the setting ``flag``):
+    same name, or same stem with one of ``extensions``; missing and unmatched files are an error."""
+    if not folder.is_dir():
+        raise DataError(f"{flag} '{folder}' is not a folder")
     files = {
-        p.name: p
-        for p in masks_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix in IMAGE_EXTENSIONS
+        p.name: p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in extensions
     }
     by_stem: dict[str, Path] = {}
     for p in sorted(files.values()):
@@ -137,25 +146,56 @@ def find_masks(image_names: list[str], masks_dir: Path) -> dict[str, Path]:
     found, used = {}, set()
     for name in image_names:
         base = Path(name).name
-        # "a.jpg" -> mask "a.jpg", "a.jpg.png" or "a.png"
-        mask = files.get(base) or by_stem.get(base) or by_stem.get(Path(base).stem)
-        if mask is not None:
-            found[name] = mask
-            used.add(mask.name)
+        # "a.jpg" -> "a.jpg", "a.jpg.png" or "a.png"
+        match = files.get(base) or by_stem.get(base) or by_stem.get(Path(base).stem)
+        if match is not None:
+            found[name] = match
+            used.add(match.name)
     missing = [n for n in image_names if n not in found]
     extra = sorted(set(files) - used)
     problems = []
     if missing:
-        problems.append(f"{len(missing)} image(s) have no mask: {_preview(missing)}")
+        problems.append(f"{len(missing)} image(s) have no {what}: {_preview(missing)}")
     if extra:
         problems.append(f"{len(extra)} file(s) match no image: {_preview(extra)}")
     if problems:
         raise DataError(
-            f"masks_dir '{masks_dir}': "
+            f"{flag} '{folder}': "
             + "; ".join(problems)
-            + ". Each image needs one mask with the same name (any of png/jpg); remove or rename the rest."
+            + f". Each image needs one {what} with the same name (any of {kinds}); remove or rename the rest."
         )
     return found
+
+
+def read_depth(path: Path, scale: float | None) -> np.ndarray:
+    """Depth map ``[H, W]`` float32 (z along the camera's axis, ``scale`` times the stored
+    values; 0 where the file has no depth): ``.npy`` arrays, or 16-bit PNG and 16-bit / float
+    TIFF images. ``scale`` None: 0.001 for integer files (millimetres, as phones' and RGB-D
+    sensors' 16-bit PNGs and nerfstudio store them), 1 for float ones. Negative and
+    non-finite depths read as 0 (no target)."""
+    if not path.is_file():
+        raise DataError(f"depth map not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            depth = np.load(path, allow_pickle=False)
+        else:
+            import cv2
+
+            depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if depth is None:
+                raise ValueError("not an image OpenCV can decode")
+    except Exception as e:
+        raise DataError(f"{path}: cannot read depth map: {e}") from e
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[-1] >= 1:
+        depth = depth[..., 0]  # a grey image saved with channels
+    if depth.ndim != 2 or not (np.issubdtype(depth.dtype, np.number) and not np.iscomplexobj(depth)):
+        raise DataError(f"depth map {path} is {depth.dtype} of shape {depth.shape}; expected a 2-D array of numbers")
+    if scale is None:
+        scale = 1e-3 if np.issubdtype(depth.dtype, np.integer) else 1.0
+    depth = depth.astype(np.float64) * scale
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth.astype(np.float32)
 
 
 def _preview(names: list[str], n: int = 8) -> str:

@@ -196,6 +196,16 @@ class Undistorter:
         out = cv2.remap(mask.astype(np.uint8), *self._maps, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         return out.astype(bool)
 
+    def depth(self, depth: np.ndarray) -> np.ndarray:
+        """Undistort a depth map ``[H, W]`` (nearest neighbour: no depths between an edge's two
+        sides; 0, no depth, outside the photo). Depth is along the camera's axis, which
+        undistortion keeps."""
+        if self._maps is None:
+            return depth
+        import cv2
+
+        return cv2.remap(depth, *self._maps, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
     def points(self, xy: np.ndarray) -> np.ndarray:
         """Pixel positions ``[M, 2]`` in the photo -> positions in the undistorted image."""
         if self._maps is None:

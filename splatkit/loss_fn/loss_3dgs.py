@@ -22,6 +22,14 @@ class Splat3DGSLossFn(SplatLossFn):
     ``opacity_reg`` and ``scale_reg`` add ``opacity_reg * mean(opacity) + scale_reg *
     mean(scale)`` over all Gaussians (activated values), the regularisers of 3DGS-MCMC;
     gsplat's trainer uses 0.01 each with its MCMC strategy. Off by default.
+
+    With depth targets (``frames.depths``, from a provider's ``depths`` setting) the loss adds
+    ``depth_lambda * mean |d*/d - 1|`` over the pixels with a target ``d* > 0`` (and in the
+    mask), ``d`` the rendered expected depth: gsplat's L1 between rendered and target inverse
+    depth (its ``depth_loss``), taken relative to the target's so that it does not depend on the
+    scene's units (gsplat multiplies by the scene scale instead). A pixel with nothing
+    rendered counts as inverse depth 0 (term 1). The renderer must render depth
+    (``Splat3DGSRenderer(render_depth=True)``; ``splatkit train`` sets it).
     """
 
     ssim_lambda: float = 0.2
@@ -32,11 +40,13 @@ class Splat3DGSLossFn(SplatLossFn):
     """Weight of the mean opacity: drives unneeded Gaussians to transparency, where MCMC relocates them."""
     scale_reg: float = 0.0
     """Weight of the mean scale (all three axes): favours small Gaussians."""
+    depth_lambda: float = 0.01
+    """Weight of the depth term, used when the frames carry depth targets (gsplat's depth_lambda)."""
 
     def __post_init__(self) -> None:
         if self.mask_mode not in ("ignore", "background"):
             raise ValueError(f"mask_mode must be 'ignore' or 'background', got {self.mask_mode!r}")
-        for name in ("opacity_reg", "scale_reg"):
+        for name in ("opacity_reg", "scale_reg", "depth_lambda"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Splat3DGSLossFn.{name} must be non-negative, got {getattr(self, name)!r}")
 
@@ -65,6 +75,10 @@ class Splat3DGSLossFn(SplatLossFn):
             dssim = 1.0 - (smap * mv).sum() / (3 * mv.sum()).clamp_min(1)
         loss = (1.0 - self.ssim_lambda) * l1 + self.ssim_lambda * dssim
         terms = {"l1": l1.detach(), "dssim": dssim.detach()}
+        if frames.depths is not None and self.depth_lambda > 0:
+            depth_term = self.depth_term(render, frames)
+            loss = loss + self.depth_lambda * depth_term
+            terms["depth"] = depth_term.detach()
         if self.opacity_reg > 0:
             opacity_term = opacity_activation(training_state.params["opacities"]).mean()
             loss = loss + self.opacity_reg * opacity_term
@@ -74,3 +88,20 @@ class Splat3DGSLossFn(SplatLossFn):
             loss = loss + self.scale_reg * scale_term
             terms["scale_reg"] = scale_term.detach()
         return SplatLoss(loss, terms)
+
+    @staticmethod
+    def depth_term(render: SplatRenderOutput, frames: SplatFrames) -> torch.Tensor:
+        """``mean |d*/d - 1|`` over the pixels with a depth target (see the class)."""
+        if render.depths is None:
+            raise ValueError(
+                "the frames carry depth targets but the render has no depth: render with "
+                "Splat3DGSRenderer(render_depth=True), or set the loss's depth_lambda to 0"
+            )
+        target = frames.depths
+        valid = target > 0
+        if frames.masks is not None:
+            valid = valid & frames.masks
+        d = render.depths
+        inv = torch.where(d > 0, 1.0 / d.clamp_min(1e-12), torch.zeros_like(d))
+        err = (inv * target - 1.0).abs()
+        return torch.where(valid, err, torch.zeros_like(err)).sum() / valid.sum().clamp_min(1)

@@ -183,6 +183,21 @@ def viewmat_to_c2w(viewmat: torch.Tensor) -> torch.Tensor:
     return c2w_to_viewmat(viewmat)
 
 
+def project_points(
+    points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, near: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(uv [M, C, 2], z [M, C])``: where world points ``[M, 3]`` land in cameras ``viewmats``
+    ``[C, 4, 4]`` / ``Ks`` ``[C, 3, 3]`` (pixel-corner convention: pixel ``(i, j)`` covers
+    ``[i, i+1) x [j, j+1)``) and their depth along each camera's axis. ``uv`` divides by
+    ``max(z, near)``, so points behind a camera are finite there: test ``z`` before using them."""
+    cam = torch.einsum("cij,mj->mci", viewmats[:, :3, :3], points) + viewmats[:, :3, 3]  # [M, C, 3]
+    z = cam[..., 2]
+    zs = z.clamp_min(near)
+    u = Ks[:, 0, 0] * cam[..., 0] / zs + Ks[:, 0, 2]  # no skew, as the rasterizers
+    v = Ks[:, 1, 1] * cam[..., 1] / zs + Ks[:, 1, 2]
+    return torch.stack([u, v], dim=-1), z
+
+
 def camera_centers(viewmats: torch.Tensor) -> torch.Tensor:
     """Camera centres ``[..., 3]`` in world space from world-to-camera matrices."""
     R = viewmats[..., :3, :3]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from splatkit.splat.cameras import SplatCameras
-from splatkit.splat.conventions import viewmat_to_c2w
+from splatkit.splat.conventions import project_points, viewmat_to_c2w
 
 
 def focus_point(centers: np.ndarray, forwards: np.ndarray) -> np.ndarray | None:
@@ -47,11 +47,8 @@ def _project(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(seen, u, v)``, each ``[M, C]``: whether camera c sees point m (in front, inside the
     image) and where it lands in pixels."""
-    cam = torch.einsum("cij,mj->mci", viewmats[:, :3, :3], points) + viewmats[:, :3, 3]  # [M, C, 3]
-    z = cam[..., 2]
-    zs = z.clamp_min(near)
-    u = Ks[:, 0, 0] * cam[..., 0] / zs + Ks[:, 0, 2]
-    v = Ks[:, 1, 1] * cam[..., 1] / zs + Ks[:, 1, 2]
+    uv, z = project_points(points, viewmats, Ks, near)
+    u, v = uv[..., 0], uv[..., 1]
     seen = (z > near) & (u >= 0) & (u < sizes[:, 0]) & (v >= 0) & (v < sizes[:, 1])
     return seen, u, v
 
