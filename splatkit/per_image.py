@@ -62,6 +62,12 @@ class PerImageParameters:
 
     def load_state_dict(self, state: dict) -> None:
         delta = state["delta"]
+        if tuple(delta.shape[1:]) != tuple(self.delta.shape[1:]):
+            raise ValueError(
+                f"the checkpoint's {self.what} are {list(delta.shape[1:])} per image (settings "
+                f"{state.get('settings')}); this run's are {list(self.delta.shape[1:])} "
+                f"({dataclasses.asdict(self.settings)}): resume with the checkpoint's kind and size"
+            )
         if tuple(delta.shape) != tuple(self.delta.shape):
             raise ValueError(
                 f"the checkpoint's {self.what} are for {delta.shape[0]} training images; "

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from splatkit.appearance import SplatAffineAppearance
+from splatkit.appearance import SplatAffineAppearance, SplatBilateralGridAppearance
 from splatkit.data_provider import (
     SplatBlenderDataProviderConfig,
     SplatColmapDataProviderConfig,
@@ -176,6 +176,18 @@ APPEARANCES: dict[str, Choice] = _table(
                 SplatAffineAppearance,
                 "appearance",
                 "Per-image affine colour correction: learning rate and start step.",
+            ),
+        ),
+    ),
+    Choice(
+        "bilateral",
+        "a learned bilateral grid of colour transforms per training image (gsplat's use_bilateral_grid)",
+        (
+            Group(
+                "bilateral",
+                SplatBilateralGridAppearance,
+                "appearance",
+                "Per-image bilateral grid: learning rate, start step, grid size, smoothness.",
             ),
         ),
     ),

@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from splatkit.appearance import SplatAffineAppearance, colour_corrected, fit_affine_colour
+from splatkit.appearance import (
+    LUMA,
+    SplatAffineAppearance,
+    SplatBilateralGridAppearance,
+    colour_corrected,
+    fit_affine_colour,
+)
 from splatkit.cli import main
 from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
 from splatkit.data_provider.base import SplatFrames
@@ -65,11 +71,16 @@ def test_corrections_absorb_per_photo_exposure(tmp_path):
     views (the true colours) better than the one that had to average the exposures in."""
     provider = ExposedDemo(SplatDemoDataProviderConfig(num_cameras=40, image_size=32, supersample=1))
     results = {}
-    for name, appearance in (("plain", None), ("affine", SplatAffineAppearance(lr=5e-3, start_step=50))):
+    runs = (
+        ("plain", None),
+        ("affine", SplatAffineAppearance(lr=5e-3, start_step=50)),
+        ("bilateral", SplatBilateralGridAppearance(lr=5e-3, start_step=50)),
+    )
+    for name, appearance in runs:
         ev = SplatEvaluator(tmp_path / name, [800], save_images=False, lpips_net=None, preview_images=0)
         trainer = _train(provider, tmp_path / name, 800, appearance, [ev])
         results[name] = ev.history[-1]
-        if appearance is not None:
+        if name == "affine":
             A, b = trainer.corrections.matrices(list(range(provider.num_train_frames())))
             # the learned corrections follow the photos' gains (up to the common factor)
             learned = A.diagonal(dim1=1, dim2=2).detach()
@@ -79,6 +90,8 @@ def test_corrections_absorb_per_photo_exposure(tmp_path):
     # same scene without exposure differences: 24.10 / 24.73
     assert results["affine"]["psnr"] > results["plain"]["psnr"] + 0.2, results
     assert results["affine"]["psnr_cc"] > results["plain"]["psnr_cc"] + 0.2, results
+    assert results["bilateral"]["psnr_cc"] > results["plain"]["psnr_cc"] + 0.2, results
+    assert trainer.corrections.delta.detach().mean(0).abs().max() < 1e-6  # the grids too are kept centred
     for row in results.values():  # the colour-corrected PSNR is never below the plain one
         assert row["psnr_cc"] >= row["psnr"] - 1e-6
 
@@ -112,3 +125,60 @@ def test_appearance_flags(tmp_path, capsys):
     assert stats["psnr_cc"] >= stats["psnr"]
     ckpt = torch.load(tmp_path / "run" / "ckpts" / "step_000012.ckpt", weights_only=True)
     assert ckpt["appearance"]["delta"].shape == (14, 3, 4)
+
+
+def test_bilateral_grid_slices_trilinearly_at_position_and_luminance():
+    """Each pixel's transform is the trilinear blend of its image's grid at (x, y, luma), cell
+    corners on the image's first and last pixel centres (align_corners), against a float64 loop."""
+    settings = SplatBilateralGridAppearance(grid_width=4, grid_height=3, grid_depth=5)
+    grids = settings.create(2, "cpu")
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(1, 6, 7, 3, generator=g)
+    assert torch.equal(grids.apply(images, [1], step=10**6), images)  # the identity at the start
+    with torch.no_grad():
+        grids.delta.copy_(torch.randn(grids.delta.shape, generator=g))
+    M = grids.transforms(images, [1])
+    D, GH, GW = 5, 3, 4
+    grid = grids.delta[1].detach().double()
+    for y, x in ((0, 0), (5, 6), (2, 3), (4, 1)):
+        rgb = images[0, y, x].double()
+        coords = (x / 6 * (GW - 1), y / 5 * (GH - 1), float(rgb @ torch.tensor(LUMA, dtype=torch.float64)) * (D - 1))
+        expected = torch.zeros(12, dtype=torch.float64)
+        for corner in range(8):
+            idx, w = [], 1.0
+            for axis, c in enumerate(coords):
+                lo = min(int(c), (GW, GH, D)[axis] - 2)
+                bit = (corner >> axis) & 1
+                idx.append(lo + bit)
+                w *= (c - lo) if bit else (1 - (c - lo))
+            expected += w * grid[:, idx[2], idx[1], idx[0]]
+        expected += torch.eye(3, 4, dtype=torch.float64).reshape(12)
+        assert torch.allclose(M[0, y, x].reshape(12).double(), expected, atol=1e-5), (y, x)
+    out = grids.apply(images, [1], step=10**6)
+    ref = (M[..., :3] @ images[..., None])[..., 0] + M[..., 3]
+    assert torch.allclose(out, ref)
+
+
+def test_bilateral_grid_smoothness_term_smooths_the_grids():
+    grids = SplatBilateralGridAppearance(lr=1e-2, start_step=0, tv_lambda=10.0).create(3, "cpu")
+    with torch.no_grad():
+        grids.delta.copy_(torch.randn(grids.delta.shape, generator=torch.Generator().manual_seed(1)))
+    before = float(grids.total_variation().detach())
+    for step in range(1, 21):
+        grids.delta.grad = torch.zeros_like(grids.delta)  # no photometric gradient: the term alone
+        grids.step(step)
+    assert float(grids.total_variation().detach()) < 0.9 * before
+
+
+def test_bilateral_flags_and_checkpoint(tmp_path, capsys):
+    small = ["--demo.num-cameras", "16", "--demo.image-size", "32", "--demo.supersample", "1", "--no-progress"]
+    args = ["train", "--data", "demo", *small, "--max-steps", "12", "--output-dir", str(tmp_path / "run")]
+    assert main([*args, "--appearance", "bilateral", "--bilateral.grid-depth", "4", "--bilateral.start-step", "4"]) == 0
+    ckpt = torch.load(tmp_path / "run" / "ckpts" / "step_000012.ckpt", weights_only=True)
+    assert ckpt["appearance"]["delta"].shape == (14, 12, 4, 16, 16)
+    assert ckpt["appearance"]["delta"].abs().max() > 0
+    # resuming it as an affine run is refused, naming both kinds
+    resume = ["train", "--resume", str(tmp_path / "run" / "ckpts" / "step_000012.ckpt"), "--max-steps", "14"]
+    capsys.readouterr()
+    assert main([*resume, "--appearance", "affine", "--no-progress"]) == 2
+    assert "appearance corrections are [12, 4, 16, 16] per image" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from splatkit.appearance import AffineCorrections, SplatAffineAppearance
+from splatkit.appearance import AppearanceCorrections, SplatAppearance
 from splatkit.data_provider.base import SplatDataProvider
 from splatkit.data_provider.detect import data_identity, data_record
 from splatkit.densification.base import SplatDensification, state_to
@@ -133,7 +133,8 @@ class SplatTrainer:
         checkpoint: the content of ``ckpt_path`` when the caller has already read it with
             :func:`~splatkit.trainer.checkpoint.load_checkpoint` (it is then not read again).
         appearance: learn a colour correction per training image
-            (:class:`~splatkit.appearance.SplatAffineAppearance`; :attr:`corrections`), for
+            (:class:`~splatkit.appearance.SplatAffineAppearance` or
+            :class:`~splatkit.appearance.SplatBilateralGridAppearance`; :attr:`corrections`), for
             captures whose photos differ in exposure or white balance; None (default): none.
             Saved in checkpoints; test views are rendered without it.
         pose_refinement: learn a rigid correction of each training camera
@@ -153,7 +154,7 @@ class SplatTrainer:
         ckpt_path: str | os.PathLike | None = None,
         overwrite: bool = False,
         checkpoint: dict | None = None,
-        appearance: SplatAffineAppearance | None = None,
+        appearance: SplatAppearance | None = None,
         pose_refinement: SplatPoseRefinement | None = None,
     ) -> None:
         if not isinstance(config, SplatTrainerConfig):
@@ -166,15 +167,18 @@ class SplatTrainer:
         self.loss_fn = loss_fn if loss_fn is not None else Splat3DGSLossFn()
         self.densification = densification if densification is not None else SplatDefaultDensification()
         self.modules = list(modules or [])
-        if appearance is not None and not isinstance(appearance, SplatAffineAppearance):
-            raise TypeError(f"appearance must be a SplatAffineAppearance or None, got {type(appearance).__name__}")
+        if appearance is not None and not isinstance(appearance, SplatAppearance):
+            raise TypeError(
+                "appearance must be a SplatAppearance (SplatAffineAppearance, SplatBilateralGridAppearance) "
+                f"or None, got {type(appearance).__name__}"
+            )
         if pose_refinement is not None and not isinstance(pose_refinement, SplatPoseRefinement):
             raise TypeError(
                 f"pose_refinement must be a SplatPoseRefinement or None, got {type(pose_refinement).__name__}"
             )
         self.appearance = appearance
         self.pose_refinement = pose_refinement
-        self.corrections: AffineCorrections | None = None
+        self.corrections: AppearanceCorrections | None = None
         """The per-image colour corrections being learned (with ``appearance``), from :meth:`setup`."""
         self.pose_corrections: PoseCorrections | None = None
         """The per-image camera corrections being learned (with ``pose_refinement``), from :meth:`setup`."""
