@@ -1,13 +1,15 @@
-"""Per-image appearance on a real capture: the same run with and without ``--appearance affine``.
+"""Per-image appearance on a real capture: the same run with and without ``--appearance``.
 
-Trains a scene twice with ``splatkit train``'s defaults (same data, split, seed and steps),
-once without per-image correction and once with the affine correction, and prints one JSON:
+Trains a scene with ``splatkit train``'s defaults (same data, split, seed and steps) once per
+``--modes`` entry: without per-image correction (off), with the affine correction, with the
+bilateral grid; and prints one JSON:
 test PSNR (plain: test views rendered without correction, as exported), ``psnr_cc`` (after
 the best affine colour fit per test image, gsplat's ``cc_psnr`` protocol), SSIM, Gaussians
-and seconds for both, and the differences. It also writes ``appearance.png`` into
-``--out-dir``: the first test views, ground truth | render, without and with the correction.
+and seconds of each, and each one's difference to off. It also writes ``appearance.png`` into
+``--out-dir``: the first test views, ground truth | render, without and with the corrections.
 
     python benchmarks/appearance.py --scene statue --steps 3000
+    python benchmarks/appearance.py --scene statue --steps 3000 --modes off bilateral
     python benchmarks/appearance.py --scene fox --steps 3000
 
 statue_of_liberty (internet photos: every photo its own exposure and white balance) is read
@@ -86,6 +88,7 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--views", type=int, default=2, help="test views in appearance.png")
     ap.add_argument("--out-dir", default="/tmp/splatkit_appearance")
+    ap.add_argument("--modes", nargs="+", default=["off", "affine"], choices=["off", "affine", "bilateral"])
     args = ap.parse_args()
     out = Path(args.out_dir)
     cmd = scene_command(args.scene, args.factor)
@@ -93,22 +96,26 @@ def main() -> None:
     report = {"scene": args.scene, "steps": args.steps, "seed": args.seed, "factor": args.factor, "runs": {}}
     renders = {}
     frames = [f for _, f in zip(range(args.views), provider.test_frames())]
-    for name in ("off", "affine"):
+    modes = ["off"] + [m for m in args.modes if m != "off"]
+    for name in modes:
         print(f"[{args.scene}] appearance {name} ...", file=sys.stderr)
         trainer, row = train(cmd, provider, args.steps, args.seed, out / name, appearance=name)
         report["runs"][name] = row
         with torch.no_grad():
             renders[name] = [trainer.render_view(f.cameras).images[0].clamp(0, 1).cpu() for f in frames]
         print(f"[{args.scene}] {name}: {row}", file=sys.stderr)
-    a, b = report["runs"]["off"], report["runs"]["affine"]
-    report["affine_minus_off"] = {k: round(b[k] - a[k], 4) for k in ("psnr", "psnr_cc", "ssim")}
+    a = report["runs"]["off"]
+    for name in modes[1:]:
+        b = report["runs"][name]
+        report[f"{name}_minus_off"] = {k: round(b[k] - a[k], 4) for k in ("psnr", "psnr_cc", "ssim")}
     views = []
     for i, f in enumerate(frames):
         gt, mask = f.images[0], None if f.masks is None else f.masks[0:1]
-        for name, label in (("off", "without"), ("affine", "with affine")):
+        for name in modes:
+            label = "without" if name == "off" else f"with {name}"
             p = float(psnr(renders[name][i][None], gt[None], mask))
             views.append((f"{f.names[0]} {label}", to_uint8(gt), to_uint8(renders[name][i]), p))
-    write_png(out / "appearance.png", preview_grid(views, columns=2))
+    write_png(out / "appearance.png", preview_grid(views, columns=len(modes)))
     report["picture"] = str(out / "appearance.png")
     print(json.dumps(report, indent=2))
 

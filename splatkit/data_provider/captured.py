@@ -427,10 +427,13 @@ class SplatCaptureDataProvider(SplatDataProvider):
         sizes = sorted({(u.width, u.height) for u in self._undistorters.values()})
         size = f"{sizes[0][0]}x{sizes[0][1]}" + (f" to {sizes[-1][0]}x{sizes[-1][1]}" if len(sizes) > 1 else "")
         alpha = "" if self._background is None else f", RGBA composited over {self._background}"
+        maps = sum(r.depth_path is not None for r in self.records)
+        sfm = sum(r.depth_points is not None for r in self.records)
+        depth = f", depth maps for {maps}" if maps else f", SfM depth for {sfm}" if sfm else ""
         return (
             f"{len(self.records)} images of {size} px ({self.num_train_frames()} train, "
             f"{self.num_test_frames()} test), {n_cams} camera(s), {distorted} undistorted, {masks} masks"
-            f"{alpha}, {self._points.shape[0]} points"
+            f"{alpha}{depth}, {self._points.shape[0]} points"
         )
 
 
