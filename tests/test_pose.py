@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 
-from splatkit.appearance import SplatAffineAppearance
+from splatkit.appearance import SplatAffineAppearance, SplatBilateralGridAppearance
 from splatkit.cli import main
 from splatkit.data_provider import SplatDemoDataProvider, SplatDemoDataProviderConfig
 from splatkit.data_provider.base import SplatFrames
 from splatkit.modules import SplatEvaluator, SplatExporter
 from splatkit.pose import SplatPoseRefinement, rotation_6d_to_matrix
+from splatkit.renderer import Splat3DGSRenderer
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import axis_angle_to_rotmat
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
@@ -92,14 +93,31 @@ def test_refinement_recovers_perturbed_poses_and_sharpens_the_test_views(tmp_pat
     assert results["refined"][0] > results["given"][0] + 0.1, results
 
 
-def test_resume_with_every_per_image_option_matches_the_uninterrupted_run(tmp_path):
-    provider = PerturbedDemo(SplatDemoDataProviderConfig(num_cameras=24, image_size=32, supersample=1))
-    options = dict(appearance=SplatAffineAppearance(start_step=4), pose_refinement=SplatPoseRefinement(lr=1e-3))
+class PerturbedDemoWithDepth(PerturbedDemo):
+    """:class:`PerturbedDemo` whose training frames also carry sparse depth targets."""
+
+    has_depths = True
+
+    def train_frame(self, index: int) -> SplatFrames:
+        f = super().train_frame(index)
+        depths = torch.zeros_like(f.images[..., :1])
+        depths.view(-1)[index % 7 :: 7] = 4.0 + 0.01 * index
+        return SplatFrames(f.cameras, f.images, f.masks, f.names, depths)
+
+
+@pytest.mark.parametrize(
+    "appearance", [SplatAffineAppearance(start_step=4), SplatBilateralGridAppearance(start_step=4)]
+)
+def test_resume_with_every_per_image_option_matches_the_uninterrupted_run(tmp_path, appearance):
+    """Appearance (either kind), pose refinement and depth targets on together."""
+    provider = PerturbedDemoWithDepth(SplatDemoDataProviderConfig(num_cameras=24, image_size=32, supersample=1))
+    options = dict(appearance=appearance, pose_refinement=SplatPoseRefinement(lr=1e-3))
 
     def run(out, modules=(), ckpt=None):
         trainer = SplatTrainer(
             SplatTrainerConfig(max_steps=24, output_dir=str(out), seed=5),
             provider,
+            Splat3DGSRenderer(render_depth=True),
             modules=list(modules),
             ckpt_path=ckpt,
             **options,
@@ -110,6 +128,7 @@ def test_resume_with_every_per_image_option_matches_the_uninterrupted_run(tmp_pa
     straight = run(tmp_path / "a", [SplatExporter(tmp_path / "a", [12, 24], save_splat=False)])
     resumed = run(tmp_path / "b", ckpt=tmp_path / "a" / "ckpts" / "step_000012.ckpt")
     assert straight.pose_corrections.delta.abs().max() > 0 and straight.corrections.delta.abs().max() > 0
+    assert straight.loss_fn.depth_lambda > 0  # the depth term trained too
     assert torch.equal(straight.pose_corrections.delta, resumed.pose_corrections.delta)
     assert torch.equal(straight.corrections.delta, resumed.corrections.delta)
     for name, p in straight.training_state.params.items():
