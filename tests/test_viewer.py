@@ -187,9 +187,14 @@ def test_rendering_mode_serves_a_saved_model(tmp_path):
         chrome = launch_chromium(viewer.url, debug_port, tmp_path, "640,480")
         devtools = DevTools(debug_port)
         wait_for(lambda: viewer.frames_sent > 0, 90, "a rendered frame to reach the browser")
-        text = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)["result"][
-            "value"
-        ]
+
+        def page_text() -> str:
+            reply = devtools.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)
+            return reply["result"]["value"]
+
+        # the panel is drawn by the page's scripts after the first frame may already have arrived
+        wait_for(lambda: "Gaussians" in page_text(), 30, "the panel to show the Gaussian count")
+        text = page_text()
         fields = devtools.call(
             "Runtime.evaluate",
             returnByValue=True,
