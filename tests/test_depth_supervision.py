@@ -36,6 +36,7 @@ from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from colmap_scenes import write_scene  # noqa: E402
+from test_blender_provider import _gl_pose  # noqa: E402
 
 
 def _loader(tmp_path):
@@ -141,17 +142,6 @@ def test_depth_maps_are_scaled_resized_and_undistorted_with_their_photos(tmp_pat
     bad = SplatColmapDataProviderConfig(str(root), str(root / "images"), depths="lidar", loader=_loader(tmp_path))
     with pytest.raises(DataError, match=r"depths 'lidar' is none of 'none', 'sfm' or a folder of depth maps"):
         SplatColmapDataProvider(bad)
-
-
-def _gl_pose(eye):
-    eye = np.asarray(eye, float)
-    back = eye / np.linalg.norm(eye)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    right /= np.linalg.norm(right)
-    up = np.cross(back, right)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, up, back, eye
-    return m.tolist()
 
 
 def test_transforms_json_frames_give_their_own_depth_file_path(tmp_path):

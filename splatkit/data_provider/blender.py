@@ -17,19 +17,13 @@ from splatkit.data_provider.captured import (
     FrameRecord,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
+    attach_depth_folder,
     choose_factor,
     downscaled_records,
     image_size,
     resized_copies,
 )
-from splatkit.data_provider.images import (
-    DEPTH_EXTENSIONS,
-    IMAGE_EXTENSIONS,
-    DataError,
-    _preview,
-    find_companions,
-    find_masks,
-)
+from splatkit.data_provider.images import IMAGE_EXTENSIONS, DataError, _preview, find_masks
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
 from splatkit.data_provider.undistort import CameraIntrinsics
 from splatkit.splat.conventions import opengl_to_opencv_c2w
@@ -263,13 +257,7 @@ class SplatBlenderDataProvider(SplatCaptureDataProvider):
                 "depths 'sfm' needs a COLMAP model (which image saw which point); "
                 "a transforms.json capture takes depth maps: 'frames' or a folder"
             )
-        if not Path(spec).is_dir():
-            raise DataError(f"depths '{spec}' is none of 'none', 'frames' or a folder of depth maps")
-        maps = find_companions(
-            [r.image_path.name for r in records], Path(spec), "depth map", "depths", DEPTH_EXTENSIONS, "npy/png/tiff"
-        )
-        for r in records:
-            r.depth_path = maps[r.image_path.name]
+        attach_depth_folder(records, spec, [r.image_path.name for r in records], "'none', 'frames'")
 
     @staticmethod
     def _points(ply_file: tuple[Path, str] | None, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,9 +23,11 @@ import torch
 
 from splatkit.data_provider.base import SplatDataProvider, SplatFrames
 from splatkit.data_provider.images import (
+    DEPTH_EXTENSIONS,
     ByteLRUCache,
     DataError,
     _preview,
+    find_companions,
     has_alpha,
     is_rgb_colour,
     read_depth,
@@ -450,6 +452,16 @@ def point_depths(points: torch.Tensor, cameras: SplatCameras) -> torch.Tensor:
         out[c].scatter_reduce_(0, flat, zc[ok].float(), reduce="amin")
     out[torch.isinf(out)] = 0.0
     return out.view(C, H, W)
+
+
+def attach_depth_folder(records: list[FrameRecord], folder: str, names: list[str], choices: str) -> None:
+    """Give ``records`` the depth maps of ``folder`` (a provider's ``depths`` setting naming a folder),
+    matched to the images by ``names``; ``choices`` lists the setting's other values for the error."""
+    if not Path(folder).is_dir():
+        raise DataError(f"depths '{folder}' is none of {choices} or a folder of depth maps")
+    maps = find_companions(names, Path(folder), "depth map", "depths", DEPTH_EXTENSIONS, "npy/png/tiff")
+    for r, name in zip(records, names):
+        r.depth_path = maps[name]
 
 
 def check_files_exist(records: list[FrameRecord], what: str, fix: str) -> None:

@@ -16,12 +16,13 @@ from splatkit.data_provider.captured import (
     FrameRecord,
     SplatCaptureDataProvider,
     SplatLoaderConfig,
+    attach_depth_folder,
     check_files_exist,
     choose_factor,
     downscaled_records,
     resized_copies,
 )
-from splatkit.data_provider.images import DEPTH_EXTENSIONS, DataError, find_companions, find_masks
+from splatkit.data_provider.images import DataError, find_masks
 from splatkit.data_provider.normalize import normalize_cameras, transform_c2w, transform_points
 from splatkit.data_provider.undistort import intrinsics_from_colmap
 
@@ -231,13 +232,7 @@ class SplatColmapDataProvider(SplatCaptureDataProvider):
             for r, pts in zip(records, observed):
                 r.depth_points = pts
         elif config.depths != "none":
-            if not Path(config.depths).is_dir():
-                raise DataError(f"depths '{config.depths}' is none of 'none', 'sfm' or a folder of depth maps")
-            maps = find_companions(
-                [r.name for r in records], Path(config.depths), "depth map", "depths", DEPTH_EXTENSIONS, "npy/png/tiff"
-            )
-            for r in records:
-                r.depth_path = maps[r.name]
+            attach_depth_folder(records, config.depths, [r.name for r in records], "'none', 'sfm'")
         if rec.num_points3D() > 0:
             pts = np.stack([p.xyz for p in rec.points3D.values()])
             rgb = np.stack([p.color for p in rec.points3D.values()]) / 255.0
