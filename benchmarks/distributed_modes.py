@@ -80,6 +80,12 @@ def worker(args) -> None:
         row.update(test_psnr=round(metrics["psnr"], 2), test_ssim=round(metrics["ssim"], 4))
     row["gaussians_total"] = trainer.num_gaussians
     Path(args.out, f"rank{trainer.world_rank}.json").write_text(json.dumps(row))
+    if torch.distributed.is_initialized():
+        from splatkit.trainer.distributed import exit_process
+
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        exit_process(0)  # not the finalisation gloo's threads can abort
 
 
 def launch(mode: str, scenario: str, args, work: Path) -> dict:

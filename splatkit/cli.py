@@ -36,7 +36,7 @@ from splatkit.splat.model import SplatModel
 from splatkit.splat.ply import SplatFileError
 from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 from splatkit.trainer.checkpoint import load_checkpoint
-from splatkit.trainer.distributed import SplatDistributedError
+from splatkit.trainer.distributed import SplatDistributedError, exit_process
 from splatkit.trainer.trainer import resolve_device
 from splatkit.utils.distributed import guard
 from splatkit.utils.files import ensure_writable_dir, json_safe, write_json
@@ -787,9 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         # The process group is broken: destroying it, here or at interpreter exit, can
         # abort the process from C++ (gloo: "terminate called without an active
         # exception", status -6). Files are already closed by on_cleanup; leave now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(3)
+        exit_process(3)
     except ImportError as e:  # an optional extra that is not installed
         print(f"splatkit: error: {e}", file=sys.stderr)
         return 2

@@ -26,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     from splatkit.cli import main as cli_main
+    from splatkit.trainer.distributed import exit_process, joined_group
 
-    return cli_main(args)
+    code = cli_main(args)
+    if joined_group():  # a torchrun rank: leave without the finalisation gloo can abort (see exit_process)
+        exit_process(code)
+    return code
 
 
 def quick(args: list[str]) -> int | None:

@@ -373,7 +373,7 @@ def test_a_rank_killed_before_the_group_forms_ends_the_run_clearly(tmp_path, sur
 def _diverge_worker(rank, init_file, out):
     import torch.distributed as dist
 
-    from splatkit.trainer.distributed import SplatDistributedError, check_in_sync
+    from splatkit.trainer.distributed import SplatDistributedError, check_in_sync, exit_process
 
     # A rendezvous file, not a TCP port: no port can be taken by another process meanwhile.
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -388,6 +388,7 @@ def _diverge_worker(rank, init_file, out):
     dist.destroy_process_group()
     with open(f"{out}/{rank}.txt", "w") as f:
         f.write(result)
+    exit_process(0)  # not the interpreter's finalisation, which gloo's threads can abort
 
 
 def test_replicas_that_drift_apart_are_reported(tmp_path):
@@ -406,6 +407,7 @@ def _sharded_errors_worker(rank, init_file, out):
     from splatkit.modules import SplatViewer
     from splatkit.renderer import Splat3DGSRenderer, SplatRenderer
     from splatkit.trainer import SplatTrainer, SplatTrainerConfig
+    from splatkit.trainer.distributed import exit_process
 
     class OwnRenderer(SplatRenderer):  # a user's renderer that knows nothing of shards
         def render(self, params, cameras, sh_degree, backgrounds=None):
@@ -434,9 +436,11 @@ def _sharded_errors_worker(rank, init_file, out):
             messages.append(str(e))
     metrics = trainer.lead(trainer.evaluate)  # every rank: rank 0 evaluates, rank 1 renders with it
     messages.append("psnr" if rank == 0 and metrics["psnr"] > 0 else repr(metrics))
+    dist.barrier()
     dist.destroy_process_group()
     with open(f"{out}/{rank}.json", "w") as f:
         json.dump(messages, f)
+    exit_process(0)  # not the interpreter's finalisation, which gloo's threads can abort
 
 
 def test_sharded_2dgs_matches_replicated(tmp_path):

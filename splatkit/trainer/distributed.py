@@ -20,6 +20,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -27,9 +29,44 @@ import torch.distributed as dist
 from splatkit.utils.distributed import SplatDistributedError, gather_ranks
 from splatkit.utils.distributed import guard as _guard
 
-__all__ = ["SplatDistributedError", "average_gradients", "check_in_sync", "gather_ranks", "init_from_env"]
+__all__ = [
+    "SplatDistributedError",
+    "average_gradients",
+    "check_in_sync",
+    "exit_process",
+    "gather_ranks",
+    "init_from_env",
+    "joined_group",
+]
 
 logger = logging.getLogger("splatkit")
+
+_joined = False  # whether init_from_env formed a process group in this process
+
+
+def joined_group() -> bool:
+    """Whether :func:`init_from_env` joined a process group in this process (which then
+    ends through :func:`exit_process`)."""
+    return _joined
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that ran collectives, skipping the interpreter's finalisation.
+
+    gloo's worker threads release a finished collective (and the tensors it held) after
+    the caller has already returned from it. When that happens while the interpreter is
+    finalising, the release needs the GIL, a finalising interpreter ends the thread
+    instead, and the process aborts from C++ ("terminate called without an active
+    exception", SIGABRT) after its work was done and its files written. Flushes logging
+    and the standard streams, then leaves through ``os._exit(code)``.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def init_from_env(
@@ -75,6 +112,8 @@ def init_from_env(
             f"({type(e).__name__}: {first[:200]}). Nothing was trained or written; if the ranks are merely slow "
             "to start, raise --dist-join-timeout"
         ) from e
+    global _joined
+    _joined = True
     if join != timeout_s:  # collectives get their own, usually longer, limit
         dist.distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=timeout_s))
     rank, world = dist.get_rank(), dist.get_world_size()
