@@ -211,7 +211,7 @@ class RasterizeFn(torch.autograd.Function):
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         T_final = torch.empty(C, height, width)
-        last = torch.empty(C, height, width, dtype=torch.int32)
+        stop = torch.empty(C, height, width, dtype=torch.int32)  # the pair each pixel stopped at
         vecmask = torch.empty(ids.numel(), dtype=torch.int64)  # every pair written
         lib.sk_raster_fwd(
             C,
@@ -225,12 +225,12 @@ class RasterizeFn(torch.autograd.Function):
             _ptr(img),
             _ptr(alpha),
             _ptr(T_final),
-            _ptr(last),
+            _ptr(stop),
             _ptr(vecmask),
             nthreads,
         )
         ctx.save_for_backward(
-            packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, last, vecmask
+            packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, stop, vecmask
         )
         ctx.cfg = (width, height, nthreads, bg is not None, N, D)
         return img, alpha
@@ -238,7 +238,7 @@ class RasterizeFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_img, g_alpha):
         lib = load()
-        packed, bg, ids, tile_offsets, T_final, last, vecmask = ctx.saved_tensors
+        packed, bg, ids, tile_offsets, T_final, stop, vecmask = ctx.saved_tensors
         width, height, nthreads, has_bg, N, D = ctx.cfg
         C = packed.shape[0]
         g_img = torch.zeros(C, height, width, D) if g_img is None else g_img.contiguous()
@@ -258,7 +258,7 @@ class RasterizeFn(torch.autograd.Function):
             _ptr(ids),
             _ptr(tile_offsets),
             _ptr(T_final),
-            _ptr(last),
+            _ptr(stop),
             _ptr(vecmask),
             _ptr(g_img),
             _ptr(g_alpha),

@@ -31,6 +31,9 @@ constexpr int TILE = 16;
 constexpr float ALPHA_THRESHOLD = 1.0f / 255.0f;
 constexpr float ALPHA_MAX = 0.999f;
 constexpr float T_MIN = 1e-4f;
+// Per pixel, the forward pass records the pair at which it stopped (the first one it did
+// not composite), or this; the backward pass differentiates the pairs before it.
+constexpr int32_t NEVER_STOPPED = INT32_MAX;
 constexpr float MAX_EXTENT = 3.33f;
 constexpr int MAX_CHANNELS = 4;
 
@@ -94,6 +97,26 @@ typedef int32_t vi __attribute__((vector_size(4 * L)));
 static inline vf vsplat(float x) { return vf{} + x; }
 static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+// min / max in one instruction where there is one: the second operand wherever the
+// first is NaN (so vmin_nan(x, c) and vmax_nan(x, c) are never NaN for a constant c)
+static inline vf vmin_nan(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_min_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (vf)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+    return a < b ? a : b;
+#endif
+}
+static inline vf vmax_nan(vf a, vf b) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return a > b ? a : b;
+#endif
+}
 
 static inline vf vsqrt(vf x) {
 #if defined(__AVX512F__)
@@ -140,6 +163,20 @@ static inline vf vexp_neg(vf x) {
     vf p = 1.0f + u * (c1 + u * (c2 + u * (c3 + u * (c4 + u * (c5 + u * c6)))));
     vi bits = (__builtin_convertvector(r, vi) + 127) << 23;
     return p * (vf)bits;
+}
+
+// 2^t for t <= 127 (alpha's exponent in base 2), clamped below at -126 so results stay
+// normal floats; NaN gives 2^-126. Adding 1.5 * 2^23 + 127 rounds t to the nearest
+// integer n and leaves n + 127 in the low mantissa bits, whence both n and the exponent
+// field of 2^n; 2^(t - n) by a degree-5 polynomial fitted for relative error on
+// [-1/2, 1/2] (2.4e-7 in float32, about the Taylor degree-6 series' error).
+static inline vf vexp2(vf t) {
+    t = vmax_nan(t, vsplat(-126.0f));
+    constexpr float MAGIC = 12582912.0f + 127.0f;
+    const vf y = t + MAGIC;
+    const vf u = t - (y - MAGIC);
+    const vf p = 1.00000012f + u * (0.693146944f + u * (0.240221202f + u * (0.0555071309f + u * (0.00967554189f + u * 0.00132764725f))));
+    return p * (vf)((vi)y << 23);
 }
 
 // Lanes of a mask as bits (one instruction with AVX/AVX-512, a loop elsewhere).
@@ -648,8 +685,8 @@ namespace {
 struct alignas(64) Splat2D {
     float mx, my, A, B, Cc, o, thr, dy_max, inv_A;
     float dx_max, dy_right;  // the ellipse's horizontal half-extent, and the height of its rightmost point
+    float log2_o;            // compositing's alpha is 2^(log2 o - log2(e) sigma)
     float color[MAX_CHANNELS];
-    float pad[16 - 11 - MAX_CHANNELS];
 };
 static_assert(sizeof(Splat2D) == 64, "Splat2D is one cache line");
 
@@ -968,8 +1005,8 @@ void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const
             s.inv_A = s.A > 0 ? 1.0f / s.A : 0.0f;
             s.dx_max = det > 0 && s.Cc > 0 ? std::sqrt(2.0f * s.thr * s.Cc / det) : 0.0f;
             s.dy_right = s.Cc > 0 ? -s.B * s.dx_max / s.Cc : 0.0f;
+            s.log2_o = s.o > 0 ? std::log2(s.o) : -INFINITY;
             for (int ch = 0; ch < MAX_CHANNELS; ++ch) s.color[ch] = ch < D ? colors[g * D + ch] : 0.0f;
-            for (int i = 0; i < 16 - 11 - MAX_CHANNELS; ++i) s.pad[i] = 0.0f;
             splats[g] = s;
         }
     });
@@ -1078,20 +1115,51 @@ static inline bool tile_saturated(const vi done[TILE][NV]) {
     return vall(all);
 }
 
-// alpha of one Gaussian on one vector of pixels, with the skip rule (valid mask).
+// alpha of one Gaussian on the pixel vectors of one tile. Everything the pair's pixels
+// share is set up once per pair (pair_terms): sigma's offsets per vector column (dx) and
+// per row (dy), scaled by log2(e) so that
+//     log2(e) sigma = dx (a dx + b dy) + c dy^2,   a, b, c = log2(e) (A/2, B, C/2),
+// and alpha = min(0.999, 2^(log2 o - log2(e) sigma)): a vector of pixels costs two
+// FMAs, one 2^t and the clamps.
 struct VAlpha {
-    vf alpha, raw, e, dx;
-    vi valid;
+    vf alpha, raw;  // raw = o exp(-sigma), before the 0.999 clamp
+    vi valid;       // sigma >= 0 and alpha >= 1/255 (the skip rule)
 };
 
-static inline VAlpha valpha(const Splat2D& s, const vf& xs, float dy) {
+struct PairTerms {
+    vf dx[NV], adx[NV];                     // pixel x - mean x per vector column; a dx
+    float dy[TILE], bdy[TILE], cdy2[TILE];  // pixel y - mean y per row; b dy; c dy^2
+    float log2_o;
+};
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+static inline void pair_terms(const Splat2D& s, const vf* xs, int y0, PairTerms& p) {
+    const float a = 0.5f * LOG2E * s.A, b = LOG2E * s.B, c = 0.5f * LOG2E * s.Cc;
+    for (int j = 0; j < NV; ++j) {
+        p.dx[j] = xs[j] - s.mx;
+        p.adx[j] = a * p.dx[j];
+    }
+    vf lane;
+    for (int l = 0; l < L; ++l) lane[l] = (float)l;
+    for (int q = 0; q < TILE / L; ++q) {
+        const vf dy = lane + ((float)(y0 + q * L) + 0.5f - s.my);
+        const vf bdy = b * dy, cdy2 = c * dy * dy;
+        std::memcpy(p.dy + q * L, &dy, sizeof(vf));
+        std::memcpy(p.bdy + q * L, &bdy, sizeof(vf));
+        std::memcpy(p.cdy2 + q * L, &cdy2, sizeof(vf));
+    }
+    p.log2_o = s.log2_o;
+}
+
+// bit = r * NV + j: row r's j-th vector of L pixels
+static inline VAlpha valpha(const PairTerms& p, int bit) {
+    const int r = bit / NV, j = bit % NV;
+    const vf s2 = p.dx[j] * (p.adx[j] + p.bdy[r]) + p.cdy2[r];  // log2(e) sigma
     VAlpha a;
-    a.dx = xs - s.mx;
-    vf sigma = a.dx * (0.5f * s.A * a.dx + s.B * dy) + 0.5f * s.Cc * dy * dy;
-    a.e = vexp_neg(-sigma);
-    a.raw = s.o * a.e;
-    a.alpha = a.raw < ALPHA_MAX ? a.raw : vsplat(ALPHA_MAX);
-    a.valid = (sigma >= 0.0f) & (a.alpha >= ALPHA_THRESHOLD);
+    a.raw = vexp2(p.log2_o - s2);
+    a.alpha = vmin_nan(a.raw, vsplat(ALPHA_MAX));
+    a.valid = (s2 >= 0.0f) & (a.raw >= ALPHA_THRESHOLD);
     return a;
 }
 
@@ -1154,11 +1222,12 @@ static inline void prefetch_splat(const S* splats, const int32_t* ids, int64_t k
 
 // f(bit, alpha(bit)) for every set bit of a tile mask, in bit order, with the alphas of
 // BATCH vectors computed before they are used: independent chains (exp, division) the
-// core overlaps, where one vector at a time would wait on each. (3 measured fastest on
-// fox, forward and backward, against 1, 2 and 4.)
-constexpr int BATCH = 3;
+// core overlaps, where one vector at a time would wait on each. (Measured on fox at 200k
+// Gaussians, one thread: forward 2 / 3 / 4 / 5 / 6 / 8 took 80 / 70 / 65 / 67 / 68 / 73
+// ms, backward 1 / 2 / 3 / 4 / 5 took 151 / 125 / 117 / 118 / 119 ms.)
+constexpr int FWD_BATCH = 4, BWD_BATCH = 3;
 
-template <class A, class F>
+template <int BATCH, class A, class F>
 static inline void for_each_bit_batched(uint64_t bits, A&& alpha, F&& f) {
     while (__builtin_popcountll(bits) >= BATCH) {
         int idx[BATCH];
@@ -1166,7 +1235,7 @@ static inline void for_each_bit_batched(uint64_t bits, A&& alpha, F&& f) {
             idx[i] = __builtin_ctzll(bits);
             bits &= bits - 1;
         }
-        VAlpha a[BATCH];
+        decltype(alpha(0)) a[BATCH];
         for (int i = 0; i < BATCH; ++i) a[i] = alpha(idx[i]);
         for (int i = 0; i < BATCH; ++i) f(idx[i], a[i]);
     }
@@ -1179,59 +1248,62 @@ static inline void for_each_bit_batched(uint64_t bits, A&& alpha, F&& f) {
 
 template <int D>
 void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
+                float* out_img, float* out_alpha, float* out_T, int32_t* out_stop, uint64_t* vecmask,
                 int nthreads) {
     for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
         const int64_t tile = tl.index;
         const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
         const vf* xs = tl.xs;
-        const vi* outside_x = tl.outside_x;
-        vf T[TILE][NV], acc[D][TILE][NV];
-        vi done[TILE][NV], lastk[TILE][NV];
+        // Per pixel vector (index bit = r * NV + j): transmittance, colour, the lanes
+        // still compositing (-1) and the pair each stopped at.
+        vf T[TILE * NV], acc[D][TILE * NV];
+        vi live[TILE * NV], stopk[TILE * NV];
         for (int r = 0; r < TILE; ++r)
             for (int j = 0; j < NV; ++j) {
-                T[r][j] = vsplat(1.0f);
-                done[r][j] = r < rows_in ? outside_x[j] : vi{} - 1;
-                lastk[r][j] = vi{} - 1;
-                for (int ch = 0; ch < D; ++ch) acc[ch][r][j] = vf{};
+                const int bit = r * NV + j;
+                T[bit] = vsplat(1.0f);
+                live[bit] = r < rows_in ? ~tl.outside_x[j] : vi{};
+                stopk[bit] = vi{} + NEVER_STOPPED;
+                for (int ch = 0; ch < D; ++ch) acc[ch][bit] = vf{};
             }
-        // Bit r * NV + j of a tile mask is the vector (row r, vector j); vectors whose
-        // every pixel is done never need evaluating again.
+        // Vectors whose every pixel is done never need evaluating again.
         uint64_t done_vecs = 0;
-        for (int r = 0; r < TILE; ++r)
-            for (int j = 0; j < NV; ++j)
-                if (vall(done[r][j])) done_vecs |= uint64_t(1) << (r * NV + j);
+        for (int bit = 0; bit < TILE * NV; ++bit)
+            if (!vbits(live[bit])) done_vecs |= uint64_t(1) << bit;
         const int64_t kb = tile_offsets[tile], ke = tile_offsets[tile + 1];
         bool all_done = done_vecs == full_tile_mask();
         int64_t k = kb;
+        PairTerms p;
         for (; k < ke && !all_done; ++k) {
             prefetch_splat(splats, ids, k, +1, kb, ke);
-            const Splat2D s = splats[ids[k]];
-            const float* col = s.color;
-            uint64_t todo = span_vectors(s, x0, y0, rows_in) & ~done_vecs;
-            uint64_t mask = 0;
+            const Splat2D& s = splats[ids[k]];
+            const uint64_t todo = span_vectors(s, x0, y0, rows_in) & ~done_vecs;
+            // The backward pass revisits exactly these vectors (lanes that did not
+            // contribute are invalid there too); 0: the pair touched no pixel.
+            vecmask[k] = todo;
+            if (!todo) continue;
+            pair_terms(s, xs, y0, p);
+            float colv[D];
+            for (int ch = 0; ch < D; ++ch) colv[ch] = s.color[ch];
             bool any_stop = false;
-            vi kv = vi{} + (int32_t)k;
-            auto alpha_at = [&](int bit) { return valpha(s, xs[bit % NV], y0 + bit / NV + 0.5f - s.my); };
+            auto alpha_at = [&](int bit) { return valpha(p, bit); };
             auto blend = [&](int bit, const VAlpha& a) {
-                const int r = bit / NV, j = bit % NV;
-                vi valid = a.valid & (done[r][j] == 0);
-                vf next_T = T[r][j] * (1.0f - a.alpha);
-                vi stop = valid & (next_T <= T_MIN);
-                vi contrib = valid & (next_T > T_MIN);
-                vf w = contrib ? a.alpha * T[r][j] : vf{};
-                for (int ch = 0; ch < D; ++ch) acc[ch][r][j] += w * col[ch];
-                T[r][j] = contrib ? next_T : T[r][j];
-                lastk[r][j] = contrib ? kv : lastk[r][j];
-                if (vbits(contrib)) mask |= uint64_t(1) << bit;
-                if (vbits(stop)) {
-                    done[r][j] |= stop;
+                const vi valid = a.valid & live[bit];
+                const vf Tb = T[bit];
+                const vf next_T = Tb * (1.0f - a.alpha);
+                const vi contrib = valid & (next_T > T_MIN);
+                const vf w = (vf)((vi)(a.alpha * Tb) & contrib);
+                for (int ch = 0; ch < D; ++ch) acc[ch][bit] += w * colv[ch];
+                T[bit] = contrib ? next_T : Tb;
+                if (vbits(valid) != vbits(contrib)) {  // lanes reaching T <= T_MIN stop before this pair
+                    const vi stop = valid & ~contrib;
+                    live[bit] &= ~stop;
+                    stopk[bit] = stop ? vi{} + (int32_t)k : stopk[bit];
                     any_stop = true;
-                    if (vall(done[r][j])) done_vecs |= uint64_t(1) << bit;
+                    if (!vbits(live[bit])) done_vecs |= uint64_t(1) << bit;
                 }
             };
-            for_each_bit_batched(todo, alpha_at, blend);
-            vecmask[k] = mask;
+            for_each_bit_batched<FWD_BATCH>(todo, alpha_at, blend);
             if (any_stop) all_done = done_vecs == full_tile_mask();
         }
         for (; k < ke; ++k) vecmask[k] = 0;
@@ -1240,12 +1312,12 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
             int py = y0 + r;
             for (int x = 0; x < TILE && x0 + x < W; ++x) {
                 int64_t pix = ((int64_t)c * H + py) * W + x0 + x;
-                int j = x / L, l = x % L;
-                float Tp = T[r][j][l];
-                for (int ch = 0; ch < D; ++ch) out_img[pix * D + ch] = acc[ch][r][j][l] + (bg ? Tp * bg[ch] : 0.0f);
+                const int bit = r * NV + x / L, l = x % L;
+                float Tp = T[bit][l];
+                for (int ch = 0; ch < D; ++ch) out_img[pix * D + ch] = acc[ch][bit][l] + (bg ? Tp * bg[ch] : 0.0f);
                 out_alpha[pix] = 1.0f - Tp;
                 out_T[pix] = Tp;
-                out_last[pix] = lastk[r][j][l];
+                out_stop[pix] = stopk[bit][l];
             }
         }
     });
@@ -1253,7 +1325,7 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
 
 template <int D>
 void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                const float* T_final, const int32_t* last, const uint64_t* vecmask, const float* g_img,
+                const float* T_final, const int32_t* stop, const uint64_t* vecmask, const float* g_img,
                 const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors, float* g_opac,
                 int nthreads) {
     int64_t ntiles = num_tiles(C, W, H);
@@ -1269,87 +1341,93 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
         const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
         const vf* xs = tl.xs;
         const float* bg = backgrounds ? backgrounds + c * D : nullptr;
-        vf T[TILE][NV], S[D][TILE][NV], gC[D][TILE][NV], Kp[TILE][NV];
-        vi lastk[TILE][NV];
-        int32_t max_last = -1;
+        // per pixel vector (bit = r * NV + j), walking the pairs back to front:
+        // transmittance, colour behind, the loss gradient, the stop pair
+        vf T[TILE * NV], S[D][TILE * NV], gC[D][TILE * NV], Kp[TILE * NV];
+        vi stopk[TILE * NV];
         for (int r = 0; r < TILE; ++r)
             for (int j = 0; j < NV; ++j) {
+                const int bit = r * NV + j;
                 vf dot_bg = vf{}, ga = vf{};
-                T[r][j] = vsplat(1.0f);
-                lastk[r][j] = vi{} - 1;
+                T[bit] = vsplat(1.0f);
+                stopk[bit] = vi{};
                 for (int ch = 0; ch < D; ++ch) {
-                    S[ch][r][j] = vf{};
-                    gC[ch][r][j] = vf{};
+                    S[ch][bit] = vf{};
+                    gC[ch][bit] = vf{};
                 }
                 for (int l = 0; l < L; ++l) {
                     int x = j * L + l;
                     if (r >= rows_in || x0 + x >= W) continue;
                     int64_t pix = ((int64_t)c * H + y0 + r) * W + x0 + x;
-                    T[r][j][l] = T_final[pix];
-                    lastk[r][j][l] = last[pix];
-                    max_last = std::max(max_last, last[pix]);
+                    T[bit][l] = T_final[pix];
+                    stopk[bit][l] = stop[pix];
                     for (int ch = 0; ch < D; ++ch) {
-                        gC[ch][r][j][l] = g_img[pix * D + ch];
+                        gC[ch][bit][l] = g_img[pix * D + ch];
                         dot_bg[l] += g_img[pix * D + ch] * (bg ? bg[ch] : 0.0f);
                     }
                     ga[l] = g_alpha ? g_alpha[pix] : 0.0f;
                 }
                 // d(colour, alpha) / d alpha_k has a part that depends only on the pixel:
                 // (sum_ch gC bg - g_alpha) * T_final / (1 - alpha_k).
-                Kp[r][j] = (dot_bg - ga) * T[r][j];
+                Kp[bit] = (dot_bg - ga) * T[bit];
             }
-        // Pairs behind every pixel's last contribution, and pairs that contributed to no
-        // pixel (vecmask 0: the reduction skips their slots), have no gradient.
-        const int64_t kb = tile_offsets[tile];
-        for (int64_t k = std::min<int64_t>(tile_offsets[tile + 1] - 1, max_last); k >= kb; --k) {
-            uint64_t mask = vecmask[k];
+        // Pairs that touched no pixel (vecmask 0: the reduction skips their slots), among
+        // them every pair after the tile saturated, have no gradient.
+        const int64_t kb = tile_offsets[tile], ke = tile_offsets[tile + 1];
+        PairTerms p;
+        for (int64_t k = ke - 1; k >= kb; --k) {
+            const uint64_t mask = vecmask[k];
             float* out = pair_grad.get() + k * G;
-            prefetch_splat(splats, ids, k, -1, kb, tile_offsets[tile + 1]);
+            prefetch_splat(splats, ids, k, -1, kb, ke);
             if (!mask) continue;
-            const Splat2D s = splats[ids[k]];
-            const float* col = s.color;
+            const Splat2D& s = splats[ids[k]];
+            pair_terms(s, xs, y0, p);
+            float col[D];
+            for (int ch = 0; ch < D; ++ch) col[ch] = s.color[ch];
             // sums of gsig times dx^2, dx dy, dy^2, dx, dy (the conic's and the mean's
-            // gradients are fixed combinations of them), of dL/d alpha * e, of colour weights
+            // gradients are fixed combinations of them), of dL/d alpha * raw alpha, of
+            // colour weights
             vf m_xx = vf{}, m_xy = vf{}, m_yy = vf{}, m_x = vf{}, m_y = vf{}, v_o = vf{}, v_col[D];
             for (int ch = 0; ch < D; ++ch) v_col[ch] = vf{};
-            vi kv = vi{} + (int32_t)k;
+            const vi kv = vi{} + (int32_t)k;
             auto grad = [&](int bit, const VAlpha& a) {
                 const int r = bit / NV, j = bit % NV;
-                const float dy = y0 + r + 0.5f - s.my;
-                vi valid = a.valid & (kv <= lastk[r][j]);
-                vf inv_one_m = 1.0f / (1.0f - a.alpha);
-                vf Tk = T[r][j] * inv_one_m;
+                const float dy = p.dy[r];
+                const vf dx = p.dx[j];
+                const vi valid = a.valid & (kv < stopk[bit]);
+                const vf inv_one_m = 1.0f / (1.0f - a.alpha);
+                const vf Tk = T[bit] * inv_one_m;
                 vf dot = vf{}, sdot = vf{};
                 for (int ch = 0; ch < D; ++ch) {
-                    dot += gC[ch][r][j] * col[ch];
-                    sdot += gC[ch][r][j] * S[ch][r][j];
+                    dot += gC[ch][bit] * col[ch];
+                    sdot += gC[ch][bit] * S[ch][bit];
                 }
-                vf dalpha = dot * Tk - (sdot + Kp[r][j]) * inv_one_m;
-                vi free_alpha = valid & (a.raw < ALPHA_MAX);
-                vf gsig = free_alpha ? -dalpha * a.alpha : vf{};
-                v_o += free_alpha ? dalpha * a.e : vf{};
-                vf gdx = gsig * a.dx;
-                m_xx += gdx * a.dx;
+                const vf dalpha = dot * Tk - (sdot + Kp[bit]) * inv_one_m;
+                const vi free_alpha = valid & (a.raw < ALPHA_MAX);
+                const vf gsig = (vf)((vi)(-dalpha * a.alpha) & free_alpha);  // dL/d sigma
+                v_o += (vf)((vi)(dalpha * a.raw) & free_alpha);
+                const vf gdx = gsig * dx;
+                m_xx += gdx * dx;
                 m_xy += gdx * dy;
                 m_x += gdx;
                 m_y += gsig * dy;
                 m_yy += gsig * (dy * dy);
-                vf wv = valid ? a.alpha * Tk : vf{};
+                const vf wv = (vf)((vi)(a.alpha * Tk) & valid);
                 for (int ch = 0; ch < D; ++ch) {
-                    v_col[ch] += wv * gC[ch][r][j];
-                    S[ch][r][j] += wv * col[ch];
+                    v_col[ch] += wv * gC[ch][bit];
+                    S[ch][bit] += wv * col[ch];
                 }
-                T[r][j] = valid ? Tk : T[r][j];
+                T[bit] = valid ? Tk : T[bit];
             };
-            auto alpha_at = [&](int bit) { return valpha(s, xs[bit % NV], y0 + bit / NV + 0.5f - s.my); };
-            for_each_bit_batched(mask, alpha_at, grad);
+            auto alpha_at = [&](int bit) { return valpha(p, bit); };
+            for_each_bit_batched<BWD_BATCH>(mask, alpha_at, grad);
             const float sx = vsum(m_x), sy = vsum(m_y);
             out[0] = -(s.A * sx + s.B * sy);
             out[1] = -(s.B * sx + s.Cc * sy);
             out[2] = 0.5f * vsum(m_xx);
             out[3] = vsum(m_xy);
             out[4] = 0.5f * vsum(m_yy);
-            out[5] = vsum(v_o);
+            out[5] = s.o > 0 ? vsum(v_o) / s.o : 0.0f;  // d raw / d o = raw / o
             for (int ch = 0; ch < D; ++ch) out[6 + ch] = vsum(v_col[ch]);
         }
     });
@@ -1378,21 +1456,21 @@ extern "C" {
     }
 
 int sk_raster_fwd(int C, int W, int H, int D, const float* packed, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
-                  float* out_img, float* out_alpha, float* out_T, int32_t* out_last, uint64_t* vecmask,
+                  float* out_img, float* out_alpha, float* out_T, int32_t* out_stop, uint64_t* vecmask,
                   int nthreads) {
     const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
     SK_DISPATCH(D, raster_fwd<DD>(C, W, H, splats, backgrounds, ids, tile_offsets,
-                                  out_img, out_alpha, out_T, out_last, vecmask, nthreads));
+                                  out_img, out_alpha, out_T, out_stop, vecmask, nthreads));
     return 0;
 }
 
 int sk_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const float* backgrounds, const int32_t* ids,
-                  const int64_t* tile_offsets, const float* T_final, const int32_t* last, const uint64_t* vecmask,
+                  const int64_t* tile_offsets, const float* T_final, const int32_t* stop, const uint64_t* vecmask,
                   const float* g_img, const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors,
                   float* g_opac, int nthreads) {
     const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
     SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, splats, backgrounds, ids, tile_offsets,
-                                  T_final, last, vecmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
+                                  T_final, stop, vecmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
                                   nthreads));
     return 0;
 }
