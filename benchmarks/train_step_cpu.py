@@ -10,6 +10,12 @@ Scenes:
   with a little jitter, coloured by their pixel, and sized by their nearest neighbours.
 
     python benchmarks/train_step_cpu.py [--scenes demo fox] [--backends cpu torch] [--steps 20]
+    python benchmarks/train_step_cpu.py --scenes fox --backends cpu --busy-core
+
+``--busy-core`` runs every case a second time while another process spins on one core
+(``python -c "while True: pass"``) and reports the slowdown. Workers start with the
+command line's OpenMP defaults (``splatkit.launcher.THREAD_DEFAULTS``) unless the
+environment sets them.
 
 Steps use the default densification with refinement every 10 steps (so the phase
 "densification" includes growing and pruning) and record per-phase wall times through
@@ -131,6 +137,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "phase_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in laps) for k in phases},
         "kernel_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in kernel_laps) for k in sorted(kernels)},
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
@@ -142,27 +149,47 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--torch-steps", type=int, default=3, help="steps for the (slow) reference backend")
+    ap.add_argument("--busy-core", action="store_true", help="also run with a process spinning on one core")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         scene, backend = args.worker
         print(json.dumps(run(scene, backend, args.steps)))
         return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from splatkit.launcher import apply_thread_defaults
+
+    env = dict(os.environ)
+    apply_thread_defaults(env)
+
+    def worker(scene: str, backend: str, steps: int, busy: bool) -> dict:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            p = subprocess.run(
+                [sys.executable, __file__, "--steps", str(steps), "--worker", scene, backend],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
     out = []
     for scene in args.scenes:
         rows = {}
         for backend in args.backends:
             steps = args.steps if backend != "torch" else args.torch_steps
-            p = subprocess.run(
-                [sys.executable, __file__, "--steps", str(steps), "--worker", scene, backend],
-                capture_output=True,
-                text=True,
-            )
-            rows[backend] = (
-                json.loads(p.stdout.strip().splitlines()[-1])
-                if p.returncode == 0
-                else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
-            )
+            rows[backend] = worker(scene, backend, steps, busy=False)
+            if args.busy_core and "step_median_s" in rows[backend]:
+                busy = worker(scene, backend, steps, busy=True)
+                rows[backend]["busy_core"] = busy
+                if "step_median_s" in busy:
+                    rows[backend]["busy_core_slowdown"] = busy["step_median_s"] / rows[backend]["step_median_s"]
         entry = {"scene": scene, "results": rows}
         if all("step_median_s" in rows.get(b, {}) for b in ("cpu", "torch")):
             entry["step_speedup_cpu_vs_torch"] = rows["torch"]["step_median_s"] / rows["cpu"]["step_median_s"]

@@ -10,6 +10,7 @@ is parsed with (tyro); a test fails when the table is out of date, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -20,11 +21,31 @@ WIDTH = 80
 COLUMN = 26  # where descriptions start in the short help
 
 
+# OpenMP settings a splatkit process starts with unless the environment sets them.
+# OMP_WAIT_POLICY=PASSIVE: a thread waiting at the end of a parallel region sleeps instead
+# of spinning. On an idle machine steps take the same time (fox at 1/4, 200k Gaussians:
+# 139-142 ms either way), but when another process takes one of the cores, PyTorch's
+# many small, statically split operators no longer wait a scheduler time slice for a
+# preempted partner while the other thread spins: 296 -> 240 ms per step on two cores
+# (docs/backends.md).
+THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def apply_thread_defaults(environ: dict | None = None) -> None:
+    """Put :data:`THREAD_DEFAULTS` into ``environ`` (default ``os.environ``) where unset.
+    They only take effect in a process that has not loaded PyTorch (its OpenMP runtime reads
+    them once, when it loads)."""
+    env = os.environ if environ is None else environ
+    for key, value in THREAD_DEFAULTS.items():
+        env.setdefault(key, value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     code = quick(args)
     if code is not None:
         return code
+    apply_thread_defaults()
     from splatkit.cli import main as cli_main
     from splatkit.trainer.distributed import exit_process, joined_group
 
