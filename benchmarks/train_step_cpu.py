@@ -2,6 +2,10 @@
 
 Scenes:
 - ``demo``: the built-in scene (96x96, 48 cameras, 4,000 initial points).
+- ``synthetic``: the RGBA NeRF-synthetic-style capture ``write_synthetic_capture`` writes
+  (200x200, 100 training views, no points; cached in the temp folder), trained with every
+  default for 3,000 steps first (random initialisation, densification as configured), so
+  the timed steps see the Gaussians a run has at that point.
 - ``fox``: ../shared/datasets/fox (or $SPLATKIT_DATASETS/fox) at a quarter of its
   resolution (270x480) with about 200,000 Gaussians. fox has no point cloud, and a
   uniform random cloud would give every Gaussian a huge screen footprint, unlike a
@@ -17,9 +21,9 @@ Scenes:
 command line's OpenMP defaults (``splatkit.launcher.THREAD_DEFAULTS``) unless the
 environment sets them.
 
-Steps use the default densification with refinement every 10 steps (so the phase
-"densification" includes growing and pruning) and record per-phase wall times through
-``SplatTrainerConfig(profile_steps=True)``.
+On demo and fox the steps use the default densification with refinement every 10 steps
+(so the phase "densification" includes growing and pruning); every scene records
+per-phase wall times through ``SplatTrainerConfig(profile_steps=True)``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 import torch
 
 DATASETS = Path(os.environ.get("SPLATKIT_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+TRAINED_FIRST = 3000  # synthetic: steps trained (default schedule) before the timed ones
 
 
 def seeded_from_photos(provider, n: int, seed: int = 0):
@@ -59,12 +64,20 @@ def seeded_from_photos(provider, n: int, seed: int = 0):
     return torch.cat(pts)[:n].float(), torch.cat(rgb)[:n].float()
 
 
+SYNTHETIC = Path(tempfile.gettempdir()) / "splatkit_synthetic_200"
+
+
 def make_provider(scene: str):
     from splatkit.data_provider import SplatBlenderDataProvider, SplatBlenderDataProviderConfig, SplatDemoDataProvider
     from splatkit.data_provider.captured import SplatLoaderConfig
+    from splatkit.data_provider.demo import write_synthetic_capture
 
     if scene == "demo":
         return SplatDemoDataProvider(), None
+    if scene == "synthetic":
+        if not (SYNTHETIC / "transforms_test.json").is_file():
+            write_synthetic_capture(SYNTHETIC, image_size=200)
+        return SplatBlenderDataProvider(SplatBlenderDataProviderConfig(str(SYNTHETIC))), None
     if scene == "fox":
         if not (DATASETS / "fox").is_dir():
             raise SystemExit(f"fox not found under {DATASETS}; set SPLATKIT_DATASETS")
@@ -105,14 +118,19 @@ def run(scene: str, backend: str, steps: int) -> dict:
     if points is not None:
         provider.initial_points = lambda: points
     out = Path(tempfile.mkdtemp(prefix=f"splatkit_bench_{scene}_"))  # a fresh run folder per run
-    cfg = SplatTrainerConfig(max_steps=10_000, output_dir=str(out), profile_steps=True)
-    dens = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=100_000)
+    if scene == "synthetic":  # the defaults, timed after the first TRAINED_FIRST steps
+        cfg = SplatTrainerConfig(output_dir=str(out), profile_steps=True)
+        dens = SplatDefaultDensification()
+        warmup = TRAINED_FIRST
+    else:
+        cfg = SplatTrainerConfig(max_steps=10_000, output_dir=str(out), profile_steps=True)
+        dens = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=100_000)
+        warmup = 2
     trainer = SplatTrainer(cfg, provider, renderer=Splat3DGSRenderer(backend=backend), densification=dens)
     trainer.setup()
     kernels: dict[str, float] = {}
     if backend == "cpu":
         time_kernels(kernels)
-    warmup = 2
     laps, totals, kernel_laps = [], [], []
     for s in range(1, warmup + steps + 1):
         kernels.clear()
@@ -129,6 +147,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "backend": backend,
         "image": [f.cameras.width, f.cameras.height],
         "gaussians_start": int(points[0].shape[0]) if points is not None else None,
+        "steps_before_timing": warmup,
         "gaussians_end": trainer.training_state.num_gaussians,
         "steps": steps,
         "step_median_s": statistics.median(totals),

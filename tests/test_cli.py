@@ -1,6 +1,7 @@
 """The command line as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -130,6 +131,23 @@ def test_help_fits_a_screen_and_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("splatkit ") and "(torch 2." in out.stdout
+
+
+def test_commands_start_with_a_passive_openmp_wait_unless_the_environment_says_otherwise(tmp_path):
+    """The entry point sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads (a step no longer
+    waits out a scheduler time slice when another process takes a core), and a value the
+    user set wins."""
+    code = (
+        "import os, sys; from splatkit.launcher import main; main(sys.argv[1:]); "
+        "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    missing = str(tmp_path / "missing.ply")
+    for env_value, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if env_value:
+            env["OMP_WAIT_POLICY"] = env_value
+        out = subprocess.run([sys.executable, "-c", code, "info", missing], capture_output=True, text=True, env=env)
+        assert f"policy {expected}" in out.stdout.splitlines(), out.stdout + out.stderr
 
 
 def test_every_flag_is_described_in_plain_text_and_the_table_is_current():
