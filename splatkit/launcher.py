@@ -21,21 +21,27 @@ WIDTH = 80
 COLUMN = 26  # where descriptions start in the short help
 
 
-# OpenMP settings a splatkit process starts with unless the environment sets them.
+# OpenMP settings a splatkit process starts with on a machine of at most
+# SMALL_MACHINE_CPUS logical CPUs, unless the environment sets them.
 # OMP_WAIT_POLICY=PASSIVE: a thread waiting at the end of a parallel region sleeps instead
-# of spinning. On an idle machine steps take the same time (fox at 1/4, 200k Gaussians:
-# 139-142 ms either way), but when another process takes one of the cores, PyTorch's
-# many small, statically split operators no longer wait a scheduler time slice for a
-# preempted partner while the other thread spins: 296 -> 240 ms per step on two cores
-# (docs/backends.md).
+# of spinning. On an idle 2-core machine steps take the same time (fox at 1/4, 200k
+# Gaussians: 139-142 ms either way), but when another process takes one of the cores,
+# PyTorch's many small, statically split operators no longer wait a scheduler time slice
+# for a preempted partner while the other thread spins: 296 -> 240 ms per step
+# (docs/backends.md). On larger machines, where a sleeping thread's wake-up at every
+# operator may cost more than a lost core, nothing is set (not measured there).
 THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+SMALL_MACHINE_CPUS = 4
 
 
-def apply_thread_defaults(environ: dict | None = None) -> None:
-    """Put :data:`THREAD_DEFAULTS` into ``environ`` (default ``os.environ``) where unset.
-    They only take effect in a process that has not loaded PyTorch (its OpenMP runtime reads
-    them once, when it loads)."""
+def apply_thread_defaults(environ: dict | None = None, cpus: int | None = None) -> None:
+    """On a machine of at most :data:`SMALL_MACHINE_CPUS` logical CPUs (``cpus``, default
+    ``os.cpu_count()``), put :data:`THREAD_DEFAULTS` into ``environ`` (default ``os.environ``)
+    where unset. They only take effect in a process that has not loaded PyTorch (its OpenMP
+    runtime reads them once, when it loads)."""
     env = os.environ if environ is None else environ
+    if (cpus if cpus is not None else os.cpu_count() or 1) > SMALL_MACHINE_CPUS:
+        return
     for key, value in THREAD_DEFAULTS.items():
         env.setdefault(key, value)
 

@@ -134,20 +134,27 @@ def test_help_fits_a_screen_and_imports_no_torch():
 
 
 def test_commands_start_with_a_passive_openmp_wait_unless_the_environment_says_otherwise(tmp_path):
-    """The entry point sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads (a step no longer
-    waits out a scheduler time slice when another process takes a core), and a value the
-    user set wins."""
+    """On a small machine the entry point sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads
+    (a step no longer waits out a scheduler time slice when another process takes a core);
+    a value the user set wins, and larger machines are left alone."""
+    from splatkit.launcher import SMALL_MACHINE_CPUS, THREAD_DEFAULTS, apply_thread_defaults
+
     code = (
         "import os, sys; from splatkit.launcher import main; main(sys.argv[1:]); "
         "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
     )
     missing = str(tmp_path / "missing.ply")
-    for env_value, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+    small = (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS
+    for env_value, expected in ((None, "PASSIVE" if small else None), ("ACTIVE", "ACTIVE")):
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         if env_value:
             env["OMP_WAIT_POLICY"] = env_value
         out = subprocess.run([sys.executable, "-c", code, "info", missing], capture_output=True, text=True, env=env)
         assert f"policy {expected}" in out.stdout.splitlines(), out.stdout + out.stderr
+    for cpus, expected in ((2, THREAD_DEFAULTS), (SMALL_MACHINE_CPUS + 1, {})):
+        env = {}
+        apply_thread_defaults(env, cpus=cpus)
+        assert env == expected, (cpus, env)
 
 
 def test_every_flag_is_described_in_plain_text_and_the_table_is_current():
