@@ -2,8 +2,10 @@
 
 The library is built with the system C++ compiler (``$CXX``, else ``c++``/``g++``) at
 first use, with ``-O3 -march=native``, into the cache folder (``$SPLATKIT_CACHE`` or
-``~/.cache/splatkit``/kernels/<hash of source, compiler and CPU>/). Later processes
+``~/.cache/splatkit``/kernels/<hash of source, flags, compiler and CPU>/). Later processes
 load the cached file; a different source, compiler or CPU gets its own build.
+``$SPLATKIT_MARCH`` replaces ``native`` (``x86-64``: the portable 4-lane kernels a CPU
+without AVX runs, which the tests check on any x86-64 machine).
 """
 
 from __future__ import annotations
@@ -53,12 +55,18 @@ def _cpu_signature() -> str:
     return platform.processor() or platform.machine()
 
 
+def _flags() -> list[str]:
+    """:data:`FLAGS`, with ``-march=$SPLATKIT_MARCH`` instead of ``-march=native`` when set."""
+    march = os.environ.get("SPLATKIT_MARCH")
+    return [f"-march={march}" if flag == "-march=native" and march else flag for flag in FLAGS]
+
+
 def library_path() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
         b"".join(src.read_bytes() for src in SOURCES)
-        + " ".join(FLAGS).encode()
+        + " ".join(_flags()).encode()
         + version.encode()
         + _cpu_signature().encode()
         + platform.machine().encode()
@@ -74,7 +82,7 @@ def _compile(target: Path) -> None:
     os.close(fd)
     t0 = time.perf_counter()
     logger.info("compiling the CPU rasterizer (once per machine) into %s", target.parent)
-    proc = subprocess.run([_compiler(), *FLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
+    proc = subprocess.run([_compiler(), *_flags(), *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
     if proc.returncode != 0:
         os.unlink(tmp)
         raise KernelBuildError(f"compiling {', '.join(src.name for src in SOURCES)} failed:\n{proc.stderr[-4000:]}")
