@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from splatkit.cli import _data_provider
-from splatkit.evaluation import labelled, to_uint8, write_png
+from splatkit.evaluation import labelled, stacked_rows, to_uint8, write_png
 from splatkit.metrics import psnr, ssim
 from splatkit.splat.cameras import SplatCameras
 
@@ -121,10 +121,7 @@ def main() -> None:
         p = report["runs"][mode]["scales"][f"1/{k}"]["psnr"]
         top.append(labelled(enlarge(to_uint8(img), k), f"{mode}: mean PSNR at 1/{k} {p:.2f} dB"))
         bottom.append(labelled(to_uint8(zoomed), f"{mode}: twice as far, full resolution"))
-    rows = [np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)]
-    width = max(r.shape[1] for r in rows)
-    picture = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=48) for r in rows])
-    write_png(out / "antialiasing.png", picture)
+    write_png(out / "antialiasing.png", stacked_rows([top, bottom]))
     report["picture"] = str(out / "antialiasing.png")
     print(json.dumps(report, indent=2))
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from splatkit.cli import _data_provider
-from splatkit.evaluation import labelled, to_uint8, write_png
+from splatkit.evaluation import labelled, stacked_rows, to_uint8, write_png
 from splatkit.metrics import psnr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,10 +114,8 @@ def main() -> None:
             p = float(psnr(img[None], gt[None], mask))
             top.append(labelled(to_uint8(img), f"{label}: PSNR {p:.2f} dB"))
             bottom.append(labelled(turbo(inv[k], lo, hi), f"{label}: rendered inverse depth"))
-        rows += [np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)]
-    width = max(r.shape[1] for r in rows)
-    picture = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=48) for r in rows])
-    write_png(out / "depth.png", picture)
+        rows += [top, bottom]
+    write_png(out / "depth.png", stacked_rows(rows))
     report["picture"] = str(out / "depth.png")
     print(json.dumps(report, indent=2))
 

@@ -106,6 +106,16 @@ def preview_grid(views: list[tuple[str, np.ndarray, np.ndarray, float]], columns
     return grid
 
 
+def stacked_rows(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """One picture of rows of panels (uint8 ``[H, W, 3]``, the same height within a row): each
+    row's panels side by side, the rows one under the other, narrower rows padded on the right,
+    ``gap`` px between rows, on the dark grey background of :func:`preview_grid`."""
+    lines = [np.concatenate(row, axis=1) for row in rows]
+    width = max(line.shape[1] for line in lines)
+    padded = [np.pad(line, ((0, gap), (0, width - line.shape[1]), (0, 0)), constant_values=48) for line in lines]
+    return np.concatenate(padded)
+
+
 def write_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 

@@ -171,3 +171,13 @@ def test_the_trajectory_of_an_unordered_capture_stays_around_the_scene():
     dist = viewmat_to_c2w(path.viewmats.double())[:, :3, 3].norm(dim=-1)
     train = viewmat_to_c2w(cams.viewmats.double())[:, :3, 3].norm(dim=-1)
     assert 0.8 * train.min() < dist.min() and dist.max() < 1.2 * train.max(), (dist.min(), dist.max())
+
+
+def test_stacked_rows_pads_narrow_rows_and_keeps_every_panel():
+    from splatkit.evaluation import stacked_rows
+
+    a, b, c = (np.full(shape, v, np.uint8) for shape, v in (((5, 3, 3), 1), ((5, 7, 3), 2), ((2, 4, 3), 3)))
+    picture = stacked_rows([[a, b], [c]], gap=4)
+    assert picture.shape == (5 + 4 + 2 + 4, 10, 3)
+    assert (picture[:5, :3] == 1).all() and (picture[:5, 3:10] == 2).all() and (picture[9:11, :4] == 3).all()
+    assert (picture[5:9] == 48).all() and (picture[9:11, 4:] == 48).all()  # gap and padding: background

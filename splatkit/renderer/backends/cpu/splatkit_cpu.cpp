@@ -95,11 +95,10 @@ typedef float vf __attribute__((vector_size(4 * L)));
 typedef int32_t vi __attribute__((vector_size(4 * L)));
 
 static inline vf vsplat(float x) { return vf{} + x; }
-static inline vf vmin(vf a, vf b) { return a < b ? a : b; }
-static inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-// min / max in one instruction where there is one: the second operand wherever the
-// first is NaN (so vmin_nan(x, c) and vmax_nan(x, c) are never NaN for a constant c)
-static inline vf vmin_nan(vf a, vf b) {
+// a < b ? a : b and a > b ? a : b, in one instruction where the vector extensions give a
+// compare and a blend: x86's minps / maxps are defined exactly so (the second operand also
+// wherever either is NaN, so vmax(x, c) is never NaN for a constant c)
+static inline vf vmin(vf a, vf b) {
 #if defined(__AVX512F__)
     return (vf)_mm512_min_ps((__m512)a, (__m512)b);
 #elif defined(__AVX__)
@@ -108,7 +107,7 @@ static inline vf vmin_nan(vf a, vf b) {
     return a < b ? a : b;
 #endif
 }
-static inline vf vmax_nan(vf a, vf b) {
+static inline vf vmax(vf a, vf b) {
 #if defined(__AVX512F__)
     return (vf)_mm512_max_ps((__m512)a, (__m512)b);
 #elif defined(__AVX__)
@@ -171,7 +170,7 @@ static inline vf vexp_neg(vf x) {
 // field of 2^n; 2^(t - n) by a degree-5 polynomial fitted for relative error on
 // [-1/2, 1/2] (2.4e-7 in float32, about the Taylor degree-6 series' error).
 static inline vf vexp2(vf t) {
-    t = vmax_nan(t, vsplat(-126.0f));
+    t = vmax(t, vsplat(-126.0f));
     constexpr float MAGIC = 12582912.0f + 127.0f;
     const vf y = t + MAGIC;
     const vf u = t - (y - MAGIC);
@@ -1179,7 +1178,7 @@ static inline VAlpha valpha(const PairTerms& p, int bit) {
     const vf s2 = p.dx[j] * (p.adx[j] + p.bdy[r]) + p.cdy2[r];  // log2(e) sigma
     VAlpha a;
     a.raw = vexp2(p.log2_o - s2);
-    a.alpha = vmin_nan(a.raw, vsplat(ALPHA_MAX));
+    a.alpha = vmin(a.raw, vsplat(ALPHA_MAX));
     a.valid = (s2 >= 0.0f) & (a.raw >= ALPHA_THRESHOLD);
     return a;
 }
