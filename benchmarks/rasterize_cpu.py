@@ -87,7 +87,9 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
     trees (each worker runs the tree's own copy of the benchmark, importing splatkit from that
     tree through PYTHONPATH), interleaved over
     ``--rounds`` so drift in machine load falls on every tree alike; each entry then gives the
-    median of every tree's medians and its ratio to the first tree."""
+    median of every tree's medians and its ratio to the first tree. Workers start with the
+    command line's thread defaults (``splatkit.launcher.THREAD_DEFAULTS``, on machines of at
+    most 4 CPUs) unless the environment sets them."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
     ap.add_argument("--sizes", nargs="+", default=default_sizes)
@@ -102,6 +104,11 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
         b, n, s = args.worker
         print(json.dumps({**run_one(b, int(n), int(s), args.repeats), "splatkit": os.path.dirname(splatkit.__file__)}))
         return
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(script))))
+    from splatkit.launcher import THREAD_DEFAULTS, apply_thread_defaults
+
+    base_env = dict(os.environ)
+    apply_thread_defaults(base_env)
     trees = [t.split("=", 1) for t in args.trees] if args.trees else [("", None)]
     for label, path in trees:
         if path is not None and not os.path.isdir(os.path.join(path, "splatkit")):
@@ -114,7 +121,7 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
             for b in args.backends:
                 reps = args.repeats if b != "torch" else max(3, args.repeats // 3)
                 for label, path in trees if rnd % 2 == 0 else trees[::-1]:
-                    env = dict(os.environ)
+                    env = dict(base_env)
                     if path is not None:
                         env["PYTHONPATH"] = os.path.abspath(path) + os.pathsep + env.get("PYTHONPATH", "")
                     # The tree's own copy of this benchmark, where it has one: its API may differ.
@@ -151,7 +158,8 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
         elif median_of("cpu") and median_of("torch"):
             entry["speedup_cpu_vs_torch"] = median_of("torch") / median_of("cpu")
         results.append(entry)
-    print(json.dumps({"benchmark": title, "results": results}, indent=2))
+    threads = {k: base_env.get(k) for k in THREAD_DEFAULTS}
+    print(json.dumps({"benchmark": title, "thread_settings": threads, "results": results}, indent=2))
 
 
 def main() -> None:

@@ -18,8 +18,9 @@ Scenes:
 
 ``--busy-core`` runs every case a second time while another process spins on one core
 (``python -c "while True: pass"``) and reports the slowdown. Workers start with the
-command line's OpenMP defaults (``splatkit.launcher.THREAD_DEFAULTS``) unless the
-environment sets them.
+command line's thread defaults (``splatkit.launcher.THREAD_DEFAULTS``: passive OpenMP
+waits and pinned kernel threads on machines of at most 4 CPUs) unless the environment
+sets them.
 
 On demo and fox the steps use the default densification with refinement every 10 steps
 (so the phase "densification" includes growing and pruning); every scene records
@@ -157,6 +158,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "kernel_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in kernel_laps) for k in sorted(kernels)},
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "pin_threads": os.environ.get("SPLATKIT_PIN_THREADS"),
     }
     shutil.rmtree(out, ignore_errors=True)
     return result

@@ -21,16 +21,20 @@ WIDTH = 80
 COLUMN = 26  # where descriptions start in the short help
 
 
-# OpenMP settings a splatkit process starts with on a machine of at most
+# Thread settings a splatkit process starts with on a machine of at most
 # SMALL_MACHINE_CPUS logical CPUs, unless the environment sets them.
 # OMP_WAIT_POLICY=PASSIVE: a thread waiting at the end of a parallel region sleeps instead
 # of spinning. On an idle 2-core machine steps take the same time (fox at 1/4, 200k
 # Gaussians: 139-142 ms either way), but when another process takes one of the cores,
 # PyTorch's many small, statically split operators no longer wait a scheduler time slice
-# for a preempted partner while the other thread spins: 296 -> 240 ms per step
-# (docs/backends.md). On larger machines, where a sleeping thread's wake-up at every
-# operator may cost more than a lost core, nothing is set (not measured there).
-THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+# for a preempted partner while the other thread spins: 296 -> 240 ms per step.
+# SPLATKIT_PIN_THREADS=1: the compiled kernels keep their threads on distinct CPUs while
+# they run (renderer/backends/cpu/parallel.h); a sleeping thread is otherwise often woken
+# on its partner's CPU, and the kernels then run on one core: 238-243 -> 215-222 ms per step with
+# a busy core, the same 141 ms when idle (docs/backends.md). On larger machines, where a
+# sleeping thread's wake-up at every operator may cost more than a lost core, nothing is
+# set (not measured there).
+THREAD_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "SPLATKIT_PIN_THREADS": "1"}
 SMALL_MACHINE_CPUS = 4
 
 

@@ -133,28 +133,33 @@ def test_help_fits_a_screen_and_imports_no_torch():
     assert out.returncode == 0 and out.stdout.startswith("splatkit ") and "(torch 2." in out.stdout
 
 
-def test_commands_start_with_a_passive_openmp_wait_unless_the_environment_says_otherwise(tmp_path):
-    """On a small machine the entry point sets OMP_WAIT_POLICY=PASSIVE before PyTorch loads
-    (a step no longer waits out a scheduler time slice when another process takes a core);
-    a value the user set wins, and larger machines are left alone."""
+def test_commands_start_with_the_small_machine_thread_defaults_unless_the_environment_says_otherwise(tmp_path):
+    """On a small machine the entry point sets OMP_WAIT_POLICY=PASSIVE and
+    SPLATKIT_PIN_THREADS=1 before PyTorch loads (a step no longer waits out a scheduler time
+    slice, or runs its kernels on one core, when another process takes a core); a value the
+    user set wins, and larger machines are left alone."""
     from splatkit.launcher import SMALL_MACHINE_CPUS, THREAD_DEFAULTS, apply_thread_defaults
 
     code = (
         "import os, sys; from splatkit.launcher import main; main(sys.argv[1:]); "
-        "print('policy', os.environ.get('OMP_WAIT_POLICY'))"
+        "print('policy', os.environ.get('OMP_WAIT_POLICY'), os.environ.get('SPLATKIT_PIN_THREADS'))"
     )
     missing = str(tmp_path / "missing.ply")
     small = (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS
-    for env_value, expected in ((None, "PASSIVE" if small else None), ("ACTIVE", "ACTIVE")):
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-        if env_value:
-            env["OMP_WAIT_POLICY"] = env_value
+    cases = (
+        ({}, "PASSIVE 1" if small else "None None"),
+        ({"OMP_WAIT_POLICY": "ACTIVE", "SPLATKIT_PIN_THREADS": "0"}, "ACTIVE 0"),
+    )
+    for user, expected in cases:
+        env = {k: v for k, v in os.environ.items() if k not in THREAD_DEFAULTS}
+        env.update(user)
         out = subprocess.run([sys.executable, "-c", code, "info", missing], capture_output=True, text=True, env=env)
         assert f"policy {expected}" in out.stdout.splitlines(), out.stdout + out.stderr
     for cpus, expected in ((2, THREAD_DEFAULTS), (SMALL_MACHINE_CPUS + 1, {})):
         env = {}
         apply_thread_defaults(env, cpus=cpus)
         assert env == expected, (cpus, env)
+    assert THREAD_DEFAULTS == {"OMP_WAIT_POLICY": "PASSIVE", "SPLATKIT_PIN_THREADS": "1"}
 
 
 def test_every_flag_is_described_in_plain_text_and_the_table_is_current():

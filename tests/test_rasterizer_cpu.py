@@ -185,7 +185,7 @@ def test_camera_gradients_match_the_reference(sh_degree, mode):
 
 
 def test_the_kernel_sources_ship_in_the_package():
-    """A wheel holds what setuptools' package-data names: every source the build compiles."""
+    """A wheel holds what setuptools' package-data names: every source and header the build compiles."""
     import fnmatch
     from pathlib import Path
 
@@ -198,9 +198,72 @@ def test_the_kernel_sources_ship_in_the_package():
     if not pyproject.is_file():
         pytest.skip("splatkit is installed from a wheel here (no pyproject.toml beside it)")
     patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["splatkit"]
-    for src in build.SOURCES:
+    for src in build.SOURCES + build.HEADERS:
         rel = src.relative_to(root).as_posix()
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not package data"
+
+
+PINNING_PROBE = r"""
+import os, sys, threading, time
+import torch
+from splatkit.renderer import rasterize
+from splatkit.testing import cameras, random_scene
+
+def masks():
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out[tid] = os.sched_getaffinity(int(tid))
+        except OSError:  # the thread ended
+            pass
+    return out
+
+full = os.sched_getaffinity(0)
+seen, stop = set(), threading.Event()
+
+def watch():  # the kernels run without the GIL: sample every thread's mask meanwhile
+    while not stop.is_set():
+        seen.update(len(m) for m in masks().values())
+        time.sleep(0.0005)
+
+scene = [t.requires_grad_(True) for t in random_scene(20000, seed=3, dtype=torch.float32, sh_degree=1)]
+vm, K = cameras(192, 160, n=2, dtype=torch.float32)
+w = threading.Thread(target=watch)
+w.start()
+grads = None
+for _ in range(6):
+    img, alpha, _ = rasterize(*scene, vm, K, 192, 160, backend="cpu", sh_degree=1)
+    grads = torch.autograd.grad((img * torch.linspace(-1, 1, img.numel()).view_as(img)).sum() + alpha.sum(), scene)
+stop.set()
+w.join()
+after = masks()
+torch.save({"img": img.detach(), "grads": grads, "single_cpu_seen": 1 in seen,
+            "restored": all(m == full for m in after.values())}, sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+    reason="thread pinning is implemented for Linux and needs two allowed CPUs",
+)
+def test_pinned_kernel_threads_give_the_same_results_and_restore_their_masks(tmp_path):
+    """SPLATKIT_PIN_THREADS=2 binds the kernels' worker threads to single CPUs while they run
+    (seen from another thread meanwhile; =1 binds only a thread that shares its CPU, which
+    an idle machine rarely shows). Every mode gives bit-identical images and gradients and
+    leaves every thread with the affinity mask it had."""
+    out = {}
+    for pin in ("0", "1", "2"):
+        env = dict(os.environ, SPLATKIT_PIN_THREADS=pin, OMP_NUM_THREADS="2")
+        env.pop("OMP_PROC_BIND", None)
+        path = tmp_path / f"pin{pin}.pt"
+        r = subprocess.run([sys.executable, "-c", PINNING_PROBE, str(path)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[pin] = torch.load(path)
+        assert out[pin]["restored"], pin
+        assert torch.equal(out["0"]["img"], out[pin]["img"]), pin
+        for g0, g in zip(out["0"]["grads"], out[pin]["grads"]):
+            assert torch.equal(g0, g), pin
+    assert out["2"]["single_cpu_seen"] and not out["0"]["single_cpu_seen"]
 
 
 @pytest.mark.skipif(

@@ -2,7 +2,7 @@
 
 The library is built with the system C++ compiler (``$CXX``, else ``c++``/``g++``) at
 first use, with ``-O3 -march=native``, into the cache folder (``$SPLATKIT_CACHE`` or
-``~/.cache/splatkit``/kernels/<hash of source, flags, compiler and CPU>/). Later processes
+``~/.cache/splatkit``/kernels/<hash of sources, flags, compiler and CPU>/). Later processes
 load the cached file; a different source, compiler or CPU gets its own build.
 ``$SPLATKIT_MARCH`` replaces ``native`` (``x86-64``: the portable 4-lane kernels a CPU
 without AVX runs, which the tests check on any x86-64 machine).
@@ -28,6 +28,8 @@ logger = logging.getLogger("splatkit")
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("splatkit_cpu.cpp", "ssim.cpp"))
 """Compiled together into one library."""
+HEADERS = (Path(__file__).with_name("parallel.h"),)
+"""Included by the sources (part of the cache key)."""
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -65,7 +67,7 @@ def library_path() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        b"".join(src.read_bytes() for src in SOURCES)
+        b"".join(src.read_bytes() for src in SOURCES + HEADERS)
         + " ".join(_flags()).encode()
         + version.encode()
         + _cpu_signature().encode()

@@ -17,8 +17,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <omp.h>
 #include <vector>
+
+#include "parallel.h"
 #if defined(__AVX__)
 #include <immintrin.h>
 #elif defined(__SSE__)
@@ -36,49 +37,6 @@ constexpr float T_MIN = 1e-4f;
 constexpr int32_t NEVER_STOPPED = INT32_MAX;
 constexpr float MAX_EXTENT = 3.33f;
 constexpr int MAX_CHANNELS = 4;
-
-// ----------------------------------------------------------------------------- threads
-// Flush denormals to zero while a kernel runs (restored afterwards): values this small
-// never change a result here, and on x86 arithmetic on them is very slow.
-struct FlushDenormals {
-#if defined(__SSE__)
-    unsigned int saved;
-    FlushDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040); }
-    ~FlushDenormals() { _mm_setcsr(saved); }
-#endif
-};
-
-// Parallel loops use OpenMP. Inside a PyTorch process the dynamic linker resolves our
-// libgomp.so.1 to the one PyTorch already loaded, so both share one thread pool
-// instead of two pools fighting over the cores (and spawning threads per call, which
-// costs hundreds of microseconds in some VMs).
-template <class F>
-void parallel_for(int64_t n, int nthreads, F&& body) {
-    if (n <= 0) return;
-    FlushDenormals ftz;
-    nthreads = (int)std::min<int64_t>(std::max(nthreads, 1), n);
-    if (nthreads == 1) {
-        for (int64_t i = 0; i < n; ++i) body(i, 0);
-        return;
-    }
-#pragma omp parallel num_threads(nthreads)
-    {
-        FlushDenormals ftz_worker;
-        int tid = omp_get_thread_num();
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < n; ++i) body(i, tid);
-    }
-}
-
-// Run body(begin, end, tid) on contiguous chunks of [0, n).
-template <class F>
-void parallel_chunks(int64_t n, int nthreads, int64_t chunk, F&& body) {
-    int64_t nchunks = (n + chunk - 1) / chunk;
-    parallel_for(nchunks, nthreads, [&](int64_t c, int tid) {
-        int64_t b = c * chunk;
-        body(b, std::min(n, b + chunk), tid);
-    });
-}
 
 // Pixels are processed in vectors of the machine's native width (GCC/Clang vector
 // extensions: 16 floats with AVX-512, 8 with AVX, 4 otherwise); a 16-pixel tile row

@@ -10,12 +10,14 @@
 // The gradient of sum(gS * S) with respect to x is, with the window transposed,
 //     dx = G^T(gS dS/dmx) + 2 x G^T(gS dS/dxx) + y G^T(gS dS/dxy)
 // (dS/d. with respect to the blurred raw moments). Work is split into blocks of rows
-// on OpenMP threads, dynamically scheduled; every value is summed in a fixed order.
+// on threads (parallel.h), dynamically scheduled; every value is summed in a fixed order.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "parallel.h"
 
 namespace {
 
@@ -31,12 +33,6 @@ struct Geometry {
     }
     int blocks() const { return (Ho + ROWS - 1) / ROWS; }
 };
-
-template <class F>
-void parallel_tasks(int64_t n, int nthreads, F&& body) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(std::max(1, nthreads))
-    for (int64_t i = 0; i < n; ++i) body(i);
-}
 
 // The five blurred moments of output row i of a plane: m[5][Wo] (x, y, xx, yy, xy).
 // v is scratch of 5 * (W + 2 pad) floats.
@@ -81,7 +77,7 @@ static void moments_row(const Geometry& G, const float* g, const float* x, const
 template <class F>
 void for_each_moment_row(const Geometry& G, const float* g, const float* x, const float* y, int nthreads, F&& body) {
     const int nb = G.blocks();
-    parallel_tasks((int64_t)G.P * nb, nthreads, [&](int64_t task) {
+    parallel_for((int64_t)G.P * nb, nthreads, [&](int64_t task, int) {
         const int p = (int)(task / nb), i0 = (int)(task % nb) * ROWS;
         std::vector<float> v(5 * (G.W + 2 * G.pad)), m(5 * G.Wo);
         const int64_t plane = (int64_t)p * G.H * G.W;
@@ -153,7 +149,7 @@ void sk_ssim_bwd(int P, int H, int W, int K, const float* g, int same, const flo
     });
     // 2. the transposed blur of the three maps, combined per input pixel
     const int nbi = (H + ROWS - 1) / ROWS;
-    parallel_tasks((int64_t)P * nbi, nthreads, [&](int64_t task) {
+    parallel_for((int64_t)P * nbi, nthreads, [&](int64_t task, int) {
         const int p = (int)(task / nbi), u0 = (int)(task % nbi) * ROWS;
         const int Wp = W + 2 * G.pad;
         std::vector<float> rv(3 * (size_t)G.Wo), q(3 * (size_t)Wp);
