@@ -59,9 +59,9 @@ inline int pin_threads_mode() {
 class CpuPlan {
   public:
     explicit CpuPlan(int nthreads) {
-        for (auto& w : claimed_) w.store(0, std::memory_order_relaxed);
+        if (pin_threads_mode() == 0 || nthreads < 2) return;  // off: nothing else is touched
         mode_ = pin_threads_mode();
-        if (mode_ == 0 || nthreads < 2) return;
+        for (auto& w : claimed_) w.store(0, std::memory_order_relaxed);
         const int home = sched_getcpu();
         if (pthread_getaffinity_np(pthread_self(), sizeof allowed_, &allowed_) != 0 || home < 0 ||
             !CPU_ISSET(home, &allowed_) || CPU_COUNT(&allowed_) < nthreads) {
