@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -133,12 +134,15 @@ def run(scene: str, backend: str, steps: int) -> dict:
     if backend == "cpu":
         time_kernels(kernels)
     laps, totals, kernel_laps = [], [], []
+    faults = 0  # minor page faults of the timed steps (fresh memory the kernel maps and zeroes)
     for s in range(1, warmup + steps + 1):
         kernels.clear()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0 = time.perf_counter()
         trainer.train_step(s)
         if s > warmup:
             totals.append(time.perf_counter() - t0)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
             laps.append(dict(trainer.step_timings))
             kernel_laps.append(dict(kernels))
     phases = sorted({k for lap in laps for k in lap})
@@ -156,6 +160,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "phase_mean_s": {k: statistics.mean(lap.get(k, 0.0) for lap in laps) for k in phases},
         "phase_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in laps) for k in phases},
         "kernel_median_s": {k: statistics.median(lap.get(k, 0.0) for lap in kernel_laps) for k in sorted(kernels)},
+        "page_faults_per_step": faults / steps,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "pin_threads": os.environ.get("SPLATKIT_PIN_THREADS"),
