@@ -114,11 +114,6 @@ def load() -> ctypes.CDLL:
         return lib
 
 
-# The tile-list allocator the binning kernels call back (PairAlloc in splatkit_cpu.cpp):
-# bytes wanted -> the address of a block at least that large, or 0.
-PAIR_ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     p, i, f, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
     lib.sk_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, f, i, p, p, p, p, p, p, i]
@@ -159,11 +154,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_project_bwd.restype = None
     lib.sk_pack.argtypes = [i64, i, p, p, p, p, p, i]
     lib.sk_pack.restype = None
-    lib.sk_isect.argtypes = [i, i, p, p, p, i, i, PAIR_ALLOC, p, p, i]
+    lib.sk_isect.argtypes = [i, i, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
     lib.sk_isect.restype = i64
+    lib.sk_free.argtypes = [p]
+    lib.sk_free.restype = None
     lib.sk_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_fwd.restype = i
-    lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_bwd.restype = i
     # 2DGS surfels
     lib.sk2_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, p, p, p, p, p, p, p, i]
@@ -172,11 +169,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk2_project_bwd.restype = None
     lib.sk2_pack.argtypes = [i64, i, p, p, p, p, p, p, p, p, i]
     lib.sk2_pack.restype = None
-    lib.sk2_isect.argtypes = [i, i, p, p, p, i, i, PAIR_ALLOC, p, p, i]
+    lib.sk2_isect.argtypes = [i, i, p, p, p, i, i, ctypes.POINTER(ctypes.c_void_p), p, i]
     lib.sk2_isect.restype = i64
     lib.sk2_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk2_raster_fwd.restype = i
-    lib.sk2_raster_bwd.argtypes = [i, i, i, i, i] + [p] * 23 + [i]
+    lib.sk2_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk2_raster_bwd.restype = i
     lib.sk_ssim_fwd.argtypes = [i, i, i, i, p, i, p, p, p, i]
     lib.sk_ssim_fwd.restype = None

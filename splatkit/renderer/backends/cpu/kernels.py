@@ -10,11 +10,12 @@ intrinsics and backgrounds are constants. The 3D Gaussian
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import ctypes
 
+import numpy as np
 import torch
 
-from splatkit.renderer.backends.cpu.build import PAIR_ALLOC, load
+from splatkit.renderer.backends.cpu.build import load
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -192,22 +193,8 @@ def pack(means2d, conics, opac, colors, nthreads):
     return packed
 
 
-class TileLists(NamedTuple):
-    """The (tile, splat) pairs of a frame, from the binning kernel."""
-
-    ids: torch.Tensor
-    """``[M]`` int32 flat (camera * N + splat) indices, sorted by camera, tile, depth."""
-    slots: torch.Tensor
-    """``[M]`` int32: each pair's place in (splat, pair) order, where backward passes put
-    its gradient before summing every splat's pairs."""
-    tile_offsets: torch.Tensor
-    """``[C * T + 1]`` int64: the pairs of tile ``t`` are ``tile_offsets[t] .. [t + 1]``."""
-    splat_offsets: torch.Tensor
-    """``[C * N + 1]`` int64: the slots of splat ``g`` are ``splat_offsets[g] .. [g + 1]``."""
-
-
-def intersect(packed, radii, depths, width, height, nthreads) -> TileLists:
-    """Tile lists of packed Gaussians (see :class:`TileLists`)."""
+def intersect(packed, radii, depths, width, height, nthreads):
+    """Tile lists: ``(flat_ids [M] int32 sorted by camera, tile, depth; tile_offsets [C*T+1])``."""
     return _intersect(load().sk_isect, packed, radii, depths, width, height, nthreads)
 
 
@@ -220,8 +207,7 @@ class RasterizeFn(torch.autograd.Function):
             raise ValueError(f"the cpu backend composites 1 to 4 channels, got {D}")
         packed = pack(_f32(means2d), _f32(conics), _f32(opac), _f32(colors), nthreads)
         bg = None if backgrounds is None else _f32(backgrounds)
-        lists = intersect(packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads)
-        ids, tile_offsets = lists.ids, lists.tile_offsets
+        ids, tile_offsets = intersect(packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads)
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         T_final = torch.empty(C, height, width)
@@ -243,14 +229,16 @@ class RasterizeFn(torch.autograd.Function):
             _ptr(vecmask),
             nthreads,
         )
-        ctx.save_for_backward(packed, bg if bg is not None else torch.zeros(0), *lists, T_final, stop, vecmask)
+        ctx.save_for_backward(
+            packed, bg if bg is not None else torch.zeros(0), ids, tile_offsets, T_final, stop, vecmask
+        )
         ctx.cfg = (width, height, nthreads, bg is not None, N, D)
         return img, alpha
 
     @staticmethod
     def backward(ctx, g_img, g_alpha):
         lib = load()
-        packed, bg, ids, slots, tile_offsets, splat_offsets, T_final, stop, vecmask = ctx.saved_tensors
+        packed, bg, ids, tile_offsets, T_final, stop, vecmask = ctx.saved_tensors
         width, height, nthreads, has_bg, N, D = ctx.cfg
         C = packed.shape[0]
         g_img = torch.zeros(C, height, width, D) if g_img is None else g_img.contiguous()
@@ -268,9 +256,7 @@ class RasterizeFn(torch.autograd.Function):
             _ptr(packed),
             _ptr(bg) if has_bg else None,
             _ptr(ids),
-            _ptr(slots),
             _ptr(tile_offsets),
-            _ptr(splat_offsets),
             _ptr(T_final),
             _ptr(stop),
             _ptr(vecmask),
@@ -433,44 +419,26 @@ def pack_2dgs(means2d, Ms, shift, opac, normals, depths, feats, nthreads):
     return packed
 
 
-def intersect_2dgs(packed, radii, depths, width, height, nthreads) -> TileLists:
+def intersect_2dgs(packed, radii, depths, width, height, nthreads):
     """Tile lists of surfels, as :func:`intersect`."""
     return _intersect(load().sk2_isect, packed, radii, depths, width, height, nthreads)
 
 
-def _intersect(fn, packed, radii, depths, width, height, nthreads) -> TileLists:
+def _intersect(fn, packed, radii, depths, width, height, nthreads):
     C, N = depths.shape
     tiles = ((width + 15) // 16) * ((height + 15) // 16)
     tile_offsets = torch.empty(C * tiles + 1, dtype=torch.int64)
-    splat_offsets = torch.empty(C * N + 1, dtype=torch.int64)
-    blocks: list[torch.Tensor] = []
-
-    def alloc(nbytes: int) -> int:
-        # the kernel's one block (ids, then slots), as a tensor that owns it
-        try:
-            blocks.append(torch.empty((nbytes + 3) // 4, dtype=torch.int32))
-        except RuntimeError:  # out of memory: the kernel returns -1
-            return 0
-        return blocks[-1].data_ptr()
-
+    out = ctypes.c_void_p()
     M = fn(
-        C,
-        N,
-        _ptr(packed),
-        _ptr(radii),
-        _ptr(depths),
-        width,
-        height,
-        PAIR_ALLOC(alloc),
-        _ptr(tile_offsets),
-        _ptr(splat_offsets),
-        nthreads,
+        C, N, _ptr(packed), _ptr(radii), _ptr(depths), width, height, ctypes.byref(out), _ptr(tile_offsets), nthreads
     )
-    if M < 0:
-        need = "more than 2^31 (tile, splat) pairs" if M == -2 else "memory for the tile lists"
-        raise MemoryError(f"the cpu rasterizer's binning of {C} x {N} splats at {width}x{height} needs {need}")
-    block = blocks[0]
-    return TileLists(block[:M], block[M : 2 * M], tile_offsets, splat_offsets)
+    try:
+        ids = torch.from_numpy(
+            np.ctypeslib.as_array(ctypes.cast(out, ctypes.POINTER(ctypes.c_int32)), shape=(max(M, 1),))[:M].copy()
+        )
+    finally:
+        load().sk_free(out)
+    return ids, tile_offsets
 
 
 class Rasterize2DGSFn(torch.autograd.Function):
@@ -484,8 +452,9 @@ class Rasterize2DGSFn(torch.autograd.Function):
         packed = pack_2dgs(
             _f32(means2d), Ms, shift.contiguous(), _f32(opac), _f32(normals), _f32(depths), _f32(feats), nthreads
         )
-        lists = intersect_2dgs(packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads)
-        ids, tile_offsets = lists.ids, lists.tile_offsets
+        ids, tile_offsets = intersect_2dgs(
+            packed, radii.contiguous(), depths.detach().contiguous(), width, height, nthreads
+        )
         img = torch.empty(C, height, width, D)
         alpha = torch.empty(C, height, width, 1)
         normal_img = torch.empty(C, height, width, 3)
@@ -518,7 +487,7 @@ class Rasterize2DGSFn(torch.autograd.Function):
         )
         # The backward pass needs sum w d per pixel: the output itself (autograd's version
         # counter reports any in-place edit of it before backward).
-        ctx.save_for_backward(packed, Ms, *lists, T_final, last, med, depth_sum, vecmask)
+        ctx.save_for_backward(packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum, vecmask)
         ctx.cfg = (width, height, nthreads, N, D)
         ctx.set_materialize_grads(False)
         return img, alpha, normal_img, depth_sum, distort, median
@@ -526,7 +495,7 @@ class Rasterize2DGSFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_img, g_alpha, g_normals, g_depth, g_distort, g_median):
         lib = load()
-        packed, Ms, ids, slots, tile_offsets, splat_offsets, T_final, last, med, depth_sum, vecmask = ctx.saved_tensors
+        packed, Ms, ids, tile_offsets, T_final, last, med, depth_sum, vecmask = ctx.saved_tensors
         width, height, nthreads, N, D = ctx.cfg
         C = packed.shape[0]
 
@@ -546,9 +515,7 @@ class Rasterize2DGSFn(torch.autograd.Function):
             _ptr(packed),
             _ptr(Ms),
             _ptr(ids),
-            _ptr(slots),
             _ptr(tile_offsets),
-            _ptr(splat_offsets),
             _ptr(T_final),
             _ptr(last),
             _ptr(med),

@@ -862,23 +862,14 @@ static void radix_sort_pairs(std::vector<uint32_t>& keys, std::vector<uint32_t>&
     }
 }
 
-// Memory for the tile lists, from the caller (Python hands out a tensor's storage): a
-// block of at least nbytes, or null.
-typedef void* (*PairAlloc)(int64_t nbytes);
-
-// Tile lists of all cameras: returns the number of (tile, splat) pairs M and asks `alloc`
-// for one block holding
-//   ids [M]   int32 flat (camera * N + splat) indices, sorted by (camera, tile, depth),
-//   slots [M] int32 each pair's place when the pairs are ordered by (splat, pair):
-//             splat g's pairs take slots splat_offsets[g] .. splat_offsets[g + 1] - 1,
-//             in pair order, which is how a backward pass sums them (reduce_pair_grads);
-// tile_offsets [C * T + 1] delimit the tiles and splat_offsets [C * N + 1] the splats.
-// Returns -1 when alloc gives null, -2 when M does not fit an int32.
+// Tile lists of all cameras: returns the number of (tile, splat) pairs M and sets
+// *out_ids to a malloc'ed int32 array [M] of flat (camera * N + splat) indices,
+// sorted by (camera, tile, depth); tile_offsets [C * T + 1] delimit the tiles.
 // 1. every visible splat's touched tiles are found once (exact touches_rect test) and
 //    kept as a bitmask over its box; 2. each camera's visible splats are radix-sorted
 //    by depth and their box records laid out in that order; 3. a counting sort
 //    scatters them to tiles, streaming through the records, so every tile's list is
-//    front to back.
+//    front to back. Free with sk_free.
 struct BoxRecord {
     uint64_t mask;
     int32_t idx;
@@ -889,7 +880,7 @@ static_assert(sizeof(BoxRecord) == 24, "BoxRecord layout");
 
 template <class S>
 int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* depths, int W, int H,
-              PairAlloc alloc, int64_t* tile_offsets, int64_t* splat_offsets, int nthreads) {
+              int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
     int tiles_x = (W + TILE - 1) / TILE, tiles_y = (H + TILE - 1) / TILE;
     int64_t T = (int64_t)tiles_x * tiles_y;
     int64_t CN = (int64_t)C * N;
@@ -940,25 +931,13 @@ int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* 
         b = m * k / nchunks;
         e = m * (k + 1) / nchunks;
     };
-    // and per splat (splat_offsets[g + 1] = g's count, 0 for splats no tile lists)
-    parallel_chunks(CN + 1, nthreads, 65536, [&](int64_t b, int64_t e, int) {
-        std::fill(splat_offsets + b, splat_offsets + e, 0);
-    });
     parallel_for(items, nthreads, [&](int64_t item, int) {
         const auto& recs = ordered[item / nchunks];
         size_t b, e;
         bounds(item, b, e);
         auto& cc = cnt[item];
-        for (size_t i = b; i < e; ++i) {
-            int64_t n = 0;
-            visit(recs[i], [&](int t) {
-                cc[t]++;
-                ++n;
-            });
-            splat_offsets[recs[i].idx + 1] = n;
-        }
+        for (size_t i = b; i < e; ++i) visit(recs[i], [&](int t) { cc[t]++; });
     });
-    for (int64_t g = 0; g < CN; ++g) splat_offsets[g + 1] += splat_offsets[g];
     // offsets of every tile, then of every item inside each tile
     int64_t run = 0;
     for (int64_t c = 0; c < C; ++c)
@@ -971,25 +950,18 @@ int64_t isect(int C, int N, const S* splats, const int32_t* radii, const float* 
             }
         }
     tile_offsets[C * T] = run;
-    if (run > INT32_MAX) return -2;
-    int32_t* ids = static_cast<int32_t*>(alloc(2 * sizeof(int32_t) * std::max<int64_t>(run, 1)));
-    if (ids == nullptr) return -1;
-    int32_t* slots = ids + run;
+    int32_t* ids = (int32_t*)std::malloc(sizeof(int32_t) * std::max<int64_t>(run, 1));
     parallel_for(items, nthreads, [&](int64_t item, int) {
         const auto& recs = ordered[item / nchunks];
         size_t b, e;
         bounds(item, b, e);
         auto& pos = cnt[item];
         for (size_t i = b; i < e; ++i) {
-            const int32_t idx = recs[i].idx;
-            int32_t slot = (int32_t)splat_offsets[idx];  // the splat's tiles come in tile order
-            visit(recs[i], [&](int t) {
-                const int64_t k = pos[t]++;
-                ids[k] = idx;
-                slots[k] = slot++;
-            });
+            int32_t idx = recs[i].idx;
+            visit(recs[i], [&](int t) { ids[pos[t]++] = idx; });
         }
     });
+    *out_ids = ids;
     return run;
 }
 
@@ -1025,12 +997,15 @@ void sk_pack(int64_t CN, int D, const float* means2d, const float* conics, const
     });
 }
 
-// Tile lists of all cameras (see isect): the number of pairs M, or < 0 (see isect).
+// Tile lists of all cameras (see isect): returns the number of pairs M and sets *out_ids
+// to a malloc'ed int32 array [M]. Free with sk_free.
 int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
-                 PairAlloc alloc, int64_t* tile_offsets, int64_t* splat_offsets, int nthreads) {
-    return isect(C, N, reinterpret_cast<const Splat2D*>(packed), radii, depths, W, H, alloc, tile_offsets,
-                 splat_offsets, nthreads);
+                 int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
+    return isect(C, N, reinterpret_cast<const Splat2D*>(packed), radii, depths, W, H, out_ids, tile_offsets,
+                 nthreads);
 }
+
+void sk_free(void* p) { std::free(p); }
 
 }  // extern "C"
 
@@ -1085,35 +1060,33 @@ void for_each_tile_heavy_first(int C, int W, int H, const int64_t* tile_offsets,
     });
 }
 
-// Memory a calling thread keeps between calls, for buffers as large as the pair
-// gradients (tens of MB): freshly mapped pages cost a page fault and zeroing each, more
-// than the writes into them. Grows to the largest request; each calling thread (training,
-// a viewer) has its own.
-template <class T>
-static T* thread_scratch(int64_t n) {
-    thread_local std::unique_ptr<T[]> buf;
-    thread_local int64_t size = 0;
-    if (n > size) {
-        buf.reset();  // before allocating the larger one
-        buf.reset(new T[n]);
-        size = n;
-    }
-    return buf.get();
-}
-
-// Gradients of a backward pass: pair k writes its G sums to slot slots[k] of pair_grad
-// [M, G] (every slot, zeros for a pair that touched no pixel), and splat g's slots
-// (splat_offsets[g] .. [g + 1], see isect) are summed here in slot order, which is pair
-// order: results never depend on which thread ran which tile, nor on how many threads
-// ran. emit(g, sums) receives splat g's G sums (g over the C * N camera-splat pairs).
+// Gradients of a backward pass are written per (tile, splat) pair into slots [M, G], then
+// summed per splat in pair order, so results never depend on which thread ran which tile:
+// fixed chunks of pairs go into per-chunk buffers, the buffers are added in chunk order,
+// and emit(g, sums) receives splat g's G sums (g over the C * N camera-splat pairs).
+// With `live` (the forward's per-pair vector masks), pairs whose mask is 0 contributed to
+// no pixel: their slots are neither written by the backward pass nor read here.
 template <int G, class F>
-void reduce_pair_grads(int64_t CN, const float* pair_grad, const int64_t* splat_offsets, int nthreads, F&& emit) {
-    parallel_chunks(CN, nthreads, 4096, [&](int64_t b, int64_t e, int) {
+void reduce_pair_grads(int64_t M, int64_t CN, const float* pair_grad, const int32_t* ids, const uint64_t* live,
+                       int nthreads, F&& emit) {
+    int nchunks = std::max(1, std::min<int>(nthreads, (int)((M + 65535) / 65536)));
+    std::vector<std::vector<float>> bufs(nchunks);
+    parallel_for(nchunks, nthreads, [&](int64_t ci, int) {
+        auto& buf = bufs[ci];
+        buf.assign(CN * G, 0.0f);
+        int64_t b = M * ci / nchunks, e = M * (ci + 1) / nchunks;
+        for (int64_t k = b; k < e; ++k) {
+            if (live && !live[k]) continue;
+            const float* src = pair_grad + k * G;
+            float* dst = buf.data() + (int64_t)ids[k] * G;
+            for (int i = 0; i < G; ++i) dst[i] += src[i];
+        }
+    });
+    parallel_chunks(CN, nthreads, 8192, [&](int64_t b, int64_t e, int) {
         for (int64_t g = b; g < e; ++g) {
             float acc[G] = {0};
-            for (const float* src = pair_grad + splat_offsets[g] * G, *end = pair_grad + splat_offsets[g + 1] * G;
-                 src < end; src += G)
-                for (int i = 0; i < G; ++i) acc[i] += src[i];
+            for (auto& buf : bufs)
+                for (int i = 0; i < G; ++i) acc[i] += buf[g * G + i];
             emit(g, acc);
         }
     });
@@ -1336,17 +1309,18 @@ void raster_fwd(int C, int W, int H, const Splat2D* splats, const float* backgro
 }
 
 template <int D>
-void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids,
-                const int32_t* slots, const int64_t* tile_offsets, const int64_t* splat_offsets,
+void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* backgrounds, const int32_t* ids, const int64_t* tile_offsets,
                 const float* T_final, const int32_t* stop, const uint64_t* vecmask, const float* g_img,
                 const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors, float* g_opac,
                 int nthreads) {
     int64_t ntiles = num_tiles(C, W, H);
     int64_t CN = (int64_t)C * N;
     constexpr int G = 6 + D;  // per Gaussian: mx, my, A, B, C, o, colour[D]
-    // Each (tile, Gaussian) pair writes its gradient to its own slot (see reduce_pair_grads).
+    // Each (tile, Gaussian) pair writes its gradient to its own slot; slots are then
+    // summed per Gaussian in pair order, so results do not depend on which thread ran
+    // which tile.
     int64_t M = tile_offsets[ntiles];
-    float* pair_grad = thread_scratch<float>(std::max<int64_t>(M, 1) * G);
+    std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
     for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
         const int64_t tile = tl.index;
         const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
@@ -1382,18 +1356,15 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
                 // (sum_ch gC bg - g_alpha) * T_final / (1 - alpha_k).
                 Kp[bit] = (dot_bg - ga) * T[bit];
             }
-        // Pairs that touched no pixel (vecmask 0), among them every pair after the tile
-        // saturated, have no gradient.
+        // Pairs that touched no pixel (vecmask 0: the reduction skips their slots), among
+        // them every pair after the tile saturated, have no gradient.
         const int64_t kb = tile_offsets[tile], ke = tile_offsets[tile + 1];
         PairTerms p;
         for (int64_t k = ke - 1; k >= kb; --k) {
             const uint64_t mask = vecmask[k];
-            float* out = pair_grad + (int64_t)slots[k] * G;
+            float* out = pair_grad.get() + k * G;
             prefetch_splat(splats, ids, k, -1, kb, ke);
-            if (!mask) {
-                for (int i = 0; i < G; ++i) out[i] = 0.0f;
-                continue;
-            }
+            if (!mask) continue;
             const Splat2D& s = splats[ids[k]];
             pair_terms(s, xs, y0, p);
             float col[D];
@@ -1447,7 +1418,7 @@ void raster_bwd(int C, int N, int W, int H, const Splat2D* splats, const float* 
             for (int ch = 0; ch < D; ++ch) out[6 + ch] = sum[COL + ch];
         }
     });
-    reduce_pair_grads<G>(CN, pair_grad, splat_offsets, nthreads, [&](int64_t g, const float* acc) {
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, vecmask, nthreads, [&](int64_t g, const float* acc) {
         g_means2d[2 * g] = acc[0];
         g_means2d[2 * g + 1] = acc[1];
         g_conics[3 * g] = acc[2];
@@ -1481,12 +1452,11 @@ int sk_raster_fwd(int C, int W, int H, int D, const float* packed, const float* 
 }
 
 int sk_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const float* backgrounds, const int32_t* ids,
-                  const int32_t* slots, const int64_t* tile_offsets, const int64_t* splat_offsets,
-                  const float* T_final, const int32_t* stop, const uint64_t* vecmask, const float* g_img,
-                  const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors, float* g_opac,
-                  int nthreads) {
+                  const int64_t* tile_offsets, const float* T_final, const int32_t* stop, const uint64_t* vecmask,
+                  const float* g_img, const float* g_alpha, float* g_means2d, float* g_conics, float* g_colors,
+                  float* g_opac, int nthreads) {
     const Splat2D* splats = reinterpret_cast<const Splat2D*>(packed);
-    SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, splats, backgrounds, ids, slots, tile_offsets, splat_offsets,
+    SK_DISPATCH(D, raster_bwd<DD>(C, N, W, H, splats, backgrounds, ids, tile_offsets,
                                   T_final, stop, vecmask, g_img, g_alpha, g_means2d, g_conics, g_colors, g_opac,
                                   nthreads));
     return 0;
@@ -1832,7 +1802,7 @@ void raster2_fwd(int C, int W, int H, const Surfel2D* splats, const int32_t* ids
 // pair g_median.
 template <int D>
 void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float* Ms, const int32_t* ids,
-                 const int32_t* slots, const int64_t* tile_offsets, const int64_t* splat_offsets, const float* T_final, const int32_t* last, const int32_t* med_in,
+                 const int64_t* tile_offsets, const float* T_final, const int32_t* last, const int32_t* med_in,
                  const float* depth_sum, const uint64_t* vecmask, const float* g_feat, const float* g_alpha,
                  const float* g_normal, const float* g_depth, const float* g_distort, const float* g_median,
                  float* out_means2d, float* out_Ms, float* out_normals, float* out_depths, float* out_opac,
@@ -1841,9 +1811,10 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
     constexpr int G = 16 + D;  // per pair: c0, c1, c2 [9], mx, my, o, features [D], normal [3], depth
     int64_t ntiles = num_tiles(C, W, H);
     int64_t CN = (int64_t)C * N;
-    // Each (tile, surfel) pair writes its gradient to its own slot (see reduce_pair_grads).
+    // Each (tile, surfel) pair writes its gradient to its own slot; slots are then summed
+    // per surfel in pair order, so results do not depend on which thread ran which tile.
     int64_t M = tile_offsets[ntiles];
-    float* pair_grad = thread_scratch<float>(std::max<int64_t>(M, 1) * G);
+    std::unique_ptr<float[]> pair_grad(new float[std::max<int64_t>(M, 1) * G]);
     for_each_tile_heavy_first(C, W, H, tile_offsets, nthreads, [&](const Tile& tl) {
         const int64_t tile = tl.index;
         const int c = tl.c, x0 = tl.x0, y0 = tl.y0, rows_in = tl.rows_in;
@@ -1882,7 +1853,7 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
             }
         for (int64_t k = tile_offsets[tile + 1] - 1; k >= tile_offsets[tile]; --k) {
             uint64_t mask = k <= max_last ? vecmask[k] : 0;
-            float* out = pair_grad + (int64_t)slots[k] * G;
+            float* out = pair_grad.get() + k * G;
             if (!mask) {
                 for (int i = 0; i < G; ++i) out[i] = 0.0f;
                 continue;
@@ -1944,7 +1915,7 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
             out[15 + D] = vsum(v_d);
         }
     });
-    reduce_pair_grads<G>(CN, pair_grad, splat_offsets, nthreads, [&](int64_t g, const float* acc) {
+    reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nullptr, nthreads, [&](int64_t g, const float* acc) {
         out_means2d[2 * g] = acc[9];
         out_means2d[2 * g + 1] = acc[10];
         out_opac[g] = acc[11];
@@ -2189,11 +2160,11 @@ void sk2_pack(int64_t CN, int D, const float* means2d, const float* Ms, const fl
     });
 }
 
-// Tile lists of all cameras for packed surfels (see isect).
+// Tile lists of all cameras for packed surfels (see isect). Free with sk_free.
 int64_t sk2_isect(int C, int N, const float* packed, const int32_t* radii, const float* depths, int W, int H,
-                  PairAlloc alloc, int64_t* tile_offsets, int64_t* splat_offsets, int nthreads) {
-    return isect(C, N, reinterpret_cast<const Surfel2D*>(packed), radii, depths, W, H, alloc, tile_offsets,
-                 splat_offsets, nthreads);
+                  int32_t** out_ids, int64_t* tile_offsets, int nthreads) {
+    return isect(C, N, reinterpret_cast<const Surfel2D*>(packed), radii, depths, W, H, out_ids, tile_offsets,
+                 nthreads);
 }
 
 // Per pixel: features [D], alpha, normal [3], sum w d, distortion, median depth, and
@@ -2212,13 +2183,13 @@ int sk2_raster_fwd(int C, int W, int H, int D, const float* packed, const int32_
 // Gradients of means2d [2], Ms [9], normals [3], depths, opacities and features [D] of
 // every (camera, surfel) from those of the six per-pixel outputs (each may be null).
 int sk2_raster_bwd(int C, int N, int W, int H, int D, const float* packed, const float* Ms, const int32_t* ids,
-                   const int32_t* slots, const int64_t* tile_offsets, const int64_t* splat_offsets, const float* T_final, const int32_t* last, const int32_t* med,
+                   const int64_t* tile_offsets, const float* T_final, const int32_t* last, const int32_t* med,
                    const float* depth_sum, const uint64_t* vecmask, const float* g_feat, const float* g_alpha,
                    const float* g_normal, const float* g_depth, const float* g_distort, const float* g_median,
                    float* out_means2d, float* out_Ms, float* out_normals, float* out_depths, float* out_opac,
                    float* out_feat, int nthreads) {
     const Surfel2D* splats = reinterpret_cast<const Surfel2D*>(packed);
-    SK_DISPATCH(D, raster2_bwd<DD>(C, N, W, H, splats, Ms, ids, slots, tile_offsets, splat_offsets, T_final, last, med, depth_sum,
+    SK_DISPATCH(D, raster2_bwd<DD>(C, N, W, H, splats, Ms, ids, tile_offsets, T_final, last, med, depth_sum,
                                    vecmask, g_feat, g_alpha, g_normal, g_depth, g_distort, g_median, out_means2d,
                                    out_Ms, out_normals, out_depths, out_opac, out_feat, nthreads));
     return 0;
