@@ -161,28 +161,60 @@ static inline bool vall(vi m) {
     return acc != 0;
 }
 
+#if defined(__AVX512F__)
+// Lanes l and l + 8 of a 16-lane vector added: the 8 lanes the AVX sums below take.
+static inline __m256 fold8(vf v) {
+    const __m512 x = (__m512)v;
+    return _mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+#endif
+
+#if defined(__AVX__)
+// The sum of 8 lanes, halves first.
+static inline float hsum8(__m256 x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+}
+
+// out[i] = the sum of h[i]'s 8 lanes for i < 8, by a transpose of pairwise sums (ten
+// instructions, where one vector's lanes summed in turn take about ten each).
+static inline void sums8(const __m256* h, float* out) {
+    const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+    const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    // u0 = (h0..h3 low-half sums, h0..h3 high-half sums), u1 the same for h4..h7
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+}
+#endif
+
+// The sum of a vector's lanes, in a fixed order (with AVX-512 folded to 8 lanes first).
 static inline float vsum(vf v) {
+#if defined(__AVX512F__)
+    return hsum8(fold8(v));
+#else
     float s = 0;
     for (int i = 0; i < L; ++i) s += v[i];
     return s;
+#endif
 }
 
-// out[i] = the sum of v[i]'s lanes, for K vectors; with AVX eight at a time by a
-// transpose of pairwise sums (ten instructions, where one vector's lanes summed in turn
-// take about ten each). The order of the additions is fixed either way.
+// out[i] = the sum of v[i]'s lanes, for K vectors; with AVX (and AVX-512, folded to 8
+// lanes) eight at a time by sums8. The order of the additions is fixed either way.
 template <int K>
 static inline void vsums(const vf* v, float* out) {
     int i = 0;
-#if defined(__AVX__) && !defined(__AVX512F__)
+#if defined(__AVX__)
     for (; i + 8 <= K; i += 8) {
-        const __m256 t0 = _mm256_hadd_ps((__m256)v[i], (__m256)v[i + 1]);
-        const __m256 t1 = _mm256_hadd_ps((__m256)v[i + 2], (__m256)v[i + 3]);
-        const __m256 t2 = _mm256_hadd_ps((__m256)v[i + 4], (__m256)v[i + 5]);
-        const __m256 t3 = _mm256_hadd_ps((__m256)v[i + 6], (__m256)v[i + 7]);
-        const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-        // u0 = (v0..v3 low-half sums, v0..v3 high-half sums), u1 the same for v4..v7
-        const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-        _mm256_storeu_ps(out + i, sums);
+        __m256 h[8];
+        for (int j = 0; j < 8; ++j) {
+#if defined(__AVX512F__)
+            h[j] = fold8(v[i + j]);
+#else
+            h[j] = (__m256)v[i + j];
+#endif
+        }
+        sums8(h, out + i);
     }
 #endif
     for (; i < K; ++i) out[i] = vsum(v[i]);
@@ -1906,13 +1938,15 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
                 Da[r][j] += wv * d;
                 T[r][j] = valid ? Tk : T[r][j];
             }
-            for (int i = 0; i < 9; ++i) out[i] = vsum(v_c[i]);
-            out[9] = vsum(v_mx);
-            out[10] = vsum(v_my);
-            out[11] = vsum(v_o);
-            for (int ch = 0; ch < D; ++ch) out[12 + ch] = vsum(v_f[ch]);
-            for (int i = 0; i < 3; ++i) out[12 + D + i] = vsum(v_n[i]);
-            out[15 + D] = vsum(v_d);
+            vf m[G];  // the slot's layout, summed over lanes at once
+            for (int i = 0; i < 9; ++i) m[i] = v_c[i];
+            m[9] = v_mx;
+            m[10] = v_my;
+            m[11] = v_o;
+            for (int ch = 0; ch < D; ++ch) m[12 + ch] = v_f[ch];
+            for (int i = 0; i < 3; ++i) m[12 + D + i] = v_n[i];
+            m[15 + D] = v_d;
+            vsums<G>(m, out);
         }
     });
     reduce_pair_grads<G>(M, CN, pair_grad.get(), ids, nullptr, nthreads, [&](int64_t g, const float* acc) {
