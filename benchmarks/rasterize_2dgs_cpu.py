@@ -14,7 +14,7 @@ Each backend runs in its own subprocess so its peak RSS is its own.
 
 from __future__ import annotations
 
-from rasterize_cpu import compare_main, scene, time_steps  # this folder: shared scene and harness
+from rasterize_cpu import compare_main, kernels, scene, time_steps  # this folder: shared scene and harness
 
 OUTPUTS = ("colors", "alphas", "normals_camera", "depth_sum", "distort", "median_depth")
 
@@ -32,7 +32,7 @@ def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
         for p in params:
             p.grad = None
 
-    return {"backend": backend, "surfels": n, "size": size, **time_steps(step, repeats)}
+    return {"backend": backend, "surfels": n, "size": size, **time_steps(step, repeats), "kernels": kernels(backend)}
 
 
 def main() -> None:

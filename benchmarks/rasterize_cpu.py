@@ -55,7 +55,17 @@ def run_one(backend: str, n: int, size: int, repeats: int) -> dict:
         for p in params:
             p.grad = None
 
-    return {"backend": backend, "gaussians": n, "size": size, **time_steps(step, repeats)}
+    return {"backend": backend, "gaussians": n, "size": size, **time_steps(step, repeats), "kernels": kernels(backend)}
+
+
+def kernels(backend: str) -> dict | None:
+    """For the cpu backend, what its kernels run on (CPU, -march, vector width): figures
+    from machines of other widths are not comparable."""
+    if backend != "cpu":
+        return None
+    from splatkit.renderer.backends.cpu.build import describe
+
+    return describe()
 
 
 def time_steps(step, repeats: int) -> dict:

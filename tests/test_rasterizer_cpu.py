@@ -203,6 +203,21 @@ def test_the_kernel_sources_ship_in_the_package():
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), f"{rel} is not package data"
 
 
+def test_the_build_reports_its_vector_width():
+    """``build.describe()`` gives the width the kernels were compiled for: 16 floats where
+    the CPU has AVX-512, 8 with AVX, 4 for the portable -march=x86-64 build."""
+    from splatkit.renderer.backends.cpu import build
+
+    info = build.describe()
+    assert info["vector_lanes"] in (4, 8, 16) and info["cpu"], info
+    flags = build._cpu_signature().split()
+    if info["march"] == "x86-64":
+        assert info["vector_lanes"] == 4, info
+    elif info["march"] == "native" and platform.machine().lower() in ("x86_64", "amd64") and "flags" in flags[:1]:
+        expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
+        assert info["vector_lanes"] == expected, info
+
+
 PINNING_PROBE = r"""
 import os, sys, threading, time
 import torch
@@ -273,7 +288,7 @@ def test_portable_build_without_avx_matches_the_reference(tmp_path):
     """The kernels' generic 4-lane path (CPUs without AVX; ARM's NEON has the same width),
     built with -march=x86-64 into a fresh cache, passes the same comparisons."""
     env = dict(os.environ, SPLATKIT_MARCH="x86-64", SPLATKIT_CACHE=str(tmp_path))
-    cases = "random_scenes or behind or subpixel or saturated or camera_gradients"
+    cases = "random_scenes or behind or subpixel or saturated or camera_gradients or vector_width"
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", cases],
         env=env,

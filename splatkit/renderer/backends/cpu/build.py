@@ -63,6 +63,23 @@ def _flags() -> list[str]:
     return [f"-march={march}" if flag == "-march=native" and march else flag for flag in FLAGS]
 
 
+def describe() -> dict:
+    """What the kernels run on here, for benchmark records: the CPU's model name, the
+    ``-march`` they are compiled with and their vector width in floats (it sets the rounding
+    of their sums, so runs agree bit for bit only between machines of one width)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    march = next(flag for flag in _flags() if flag.startswith("-march="))[len("-march=") :]
+    return {"cpu": model, "march": march, "vector_lanes": int(load().sk_vector_lanes())}
+
+
 def library_path() -> Path:
     cxx = _compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
@@ -158,6 +175,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_isect.restype = i64
     lib.sk_free.argtypes = [p]
     lib.sk_free.restype = None
+    lib.sk_vector_lanes.argtypes = []
+    lib.sk_vector_lanes.restype = i
     lib.sk_raster_fwd.argtypes = [i, i, i, i, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_fwd.restype = i
     lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]

@@ -1039,6 +1039,10 @@ int64_t sk_isect(int C, int N, const float* packed, const int32_t* radii, const 
 
 void sk_free(void* p) { std::free(p); }
 
+// Floats per vector in this build (16 with AVX-512, 8 with AVX, 4 otherwise): the rounding
+// of the kernels' sums, hence a run's exact numbers, depends on it.
+int sk_vector_lanes() { return L; }
+
 }  // extern "C"
 
 // ============================================================================ compositing
