@@ -210,10 +210,10 @@ def test_the_build_reports_its_vector_width():
 
     info = build.describe()
     assert info["vector_lanes"] in (4, 8, 16) and info["cpu"], info
-    flags = build._cpu_signature().split()
+    flags = (build._cpuinfo_line("flags") or "").split()
     if info["march"] == "x86-64":
         assert info["vector_lanes"] == 4, info
-    elif info["march"] == "native" and platform.machine().lower() in ("x86_64", "amd64") and "flags" in flags[:1]:
+    elif info["march"] == "native" and platform.machine().lower() in ("x86_64", "amd64") and flags:
         expected = 16 if "avx512f" in flags else 8 if "avx" in flags else 4
         assert info["vector_lanes"] == expected, info
 

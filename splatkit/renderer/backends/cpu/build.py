@@ -46,38 +46,35 @@ def _compiler() -> str:
     raise KernelBuildError("no C++ compiler found (set CXX, or install g++: apt install g++)")
 
 
-def _cpu_signature() -> str:
+def _cpuinfo_line(*prefixes: str) -> str | None:
+    """The first line of /proc/cpuinfo starting with one of ``prefixes`` (None off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
+            return next((line for line in f if line.startswith(prefixes)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+
+
+def _cpu_signature() -> str:
+    return _cpuinfo_line("flags", "Features") or platform.processor() or platform.machine()
+
+
+def _march() -> str:
+    return os.environ.get("SPLATKIT_MARCH") or "native"
 
 
 def _flags() -> list[str]:
     """:data:`FLAGS`, with ``-march=$SPLATKIT_MARCH`` instead of ``-march=native`` when set."""
-    march = os.environ.get("SPLATKIT_MARCH")
-    return [f"-march={march}" if flag == "-march=native" and march else flag for flag in FLAGS]
+    return [f"-march={_march()}" if flag == "-march=native" else flag for flag in FLAGS]
 
 
 def describe() -> dict:
     """What the kernels run on here, for benchmark records: the CPU's model name, the
     ``-march`` they are compiled with and their vector width in floats (it sets the rounding
     of their sums, so runs agree bit for bit only between machines of one width)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    march = next(flag for flag in _flags() if flag.startswith("-march="))[len("-march=") :]
-    return {"cpu": model, "march": march, "vector_lanes": int(load().sk_vector_lanes())}
+    line = _cpuinfo_line("model name")
+    model = line.split(":", 1)[1].strip() if line else platform.processor() or platform.machine()
+    return {"cpu": model, "march": _march(), "vector_lanes": int(load().sk_vector_lanes())}
 
 
 def library_path() -> Path:

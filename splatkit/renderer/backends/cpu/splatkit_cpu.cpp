@@ -161,20 +161,15 @@ static inline bool vall(vi m) {
     return acc != 0;
 }
 
+#if defined(__AVX__)
+// A vector as 8 lanes: itself with AVX, lanes l and l + 8 added with AVX-512.
+static inline __m256 as8(vf v) {
 #if defined(__AVX512F__)
-// Lanes l and l + 8 of a 16-lane vector added: the 8 lanes the AVX sums below take.
-static inline __m256 fold8(vf v) {
     const __m512 x = (__m512)v;
     return _mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
-}
+#else
+    return (__m256)v;
 #endif
-
-#if defined(__AVX__)
-// The sum of 8 lanes, halves first.
-static inline float hsum8(__m256 x) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
 }
 
 // out[i] = the sum of h[i]'s 8 lanes for i < 8, by a transpose of pairwise sums (ten
@@ -188,10 +183,13 @@ static inline void sums8(const __m256* h, float* out) {
 }
 #endif
 
-// The sum of a vector's lanes, in a fixed order (with AVX-512 folded to 8 lanes first).
+// The sum of a vector's lanes, in a fixed order (AVX-512: as8, then halves and pairs).
 static inline float vsum(vf v) {
 #if defined(__AVX512F__)
-    return hsum8(fold8(v));
+    const __m256 x = as8(v);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
 #else
     float s = 0;
     for (int i = 0; i < L; ++i) s += v[i];
@@ -199,21 +197,15 @@ static inline float vsum(vf v) {
 #endif
 }
 
-// out[i] = the sum of v[i]'s lanes, for K vectors; with AVX (and AVX-512, folded to 8
-// lanes) eight at a time by sums8. The order of the additions is fixed either way.
+// out[i] = the sum of v[i]'s lanes, for K vectors; with AVX (and AVX-512, through as8)
+// eight at a time by sums8. The order of the additions is fixed either way.
 template <int K>
 static inline void vsums(const vf* v, float* out) {
     int i = 0;
 #if defined(__AVX__)
     for (; i + 8 <= K; i += 8) {
         __m256 h[8];
-        for (int j = 0; j < 8; ++j) {
-#if defined(__AVX512F__)
-            h[j] = fold8(v[i + j]);
-#else
-            h[j] = (__m256)v[i + j];
-#endif
-        }
+        for (int j = 0; j < 8; ++j) h[j] = as8(v[i + j]);
         sums8(h, out + i);
     }
 #endif
@@ -1896,10 +1888,11 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
             }
             const Surfel2D& s = splats[ids[k]];
             const float d = s.payload[P - 1];
-            vf v_c[9], v_mx = vf{}, v_my = vf{}, v_o = vf{}, v_f[D], v_n[3], v_d = vf{};
-            for (int i = 0; i < 9; ++i) v_c[i] = vf{};
-            for (int ch = 0; ch < D; ++ch) v_f[ch] = vf{};
-            for (int i = 0; i < 3; ++i) v_n[i] = vf{};
+            // per-lane sums in the slot's layout (see G), summed over lanes at the end
+            vf m[G];
+            for (int i = 0; i < G; ++i) m[i] = vf{};
+            vf *const v_c = m, *const v_f = m + 12, *const v_n = m + 12 + D;
+            vf &v_mx = m[9], &v_my = m[10], &v_o = m[11], &v_d = m[15 + D];
             vi kv = vi{} + (int32_t)k;
             while (mask) {
                 int bit = __builtin_ctzll(mask);
@@ -1942,14 +1935,6 @@ void raster2_bwd(int C, int N, int W, int H, const Surfel2D* splats, const float
                 Da[r][j] += wv * d;
                 T[r][j] = valid ? Tk : T[r][j];
             }
-            vf m[G];  // the slot's layout, summed over lanes at once
-            for (int i = 0; i < 9; ++i) m[i] = v_c[i];
-            m[9] = v_mx;
-            m[10] = v_my;
-            m[11] = v_o;
-            for (int ch = 0; ch < D; ++ch) m[12 + ch] = v_f[ch];
-            for (int i = 0; i < 3; ++i) m[12 + D + i] = v_n[i];
-            m[15 + D] = v_d;
             vsums<G>(m, out);
         }
     });
