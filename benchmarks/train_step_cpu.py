@@ -112,9 +112,10 @@ def time_kernels(timings: dict) -> None:
 
 
 def run(scene: str, backend: str, steps: int) -> dict:
+    from rasterize_cpu import kernels as kernel_info  # this folder: the kernels' CPU, -march, width
+
     from splatkit.densification import SplatDefaultDensification
     from splatkit.renderer import Splat3DGSRenderer
-    from splatkit.renderer.backends.cpu.build import describe
     from splatkit.trainer import SplatTrainer, SplatTrainerConfig
 
     provider, points = make_provider(scene)
@@ -165,7 +166,7 @@ def run(scene: str, backend: str, steps: int) -> dict:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "pin_threads": os.environ.get("SPLATKIT_PIN_THREADS"),
-        "kernels": describe() if backend == "cpu" else None,
+        "kernels": kernel_info(backend),
     }
     shutil.rmtree(out, ignore_errors=True)
     return result
