@@ -30,6 +30,7 @@ def _validate(
     render_mode,
     render_modes=RENDER_MODES,
     scale_dims=(3,),
+    sh_rest=None,
 ) -> None:
     _check(means.dim() == 2 and means.shape[-1] == 3, f"means must be [N, 3], got {tuple(means.shape)}")
     N = means.shape[0]
@@ -55,10 +56,19 @@ def _validate(
             colors.dim() == 3 and colors.shape[0] == N and colors.shape[2] == 3,
             f"with sh_degree={sh_degree}, colors must be SH coefficients [N, K, 3], got {tuple(colors.shape)}",
         )
+        if sh_rest is not None:
+            _check(colors.shape[1] == 1, f"with sh_rest, colors must be SH band 0 [N, 1, 3], got {tuple(colors.shape)}")
+            _check(
+                sh_rest.dim() == 3 and sh_rest.shape[0] == N and sh_rest.shape[2] == 3,
+                f"sh_rest must be the SH bands above 0 [N, K - 1, 3] = [{N}, K - 1, 3], got {tuple(sh_rest.shape)}",
+            )
+        have = colors.shape[1] + (0 if sh_rest is None else sh_rest.shape[1])
         _check(
-            0 <= sh_degree and (sh_degree + 1) ** 2 <= colors.shape[1],
-            f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {colors.shape[1]}",
+            0 <= sh_degree and (sh_degree + 1) ** 2 <= have,
+            f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {have}",
         )
+    elif sh_rest is not None:
+        raise ValueError("sh_rest (SH bands above 0) needs sh_degree")
     else:
         _check(
             (colors.dim() == 2 and colors.shape[0] == N) or (colors.dim() == 3 and colors.shape[:2] == (C, N)),
@@ -70,6 +80,7 @@ def _validate(
         "scales": scales,
         "opacities": opacities,
         "colors": colors,
+        "sh_rest": sh_rest,
         "viewmats": viewmats,
         "Ks": Ks,
         "backgrounds": backgrounds,
@@ -109,6 +120,7 @@ def rasterize(
     render_mode: str = "RGB",
     tile_size: int = 16,
     distributed: bool = False,
+    sh_rest: torch.Tensor | None = None,
     **backend_options,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render 3D Gaussians into ``C`` pinhole cameras, differentiably.
@@ -133,6 +145,10 @@ def rasterize(
         distributed: the Gaussians are this rank's shard of the scene and the cameras this
             rank's; all ranks of the process group call together and each gets its own
             cameras rendered from every shard (see :mod:`splatkit.renderer.sharded`).
+        sh_rest: ``[N, K - 1, 3]``, the SH bands above band 0 kept apart from ``colors``
+            (then band 0, ``[N, 1, 3]``), as :class:`~splatkit.splat.SplatModel` keeps them
+            (``sh0``, ``shN``): the same render as ``colors=torch.cat([colors, sh_rest], 1)``,
+            without that copy and its gradient's on the compiled CPU backend.
         render_mode: ``"RGB"``, ``"D"`` (accumulated depth), ``"ED"`` (expected depth),
             ``"RGB+D"`` or ``"RGB+ED"``; depth is an extra last channel.
         rasterize_mode: ``"classic"`` or ``"antialiased"`` (opacity compensation of the
@@ -144,7 +160,21 @@ def rasterize(
         ``radii [C, N, 2]`` (int32, 0 where culled), ``depths [C, N]``, ``width``,
         ``height``, ``n_cameras`` and backend details.
     """
-    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, render_mode)
+    _validate(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        sh_degree,
+        backgrounds,
+        render_mode,
+        sh_rest=sh_rest,
+    )
     chosen = resolve(backend, means.device, means.dtype, "3dgs", sharded=distributed)
     known = set().union(*(b.options for b in BACKENDS.values()))
     stray = [k for k in backend_options if k not in known]
@@ -160,9 +190,12 @@ def rasterize(
             f"backend {chosen.name!r} does not support {'it' if one else 'them'}"
         )
     options = {k: v for k, v in backend_options.items() if k in chosen.options}
-    inputs = RasterInputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
+    inputs = RasterInputs(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, sh_rest
+    )
     settings = RasterSettings(near_plane, far_plane, eps2d, radius_clip, rasterize_mode, render_mode, tile_size)
     if distributed:
+        inputs = inputs.joined()  # the shards exchange one coefficient tensor
         if asked:
             raise ValueError(f"{', '.join(asked)} cannot be used with distributed (sharded) rendering")
         from splatkit.renderer.sharded import rasterize_sharded

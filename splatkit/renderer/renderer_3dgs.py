@@ -11,7 +11,7 @@ from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import opacity_activation, scale_activation
-from splatkit.splat.sh import active_coefficients
+from splatkit.splat.sh import active_bands
 
 
 @dataclass
@@ -53,13 +53,14 @@ class Splat3DGSRenderer(SplatRenderer):
         sh_degree: int,
         backgrounds: torch.Tensor | None = None,
     ) -> SplatRenderOutput:
-        colors = active_coefficients(params["sh0"], params["shN"], sh_degree)
+        sh0, sh_rest = active_bands(params["sh0"], params["shN"], sh_degree)  # joined only where a backend must
         renders, alphas, meta = rasterize(
             means=params["means"],
             quats=params["quats"],
             scales=scale_activation(params["scales"]),
             opacities=opacity_activation(params["opacities"]),
-            colors=colors,
+            colors=sh0,
+            sh_rest=sh_rest,
             viewmats=cameras.viewmats,
             Ks=cameras.Ks,
             width=cameras.width,

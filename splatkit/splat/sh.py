@@ -34,15 +34,23 @@ def num_sh_bases(degree: int) -> int:
     return (degree + 1) ** 2
 
 
-def active_coefficients(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> torch.Tensor:
-    """The coefficients ``[N, (degree + 1) ** 2, 3]`` a render at ``degree`` reads: ``sh0``
-    and the first bands of ``shN``. Bands above ``degree`` stay out of the graph (their
-    gradient is zero either way), so a low-degree step neither copies them nor fills
-    their gradient with zeros; at degree 0 ``shN`` gets no gradient at all."""
+def active_bands(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(sh0, rest)``: the coefficients a render at ``degree`` reads, kept apart as the model
+    keeps them, ``rest`` being the first bands of ``shN`` (None at degree 0). Bands above
+    ``degree`` stay out of the graph (their gradient is zero either way), so a low-degree
+    step neither copies them nor fills their gradient with zeros; at degree 0 ``shN`` gets no
+    gradient at all."""
     k = num_sh_bases(degree) - 1
     if k <= 0:
-        return sh0
-    return torch.cat([sh0, shN if k >= shN.shape[1] else shN[:, :k]], dim=1)
+        return sh0, None
+    return sh0, shN if k >= shN.shape[1] else shN[:, :k]
+
+
+def active_coefficients(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> torch.Tensor:
+    """The coefficients ``[N, (degree + 1) ** 2, 3]`` a render at ``degree`` reads, in one
+    tensor (:func:`active_bands`, concatenated)."""
+    band0, rest = active_bands(sh0, shN, degree)
+    return band0 if rest is None else torch.cat([band0, rest], dim=1)
 
 
 def sh_degree_from_bases(num_bases: int) -> int:

@@ -42,6 +42,7 @@ BACKENDS: dict[str, Backend] = {
             device="cpu",
             fixed_tile_size=16,
             unavailable_reason=cpu.unavailable_reason,
+            sh_apart=True,
         ),
         Backend(
             "gsplat",

@@ -60,6 +60,17 @@ class RasterInputs:
     height: int
     sh_degree: int | None = None
     backgrounds: torch.Tensor | None = None
+    sh_rest: torch.Tensor | None = None
+    """With ``sh_degree``: the SH bands above band 0 ``[N, K - 1, 3]``, kept apart from
+    ``colors`` (then band 0, ``[N, 1, 3]``) as the model keeps them. Backends whose
+    projection reads them apart (``Backend.sh_apart``) take them so; the others get
+    :meth:`joined` inputs."""
+
+    def joined(self) -> RasterInputs:
+        """The same inputs with every SH coefficient in ``colors`` (``sh_rest`` None)."""
+        if self.sh_rest is None:
+            return self
+        return dataclasses.replace(self, colors=torch.cat([self.colors, self.sh_rest], dim=1), sh_rest=None)
 
     def args(self) -> tuple:
         """``(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)``:
@@ -105,6 +116,10 @@ class Backend:
     """The tile size the backend always uses, when it ignores ``settings.tile_size``."""
     unavailable_reason: Callable[[], str | None] = _available
     """Why the backend cannot run on this machine (None when it can; may build it)."""
+    sh_apart: bool = False
+    """Its 3DGS projection reads ``RasterInputs.sh_rest`` (SH band 0 and the bands above
+    from two tensors), so a render does not concatenate them and their gradients come
+    out apart; other backends are given :meth:`RasterInputs.joined` inputs."""
 
     def supports(self, kind: str = "3dgs", sharded: bool = False) -> bool:
         """Whether it renders ``kind`` (``"3dgs"`` or ``"2dgs"``), sharded or not."""
@@ -115,6 +130,8 @@ class Backend:
 
     def rasterize(self, inputs: RasterInputs, settings: RasterSettings, **options) -> tuple:
         """``(renders [C, H, W, D], alphas [C, H, W, 1], meta)``, as :func:`splatkit.renderer.rasterize`."""
+        if not self.sh_apart:
+            inputs = inputs.joined()
         if self.fused is not None:
             return self.fused(inputs, settings, **options)
         mode = settings.render_mode

@@ -51,6 +51,8 @@ def unavailable_reason() -> str | None:
 
 def _check_tensors(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
+        if t is None:
+            continue
         if t.device.type != "cpu" or t.dtype != torch.float32:
             raise ValueError(
                 f"backend 'cpu' needs float32 CPU tensors; {name} is {t.dtype} on {t.device} "
@@ -63,7 +65,14 @@ def project(inputs: RasterInputs, settings: RasterSettings, num_threads: int | N
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     rasterize_mode = settings.rasterize_mode
     _check_tensors(
-        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        sh_rest=inputs.sh_rest,
+        viewmats=viewmats,
+        Ks=Ks,
     )
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
@@ -75,6 +84,7 @@ def project(inputs: RasterInputs, settings: RasterSettings, num_threads: int | N
         scales,
         opacities,
         colors if use_sh else None,
+        inputs.sh_rest if use_sh else None,
         viewmats,
         Ks,
         width,

@@ -130,41 +130,10 @@ def load() -> ctypes.CDLL:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i, f, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
-    lib.sk_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, f, i, p, p, p, p, p, p, i]
+    sh = [p, p, i64, i64]  # sh0, shN and their per-Gaussian strides (floats)
+    lib.sk_project_fwd.argtypes = [i, i, p, p, p, p, *sh, i, p, p, i, i, f, f, f, f, i, p, p, p, p, p, p, i]
     lib.sk_project_fwd.restype = None
-    lib.sk_project_bwd.argtypes = [
-        i,
-        i,
-        p,
-        p,
-        p,
-        p,
-        p,
-        i,
-        i,
-        p,
-        p,
-        i,
-        i,
-        f,
-        f,
-        f,
-        i,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        i,
-    ]
+    lib.sk_project_bwd.argtypes = [i, i, p, p, p, p, *sh, i, i, p, p, i, i, f, f, f, i, *[p] * 14, i]
     lib.sk_project_bwd.restype = None
     lib.sk_pack.argtypes = [i64, i, p, p, p, p, p, i]
     lib.sk_pack.restype = None

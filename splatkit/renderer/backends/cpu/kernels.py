@@ -30,6 +30,42 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().contiguous()
 
 
+class _SHLayout:
+    """Where Gaussian ``n``'s SH coefficients are for the kernels: band 0 at ``sh0 + n *
+    stride0``, the ``bands_rest`` bands above it at ``shN + n * strideN`` (floats), either
+    two tensors (the model's ``sh0``/``shN``) or one joined ``[N, K, 3]`` tensor."""
+
+    def __init__(self, sh0: torch.Tensor | None, shN: torch.Tensor | None) -> None:
+        self.sh0, self.shN = sh0, shN
+        if sh0 is None:
+            self.stride0 = self.strideN = self.bands_rest = 0
+        elif shN is None:  # joined: band 0 and the rest in one row of K bands
+            self.stride0 = self.strideN = 3 * sh0.shape[1]
+            self.bands_rest = sh0.shape[1] - 1
+        else:
+            self.stride0, self.bands_rest = 3, shN.shape[1]
+            self.strideN = 3 * self.bands_rest
+
+    def _rest(self, t0: torch.Tensor | None, tN: torch.Tensor | None) -> int | None:
+        if t0 is None or self.bands_rest == 0:
+            return None
+        return tN.data_ptr() if self.shN is not None else t0.data_ptr() + 3 * t0.element_size()
+
+    def pointers(self) -> tuple:
+        """``sh0, shN, stride0, strideN`` as the kernels take them."""
+        return _ptr(self.sh0), self._rest(self.sh0, self.shN), self.stride0, self.strideN
+
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Gradient tensors shaped as the inputs (the kernel writes every element)."""
+        if self.shN is None:
+            return torch.empty_like(self.sh0), None
+        return torch.empty_like(self.sh0), torch.empty_like(self.shN)
+
+    def gradient_pointers(self, grads: tuple) -> tuple:
+        g0, gN = grads
+        return _ptr(g0), self._rest(g0, gN)
+
+
 class ProjectFn(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -38,7 +74,8 @@ class ProjectFn(torch.autograd.Function):
         quats,
         scales,
         opacities,
-        coeffs,
+        sh0,
+        shN,
         viewmats,
         Ks,
         width,
@@ -51,13 +88,17 @@ class ProjectFn(torch.autograd.Function):
         antialiased,
         nthreads,
     ):
+        """SH coefficients as the model keeps them, ``sh0 [N, 1, 3]`` and ``shN [N, KN, 3]``
+        (no concatenation, and each gets its own gradient), or joined: ``sh0 [N, K, 3]`` and
+        ``shN=None``. No SH (``sh0=None``): the colours are made by the caller."""
         lib = load()
         C, N = viewmats.shape[0], means.shape[0]
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
         viewmats, Ks = _f32(viewmats), _f32(Ks)
-        use_sh = coeffs is not None
-        coeffs_c = _f32(coeffs) if use_sh else None
-        K = coeffs.shape[1] if use_sh else 0
+        use_sh = sh0 is not None
+        sh0_c = _f32(sh0) if use_sh else None
+        shN_c = _f32(shN) if use_sh and shN is not None else None
+        sh = _SHLayout(sh0_c, shN_c)
         means2d = torch.empty(C, N, 2)
         conics = torch.empty(C, N, 3)
         opac = torch.empty(C, N)
@@ -71,8 +112,7 @@ class ProjectFn(torch.autograd.Function):
             _ptr(quats),
             _ptr(scales),
             _ptr(opacities),
-            _ptr(coeffs_c),
-            K,
+            *sh.pointers(),
             sh_degree if use_sh else -1,
             _ptr(viewmats),
             _ptr(Ks),
@@ -91,14 +131,23 @@ class ProjectFn(torch.autograd.Function):
             _ptr(colors) if use_sh else None,
             nthreads,
         )
+        none = torch.zeros(0)
         ctx.save_for_backward(
-            means, quats, scales, opacities, coeffs_c if use_sh else torch.zeros(0), viewmats, Ks, radii
+            means,
+            quats,
+            scales,
+            opacities,
+            viewmats,
+            Ks,
+            radii,
+            none if sh0_c is None else sh0_c,
+            none if shN_c is None else shN_c,
         )
+        ctx.sh_parts = (sh0_c is not None, shN_c is not None)
         ctx.cfg = (
             width,
             height,
             sh_degree if use_sh else -1,
-            K,
             near_plane,
             far_plane,
             eps2d,
@@ -112,8 +161,9 @@ class ProjectFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_means2d, g_conics, g_opac, g_depths, _g_radii, g_colors):
         lib = load()
-        means, quats, scales, opacities, coeffs, viewmats, Ks, radii = ctx.saved_tensors
-        width, height, sh_degree, K, near_plane, far_plane, eps2d, antialiased, nthreads, use_sh = ctx.cfg
+        means, quats, scales, opacities, viewmats, Ks, radii, sh0, shN = ctx.saved_tensors
+        sh = _SHLayout(sh0 if ctx.sh_parts[0] else None, shN if ctx.sh_parts[1] else None)
+        width, height, sh_degree, near_plane, far_plane, eps2d, antialiased, nthreads, use_sh = ctx.cfg
         C, N = viewmats.shape[0], means.shape[0]
 
         def grad_or_zeros(g, shape):
@@ -128,9 +178,9 @@ class ProjectFn(torch.autograd.Function):
         out_quats = torch.empty(N, 4)
         out_scales = torch.empty(N, 3)
         out_opac = torch.empty(N)
-        out_coeffs = torch.empty(N, K, 3) if use_sh else None
+        out_sh = sh.gradients() if use_sh else (None, None)
         # the cameras' gradient only when asked for (pose refinement): it is summed over all Gaussians
-        out_viewmats = torch.empty(C, 4, 4) if ctx.needs_input_grad[5] else None
+        out_viewmats = torch.empty(C, 4, 4) if ctx.needs_input_grad[6] else None
         lib.sk_project_bwd(
             C,
             N,
@@ -138,8 +188,8 @@ class ProjectFn(torch.autograd.Function):
             _ptr(quats),
             _ptr(scales),
             _ptr(opacities),
-            _ptr(coeffs) if use_sh else None,
-            K,
+            *sh.pointers(),
+            sh.bands_rest,
             sh_degree,
             _ptr(viewmats),
             _ptr(Ks),
@@ -160,7 +210,7 @@ class ProjectFn(torch.autograd.Function):
             _ptr(out_quats),
             _ptr(out_scales),
             _ptr(out_opac),
-            _ptr(out_coeffs),
+            *sh.gradient_pointers(out_sh),
             _ptr(out_viewmats),
             nthreads,
         )
@@ -169,7 +219,7 @@ class ProjectFn(torch.autograd.Function):
             out_quats,
             out_scales,
             out_opac,
-            out_coeffs,
+            *out_sh,
             out_viewmats,
             None,
             None,

@@ -268,12 +268,25 @@ static inline void sh_basis_grad(int degree, float x, float y, float z, const fl
             SH_C3[5] * (xx - yy) * g[14];
 }
 
+// One Gaussian's SH coefficients come as two pointers, as the model keeps them: band 0
+// (c0, 3 floats) and the bands above it (cN, 3 floats per basis function from basis 1 on;
+// for a joined [K, 3] row, c0 = row and cN = row + 3). They are gathered into one local
+// [nbases, 3] row, so the sums below are the same instructions for either layout.
+static inline void sh_gather(int nbases, const float* c0, const float* cN, float* co) {
+    co[0] = c0[0];
+    co[1] = c0[1];
+    co[2] = c0[2];
+    for (int i = 3; i < 3 * nbases; ++i) co[i] = cN[i - 3];
+}
+
 // SH colour of one Gaussian seen along d (not normalised): 0.5 + sum_k Y_k c_k, clamped at 0.
-static inline void sh_color(int degree, const float d[3], const float* co, float out[3]) {
+static inline void sh_color(int degree, const float d[3], const float* c0, const float* cN, float out[3]) {
     float inv = 1.0f / std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
     float Y[16];
     sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
     int nbases = (degree + 1) * (degree + 1);
+    float co[48];
+    sh_gather(nbases, c0, cN, co);
     for (int ch = 0; ch < 3; ++ch) {
         float acc = 0.5f;
         for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
@@ -281,15 +294,18 @@ static inline void sh_color(int degree, const float d[3], const float* co, float
     }
 }
 
-// Backward of sh_color: adds the gradients of the coefficients to gco and of the
-// Gaussian's centre (through the view direction d) to gmean.
-static inline void sh_color_bwd(int degree, const float d[3], const float* co, const float g[3], float* gco,
-                                float gmean[3]) {
+// Backward of sh_color: adds the gradients of the coefficients to g0 (band 0) and gN (the
+// bands above, laid out as cN) and of the Gaussian's centre (through the view direction d)
+// to gmean.
+static inline void sh_color_bwd(int degree, const float d[3], const float* c0, const float* cN, const float g[3],
+                                float* g0, float* gN, float gmean[3]) {
     float len = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
     float dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
     float Y[16];
     sh_basis(degree, dx, dy, dz, Y);
     int nbases = (degree + 1) * (degree + 1);
+    float co[48];
+    sh_gather(nbases, c0, cN, co);
     float gcol[3];
     for (int ch = 0; ch < 3; ++ch) {
         float acc = 0.5f;
@@ -299,8 +315,9 @@ static inline void sh_color_bwd(int degree, const float d[3], const float* co, c
     float gY[16];
     for (int k = 0; k < nbases; ++k) {
         gY[k] = 0.0f;
+        float* gk = k == 0 ? g0 : gN + 3 * (k - 1);
         for (int ch = 0; ch < 3; ++ch) {
-            gco[3 * k + ch] += Y[k] * gcol[ch];
+            gk[ch] += Y[k] * gcol[ch];
             gY[k] += co[3 * k + ch] * gcol[ch];
         }
     }
@@ -445,9 +462,13 @@ extern "C" {
 
 // Outputs per (camera, Gaussian), flat index c * N + n:
 //   means2d [2], conics [3], opac [1], depths [1], radii [2] (int32, 0 = culled),
-//   colors [3] (only when sh_degree >= 0; coeffs is [N, K, 3]).
+//   colors [3] (only when sh_degree >= 0). Gaussian n's SH coefficients are band 0 at
+//   sh0 + n * stride0 and the bands above at shN + n * strideN (see sh_coef): the model's
+//   sh0 [N, 1, 3] and shN [N, KN, 3] (strides 3 and 3 KN), or one [N, K, 3] tensor
+//   (sh0 = coeffs, shN = coeffs + 3, both strides 3 K).
 void sk_project_fwd(int C, int N, const float* means, const float* quats, const float* scales,
-                    const float* opacities, const float* coeffs, int K, int sh_degree,
+                    const float* opacities, const float* sh0, const float* shN, int64_t stride0,
+                    int64_t strideN, int sh_degree,
                     const float* viewmats, const float* Ks, int W, int H, float near_plane, float far_plane,
                     float eps2d, float radius_clip, int antialiased, float* means2d, float* conics, float* opac,
                     float* depths, int32_t* radii, float* colors, int nthreads) {
@@ -490,7 +511,7 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
                 colors[3 * idx] = colors[3 * idx + 1] = colors[3 * idx + 2] = 0.0f;
                 if (!vis[l] || sh_degree < 0) continue;
                 float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
-                sh_color(sh_degree, d, coeffs + n * K * 3, colors + 3 * idx);
+                sh_color(sh_degree, d, sh0 + n * stride0, shN ? shN + n * strideN : nullptr, colors + 3 * idx);
             }
         }
     });
@@ -499,15 +520,17 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
 // Gradients of the projection. Inputs are the gradients of means2d [2], conics [3],
 // opac, colors [3] (may be null) and depths (may be null) for every (camera, Gaussian);
 // outputs (summed over cameras; every element written) are the gradients of means [N,3],
-// quats [N,4], scales [N,3], opacities [N] and SH coefficients [N,K,3]. Culled pairs
-// contribute nothing.
+// quats [N,4], scales [N,3], opacities [N] and SH coefficients: g_sh0 and g_shN laid out
+// as sh0 and shN (strides as in sk_project_fwd; the KN bands of g_shN's rows are written).
+// Culled pairs contribute nothing.
 void sk_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
-                    const float* opacities, const float* coeffs, int K, int sh_degree, const float* viewmats,
+                    const float* opacities, const float* sh0, const float* shN, int64_t stride0,
+                    int64_t strideN, int KN, int sh_degree, const float* viewmats,
                     const float* Ks, int W, int H, float near_plane, float far_plane, float eps2d, int antialiased,
                     const int32_t* radii, const float* colors, const float* g_means2d, const float* g_conics,
                     const float* g_opac, const float* g_colors, const float* g_depths, float* g_means,
-                    float* g_quats, float* g_scales, float* g_opacities, float* g_coeffs, float* g_viewmats,
-                    int nthreads) {
+                    float* g_quats, float* g_scales, float* g_opacities, float* g_sh0, float* g_shN,
+                    float* g_viewmats, int nthreads) {
     (void)colors;
     // Work items are ranges of Gaussians; cameras are looped inside, so each output
     // row is written by one thread only.
@@ -526,7 +549,11 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
         std::fill(g_quats + 4 * nb, g_quats + 4 * ne, 0.0f);
         std::fill(g_scales + 3 * nb, g_scales + 3 * ne, 0.0f);
         std::fill(g_opacities + nb, g_opacities + ne, 0.0f);
-        if (g_coeffs) std::fill(g_coeffs + 3 * K * nb, g_coeffs + 3 * K * ne, 0.0f);
+        if (g_sh0)
+            for (int64_t n = nb; n < ne; ++n) {
+                std::fill(g_sh0 + n * stride0, g_sh0 + n * stride0 + 3, 0.0f);
+                if (g_shN) std::fill(g_shN + n * strideN, g_shN + n * strideN + 3 * KN, 0.0f);
+            }
         for (int64_t n0 = nb; n0 < ne; n0 += L) {
             int lanes = (int)std::min<int64_t>(L, ne - n0);
             vf m[3], q[4], s[3], o[1];
@@ -660,7 +687,8 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                     // SH colour -> coefficients and the view direction d = m - campos
                     float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
                     float gd[3] = {0.0f, 0.0f, 0.0f};
-                    sh_color_bwd(sh_degree, d, coeffs + n * K * 3, g_colors + 3 * idx, g_coeffs + n * K * 3, gd);
+                    sh_color_bwd(sh_degree, d, sh0 + n * stride0, shN ? shN + n * strideN : nullptr, g_colors + 3 * idx,
+                                 g_sh0 + n * stride0, g_shN ? g_shN + n * strideN : nullptr, gd);
                     for (int i = 0; i < 3; ++i) g_means[3 * n + i] += gd[i];
                     if (gv) {
                         // campos = -R^T t: dL/dR_ij = t_i gd_j, dL/dt_i = sum_j R_ij gd_j
@@ -2023,7 +2051,7 @@ void sk2_project_fwd(int C, int N, const float* means, const float* quats, const
             if (!vis || sh_degree < 0) continue;
             const float* m = means + 3 * n;
             float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-            sh_color(sh_degree, dir, coeffs + n * K * 3, colors + 3 * idx);
+            sh_color(sh_degree, dir, coeffs + n * K * 3, coeffs + n * K * 3 + 3, colors + 3 * idx);
         }
     });
 }
@@ -2055,7 +2083,8 @@ void sk2_project_bwd(int C, int N, const float* means, const float* quats, const
                     const float* gc = g_colors + 3 * idx;
                     if (gc[0] != 0.0f || gc[1] != 0.0f || gc[2] != 0.0f) {
                         float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-                        sh_color_bwd(sh_degree, dir, coeffs + n * K * 3, gc, g_coeffs + n * K * 3, g_means + 3 * n);
+                        sh_color_bwd(sh_degree, dir, coeffs + n * K * 3, coeffs + n * K * 3 + 3, gc, g_coeffs + n * K * 3,
+                                     g_coeffs + n * K * 3 + 3, g_means + 3 * n);
                     }
                 }
                 double gM[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}, gm2[2] = {0, 0}, gn[3] = {0, 0, 0}, gd = 0;
