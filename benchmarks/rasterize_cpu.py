@@ -99,7 +99,8 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
     ``--rounds`` so drift in machine load falls on every tree alike; each entry then gives the
     median of every tree's medians and its ratio to the first tree. Workers start with the
     command line's thread defaults (``splatkit.launcher.THREAD_DEFAULTS``, on machines of at
-    most 4 CPUs) unless the environment sets them."""
+    most 4 CPUs) and memory defaults (``MEMORY_DEFAULTS``, on Linux) unless the environment
+    sets them."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--backends", nargs="+", default=["cpu", "torch"])
     ap.add_argument("--sizes", nargs="+", default=default_sizes)
@@ -115,10 +116,11 @@ def compare_main(script: str, run_one, default_sizes: list[str], count_key: str,
         print(json.dumps({**run_one(b, int(n), int(s), args.repeats), "splatkit": os.path.dirname(splatkit.__file__)}))
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(script))))
-    from splatkit.launcher import THREAD_DEFAULTS, apply_thread_defaults
+    from splatkit.launcher import THREAD_DEFAULTS, apply_memory_defaults, apply_thread_defaults
 
     base_env = dict(os.environ)
     apply_thread_defaults(base_env)
+    apply_memory_defaults(base_env)
     trees = [t.split("=", 1) for t in args.trees] if args.trees else [("", None)]
     for label, path in trees:
         if path is not None and not os.path.isdir(os.path.join(path, "splatkit")):

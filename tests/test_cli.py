@@ -162,6 +162,30 @@ def test_commands_start_with_the_small_machine_thread_defaults_unless_the_enviro
     assert THREAD_DEFAULTS == {"OMP_WAIT_POLICY": "PASSIVE", "SPLATKIT_PIN_THREADS": "1"}
 
 
+def test_commands_start_with_huge_pages_for_large_tensors_on_linux_unless_the_environment_says_otherwise(tmp_path):
+    """On Linux the entry point sets THP_MEM_ALLOC_ENABLE=1 (PyTorch's transparent huge pages
+    for large CPU tensors) before PyTorch loads; a value the user set wins; other systems are
+    left alone."""
+    from splatkit.launcher import MEMORY_DEFAULTS, apply_memory_defaults
+
+    code = (
+        "import os, sys; from splatkit.launcher import main; main(sys.argv[1:]); "
+        "print('thp', os.environ.get('THP_MEM_ALLOC_ENABLE'))"
+    )
+    missing = str(tmp_path / "missing.ply")
+    linux = sys.platform == "linux"
+    for user, expected in (({}, "1" if linux else "None"), ({"THP_MEM_ALLOC_ENABLE": "0"}, "0")):
+        env = {k: v for k, v in os.environ.items() if k not in MEMORY_DEFAULTS}
+        env.update(user)
+        out = subprocess.run([sys.executable, "-c", code, "info", missing], capture_output=True, text=True, env=env)
+        assert f"thp {expected}" in out.stdout.splitlines(), out.stdout + out.stderr
+    for platform, expected in (("linux", MEMORY_DEFAULTS), ("darwin", {}), ("win32", {})):
+        env = {}
+        apply_memory_defaults(env, platform=platform)
+        assert env == expected, (platform, env)
+    assert MEMORY_DEFAULTS == {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
 def test_every_flag_is_described_in_plain_text_and_the_table_is_current():
     from splatkit.cli import flag_table
     from splatkit.launcher import FLAG_TABLE, command_help, load_table

@@ -68,6 +68,62 @@ def test_random_scenes_all_sh_degrees(sh_degree):
     compare(scene, vm, K, W, H, sh_degree=sh_degree, backgrounds=bg)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("sh_degree", [0, 1, 3])
+def test_sh_bands_kept_apart_render_as_joined(backend, sh_degree):
+    """``colors`` = band 0 with ``sh_rest`` = the bands above (as the model keeps them) is the
+    render of the joined coefficients, forward and backward; the compiled backend reads them
+    apart with the same arithmetic, so its results are bit-identical. The model has all four
+    bands; lower degrees read the first ones of ``sh_rest`` only (a slice, as the renderer
+    passes it)."""
+    W, H = 40, 32
+    means, quats, scales, opacities, coeffs = random_scene(120, seed=4, sh_degree=3)
+    vm, K = cameras(W, H, n=2)
+    dtype = torch.float32 if backend == "cpu" else torch.float64
+    args = [t.to(dtype) for t in (means, quats, scales, opacities)]
+    vm, K = vm.to(dtype), K.to(dtype)
+    k = (sh_degree + 1) ** 2
+    g = torch.Generator().manual_seed(1)
+    weights = torch.randn(2, H, W, 3, generator=g, dtype=torch.float64).to(dtype)
+
+    def render(colors, sh_rest=None):
+        img, _, _ = rasterize(*args, colors, vm, K, W, H, sh_degree=sh_degree, sh_rest=sh_rest, backend=backend)
+        (img * weights).sum().backward()
+        return img.detach()
+
+    joined = coeffs[:, :k].to(dtype).clone().requires_grad_(True)
+    img_joined = render(joined)
+    sh0 = coeffs[:, :1].to(dtype).clone().requires_grad_(True)
+    shN = coeffs[:, 1:].to(dtype).clone().requires_grad_(True)
+    img_apart = render(sh0, shN[:, : k - 1] if sh_degree > 0 else None)
+    same = torch.equal if backend == "cpu" else (lambda a, b: torch.allclose(a, b, rtol=1e-12, atol=1e-12))
+    assert same(img_apart, img_joined)
+    assert same(sh0.grad, joined.grad[:, :1])
+    if sh_degree > 0:
+        assert same(shN.grad[:, : k - 1], joined.grad[:, 1:])
+        assert not shN.grad[:, k - 1 :].any()  # bands above the degree: no gradient
+    else:
+        assert shN.grad is None
+
+
+def test_sh_bands_apart_are_checked():
+    W, H = 16, 16
+    means, quats, scales, opacities, coeffs = random_scene(10, seed=0, sh_degree=3)
+    vm, K = cameras(W, H)
+    args = [t.float() for t in (means, quats, scales, opacities)]
+    vm, K, coeffs = vm.float(), K.float(), coeffs.float()
+    with pytest.raises(ValueError, match=r"with sh_rest, colors must be SH band 0 \[N, 1, 3\]"):
+        rasterize(*args, coeffs, vm, K, W, H, sh_degree=3, sh_rest=coeffs[:, 1:])
+    with pytest.raises(ValueError, match=r"sh_rest must be the SH bands above 0 \[N, K - 1, 3\]"):
+        rasterize(*args, coeffs[:, :1], vm, K, W, H, sh_degree=3, sh_rest=coeffs[:5, 1:])
+    with pytest.raises(ValueError, match="sh_degree=3 needs 16 coefficients, colors and sh_rest have 9"):
+        rasterize(*args, coeffs[:, :1], vm, K, W, H, sh_degree=3, sh_rest=coeffs[:, 1:9])
+    with pytest.raises(ValueError, match="sh_rest .* needs sh_degree"):
+        rasterize(*args, coeffs[:, 0], vm, K, W, H, sh_rest=coeffs[:, 1:])
+    with pytest.raises(ValueError, match="sh_rest is torch.float64"):
+        rasterize(*args, coeffs[:, :1], vm, K, W, H, sh_degree=3, sh_rest=coeffs[:, 1:].double())
+
+
 def test_gaussians_behind_straddling_and_off_screen():
     W, H = 40, 40
     vm, K = cameras(W, H, distance=3.0)

@@ -65,7 +65,8 @@ def _validate(
         have = colors.shape[1] + (0 if sh_rest is None else sh_rest.shape[1])
         _check(
             0 <= sh_degree and (sh_degree + 1) ** 2 <= have,
-            f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, colors has {have}",
+            f"sh_degree={sh_degree} needs {(sh_degree + 1) ** 2} coefficients, "
+            f"{'colors has' if sh_rest is None else 'colors and sh_rest have'} {have}",
         )
     elif sh_rest is not None:
         raise ValueError("sh_rest (SH bands above 0) needs sh_degree")
