@@ -26,6 +26,7 @@ import torch
 
 from splatkit.renderer.projection import background_for_mode, features_for_mode, finish_depth, projection_meta
 from splatkit.renderer.projection_2dgs import screen_translation
+from splatkit.splat.sh import join_bands
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class RasterInputs:
         """The same inputs with every SH coefficient in ``colors`` (``sh_rest`` None)."""
         if self.sh_rest is None:
             return self
-        return dataclasses.replace(self, colors=torch.cat([self.colors, self.sh_rest], dim=1), sh_rest=None)
+        return dataclasses.replace(self, colors=join_bands(self.colors, self.sh_rest), sh_rest=None)
 
     def args(self) -> tuple:
         """``(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree)``:

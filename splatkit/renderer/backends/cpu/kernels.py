@@ -131,19 +131,7 @@ class ProjectFn(torch.autograd.Function):
             _ptr(colors) if use_sh else None,
             nthreads,
         )
-        none = torch.zeros(0)
-        ctx.save_for_backward(
-            means,
-            quats,
-            scales,
-            opacities,
-            viewmats,
-            Ks,
-            radii,
-            none if sh0_c is None else sh0_c,
-            none if shN_c is None else shN_c,
-        )
-        ctx.sh_parts = (sh0_c is not None, shN_c is not None)
+        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, radii, sh0_c, shN_c)  # None kept
         ctx.cfg = (
             width,
             height,
@@ -162,7 +150,7 @@ class ProjectFn(torch.autograd.Function):
     def backward(ctx, g_means2d, g_conics, g_opac, g_depths, _g_radii, g_colors):
         lib = load()
         means, quats, scales, opacities, viewmats, Ks, radii, sh0, shN = ctx.saved_tensors
-        sh = _SHLayout(sh0 if ctx.sh_parts[0] else None, shN if ctx.sh_parts[1] else None)
+        sh = _SHLayout(sh0, shN)
         width, height, sh_degree, near_plane, far_plane, eps2d, antialiased, nthreads, use_sh = ctx.cfg
         C, N = viewmats.shape[0], means.shape[0]
 

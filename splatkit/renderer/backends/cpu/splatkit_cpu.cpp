@@ -463,7 +463,7 @@ extern "C" {
 // Outputs per (camera, Gaussian), flat index c * N + n:
 //   means2d [2], conics [3], opac [1], depths [1], radii [2] (int32, 0 = culled),
 //   colors [3] (only when sh_degree >= 0). Gaussian n's SH coefficients are band 0 at
-//   sh0 + n * stride0 and the bands above at shN + n * strideN (see sh_coef): the model's
+//   sh0 + n * stride0 and the bands above at shN + n * strideN (see sh_gather): the model's
 //   sh0 [N, 1, 3] and shN [N, KN, 3] (strides 3 and 3 KN), or one [N, K, 3] tensor
 //   (sh0 = coeffs, shN = coeffs + 3, both strides 3 K).
 void sk_project_fwd(int C, int N, const float* means, const float* quats, const float* scales,
