@@ -124,6 +124,45 @@ def test_sh_bands_apart_are_checked():
         rasterize(*args, coeffs[:, :1], vm, K, W, H, sh_degree=3, sh_rest=coeffs[:, 1:].double())
 
 
+def test_kept_gradient_blocks_are_reused_only_when_free(monkeypatch):
+    """The large SH gradient lands on an earlier step's block (``cpu.buffers``) only once
+    nothing else refers to it: accumulated gradients are sums, a gradient someone kept keeps
+    its values, and a released block serves the next step."""
+    from splatkit.renderer.backends.cpu import buffers
+
+    monkeypatch.setattr(buffers, "MIN_BYTES", 0)  # every size goes through the kept blocks
+    monkeypatch.setattr(buffers, "_kept", [])
+    W, H = 40, 32
+    means, quats, scales, opacities, coeffs = random_scene(120, seed=4, sh_degree=3)
+    vm, K = cameras(W, H, n=2)
+    args = [t.float() for t in (means, quats, scales, opacities)]
+    sh0 = coeffs[:, :1].float().clone().requires_grad_(True)
+    shN = coeffs[:, 1:].float().clone().requires_grad_(True)
+
+    def step():
+        img, _, _ = rasterize(*args, sh0, vm.float(), K.float(), W, H, sh_degree=3, sh_rest=shN, backend="cpu")
+        img.square().sum().backward()
+
+    step()
+    first = shN.grad.clone()
+    assert first.abs().sum() > 0
+    step()  # accumulates into the first gradient's block, from a second block
+    assert torch.equal(shN.grad, first + first)
+    assert len(buffers._kept) == 2
+    kept = shN.grad
+    shN.grad = None
+    step()  # the kept gradient's block is not free: the other one serves
+    assert torch.equal(kept, first + first)
+    assert torch.equal(shN.grad, first)
+    assert shN.grad.data_ptr() != kept.data_ptr()
+    blocks = {s.data_ptr() for s in buffers._kept}
+    del kept
+    shN.grad = None
+    step()
+    assert torch.equal(shN.grad, first)
+    assert shN.grad.data_ptr() in blocks and len(buffers._kept) == 2
+
+
 def test_gaussians_behind_straddling_and_off_screen():
     W, H = 40, 40
     vm, K = cameras(W, H, distance=3.0)

@@ -15,6 +15,7 @@ import ctypes
 import numpy as np
 import torch
 
+from splatkit.renderer.backends.cpu import buffers
 from splatkit.renderer.backends.cpu.build import load
 
 
@@ -56,10 +57,11 @@ class _SHLayout:
         return _ptr(self.sh0), self._rest(self.sh0, self.shN), self.stride0, self.strideN
 
     def gradients(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Gradient tensors shaped as the inputs (the kernel writes every element)."""
+        """Gradient tensors shaped as the inputs (the kernel writes every element; the large
+        one on a block kept from the last step, see :mod:`.buffers`)."""
         if self.shN is None:
-            return torch.empty_like(self.sh0), None
-        return torch.empty_like(self.sh0), torch.empty_like(self.shN)
+            return buffers.empty(self.sh0.shape), None
+        return torch.empty_like(self.sh0), buffers.empty(self.shN.shape)
 
     def gradient_pointers(self, grads: tuple) -> tuple:
         g0, gN = grads
@@ -394,7 +396,7 @@ class Project2DGSFn(torch.autograd.Function):
         out_means = torch.zeros(N, 3)
         out_quats = torch.zeros(N, 4)
         out_scales = torch.zeros(N, 2)
-        out_coeffs = torch.zeros(N, K, 3) if use_sh else None
+        out_coeffs = buffers.empty((N, K, 3)).zero_() if use_sh else None  # the kernel adds to it
         lib.sk2_project_bwd(
             C,
             N,
