@@ -332,12 +332,23 @@ static inline void sh_eval_bwd(int degree, const T d[3], const T* co, const T g[
 // One Gaussian's SH coefficients come as two pointers, as the model keeps them: band 0
 // (c0, 3 floats) and the bands above it (cN, 3 floats per basis function from basis 1 on;
 // for a joined [K, 3] row, c0 = row and cN = row + 3). They are gathered into one local
-// [nbases, 3] row, so the sums are the same instructions for either layout.
-static inline void sh_gather(int nbases, const float* c0, const float* cN, float* co) {
+// [nbases, 3] row, so the sums are the same instructions for either layout. The copy's
+// length is a constant per degree: a copy of run-time length becomes a call to memcpy
+// (and a vzeroupper) per Gaussian.
+template <int NB>
+static inline void sh_gather_n(const float* c0, const float* cN, float* co) {
     co[0] = c0[0];
     co[1] = c0[1];
     co[2] = c0[2];
-    for (int i = 3; i < 3 * nbases; ++i) co[i] = cN[i - 3];
+    for (int i = 3; i < 3 * NB; ++i) co[i] = cN[i - 3];
+}
+static inline void sh_gather(int nbases, const float* c0, const float* cN, float* co) {
+    switch (nbases) {
+        case 1: sh_gather_n<1>(c0, cN, co); break;
+        case 4: sh_gather_n<4>(c0, cN, co); break;
+        case 9: sh_gather_n<9>(c0, cN, co); break;
+        default: sh_gather_n<16>(c0, cN, co); break;
+    }
 }
 
 // The same for L Gaussians n0 .. n0 + lanes - 1 (row n at c0 + n * stride0 and
@@ -570,7 +581,8 @@ void sk_project_fwd(int C, int N, const float* means, const float* quats, const 
 // opac, colors [3] (may be null) and depths (may be null) for every (camera, Gaussian);
 // outputs (summed over cameras; every element written) are the gradients of means [N,3],
 // quats [N,4], scales [N,3], opacities [N] and SH coefficients: g_sh0 and g_shN laid out
-// as sh0 and shN (strides as in sk_project_fwd; the KN bands of g_shN's rows are written).
+// as sh0 and shN (strides as in sk_project_fwd; rows are dense: g_sh0's stride0 floats and
+// g_shN's strideN = 3 KN floats per Gaussian, every one written).
 // Culled pairs contribute nothing.
 void sk_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
                     const float* opacities, const float* sh0, const float* shN, int64_t stride0,
@@ -598,11 +610,13 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
         std::fill(g_quats + 4 * nb, g_quats + 4 * ne, 0.0f);
         std::fill(g_scales + 3 * nb, g_scales + 3 * ne, 0.0f);
         std::fill(g_opacities + nb, g_opacities + ne, 0.0f);
-        if (g_sh0)
-            for (int64_t n = nb; n < ne; ++n) {
-                std::fill(g_sh0 + n * stride0, g_sh0 + n * stride0 + 3, 0.0f);
-                if (g_shN) std::fill(g_shN + n * strideN, g_shN + n * strideN + 3 * KN, 0.0f);
-            }
+        // the chunk's SH gradient rows are one contiguous range in either layout (one
+        // [N, K, 3] tensor, g_shN = g_sh0 + 3; or g_sh0 [N, 3] and g_shN [N, KN, 3]): one
+        // fill each, not a call per row
+        if (g_sh0) {
+            std::fill(g_sh0 + nb * stride0, g_sh0 + ne * stride0, 0.0f);
+            if (g_shN && g_shN != g_sh0 + 3) std::fill(g_shN + nb * strideN, g_shN + ne * strideN, 0.0f);
+        }
         for (int64_t n0 = nb; n0 < ne; n0 += L) {
             int lanes = (int)std::min<int64_t>(L, ne - n0);
             vf m[3], q[4], s[3], o[1];
