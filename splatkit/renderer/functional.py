@@ -248,6 +248,7 @@ def rasterize_2dgs(
     depth_mode: str = "expected",
     tile_size: int = 16,
     distributed: bool = False,
+    sh_rest: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Render 2D Gaussian surfels (2DGS) into ``C`` pinhole cameras, differentiably.
 
@@ -255,7 +256,8 @@ def rasterize_2dgs(
     ``[N, 2]`` (tangent-axis scales; a third column is ignored), ``render_mode`` one of
     ``"RGB"``, ``"RGB+D"`` (accumulated depth channel) or ``"RGB+ED"`` (expected depth),
     and ``depth_mode`` (``"expected"`` or ``"median"``) picking the depth the normals
-    are derived from, and ``distributed`` (sharded rendering, as for :func:`rasterize`).
+    are derived from, ``distributed`` (sharded rendering, as for :func:`rasterize`) and
+    ``sh_rest`` (the SH bands above band 0 apart from ``colors``, as for :func:`rasterize`).
     See :mod:`splatkit.renderer.projection_2dgs` for the maths.
 
     Returns:
@@ -279,14 +281,19 @@ def rasterize_2dgs(
         render_mode,
         render_modes=RENDER_MODES_2DGS,
         scale_dims=(2, 3),
+        sh_rest=sh_rest,
     )
     if depth_mode not in ("expected", "median"):
         raise ValueError(f"depth_mode must be 'expected' or 'median', got {depth_mode!r}")
     chosen = resolve(backend, means.device, means.dtype, "2dgs", sharded=distributed)
-    inputs = RasterInputs(means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree)
+    inputs = RasterInputs(
+        means, quats, scales[:, :2], opacities, colors, viewmats, Ks, width, height, sh_degree, sh_rest=sh_rest
+    )
     settings = RasterSettings(near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, tile_size=tile_size)
     if distributed:
         from splatkit.renderer.sharded import rasterize_sharded_2dgs
+
+        inputs = inputs.joined()  # the shards exchange one coefficient tensor
 
         out = rasterize_sharded_2dgs(inputs, settings, chosen)
     else:

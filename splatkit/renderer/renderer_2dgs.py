@@ -11,7 +11,7 @@ from splatkit.renderer.base import SplatRenderer, SplatRenderOutput
 from splatkit.renderer.functional import rasterize_2dgs
 from splatkit.splat.cameras import SplatCameras
 from splatkit.splat.conventions import opacity_activation, scale_activation
-from splatkit.splat.sh import active_coefficients
+from splatkit.splat.sh import active_bands
 
 
 @dataclass
@@ -48,13 +48,13 @@ class Splat2DGSRenderer(SplatRenderer):
         sh_degree: int,
         backgrounds: torch.Tensor | None = None,
     ) -> SplatRenderOutput:
-        colors = active_coefficients(params["sh0"], params["shN"], sh_degree)
+        sh0, sh_rest = active_bands(params["sh0"], params["shN"], sh_degree)  # joined only where a backend must
         renders, alphas, normals, from_depth, distort, median, meta = rasterize_2dgs(
             params["means"],
             params["quats"],
             scale_activation(params["scales"]),
             opacity_activation(params["opacities"]),
-            colors,
+            sh0,
             cameras.viewmats,
             cameras.Ks,
             cameras.width,
@@ -69,6 +69,7 @@ class Splat2DGSRenderer(SplatRenderer):
             depth_mode=self.depth_mode,
             tile_size=self.tile_size,
             distributed=self.distributed,
+            sh_rest=sh_rest,
         )
         return SplatRenderOutput(
             images=renders[..., :3],

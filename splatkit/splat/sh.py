@@ -46,12 +46,6 @@ def active_bands(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> tuple[tor
     return sh0, shN if k >= shN.shape[1] else shN[:, :k]
 
 
-def active_coefficients(sh0: torch.Tensor, shN: torch.Tensor, degree: int) -> torch.Tensor:
-    """The coefficients ``[N, (degree + 1) ** 2, 3]`` a render at ``degree`` reads, in one
-    tensor (:func:`active_bands`, concatenated)."""
-    return join_bands(*active_bands(sh0, shN, degree))
-
-
 def join_bands(band0: torch.Tensor, rest: torch.Tensor | None) -> torch.Tensor:
     """Band 0 ``[N, 1, 3]`` and the bands above it ``[N, K - 1, 3]`` (or None) as one
     ``[N, K, 3]`` coefficient tensor."""

@@ -118,8 +118,8 @@ class Backend:
     unavailable_reason: Callable[[], str | None] = _available
     """Why the backend cannot run on this machine (None when it can; may build it)."""
     sh_apart: bool = False
-    """Its 3DGS projection reads ``RasterInputs.sh_rest`` (SH band 0 and the bands above
-    from two tensors), so a render does not concatenate them and their gradients come
+    """Its projections (3DGS and 2DGS) read ``RasterInputs.sh_rest`` (SH band 0 and the bands
+    above from two tensors), so a render does not concatenate them and their gradients come
     out apart; other backends are given :meth:`RasterInputs.joined` inputs."""
 
     def supports(self, kind: str = "3dgs", sharded: bool = False) -> bool:
@@ -147,6 +147,8 @@ class Backend:
         """The surfel rasterizers' output dict: ``colors``, ``alphas`` (no background),
         ``normals_camera``, ``depth_sum``, ``distort``, ``median_depth``, and ``means2d``
         (the zero screen translation whose gradient densification reads), ``radii``, ``depths``."""
+        if not self.sh_apart:
+            inputs = inputs.joined()
         if self.fused_2dgs is not None:
             return self.fused_2dgs(inputs, settings)
         if self.project_2dgs is None:

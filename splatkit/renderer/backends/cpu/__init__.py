@@ -132,7 +132,14 @@ def project_2dgs(inputs: RasterInputs, settings: RasterSettings, num_threads: in
     ``shift`` is the pixel the kernel recentred each surfel's ``M`` on (for float32 accuracy)."""
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     _check_tensors(
-        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors, viewmats=viewmats, Ks=Ks
+        means=means,
+        quats=quats,
+        scales=scales,
+        opacities=opacities,
+        colors=colors,
+        sh_rest=inputs.sh_rest,
+        viewmats=viewmats,
+        Ks=Ks,
     )
     nthreads = num_threads or torch.get_num_threads()
     C, N = viewmats.shape[0], means.shape[0]
@@ -143,6 +150,7 @@ def project_2dgs(inputs: RasterInputs, settings: RasterSettings, num_threads: in
         scales[:, :2],
         opacities.detach(),
         colors if use_sh else None,
+        inputs.sh_rest if use_sh else None,
         viewmats,
         Ks,
         width,

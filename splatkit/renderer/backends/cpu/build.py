@@ -148,9 +148,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.sk_raster_bwd.argtypes = [i, i, i, i, i, p, p, p, p, p, p, p, p, p, p, p, p, p, i]
     lib.sk_raster_bwd.restype = i
     # 2DGS surfels
-    lib.sk2_project_fwd.argtypes = [i, i, p, p, p, p, p, i, i, p, p, i, i, f, f, f, p, p, p, p, p, p, p, i]
+    lib.sk2_project_fwd.argtypes = [i, i, p, p, p, p, *sh, i, p, p, i, i, f, f, f, p, p, p, p, p, p, p, i]
     lib.sk2_project_fwd.restype = None
-    lib.sk2_project_bwd.argtypes = [i, i, p, p, p, p, i, i, p, p, p, p, p, p, p, p, p, p, p, p, i]
+    lib.sk2_project_bwd.argtypes = [i, i, p, p, p, *sh, i, p, p, p, *[p] * 5, *[p] * 3, p, p, i]
     lib.sk2_project_bwd.restype = None
     lib.sk2_pack.argtypes = [i64, i, p, p, p, p, p, p, p, p, i]
     lib.sk2_pack.restype = None

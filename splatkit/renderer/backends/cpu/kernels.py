@@ -327,7 +327,8 @@ class Project2DGSFn(torch.autograd.Function):
         quats,
         scales,
         opacities,
-        coeffs,
+        sh0,
+        shN,
         viewmats,
         Ks,
         width,
@@ -338,13 +339,16 @@ class Project2DGSFn(torch.autograd.Function):
         radius_clip,
         nthreads,
     ):
+        """SH coefficients as :class:`ProjectFn` takes them: ``sh0 [N, 1, 3]`` and ``shN
+        [N, KN, 3]``, or joined ``sh0 [N, K, 3]`` with ``shN=None``; ``sh0=None``: no SH."""
         lib = load()
         C, N = viewmats.shape[0], means.shape[0]
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
         viewmats, Ks = _f32(viewmats), _f32(Ks)
-        use_sh = coeffs is not None
-        coeffs_c = _f32(coeffs) if use_sh else None
-        K = coeffs.shape[1] if use_sh else 0
+        use_sh = sh0 is not None
+        sh0_c = _f32(sh0) if use_sh else None
+        shN_c = _f32(shN) if use_sh and shN is not None else None
+        sh = _SHLayout(sh0_c, shN_c)
         means2d = torch.empty(C, N, 2)
         Ms = torch.empty(C, N, 3, 3)
         shift = torch.empty(C, N, 2)
@@ -359,8 +363,7 @@ class Project2DGSFn(torch.autograd.Function):
             _ptr(quats),
             _ptr(scales),
             _ptr(opacities),
-            _ptr(coeffs_c),
-            K,
+            *sh.pointers(),
             sh_degree if use_sh else -1,
             _ptr(viewmats),
             _ptr(Ks),
@@ -378,8 +381,8 @@ class Project2DGSFn(torch.autograd.Function):
             _ptr(colors) if use_sh else None,
             nthreads,
         )
-        ctx.save_for_backward(means, quats, scales, coeffs_c if use_sh else torch.zeros(0), viewmats, Ks, shift)
-        ctx.cfg = (sh_degree if use_sh else -1, K, nthreads, use_sh)
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, shift, sh0_c, shN_c)  # None kept
+        ctx.cfg = (sh_degree if use_sh else -1, nthreads, use_sh)
         ctx.mark_non_differentiable(radii, shift)
         ctx.set_materialize_grads(False)
         return means2d, Ms, shift, normals, depths, radii, colors
@@ -387,8 +390,9 @@ class Project2DGSFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_means2d, g_Ms, _g_shift, g_normals, g_depths, _g_radii, g_colors):
         lib = load()
-        means, quats, scales, coeffs, viewmats, Ks, shift = ctx.saved_tensors
-        sh_degree, K, nthreads, use_sh = ctx.cfg
+        means, quats, scales, viewmats, Ks, shift, sh0, shN = ctx.saved_tensors
+        sh = _SHLayout(sh0, shN)
+        sh_degree, nthreads, use_sh = ctx.cfg
         C, N = viewmats.shape[0], means.shape[0]
 
         g_means2d, g_Ms, g_normals, g_depths = map(_contiguous, (g_means2d, g_Ms, g_normals, g_depths))
@@ -396,15 +400,15 @@ class Project2DGSFn(torch.autograd.Function):
         out_means = torch.zeros(N, 3)
         out_quats = torch.zeros(N, 4)
         out_scales = torch.zeros(N, 2)
-        out_coeffs = buffers.empty((N, K, 3)).zero_() if use_sh else None  # the kernel adds to it
+        # the kernel adds to every output
+        out_sh = tuple(None if g is None else g.zero_() for g in sh.gradients()) if use_sh else (None, None)
         lib.sk2_project_bwd(
             C,
             N,
             _ptr(means),
             _ptr(quats),
             _ptr(scales),
-            _ptr(coeffs) if use_sh else None,
-            K,
+            *sh.pointers(),
             sh_degree,
             _ptr(viewmats),
             _ptr(Ks),
@@ -417,25 +421,10 @@ class Project2DGSFn(torch.autograd.Function):
             _ptr(out_means),
             _ptr(out_quats),
             _ptr(out_scales),
-            _ptr(out_coeffs),
+            *sh.gradient_pointers(out_sh) if use_sh else (None, None),
             nthreads,
         )
-        return (
-            out_means,
-            out_quats,
-            out_scales,
-            None,
-            out_coeffs,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        return (out_means, out_quats, out_scales, None, *out_sh) + (None,) * 9
 
 
 def pack_2dgs(means2d, Ms, shift, opac, normals, depths, feats, nthreads):

@@ -2088,9 +2088,11 @@ extern "C" {
 // Outputs per (camera, surfel), flat index c * N + n: means2d [2], the ray transform
 // re-centred on the origin s (Ms [9], row-major) and s [2], the camera-space normal
 // facing the camera [3], depth, radii [2] (int32, 0 = culled) and colours [3] (only
-// when sh_degree >= 0; coeffs is [N, K, 3]). scales is [N, 2].
+// when sh_degree >= 0; SH coefficients laid out as for sk_project_fwd: band 0 at
+// sh0 + n * stride0, the bands above at shN + n * strideN). scales is [N, 2].
 void sk2_project_fwd(int C, int N, const float* means, const float* quats, const float* scales,
-                     const float* opacities, const float* coeffs, int K, int sh_degree, const float* viewmats,
+                     const float* opacities, const float* sh0, const float* shN, int64_t stride0,
+                     int64_t strideN, int sh_degree, const float* viewmats,
                      const float* Ks, int W, int H, float near_plane, float far_plane, float radius_clip,
                      float* means2d, float* Ms, float* shift, float* normals, float* depths, int32_t* radii,
                      float* colors, int nthreads) {
@@ -2127,7 +2129,7 @@ void sk2_project_fwd(int C, int N, const float* means, const float* quats, const
             if (!vis || sh_degree < 0) continue;
             const float* m = means + 3 * n;
             float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-            sh_color(sh_degree, dir, coeffs + n * K * 3, coeffs + n * K * 3 + 3, colors + 3 * idx);
+            sh_color(sh_degree, dir, sh0 + n * stride0, shN ? shN + n * strideN : nullptr, colors + 3 * idx);
         }
     });
 }
@@ -2135,15 +2137,16 @@ void sk2_project_fwd(int C, int N, const float* means, const float* quats, const
 // Gradients of the surfel projection from those of means2d [2], Ms [9], normals [3],
 // depths and colours [3] of every (camera, surfel), each of which may be null (shift
 // is the forward's s);
-// accumulated over cameras into means [N,3], quats [N,4], scales [N,2] and SH
-// coefficients [N,K,3] (zero-initialised by the caller). Unlike the 3DGS projection,
+// accumulated over cameras into means [N,3], quats [N,4], scales [N,2] and the SH
+// coefficients' g_sh0 and g_shN, laid out as sh0 and shN (all zero-initialised by the caller). Unlike the 3DGS projection,
 // culled pairs are differentiated too, as in the reference, whose means2d, normals and
 // depths are defined for every surfel; pairs without incoming gradient are skipped.
 void sk2_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
-                     const float* coeffs, int K, int sh_degree, const float* viewmats, const float* Ks,
+                     const float* sh0, const float* shN, int64_t stride0, int64_t strideN, int sh_degree,
+                     const float* viewmats, const float* Ks,
                      const float* shift, const float* g_means2d, const float* g_Ms, const float* g_normals,
                      const float* g_depths, const float* g_colors, float* g_means, float* g_quats, float* g_scales,
-                     float* g_coeffs, int nthreads) {
+                     float* g_sh0, float* g_shN, int nthreads) {
     // Work items are ranges of surfels; cameras are looped inside, so each output row is
     // written by one thread only.
     std::vector<SCam> cams(C);
@@ -2159,8 +2162,8 @@ void sk2_project_bwd(int C, int N, const float* means, const float* quats, const
                     const float* gc = g_colors + 3 * idx;
                     if (gc[0] != 0.0f || gc[1] != 0.0f || gc[2] != 0.0f) {
                         float dir[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-                        sh_color_bwd(sh_degree, dir, coeffs + n * K * 3, coeffs + n * K * 3 + 3, gc, g_coeffs + n * K * 3,
-                                     g_coeffs + n * K * 3 + 3, g_means + 3 * n);
+                        sh_color_bwd(sh_degree, dir, sh0 + n * stride0, shN ? shN + n * strideN : nullptr, gc,
+                                     g_sh0 + n * stride0, g_shN ? g_shN + n * strideN : nullptr, g_means + 3 * n);
                     }
                 }
                 double gM[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}, gm2[2] = {0, 0}, gn[3] = {0, 0, 0}, gd = 0;
