@@ -221,10 +221,12 @@ constexpr float SH_C3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457
                             0.3731763325901154f, -0.4570457994644658f, 1.445305721320277f,
                             -0.5900435899266435f};
 
-// The SH maths is written once over the number type T: float for one Gaussian (surfels),
-// vf for L Gaussians at once (the 3DGS projection). Per lane, the vector code performs the
-// same operations in the same order as the scalar code (no contraction into FMAs: the
-// kernels build with -std=c++17, i.e. -ffp-contract=off), so both give the same bits.
+// The SH maths is written once over the number type T: float for one Gaussian, vf for L
+// Gaussians at once (the 3DGS projection's backward). Per lane, the vector code performs the
+// same operations in the same order as the scalar code. The compiler may still fuse a
+// multiply and an add into one FMA in one and not the other (GCC contracts by default):
+// with GCC 12 on x86-64 the backward's results are bit-identical, the forward colour sum's
+// are not (the last bit of some colours), so the forward evaluates one Gaussian at a time.
 static inline float sqrt_t(float x) { return std::sqrt(x); }
 static inline vf sqrt_t(vf x) { return vsqrt(x); }
 // std::max(a, b) exactly (a unless a < b; NaN and -0.0 as std::max treats them)
