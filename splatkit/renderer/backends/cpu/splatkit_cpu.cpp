@@ -221,122 +221,59 @@ constexpr float SH_C3[7] = {-0.5900435899266435f, 2.890611442640554f, -0.4570457
                             0.3731763325901154f, -0.4570457994644658f, 1.445305721320277f,
                             -0.5900435899266435f};
 
-// The SH maths is written once over the number type T: float for one Gaussian, vf for L
-// Gaussians at once (the 3DGS projection's backward). Per lane, the vector code performs the
-// same operations in the same order as the scalar code. The compiler may still fuse a
-// multiply and an add into one FMA in one and not the other (GCC contracts by default):
-// with GCC 12 on x86-64 the backward's results are bit-identical, the forward colour sum's
-// are not (the last bit of some colours), so the forward evaluates one Gaussian at a time.
-static inline float sqrt_t(float x) { return std::sqrt(x); }
-static inline vf sqrt_t(vf x) { return vsqrt(x); }
-// std::max(a, b) exactly (a unless a < b; NaN and -0.0 as std::max treats them)
-static inline float max_t(float a, float b) { return std::max(a, b); }
-static inline vf max_t(vf a, vf b) { return a < b ? b : a; }
-// acc >= 0 ? g : 0
-static inline float if_nonneg(float acc, float g) { return acc >= 0.0f ? g : 0.0f; }
-static inline vf if_nonneg(vf acc, vf g) { return acc >= 0.0f ? g : vf{}; }
-
-template <class T>
-static inline void sh_basis(int degree, T x, T y, T z, T* Y) {
-    Y[0] = T{} + SH_C0;
+static inline void sh_basis(int degree, float x, float y, float z, float* Y) {
+    Y[0] = SH_C0;
     if (degree < 1) return;
     Y[1] = -SH_C1 * y;
     Y[2] = SH_C1 * z;
     Y[3] = -SH_C1 * x;
     if (degree < 2) return;
-    T xx = x * x, yy = y * y, zz = z * z;
+    float xx = x * x, yy = y * y, zz = z * z;
     Y[4] = SH_C2[0] * x * y;
     Y[5] = SH_C2[1] * y * z;
-    Y[6] = SH_C2[2] * (2.0f * zz - xx - yy);
+    Y[6] = SH_C2[2] * (2 * zz - xx - yy);
     Y[7] = SH_C2[3] * x * z;
     Y[8] = SH_C2[4] * (xx - yy);
     if (degree < 3) return;
-    Y[9] = SH_C3[0] * y * (3.0f * xx - yy);
+    Y[9] = SH_C3[0] * y * (3 * xx - yy);
     Y[10] = SH_C3[1] * x * y * z;
-    Y[11] = SH_C3[2] * y * (4.0f * zz - xx - yy);
-    Y[12] = SH_C3[3] * z * (2.0f * zz - 3.0f * xx - 3.0f * yy);
-    Y[13] = SH_C3[4] * x * (4.0f * zz - xx - yy);
+    Y[11] = SH_C3[2] * y * (4 * zz - xx - yy);
+    Y[12] = SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy);
+    Y[13] = SH_C3[4] * x * (4 * zz - xx - yy);
     Y[14] = SH_C3[5] * z * (xx - yy);
-    Y[15] = SH_C3[6] * x * (xx - 3.0f * yy);
+    Y[15] = SH_C3[6] * x * (xx - 3 * yy);
 }
 
 // Gradient of sum_k g[k] * Y_k(x, y, z) with respect to (x, y, z).
-template <class T>
-static inline void sh_basis_grad(int degree, T x, T y, T z, const T* g, T* d) {
-    d[0] = d[1] = d[2] = T{};
+static inline void sh_basis_grad(int degree, float x, float y, float z, const float* g, float* d) {
+    d[0] = d[1] = d[2] = 0.0f;
     if (degree < 1) return;
     d[0] += -SH_C1 * g[3];
     d[1] += -SH_C1 * g[1];
     d[2] += SH_C1 * g[2];
     if (degree < 2) return;
-    d[0] += SH_C2[0] * y * g[4] - 2.0f * SH_C2[2] * x * g[6] + SH_C2[3] * z * g[7] + 2.0f * SH_C2[4] * x * g[8];
-    d[1] += SH_C2[0] * x * g[4] + SH_C2[1] * z * g[5] - 2.0f * SH_C2[2] * y * g[6] - 2.0f * SH_C2[4] * y * g[8];
-    d[2] += SH_C2[1] * y * g[5] + 4.0f * SH_C2[2] * z * g[6] + SH_C2[3] * x * g[7];
+    d[0] += SH_C2[0] * y * g[4] - 2 * SH_C2[2] * x * g[6] + SH_C2[3] * z * g[7] + 2 * SH_C2[4] * x * g[8];
+    d[1] += SH_C2[0] * x * g[4] + SH_C2[1] * z * g[5] - 2 * SH_C2[2] * y * g[6] - 2 * SH_C2[4] * y * g[8];
+    d[2] += SH_C2[1] * y * g[5] + 4 * SH_C2[2] * z * g[6] + SH_C2[3] * x * g[7];
     if (degree < 3) return;
-    T xx = x * x, yy = y * y, zz = z * z;
-    d[0] += SH_C3[0] * 6.0f * x * y * g[9] + SH_C3[1] * y * z * g[10] - SH_C3[2] * 2.0f * x * y * g[11] -
-            SH_C3[3] * 6.0f * x * z * g[12] + SH_C3[4] * (4.0f * zz - 3.0f * xx - yy) * g[13] +
-            SH_C3[5] * 2.0f * x * z * g[14] + SH_C3[6] * (3.0f * xx - 3.0f * yy) * g[15];
-    d[1] += SH_C3[0] * (3.0f * xx - 3.0f * yy) * g[9] + SH_C3[1] * x * z * g[10] +
-            SH_C3[2] * (4.0f * zz - xx - 3.0f * yy) * g[11] - SH_C3[3] * 6.0f * y * z * g[12] -
-            SH_C3[4] * 2.0f * x * y * g[13] - SH_C3[5] * 2.0f * y * z * g[14] - SH_C3[6] * 6.0f * x * y * g[15];
-    d[2] += SH_C3[1] * x * y * g[10] + SH_C3[2] * 8.0f * y * z * g[11] +
-            SH_C3[3] * (6.0f * zz - 3.0f * xx - 3.0f * yy) * g[12] + SH_C3[4] * 8.0f * x * z * g[13] +
+    float xx = x * x, yy = y * y, zz = z * z;
+    d[0] += SH_C3[0] * 6 * x * y * g[9] + SH_C3[1] * y * z * g[10] - SH_C3[2] * 2 * x * y * g[11] -
+            SH_C3[3] * 6 * x * z * g[12] + SH_C3[4] * (4 * zz - 3 * xx - yy) * g[13] +
+            SH_C3[5] * 2 * x * z * g[14] + SH_C3[6] * (3 * xx - 3 * yy) * g[15];
+    d[1] += SH_C3[0] * (3 * xx - 3 * yy) * g[9] + SH_C3[1] * x * z * g[10] +
+            SH_C3[2] * (4 * zz - xx - 3 * yy) * g[11] - SH_C3[3] * 6 * y * z * g[12] -
+            SH_C3[4] * 2 * x * y * g[13] - SH_C3[5] * 2 * y * z * g[14] - SH_C3[6] * 6 * x * y * g[15];
+    d[2] += SH_C3[1] * x * y * g[10] + SH_C3[2] * 8 * y * z * g[11] +
+            SH_C3[3] * (6 * zz - 3 * xx - 3 * yy) * g[12] + SH_C3[4] * 8 * x * z * g[13] +
             SH_C3[5] * (xx - yy) * g[14];
-}
-
-// SH colour seen along d (not normalised) from coefficients co [nbases * 3] (basis-major):
-// 0.5 + sum_k Y_k c_k, clamped at 0.
-template <class T>
-static inline void sh_eval(int degree, const T d[3], const T* co, T out[3]) {
-    T inv = 1.0f / max_t(sqrt_t(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), T{} + 1e-12f);
-    T Y[16];
-    sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
-    int nbases = (degree + 1) * (degree + 1);
-    for (int ch = 0; ch < 3; ++ch) {
-        T acc = T{} + 0.5f;
-        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
-        out[ch] = max_t(acc, T{});
-    }
-}
-
-// Backward of sh_eval for the colour's gradient g: the coefficients' gradients gco (laid out
-// as co) and the gradient of d, gd.
-template <class T>
-static inline void sh_eval_bwd(int degree, const T d[3], const T* co, const T g[3], T* gco, T gd[3]) {
-    T len = max_t(sqrt_t(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), T{} + 1e-12f);
-    T dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
-    T Y[16];
-    sh_basis(degree, dx, dy, dz, Y);
-    int nbases = (degree + 1) * (degree + 1);
-    T gcol[3];
-    for (int ch = 0; ch < 3; ++ch) {
-        T acc = T{} + 0.5f;
-        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
-        gcol[ch] = if_nonneg(acc, g[ch]);
-    }
-    T gY[16];
-    for (int k = 0; k < nbases; ++k) {
-        gY[k] = T{};
-        for (int ch = 0; ch < 3; ++ch) {
-            gco[3 * k + ch] = Y[k] * gcol[ch];
-            gY[k] += co[3 * k + ch] * gcol[ch];
-        }
-    }
-    T gdir[3];
-    sh_basis_grad(degree, dx, dy, dz, gY, gdir);
-    T dd = gdir[0] * dx + gdir[1] * dy + gdir[2] * dz;
-    gd[0] = (gdir[0] - dx * dd) / len;
-    gd[1] = (gdir[1] - dy * dd) / len;
-    gd[2] = (gdir[2] - dz * dd) / len;
 }
 
 // One Gaussian's SH coefficients come as two pointers, as the model keeps them: band 0
 // (c0, 3 floats) and the bands above it (cN, 3 floats per basis function from basis 1 on;
 // for a joined [K, 3] row, c0 = row and cN = row + 3). They are gathered into one local
-// [nbases, 3] row, so the sums are the same instructions for either layout. The copy's
-// length is a constant per degree: a copy of run-time length becomes a call to memcpy
-// (and a vzeroupper) per Gaussian.
+// [nbases, 3] row, so the sums below are the same instructions for either layout. The
+// copy's length is a constant per degree: a copy of run-time length becomes a call to
+// memcpy (and a vzeroupper) per Gaussian.
 template <int NB>
 static inline void sh_gather_n(const float* c0, const float* cN, float* co) {
     co[0] = c0[0];
@@ -353,26 +290,19 @@ static inline void sh_gather(int nbases, const float* c0, const float* cN, float
     }
 }
 
-// The same for L Gaussians n0 .. n0 + lanes - 1 (row n at c0 + n * stride0 and
-// cN + n * strideN); lanes past the end repeat the last Gaussian.
-static inline void sh_gather_lanes(int nbases, const float* c0, const float* cN, int64_t stride0, int64_t strideN,
-                                   int64_t n0, int lanes, vf* co) {
-    for (int l = 0; l < L; ++l) {
-        int64_t n = n0 + std::min(l, lanes - 1);
-        const float* r0 = c0 + n * stride0;
-        for (int i = 0; i < 3; ++i) co[i][l] = r0[i];
-        if (nbases > 1) {
-            const float* rN = cN + n * strideN;
-            for (int i = 3; i < 3 * nbases; ++i) co[i][l] = rN[i - 3];
-        }
-    }
-}
-
 // SH colour of one Gaussian seen along d (not normalised): 0.5 + sum_k Y_k c_k, clamped at 0.
 static inline void sh_color(int degree, const float d[3], const float* c0, const float* cN, float out[3]) {
+    float inv = 1.0f / std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
+    float Y[16];
+    sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y);
+    int nbases = (degree + 1) * (degree + 1);
     float co[48];
-    sh_gather((degree + 1) * (degree + 1), c0, cN, co);
-    sh_eval(degree, d, co, out);
+    sh_gather(nbases, c0, cN, co);
+    for (int ch = 0; ch < 3; ++ch) {
+        float acc = 0.5f;
+        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+        out[ch] = std::max(acc, 0.0f);
+    }
 }
 
 // Backward of sh_color: adds the gradients of the coefficients to g0 (band 0) and gN (the
@@ -380,15 +310,34 @@ static inline void sh_color(int degree, const float d[3], const float* c0, const
 // to gmean.
 static inline void sh_color_bwd(int degree, const float d[3], const float* c0, const float* cN, const float g[3],
                                 float* g0, float* gN, float gmean[3]) {
+    float len = std::max(std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]), 1e-12f);
+    float dx = d[0] / len, dy = d[1] / len, dz = d[2] / len;
+    float Y[16];
+    sh_basis(degree, dx, dy, dz, Y);
     int nbases = (degree + 1) * (degree + 1);
-    float co[48], gco[48], gd[3];
+    float co[48];
     sh_gather(nbases, c0, cN, co);
-    sh_eval_bwd(degree, d, co, g, gco, gd);
-    for (int k = 0; k < nbases; ++k) {
-        float* gk = k == 0 ? g0 : gN + 3 * (k - 1);
-        for (int ch = 0; ch < 3; ++ch) gk[ch] += gco[3 * k + ch];
+    float gcol[3];
+    for (int ch = 0; ch < 3; ++ch) {
+        float acc = 0.5f;
+        for (int k = 0; k < nbases; ++k) acc += Y[k] * co[3 * k + ch];
+        gcol[ch] = acc >= 0.0f ? g[ch] : 0.0f;
     }
-    for (int i = 0; i < 3; ++i) gmean[i] += gd[i];
+    float gY[16];
+    for (int k = 0; k < nbases; ++k) {
+        gY[k] = 0.0f;
+        float* gk = k == 0 ? g0 : gN + 3 * (k - 1);
+        for (int ch = 0; ch < 3; ++ch) {
+            gk[ch] += Y[k] * gcol[ch];
+            gY[k] += co[3 * k + ch] * gcol[ch];
+        }
+    }
+    float gdir[3];
+    sh_basis_grad(degree, dx, dy, dz, gY, gdir);
+    float dd = gdir[0] * dx + gdir[1] * dy + gdir[2] * dz;
+    gmean[0] += (gdir[0] - dx * dd) / len;
+    gmean[1] += (gdir[1] - dy * dd) / len;
+    gmean[2] += (gdir[2] - dz * dd) / len;
 }
 
 // ----------------------------------------------------------------------------- rotations
@@ -717,17 +666,6 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                 vf gqn[4];
                 rotmat_grad_to_quat(P.qn, gR, gqn);
                 vf dot = gqn[0] * P.qn[0] + gqn[1] * P.qn[1] + gqn[2] * P.qn[2] + gqn[3] * P.qn[3];
-                // SH colour -> coefficients and the view direction d = m - campos, all lanes at once
-                const int nbases = (sh_degree + 1) * (sh_degree + 1);
-                const bool shade = g_colors && sh_degree >= 0 && vany(vis);
-                vf gco[48], gd[3];
-                if (shade) {
-                    vf co[48], gcol[3];
-                    sh_gather_lanes(nbases, sh0, shN, stride0, strideN, n0, lanes, co);
-                    gather<3>(g_colors, i0, lanes, gcol);
-                    vf d[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
-                    sh_eval_bwd(sh_degree, d, co, gcol, gco, gd);
-                }
                 for (int l = 0; l < lanes; ++l) {
                     if (!vis[l]) continue;
                     int64_t n = n0 + l, idx = (int64_t)c * N + n;
@@ -759,20 +697,18 @@ void sk_project_bwd(int C, int N, const float* means, const float* quats, const 
                                 gv[i * 4 + j] += acc;
                             }
                     }
-                    if (!shade) continue;
-                    float* g0 = g_sh0 + n * stride0;
-                    for (int ch = 0; ch < 3; ++ch) g0[ch] += gco[ch][l];
-                    if (nbases > 1) {
-                        float* gN = g_shN + n * strideN;
-                        for (int i = 3; i < 3 * nbases; ++i) gN[i - 3] += gco[i][l];
-                    }
-                    const float gdl[3] = {0.0f + gd[0][l], 0.0f + gd[1][l], 0.0f + gd[2][l]};
-                    for (int i = 0; i < 3; ++i) g_means[3 * n + i] += gdl[i];
+                    if (!g_colors || sh_degree < 0) continue;
+                    // SH colour -> coefficients and the view direction d = m - campos
+                    float d[3] = {m[0][l] - cam.campos[0], m[1][l] - cam.campos[1], m[2][l] - cam.campos[2]};
+                    float gd[3] = {0.0f, 0.0f, 0.0f};
+                    sh_color_bwd(sh_degree, d, sh0 + n * stride0, shN ? shN + n * strideN : nullptr, g_colors + 3 * idx,
+                                 g_sh0 + n * stride0, g_shN ? g_shN + n * strideN : nullptr, gd);
+                    for (int i = 0; i < 3; ++i) g_means[3 * n + i] += gd[i];
                     if (gv) {
                         // campos = -R^T t: dL/dR_ij = t_i gd_j, dL/dt_i = sum_j R_ij gd_j
                         for (int i = 0; i < 3; ++i) {
-                            for (int j = 0; j < 3; ++j) gv[i * 4 + j] += (double)cam.t[i] * gdl[j];
-                            gv[i * 4 + 3] += cam.R[i][0] * gdl[0] + cam.R[i][1] * gdl[1] + cam.R[i][2] * gdl[2];
+                            for (int j = 0; j < 3; ++j) gv[i * 4 + j] += (double)cam.t[i] * gd[j];
+                            gv[i * 4 + 3] += cam.R[i][0] * gd[0] + cam.R[i][1] * gd[1] + cam.R[i][2] * gd[2];
                         }
                     }
                 }
@@ -2140,8 +2076,8 @@ void sk2_project_fwd(int C, int N, const float* means, const float* quats, const
 // depths and colours [3] of every (camera, surfel), each of which may be null (shift
 // is the forward's s);
 // accumulated over cameras into means [N,3], quats [N,4], scales [N,2] and the SH
-// coefficients' g_sh0 and g_shN, laid out as sh0 and shN (all zero-initialised by the caller). Unlike the 3DGS projection,
-// culled pairs are differentiated too, as in the reference, whose means2d, normals and
+// coefficients' g_sh0 and g_shN, laid out as sh0 and shN (all zero-initialised by the
+// caller). Unlike the 3DGS projection, culled pairs are differentiated too, as in the reference, whose means2d, normals and
 // depths are defined for every surfel; pairs without incoming gradient are skipped.
 void sk2_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
                      const float* sh0, const float* shN, int64_t stride0, int64_t strideN, int sh_degree,
