@@ -49,8 +49,11 @@ def unavailable_reason() -> str | None:
         return str(e)
 
 
-def _check_tensors(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
+def _check_tensors(inputs: RasterInputs) -> None:
+    """Every tensor the projection reads must be float32 on the CPU."""
+    names = ("means", "quats", "scales", "opacities", "colors", "sh_rest", "viewmats", "Ks")
+    for name in names:
+        t = getattr(inputs, name)
         if t is None:
             continue
         if t.device.type != "cpu" or t.dtype != torch.float32:
@@ -64,16 +67,7 @@ def project(inputs: RasterInputs, settings: RasterSettings, num_threads: int | N
     """Compiled :func:`splatkit.renderer.projection.project_gaussians` (same result); the projection stage."""
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
     rasterize_mode = settings.rasterize_mode
-    _check_tensors(
-        means=means,
-        quats=quats,
-        scales=scales,
-        opacities=opacities,
-        colors=colors,
-        sh_rest=inputs.sh_rest,
-        viewmats=viewmats,
-        Ks=Ks,
-    )
+    _check_tensors(inputs)
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode must be 'classic' or 'antialiased', got {rasterize_mode!r}")
     C = viewmats.shape[0]
@@ -131,16 +125,7 @@ def project_2dgs(inputs: RasterInputs, settings: RasterSettings, num_threads: in
     """The compiled 2DGS projection stage: ``(ProjectedSurfels, shift [C, N, 2])``, where
     ``shift`` is the pixel the kernel recentred each surfel's ``M`` on (for float32 accuracy)."""
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree = inputs.args()
-    _check_tensors(
-        means=means,
-        quats=quats,
-        scales=scales,
-        opacities=opacities,
-        colors=colors,
-        sh_rest=inputs.sh_rest,
-        viewmats=viewmats,
-        Ks=Ks,
-    )
+    _check_tensors(inputs)
     nthreads = num_threads or torch.get_num_threads()
     C, N = viewmats.shape[0], means.shape[0]
     use_sh = sh_degree is not None

@@ -47,6 +47,11 @@ class _SHLayout:
             self.stride0, self.bands_rest = 3, shN.shape[1]
             self.strideN = 3 * self.bands_rest
 
+    @classmethod
+    def contiguous(cls, sh0: torch.Tensor | None, shN: torch.Tensor | None) -> _SHLayout:
+        """The layout of contiguous, detached copies (where needed) of ``sh0`` and ``shN``."""
+        return cls(None if sh0 is None else _f32(sh0), None if sh0 is None or shN is None else _f32(shN))
+
     def _rest(self, t0: torch.Tensor | None, tN: torch.Tensor | None) -> int | None:
         if t0 is None or self.bands_rest == 0:
             return None
@@ -98,9 +103,8 @@ class ProjectFn(torch.autograd.Function):
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
         viewmats, Ks = _f32(viewmats), _f32(Ks)
         use_sh = sh0 is not None
-        sh0_c = _f32(sh0) if use_sh else None
-        shN_c = _f32(shN) if use_sh and shN is not None else None
-        sh = _SHLayout(sh0_c, shN_c)
+        sh = _SHLayout.contiguous(sh0, shN)
+        sh0_c, shN_c = sh.sh0, sh.shN
         means2d = torch.empty(C, N, 2)
         conics = torch.empty(C, N, 3)
         opac = torch.empty(C, N)
@@ -346,9 +350,8 @@ class Project2DGSFn(torch.autograd.Function):
         means, quats, scales, opacities = _f32(means), _f32(quats), _f32(scales), _f32(opacities)
         viewmats, Ks = _f32(viewmats), _f32(Ks)
         use_sh = sh0 is not None
-        sh0_c = _f32(sh0) if use_sh else None
-        shN_c = _f32(shN) if use_sh and shN is not None else None
-        sh = _SHLayout(sh0_c, shN_c)
+        sh = _SHLayout.contiguous(sh0, shN)
+        sh0_c, shN_c = sh.sh0, sh.shN
         means2d = torch.empty(C, N, 2)
         Ms = torch.empty(C, N, 3, 3)
         shift = torch.empty(C, N, 2)
