@@ -104,7 +104,6 @@ class ProjectFn(torch.autograd.Function):
         viewmats, Ks = _f32(viewmats), _f32(Ks)
         use_sh = sh0 is not None
         sh = _SHLayout.contiguous(sh0, shN)
-        sh0_c, shN_c = sh.sh0, sh.shN
         means2d = torch.empty(C, N, 2)
         conics = torch.empty(C, N, 3)
         opac = torch.empty(C, N)
@@ -137,7 +136,7 @@ class ProjectFn(torch.autograd.Function):
             _ptr(colors) if use_sh else None,
             nthreads,
         )
-        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, radii, sh0_c, shN_c)  # None kept
+        ctx.save_for_backward(means, quats, scales, opacities, viewmats, Ks, radii, sh.sh0, sh.shN)  # None kept
         ctx.cfg = (
             width,
             height,
@@ -351,7 +350,6 @@ class Project2DGSFn(torch.autograd.Function):
         viewmats, Ks = _f32(viewmats), _f32(Ks)
         use_sh = sh0 is not None
         sh = _SHLayout.contiguous(sh0, shN)
-        sh0_c, shN_c = sh.sh0, sh.shN
         means2d = torch.empty(C, N, 2)
         Ms = torch.empty(C, N, 3, 3)
         shift = torch.empty(C, N, 2)
@@ -384,7 +382,7 @@ class Project2DGSFn(torch.autograd.Function):
             _ptr(colors) if use_sh else None,
             nthreads,
         )
-        ctx.save_for_backward(means, quats, scales, viewmats, Ks, shift, sh0_c, shN_c)  # None kept
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, shift, sh.sh0, sh.shN)  # None kept
         ctx.cfg = (sh_degree if use_sh else -1, nthreads, use_sh)
         ctx.mark_non_differentiable(radii, shift)
         ctx.set_materialize_grads(False)

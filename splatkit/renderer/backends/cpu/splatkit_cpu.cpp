@@ -2077,8 +2077,9 @@ void sk2_project_fwd(int C, int N, const float* means, const float* quats, const
 // is the forward's s);
 // accumulated over cameras into means [N,3], quats [N,4], scales [N,2] and the SH
 // coefficients' g_sh0 and g_shN, laid out as sh0 and shN (all zero-initialised by the
-// caller). Unlike the 3DGS projection, culled pairs are differentiated too, as in the reference, whose means2d, normals and
-// depths are defined for every surfel; pairs without incoming gradient are skipped.
+// caller). Unlike the 3DGS projection, culled pairs are differentiated too, as in the
+// reference, whose means2d, normals and depths are defined for every surfel; pairs
+// without incoming gradient are skipped.
 void sk2_project_bwd(int C, int N, const float* means, const float* quats, const float* scales,
                      const float* sh0, const float* shN, int64_t stride0, int64_t strideN, int sh_degree,
                      const float* viewmats, const float* Ks,
