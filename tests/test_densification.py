@@ -123,6 +123,67 @@ def test_default_strategy_clones_splits_and_prunes():
     _check_optimizer_bound(ts)
 
 
+def _refine_once(strategy, ts, grads):
+    """Ten steps of the same gradients, then the refinement round of step 11."""
+    state = strategy.initialize_state(scene_scale=1.0)
+    for step in range(1, 12):
+        strategy.step_post_backward(ts, state, step, _render_with_grad(ts, grads))
+    return state
+
+
+def test_cap_max_grows_the_highest_gradients_first():
+    ts = _state(n=6)
+    with torch.no_grad():  # all small (clones), all opaque (nothing pruned)
+        ts.params["scales"][:] = torch.log(torch.tensor(0.005))
+        ts.params["opacities"][:] = 2.0
+    means = ts.params["means"].detach().clone()
+    # candidates 1, 2, 4 and 5 (above 2e-4); 4 and 5 tie
+    grads = torch.tensor([1e-5, 3e-4, 9e-4, 1e-5, 5e-4, 5e-4])
+    capped = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=1000, cap_max=9)
+    _refine_once(capped, ts, grads)
+    assert ts.num_gaussians == 9  # room for 3 of the 4 candidates: 2, then 4 and 5 (tie: index order)
+    torch.testing.assert_close(ts.params["means"][6:], means[[2, 4, 5]])
+    _check_optimizer_bound(ts)
+    # at the cap nothing grows; below it every candidate fits and the cap changes nothing
+    full = _state(n=6)
+    with torch.no_grad():
+        full.params["scales"][:] = torch.log(torch.tensor(0.005))
+        full.params["opacities"][:] = 2.0
+    _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10, cap_max=6), full, grads)
+    assert full.num_gaussians == 6
+    roomy, plain = _state(n=6), _state(n=6)
+    for t in (roomy, plain):
+        with torch.no_grad():
+            t.params["scales"][:] = torch.log(torch.tensor(0.005))
+            t.params["opacities"][:] = 2.0
+    _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10, cap_max=10), roomy, grads)
+    _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10), plain, grads)
+    assert roomy.num_gaussians == plain.num_gaussians == 10
+    assert torch.equal(roomy.params["means"], plain.params["means"])
+
+
+def test_cap_max_counts_a_split_as_one_more_and_checks_the_start():
+    ts = _state(n=4)
+    with torch.no_grad():  # 0 and 1 large (split), 2 and 3 small (clone); all opaque
+        ts.params["scales"][:] = torch.log(torch.tensor([[0.5] * 3, [0.5] * 3, [0.005] * 3, [0.005] * 3]))
+        ts.params["opacities"][:] = 2.0
+    grads = torch.tensor([8e-4, 4e-4, 6e-4, 1e-5])  # candidates 0, 2, 1 in gradient order
+    capped = SplatDefaultDensification(refine_start_iter=0, refine_every=10, reset_every=1000, cap_max=6)
+    _refine_once(capped, ts, grads)
+    # room for two: 2 is cloned and 0 split (its two children replace it); 1 waits
+    assert ts.num_gaussians == 6
+    scales = torch.exp(ts.params["scales"]).max(-1).values
+    assert int((scales > 0.4).sum()) == 1 and int(((scales > 0.2) & (scales < 0.4)).sum()) == 2
+    with pytest.raises(ValueError, match="cap_max"):
+        SplatDefaultDensification(cap_max=-1)
+    over = SplatDefaultDensification(cap_max=3)
+    with pytest.raises(ValueError, match=r"4 Gaussians but SplatDefaultDensification.cap_max is 3"):
+        over.step_post_backward(_state(n=4), over.initialize_state(1.0), 1, _render_with_grad(_state(n=4), grads))
+    # a sharded run's ranks share the cap
+    shares = [SplatDefaultDensification(cap_max=10).for_shard(r, 3).cap_max for r in range(3)]
+    assert sum(shares) == 10 and SplatDefaultDensification().for_shard(1, 3).cap_max == 0
+
+
 def test_opacity_reset_schedule():
     ts = _state(n=3)
     with torch.no_grad():

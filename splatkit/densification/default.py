@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -56,11 +56,17 @@ class SplatDefaultDensification(SplatDensification):
     """Threshold the absolute gradient (AbsGS); needs a backend that computes it and a larger ``grow_grad2d``."""
     revised_opacity: bool = False
     """Split children get ``1 - sqrt(1 - o)`` (arXiv:2404.06109)."""
+    cap_max: int = 0
+    """Most Gaussians growth may reach (0: no limit, as gsplat's DefaultStrategy). When a round's
+    clones and splits would pass it, the Gaussians with the highest screen-space gradients grow
+    first and the rest wait; pruning then frees room for later rounds. A budget for time and
+    memory (each step's cost grows with the count), as in "Taming 3DGS"."""
     verbose: bool = False
     """Log the Gaussians added and removed at each round."""
 
     def __post_init__(self) -> None:
         checks = [
+            ("cap_max", self.cap_max >= 0, "a non-negative integer (0: no limit)"),
             ("refine_every", self.refine_every >= 1, "a positive integer"),
             ("reset_every", self.reset_every >= 1, "a positive integer"),
             ("prune_opa", 0 <= self.prune_opa < 1, "in [0, 1)"),
@@ -71,6 +77,13 @@ class SplatDefaultDensification(SplatDensification):
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"SplatDefaultDensification.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def for_shard(self, rank: int, world_size: int) -> SplatDefaultDensification:
+        """With ``cap_max``, each shard grows to its part of it (the parts add up to it)."""
+        if not self.cap_max:
+            return self
+        share = self.cap_max * (rank + 1) // world_size - self.cap_max * rank // world_size
+        return replace(self, cap_max=max(1, share))
 
     def initialize_state(self, scene_scale: float) -> dict:
         state = {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}
@@ -84,6 +97,12 @@ class SplatDefaultDensification(SplatDensification):
         it = step - 1  # gsplat's 0-based iteration
         if it >= self.refine_stop_iter:
             return
+        if self.cap_max and training_state.num_gaussians > self.cap_max:
+            raise ValueError(
+                f"the splat has {training_state.num_gaussians} Gaussians but SplatDefaultDensification.cap_max "
+                f"is {self.cap_max}; raise cap_max to at least {training_state.num_gaussians} or start from "
+                "fewer points"
+            )
         self._update_state(training_state, state, render)
         if it > self.refine_start_iter and it % self.refine_every == 0:
             n_dupli, n_split = self._grow(training_state, state, it)
@@ -145,6 +164,8 @@ class SplatDefaultDensification(SplatDensification):
         params = training_state.params
         grads = state["grad2d"] / state["count"].clamp_min(1)
         is_grad_high = grads > self.grow_grad2d
+        if self.cap_max:
+            is_grad_high = self._within_cap(is_grad_high, grads, training_state.num_gaussians)
         is_small = scale_activation(params["scales"]).max(dim=-1).values <= self.grow_scale3d * state["scene_scale"]
         is_dupli = is_grad_high & is_small
         is_large = ~is_small
@@ -159,6 +180,17 @@ class SplatDefaultDensification(SplatDensification):
         if n_split:
             ops.split(training_state, state, is_split, revised_opacity=self.revised_opacity)
         return n_dupli, n_split
+
+    def _within_cap(self, is_grad_high: torch.Tensor, grads: torch.Tensor, n: int) -> torch.Tensor:
+        """The candidates that fit under ``cap_max`` (a clone or a split adds one Gaussian
+        each): the highest gradients, ties in index order."""
+        room = max(0, self.cap_max - n)
+        if int(is_grad_high.sum()) <= room:
+            return is_grad_high
+        order = torch.sort(torch.where(is_grad_high, grads, -1.0), descending=True, stable=True).indices
+        kept = torch.zeros_like(is_grad_high)
+        kept[order[:room]] = True
+        return kept
 
     @torch.no_grad()
     def _prune(self, training_state: SplatTrainingState, state: dict, step: int) -> int:
