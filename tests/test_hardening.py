@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from splatkit.cli import main
+from splatkit.densification import SplatDefaultDensification
 from splatkit.errors import SplatFileError, SplatNumericError
 from splatkit.modules import SplatExporter
 from splatkit.modules.viewer import SplatViewer, _BadCamera
@@ -279,6 +280,34 @@ def test_resuming_with_another_strategy_is_a_clear_error(tmp_path, small_demo):
         SplatTrainer(
             SplatTrainerConfig(max_steps=5, output_dir=str(out)), small_demo, ckpt_path=out / "ckpts/step_000003.ckpt"
         ).run()
+
+
+def test_resuming_with_other_component_settings_says_which(tmp_path, small_demo, caplog):
+    """A resume that does not repeat the run's flags (here the densification budget) warns,
+    naming each changed setting with both values; the same settings resume silently."""
+    import logging
+
+    out = tmp_path / "capped"
+    exporter = SplatExporter(out, export_steps=[3], save_splat=False, save_ckpt=True)
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=3, output_dir=str(out)),
+        small_demo,
+        densification=SplatDefaultDensification(cap_max=5000),
+        modules=[exporter],
+    ).run()
+    ckpt = out / "ckpts/step_000003.ckpt"
+    with caplog.at_level(logging.WARNING, logger="splatkit"):
+        SplatTrainer(
+            SplatTrainerConfig(max_steps=3, output_dir=str(out)),
+            small_demo,
+            densification=SplatDefaultDensification(cap_max=5000),
+            ckpt_path=ckpt,
+        ).run()
+    assert "differ from the checkpoint" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="splatkit"):
+        SplatTrainer(SplatTrainerConfig(max_steps=4, output_dir=str(out)), small_demo, ckpt_path=ckpt).run()
+    assert "densification.cap_max (5000 in the checkpoint, 0 now)" in caplog.text
+    assert "max_steps (3 in the checkpoint, 4 now)" in caplog.text
 
 
 def test_info_into_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch):

@@ -403,11 +403,7 @@ class SplatTrainer:
                 "initialization": self.init_report,
                 "data_provider": _describe(self.data_provider),
                 "data": self.data,
-                "renderer": _describe(self.renderer),
-                "loss_fn": _describe(self.loss_fn),
-                "densification": _describe(self.densification),
-                "appearance": None if self.appearance is None else _describe(self.appearance),
-                "pose_refinement": None if self.pose_refinement is None else _describe(self.pose_refinement),
+                **self._component_settings(),
                 "modules": [_describe(m) for m in self.modules],
                 "resumed_from": None if self.ckpt_path is None else str(self.ckpt_path),
             }
@@ -434,15 +430,38 @@ class SplatTrainer:
         cameras = self.data_provider.train_cameras()
         return cameras if self.pose_corrections is None else self.pose_corrections.refine(cameras)
 
+    def _component_settings(self) -> dict:
+        """The training components' classes and settings (recorded in ``trainer_config.json``
+        and in every checkpoint, so a resume can say which of them changed)."""
+        return {
+            "renderer": _describe(self.renderer),
+            "loss_fn": _describe(self.loss_fn),
+            "densification": _describe(self.densification),
+            "appearance": None if self.appearance is None else _describe(self.appearance),
+            "pose_refinement": None if self.pose_refinement is None else _describe(self.pose_refinement),
+        }
+
     def _restore(self, ckpt: dict) -> None:
         saved_cfg = ckpt["config"]
         current = dataclasses.asdict(self.config)
-        differing = sorted(k for k in current if k in saved_cfg and _plain(saved_cfg[k]) != _plain(current[k]))
+        differing = [
+            f"{k} ({_plain(saved_cfg[k])!r} in the checkpoint, {_plain(current[k])!r} now)"
+            for k in sorted(current)
+            if k != "output_dir" and k in saved_cfg and _plain(saved_cfg[k]) != _plain(current[k])
+        ]
+        # the components' settings (checkpoints of older versions do not record them)
+        saved_parts, now_parts = ckpt.get("components") or {}, self._component_settings()
+        for part in [p for p in now_parts if p in saved_parts]:
+            then, now = saved_parts[part] or {}, now_parts[part] or {}
+            for k in sorted(then.keys() | now.keys()):
+                if _plain(then.get(k)) != _plain(now.get(k)):
+                    differing.append(f"{part}.{k} ({then.get(k)!r} in the checkpoint, {now.get(k)!r} now)")
         if differing:
             logger.warning(
-                "resuming with settings that differ from the checkpoint's: %s; the run will not "
-                "match an uninterrupted one",
-                ", ".join(differing),
+                "resuming with settings that differ from the checkpoint's: %s; the run will not match an "
+                "uninterrupted one (give the same flags again to continue it as it was: the run's "
+                "trainer_config.json lists them)",
+                "; ".join(differing),
             )
         if ckpt.get("data") is not None and self.data is not None:
             then, now = data_identity(ckpt["data"]), data_identity(self.data)
@@ -540,6 +559,7 @@ class SplatTrainer:
             "modules": [(m.state_key, m.state_dict()) for m in self.modules],
             "data_provider": self.data_provider.state_dict(),
             "config": dataclasses.asdict(self.config),
+            "components": self._component_settings(),
             "scene_scale": self.scene_scale,
             "background": list(self.background),
             "data": self.data,  # what it trains on (eval/view/resume rebuild it)
