@@ -665,3 +665,21 @@ def test_sigkill_during_exports_leaves_no_partial_file(tmp_path):
                 assert torch.equal(loaded.means, model.means), path
             checked += 1
     assert checked > 0
+
+
+def test_freed_heap_memory_goes_back_after_each_densification_round(tmp_path, small_demo, monkeypatch):
+    """The trainer trims the C heap after every round that rebuilt the parameters, and only then."""
+    import platform
+    import sys
+
+    import splatkit.trainer.trainer as trainer_module
+    from splatkit.utils.memory import release_free_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert release_free_memory() == glibc
+    calls = []
+    monkeypatch.setattr(trainer_module, "release_free_memory", lambda: calls.append(True) or True)
+    strategy = SplatDefaultDensification(refine_start_iter=2, refine_every=5)
+    SplatTrainer(SplatTrainerConfig(max_steps=18, output_dir=str(tmp_path)), small_demo, densification=strategy).run()
+    # rounds at gsplat's iterations 5, 10 and 15 (steps 6, 11, 16), each growing or pruning
+    assert len(calls) == 3

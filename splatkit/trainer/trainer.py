@@ -47,6 +47,7 @@ from splatkit.trainer.sharded import (
 )
 from splatkit.utils import run_folder
 from splatkit.utils.files import ensure_writable_dir, write_json
+from splatkit.utils.memory import release_free_memory
 
 FINITE_CHECK_EVERY = 100
 """On a GPU, losses and parameters are checked for NaN/Inf this often (and before any write)."""
@@ -727,7 +728,10 @@ class SplatTrainer:
         clock.lap("optimizer")
         # Like gsplat, densification acts after the optimiser step: the statistics use
         # this step's gradients and no Gaussian loses its update.
+        means = ts.params["means"]
         self.densification.step_post_backward(ts, self.densification_state, step, render)
+        if ts.params["means"] is not means:  # the strategy rebuilt the parameters: free the old heap blocks
+            release_free_memory()
         if ts.num_gaussians == 0 and self.sharded is None:  # (a shard may be empty; the splat is not)
             raise ValueError(
                 f"step {step}: densification ({type(self.densification).__name__}) removed every Gaussian, so "
