@@ -269,6 +269,7 @@ class SplatTrainer:
                 f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "
                 "leave it out, or train with dist_mode='replicate'"
             )
+        self._given = {"renderer": self.renderer, "densification": self.densification}  # as recorded
         self.renderer = dataclasses.replace(self.renderer, distributed=True)
         self.densification = self.densification.for_shard(self.world_rank, self.world_size)
         self.sharded = ShardedRun(self.world_rank, self.world_size, self.device)
@@ -432,12 +433,13 @@ class SplatTrainer:
         return cameras if self.pose_corrections is None else self.pose_corrections.refine(cameras)
 
     def _component_settings(self) -> dict:
-        """The training components' classes and settings (recorded in ``trainer_config.json``
-        and in every checkpoint, so a resume can say which of them changed)."""
+        """The training components' classes and settings as the run was given them (recorded
+        in ``trainer_config.json`` and in every checkpoint, so a resume can say which changed)."""
+        given = getattr(self, "_given", {})  # a sharded run's renderer and strategy before its rank's changes
         return {
-            "renderer": _describe(self.renderer),
+            "renderer": _describe(given.get("renderer", self.renderer)),
             "loss_fn": _describe(self.loss_fn),
-            "densification": _describe(self.densification),
+            "densification": _describe(given.get("densification", self.densification)),
             "appearance": None if self.appearance is None else _describe(self.appearance),
             "pose_refinement": None if self.pose_refinement is None else _describe(self.pose_refinement),
         }

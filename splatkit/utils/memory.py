@@ -5,8 +5,9 @@ dozens of tensors of a few MB each, freed in another order than they were alloca
 serves blocks below its mmap threshold (which rises with use, up to 32 MiB) from its heap and
 keeps what they leave behind, so a process's resident memory grew round after round. Measured
 on fox at a quarter resolution, resumed from a 150,000-Gaussian run's step 7,000 for 2,000
-steps (20 rounds, growing to 180,000 Gaussians): 0.62 -> 1.43 GB without a trim, 0.59-0.84 GB with one after each round, at
-the same steps per second and the same results (docs/backends.md, "A Gaussian budget").
+steps (20 rounds, growing to 180,000 Gaussians): 0.62 -> 1.43 GB without a trim, 0.59-0.84 GB
+with one after each round, at the same steps per second and the same results
+(docs/backends.md, "A Gaussian budget").
 """
 
 from __future__ import annotations
