@@ -131,11 +131,17 @@ def _refine_once(strategy, ts, grads):
     return state
 
 
-def test_cap_max_grows_the_highest_gradients_first():
-    ts = _state(n=6)
-    with torch.no_grad():  # all small (clones), all opaque (nothing pruned)
+def _small_opaque(n=6):
+    """Gaussians that all clone when they grow (small) and none of which is pruned (opaque)."""
+    ts = _state(n=n)
+    with torch.no_grad():
         ts.params["scales"][:] = torch.log(torch.tensor(0.005))
         ts.params["opacities"][:] = 2.0
+    return ts
+
+
+def test_cap_max_grows_the_highest_gradients_first():
+    ts = _small_opaque()
     means = ts.params["means"].detach().clone()
     # candidates 1, 2, 4 and 5 (above 2e-4); 4 and 5 tie
     grads = torch.tensor([1e-5, 3e-4, 9e-4, 1e-5, 5e-4, 5e-4])
@@ -145,17 +151,10 @@ def test_cap_max_grows_the_highest_gradients_first():
     torch.testing.assert_close(ts.params["means"][6:], means[[2, 4, 5]])
     _check_optimizer_bound(ts)
     # at the cap nothing grows; below it every candidate fits and the cap changes nothing
-    full = _state(n=6)
-    with torch.no_grad():
-        full.params["scales"][:] = torch.log(torch.tensor(0.005))
-        full.params["opacities"][:] = 2.0
+    full = _small_opaque()
     _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10, cap_max=6), full, grads)
     assert full.num_gaussians == 6
-    roomy, plain = _state(n=6), _state(n=6)
-    for t in (roomy, plain):
-        with torch.no_grad():
-            t.params["scales"][:] = torch.log(torch.tensor(0.005))
-            t.params["opacities"][:] = 2.0
+    roomy, plain = _small_opaque(), _small_opaque()
     _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10, cap_max=10), roomy, grads)
     _refine_once(SplatDefaultDensification(refine_start_iter=0, refine_every=10), plain, grads)
     assert roomy.num_gaussians == plain.num_gaussians == 10

@@ -265,21 +265,22 @@ def test_wrote_lists_only_files_written(tmp_path, capsys):
     assert sorted(p.name for p in (out / "ckpts").iterdir()) == ["step_000005.ckpt"]  # nothing new on disk
 
 
+def _three_step_checkpoint(out, provider, densification):
+    """Train 3 steps into ``out`` with ``densification``; the step-3 checkpoint's path."""
+    exporter = SplatExporter(out, export_steps=[3], save_splat=False, save_ckpt=True)
+    SplatTrainer(
+        SplatTrainerConfig(max_steps=3, output_dir=str(out)), provider, densification=densification, modules=[exporter]
+    ).run()
+    return out / "ckpts/step_000003.ckpt"
+
+
 def test_resuming_with_another_strategy_is_a_clear_error(tmp_path, small_demo):
     from splatkit.densification import SplatMCMCDensification
 
     out = tmp_path / "mcmc"
-    exporter = SplatExporter(out, export_steps=[3], save_splat=False, save_ckpt=True)
-    SplatTrainer(
-        SplatTrainerConfig(max_steps=3, output_dir=str(out)),
-        small_demo,
-        densification=SplatMCMCDensification(cap_max=2000),
-        modules=[exporter],
-    ).run()
+    ckpt = _three_step_checkpoint(out, small_demo, SplatMCMCDensification(cap_max=2000))
     with pytest.raises(ValueError, match="trained with another densification strategy"):
-        SplatTrainer(
-            SplatTrainerConfig(max_steps=5, output_dir=str(out)), small_demo, ckpt_path=out / "ckpts/step_000003.ckpt"
-        ).run()
+        SplatTrainer(SplatTrainerConfig(max_steps=5, output_dir=str(out)), small_demo, ckpt_path=ckpt).run()
 
 
 def test_resuming_with_other_component_settings_says_which(tmp_path, small_demo, caplog):
@@ -288,14 +289,7 @@ def test_resuming_with_other_component_settings_says_which(tmp_path, small_demo,
     import logging
 
     out = tmp_path / "capped"
-    exporter = SplatExporter(out, export_steps=[3], save_splat=False, save_ckpt=True)
-    SplatTrainer(
-        SplatTrainerConfig(max_steps=3, output_dir=str(out)),
-        small_demo,
-        densification=SplatDefaultDensification(cap_max=5000),
-        modules=[exporter],
-    ).run()
-    ckpt = out / "ckpts/step_000003.ckpt"
+    ckpt = _three_step_checkpoint(out, small_demo, SplatDefaultDensification(cap_max=5000))
     with caplog.at_level(logging.WARNING, logger="splatkit"):
         SplatTrainer(
             SplatTrainerConfig(max_steps=3, output_dir=str(out)),

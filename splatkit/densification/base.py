@@ -51,6 +51,12 @@ class SplatDensification(ABC):
         """After the optimiser step of ``step`` (1-based): update statistics, refine."""
 
 
+def cap_share(cap: int, rank: int, world_size: int) -> int:
+    """Rank ``rank``'s part of a budget of ``cap`` Gaussians in a sharded run: the parts add up
+    to ``cap`` and each is at least 1."""
+    return max(1, cap * (rank + 1) // world_size - cap * rank // world_size)
+
+
 def state_to(state: dict, device: torch.device | str) -> dict:
     """Copy of a densification ``state`` with its tensors on ``device``."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}

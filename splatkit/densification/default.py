@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from splatkit.densification import ops
-from splatkit.densification.base import SplatDensification
+from splatkit.densification.base import SplatDensification, cap_share
 from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.conventions import opacity_activation, scale_activation
 from splatkit.splat.training_state import SplatTrainingState
@@ -80,10 +80,7 @@ class SplatDefaultDensification(SplatDensification):
 
     def for_shard(self, rank: int, world_size: int) -> SplatDefaultDensification:
         """With ``cap_max``, each shard grows to its part of it (the parts add up to it)."""
-        if not self.cap_max:
-            return self
-        share = self.cap_max * (rank + 1) // world_size - self.cap_max * rank // world_size
-        return replace(self, cap_max=max(1, share))
+        return replace(self, cap_max=cap_share(self.cap_max, rank, world_size)) if self.cap_max else self
 
     def initialize_state(self, scene_scale: float) -> dict:
         state = {"grad2d": None, "count": None, "scene_scale": float(scene_scale)}

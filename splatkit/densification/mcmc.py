@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from splatkit.densification import ops
-from splatkit.densification.base import SplatDensification
+from splatkit.densification.base import SplatDensification, cap_share
 from splatkit.renderer.base import SplatRenderOutput
 from splatkit.splat.conventions import opacity_activation
 from splatkit.splat.training_state import SplatTrainingState
@@ -70,8 +70,7 @@ class SplatMCMCDensification(SplatDensification):
 
     def for_shard(self, rank: int, world_size: int) -> SplatMCMCDensification:
         """Each shard grows to its part of ``cap_max`` (the parts add up to it)."""
-        share = self.cap_max * (rank + 1) // world_size - self.cap_max * rank // world_size
-        return replace(self, cap_max=max(1, share))
+        return replace(self, cap_max=cap_share(self.cap_max, rank, world_size))
 
     def initialize_state(self, scene_scale: float) -> dict:
         # Nothing to accumulate between steps: relocation reads only the parameters.

@@ -167,6 +167,8 @@ class SplatTrainer:
         self.renderer = renderer if renderer is not None else Splat3DGSRenderer()
         self.loss_fn = loss_fn if loss_fn is not None else Splat3DGSLossFn()
         self.densification = densification if densification is not None else SplatDefaultDensification()
+        # as given: a sharded run swaps in its rank's renderer and strategy, the record keeps these
+        self._given = {"renderer": self.renderer, "densification": self.densification}
         self.modules = list(modules or [])
         if appearance is not None and not isinstance(appearance, SplatAppearance):
             raise TypeError(
@@ -269,7 +271,6 @@ class SplatTrainer:
                 f"{', '.join(unsupported)} cannot run in a sharded run (dist_mode='shard'); "
                 "leave it out, or train with dist_mode='replicate'"
             )
-        self._given = {"renderer": self.renderer, "densification": self.densification}  # as recorded
         self.renderer = dataclasses.replace(self.renderer, distributed=True)
         self.densification = self.densification.for_shard(self.world_rank, self.world_size)
         self.sharded = ShardedRun(self.world_rank, self.world_size, self.device)
@@ -435,30 +436,21 @@ class SplatTrainer:
     def _component_settings(self) -> dict:
         """The training components' classes and settings as the run was given them (recorded
         in ``trainer_config.json`` and in every checkpoint, so a resume can say which changed)."""
-        given = getattr(self, "_given", {})  # a sharded run's renderer and strategy before its rank's changes
         return {
-            "renderer": _describe(given.get("renderer", self.renderer)),
+            "renderer": _describe(self._given["renderer"]),
             "loss_fn": _describe(self.loss_fn),
-            "densification": _describe(given.get("densification", self.densification)),
+            "densification": _describe(self._given["densification"]),
             "appearance": None if self.appearance is None else _describe(self.appearance),
             "pose_refinement": None if self.pose_refinement is None else _describe(self.pose_refinement),
         }
 
     def _restore(self, ckpt: dict) -> None:
-        saved_cfg = ckpt["config"]
-        current = dataclasses.asdict(self.config)
+        # settings both sides record (older checkpoints lack the components' and newer fields)
+        then = _flat_settings(ckpt["config"], ckpt.get("components"))
+        now = _flat_settings(dataclasses.asdict(self.config), self._component_settings())
         differing = [
-            f"{k} ({_plain(saved_cfg[k])!r} in the checkpoint, {_plain(current[k])!r} now)"
-            for k in sorted(current)
-            if k != "output_dir" and k in saved_cfg and _plain(saved_cfg[k]) != _plain(current[k])
+            f"{k} ({then[k]!r} in the checkpoint, {now[k]!r} now)" for k in sorted(now) if then.get(k, now[k]) != now[k]
         ]
-        # the components' settings (checkpoints of older versions do not record them)
-        saved_parts, now_parts = ckpt.get("components") or {}, self._component_settings()
-        for part in [p for p in now_parts if p in saved_parts]:
-            then, now = saved_parts[part] or {}, now_parts[part] or {}
-            for k in sorted(then.keys() | now.keys()):
-                if _plain(then.get(k)) != _plain(now.get(k)):
-                    differing.append(f"{part}.{k} ({then.get(k)!r} in the checkpoint, {now.get(k)!r} now)")
         if differing:
             logger.warning(
                 "resuming with settings that differ from the checkpoint's: %s; the run will not match an "
@@ -893,3 +885,12 @@ def _deterministic_on_cpu(device: torch.device):
 def _plain(v):
     """Tuples and lists compare equal after a checkpoint round trip."""
     return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def _flat_settings(config: dict, components: dict | None) -> dict:
+    """A run's settings as one ``{name: value}``: the trainer's fields (not the output folder,
+    which changes no result) and each component's as ``part.field``."""
+    flat = {k: _plain(v) for k, v in config.items() if k != "output_dir"}
+    for part, fields in (components or {}).items():
+        flat.update({f"{part}.{k}": _plain(v) for k, v in (fields or {}).items()})
+    return flat
